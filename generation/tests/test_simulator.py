@@ -1,0 +1,356 @@
+"""The simulated upstream, driven over real HTTP by the real openai SDK, as the gateway will drive it.
+
+No database and no Django: run with `pytest generation/tests/test_simulator.py -p no:django`.
+"""
+
+import asyncio
+import json
+import time
+import urllib.request
+from typing import Any
+
+import openai
+import pytest
+
+from llmhub.testing import SimulatedUpstream, simulated_upstream  # noqa: F401
+
+HELLO = [{"role": "user", "content": "Hello there, simulator"}]
+HELLO_REPLY = "Simulated reply from demo: Hello there, simulator"
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+@pytest.fixture
+def upstream(simulated_upstream: SimulatedUpstream) -> SimulatedUpstream:  # noqa: F811
+    simulated_upstream.reset()
+    return simulated_upstream
+
+
+def make_client(upstream: SimulatedUpstream, **options: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=upstream.base_url, api_key="sk-test", max_retries=0, **options)
+
+
+def make_async_client(upstream: SimulatedUpstream, **options: Any) -> openai.AsyncOpenAI:
+    # aiohttp is the transport the gateway uses, so the async tests exercise that one.
+    return openai.AsyncOpenAI(
+        base_url=upstream.base_url,
+        api_key="sk-test",
+        max_retries=0,
+        http_client=openai.DefaultAioHttpClient(),
+        **options,
+    )
+
+
+def chat(upstream: SimulatedUpstream, model: str = "demo", **options: Any) -> Any:
+    return make_client(upstream).chat.completions.create(model=model, messages=HELLO, **options)
+
+
+def test_it_lists_the_default_models(upstream: SimulatedUpstream) -> None:
+    models = make_client(upstream).models.list()
+
+    assert [model.id for model in models] == ["demo", "demo-backup", "demo-pro", "demo-premium", "demo-translate"]
+    assert {model.owned_by for model in models} == {"simulator"}
+
+
+def test_it_adds_models_at_run_time(upstream: SimulatedUpstream) -> None:
+    upstream.add_models("demo-extra")
+
+    assert "demo-extra" in [model.id for model in make_client(upstream).models.list()]
+    assert chat(upstream, "demo-extra").choices[0].message.content.startswith("Simulated reply from demo-extra:")
+
+
+def test_it_takes_its_model_list_from_the_constructor() -> None:
+    with SimulatedUpstream(models=["alpha", "beta"]) as upstream:
+        assert [model.id for model in make_client(upstream).models.list()] == ["alpha", "beta"]
+        with pytest.raises(openai.NotFoundError):
+            chat(upstream, "demo")
+
+
+def test_it_replies_deterministically_with_usage(upstream: SimulatedUpstream) -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "an answer"},
+        {"role": "user", "content": [{"type": "text", "text": "second"}, {"type": "text", "text": "question"}]},
+    ]
+
+    completion = make_client(upstream).chat.completions.create(model="demo", messages=messages)
+
+    assert completion.id.startswith("chatcmpl-sim-")
+    assert completion.model == "demo"
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].message.content == "Simulated reply from demo: second question"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage.prompt_tokens == 8
+    assert completion.usage.completion_tokens == 6
+    assert completion.usage.total_tokens == 14
+
+
+def test_it_echoes_the_model_string_with_its_fault_suffix(upstream: SimulatedUpstream) -> None:
+    completion = chat(upstream, "demo@latency=1")
+
+    assert completion.model == "demo@latency=1"
+    assert completion.choices[0].message.content == HELLO_REPLY
+
+
+def test_it_truncates_to_max_tokens(upstream: SimulatedUpstream) -> None:
+    by_max_tokens = chat(upstream, max_tokens=3)
+    by_max_completion_tokens = chat(upstream, max_completion_tokens=5)
+
+    assert by_max_tokens.choices[0].message.content == "Simulated reply from"
+    assert by_max_tokens.choices[0].finish_reason == "length"
+    assert by_max_tokens.usage.completion_tokens == 3
+    assert by_max_completion_tokens.choices[0].message.content == "Simulated reply from demo: Hello"
+    assert chat(upstream, max_tokens=100).choices[0].finish_reason == "stop"
+
+
+def test_it_streams_deltas_that_concatenate_to_the_full_reply(upstream: SimulatedUpstream) -> None:
+    expected = chat(upstream)
+
+    chunks = list(chat(upstream, stream=True, stream_options={"include_usage": True}))
+
+    content_chunks = [chunk for chunk in chunks if chunk.choices and chunk.choices[0].delta.content]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert len(content_chunks) == len(HELLO_REPLY.split())
+    assert "".join(chunk.choices[0].delta.content for chunk in content_chunks) == expected.choices[0].message.content
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.model_dump() == expected.usage.model_dump()
+
+
+def test_it_ends_the_stream_with_done_and_omits_usage_unless_asked(upstream: SimulatedUpstream) -> None:
+    request = {"model": "demo", "messages": HELLO, "stream": True}
+
+    with make_client(upstream).chat.completions.with_streaming_response.create(**request) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in response.iter_lines() if line]
+
+    assert events[-1] == "data: [DONE]"
+    assert all('"usage"' not in event for event in events)
+
+
+def test_it_streams_with_the_async_aiohttp_client(upstream: SimulatedUpstream) -> None:
+    async def collect() -> str:
+        async with make_async_client(upstream) as client:
+            stream = await client.chat.completions.create(model="demo", messages=HELLO, stream=True)
+            return "".join([chunk.choices[0].delta.content or "" async for chunk in stream])
+
+    assert asyncio.run(collect()) == HELLO_REPLY
+
+
+def test_it_answers_json_mode_with_a_json_object(upstream: SimulatedUpstream) -> None:
+    completion = chat(upstream, response_format={"type": "json_object"})
+    streamed = chat(upstream, response_format={"type": "json_object"}, stream=True)
+
+    content = completion.choices[0].message.content
+    assert json.loads(content) == {"reply": HELLO_REPLY}
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices) == content
+
+
+def test_it_calls_the_first_tool(upstream: SimulatedUpstream) -> None:
+    completion = chat(upstream, tools=[WEATHER_TOOL])
+
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    assert [(call.function.name, call.function.arguments) for call in choice.message.tool_calls] == [
+        ("get_weather", "{}")
+    ]
+    assert chat(upstream, tools=[WEATHER_TOOL], tool_choice="none").choices[0].message.content == HELLO_REPLY
+
+
+def test_it_streams_a_tool_call(upstream: SimulatedUpstream) -> None:
+    chunks = [chunk for chunk in chat(upstream, tools=[WEATHER_TOOL], stream=True) if chunk.choices]
+
+    calls = [call for chunk in chunks for call in chunk.choices[0].delta.tool_calls or []]
+    assert [call.function.name for call in calls] == ["get_weather"]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_it_rejects_an_invalid_key_without_echoing_it(upstream: SimulatedUpstream) -> None:
+    key = "sk-rejected-0123456789"
+    client = openai.OpenAI(base_url=upstream.base_url, api_key=key, max_retries=0)
+
+    with pytest.raises(openai.AuthenticationError) as raised:
+        client.chat.completions.create(model="demo", messages=HELLO)
+
+    assert raised.value.code == "invalid_api_key"
+    assert key not in str(raised.value)
+    assert key not in raised.value.response.text
+
+
+def test_it_requires_a_bearer_key(upstream: SimulatedUpstream) -> None:
+    request = urllib.request.Request(upstream.base_url + "/models")
+
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request, timeout=5)
+
+    assert raised.value.code == 401
+    assert json.loads(raised.value.read())["error"]["type"] == "invalid_request_error"
+
+
+def test_it_answers_404_for_an_unknown_model(upstream: SimulatedUpstream) -> None:
+    with pytest.raises(openai.NotFoundError) as raised:
+        chat(upstream, "no-such-model")
+
+    assert raised.value.code == "model_not_found"
+    assert raised.value.param == "model"
+    assert "The model `no-such-model` does not exist" in raised.value.message
+
+
+def test_it_answers_the_status_fault(upstream: SimulatedUpstream) -> None:
+    with pytest.raises(openai.InternalServerError) as raised:
+        chat(upstream, "demo@status=500")
+    with pytest.raises(openai.BadRequestError):
+        chat(upstream, "demo", extra_headers={"X-Sim-Fault": "status=400"})
+
+    assert raised.value.status_code == 500
+    assert raised.value.type == "server_error"
+
+
+def test_it_waits_for_the_latency_fault(upstream: SimulatedUpstream) -> None:
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError):
+        chat(upstream, "demo@latency=200,status=503")
+
+    assert time.monotonic() - started >= 0.2
+
+
+def test_it_rate_limits_with_retry_after(upstream: SimulatedUpstream) -> None:
+    with pytest.raises(openai.RateLimitError) as raised:
+        chat(upstream, "demo@429=7")
+
+    assert raised.value.response.headers["retry-after"] == "7"
+    assert raised.value.code == "rate_limit_exceeded"
+
+
+def test_it_hangs_until_the_client_gives_up(upstream: SimulatedUpstream) -> None:
+    client = make_client(upstream, timeout=0.5)
+
+    started = time.monotonic()
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model="demo@hang", messages=HELLO)
+
+    assert 0.5 <= time.monotonic() - started < 3
+    assert chat(upstream).choices[0].message.content == HELLO_REPLY  # the hung request blocks nobody
+
+
+def test_it_holds_hundreds_of_slow_requests_concurrently(upstream: SimulatedUpstream) -> None:
+    async def fire(count: int) -> list[str]:
+        async with make_async_client(upstream) as client:
+            calls = [client.chat.completions.create(model="demo@latency=1000", messages=HELLO) for _ in range(count)]
+            return [completion.choices[0].message.content for completion in await asyncio.gather(*calls)]
+
+    started = time.monotonic()
+    replies = asyncio.run(fire(256))
+
+    assert replies == [HELLO_REPLY] * 256
+    # One at a time would take 256 s; the slack is for the SDK's own per-request cost in this process.
+    assert time.monotonic() - started < 10
+
+
+def test_it_drops_a_stream_after_n_content_chunks(upstream: SimulatedUpstream) -> None:
+    received: list[str] = []
+
+    with pytest.raises(openai.APIConnectionError):
+        for chunk in chat(upstream, "demo@drop=2", stream=True):
+            received.append(chunk.choices[0].delta.content)
+
+    assert received == ["", "Simulated ", "reply "]
+
+
+def test_it_drops_a_stream_for_the_async_aiohttp_client(upstream: SimulatedUpstream) -> None:
+    async def collect(received: list[str]) -> None:
+        async with make_async_client(upstream) as client:
+            stream = await client.chat.completions.create(model="demo@drop=2", messages=HELLO, stream=True)
+            async for chunk in stream:
+                received.append(chunk.choices[0].delta.content)
+
+    received: list[str] = []
+    with pytest.raises(openai.APIConnectionError):
+        asyncio.run(collect(received))
+
+    assert received == ["", "Simulated ", "reply "]
+
+
+def test_it_drops_a_non_streamed_request_without_answering(upstream: SimulatedUpstream) -> None:
+    with pytest.raises(openai.APIConnectionError):
+        chat(upstream, "demo@drop=0")
+
+    assert chat(upstream).choices[0].message.content == HELLO_REPLY
+
+
+def test_it_sends_malformed_json(upstream: SimulatedUpstream) -> None:
+    with pytest.raises(json.JSONDecodeError):
+        chat(upstream, "demo@malformed")
+    with pytest.raises(json.JSONDecodeError):
+        list(chat(upstream, "demo@malformed", stream=True))
+
+
+def test_it_sends_an_html_page(upstream: SimulatedUpstream) -> None:
+    response = make_client(upstream).chat.completions.with_raw_response.create(model="demo@html", messages=HELLO)
+    with pytest.raises(openai.APIResponseValidationError):
+        make_client(upstream, _strict_response_validation=True).chat.completions.create(
+            model="demo@html", messages=HELLO
+        )
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.text.startswith("<!DOCTYPE html>")
+
+
+def test_it_pads_a_huge_but_valid_body(upstream: SimulatedUpstream) -> None:
+    response = make_client(upstream).chat.completions.with_raw_response.create(
+        model="demo@huge=1000000", messages=HELLO
+    )
+
+    completion = response.parse()
+    assert 1_000_000 <= len(response.content) < 1_001_000
+    assert completion.choices[0].message.content.startswith(HELLO_REPLY + " xxx")
+
+
+def test_it_refuses_features_the_model_lacks(upstream: SimulatedUpstream) -> None:
+    upstream.set_fault("demo", "nostream,nojson,notools")
+
+    for options, param in [
+        ({"stream": True}, "stream"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"tools": [WEATHER_TOOL]}, "tools"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as raised:
+            chat(upstream, **options)
+        assert raised.value.param == param
+
+    assert chat(upstream).choices[0].message.content == HELLO_REPLY
+
+
+def test_it_rejects_unknown_fault_tokens(upstream: SimulatedUpstream) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        chat(upstream, "demo@latency=fast")
+
+    assert "latency=fast" in raised.value.message
+    with pytest.raises(urllib.error.HTTPError):
+        upstream.set_fault("demo", "explode")
+
+
+def test_it_keeps_persistent_faults_until_cleared_or_reset(upstream: SimulatedUpstream) -> None:
+    upstream.set_fault("demo", "status=502")
+
+    with pytest.raises(openai.InternalServerError):
+        chat(upstream)
+    assert chat(upstream, "demo-backup").choices[0].message.content.startswith("Simulated reply from demo-backup")
+    upstream.clear_faults()
+    assert chat(upstream).choices[0].message.content == HELLO_REPLY
+    upstream.set_fault("demo", "status=502")
+    upstream.reset()
+    assert chat(upstream).choices[0].message.content == HELLO_REPLY
+
+
+def test_it_counts_requests_per_base_model_before_faults(upstream: SimulatedUpstream) -> None:
+    chat(upstream)
+    chat(upstream, stream=True).close()
+    with pytest.raises(openai.InternalServerError):
+        chat(upstream, "demo-pro@status=500")
+
+    assert upstream.stats() == {"demo": 2, "demo-pro": 1}
+    upstream.reset()
+    assert upstream.stats() == {}

@@ -1,0 +1,102 @@
+"""Hub API keys (`Authorization: Bearer lh-…`) and the caller's tier, memoised per snapshot version so
+a warm request authenticates without a query."""
+
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import AbstractBaseUser
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.request import Request
+
+from registry.models import ApiKey
+from registry.selectors import TierSpec, api_key_snapshot, registry_get
+from registry.services import api_key_hash, user_tier_resolve
+
+_MEMO_LIMIT = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user: Any
+    api_key_id: int | None
+    tier_slug: str
+
+
+def _memoise(memo: dict, key: Any, value: Any) -> None:
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
+
+
+def api_key_authenticate(*, raw_key: str) -> Principal | None:
+    """The principal behind a raw hub key, or None for an unknown, revoked or inactive one."""
+    memo = api_key_snapshot.get()
+    key_hash = api_key_hash(raw_key)
+    principal = memo.get(key_hash)
+    if principal is not None:
+        return principal
+    api_key = (
+        ApiKey.objects.select_related("user")
+        .filter(key_hash=key_hash, revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+    if api_key is None or not hmac.compare_digest(api_key.key_hash, key_hash):
+        return None
+    principal = Principal(user=api_key.user, api_key_id=api_key.pk, tier_slug=user_tier_resolve(user=api_key.user).slug)
+    _memoise(memo, key_hash, principal)
+    return principal
+
+
+async def aapi_key_authenticate(*, raw_key: str) -> Principal | None:
+    memo = await api_key_snapshot.aget()
+    principal = memo.get(api_key_hash(raw_key))
+    if principal is not None:
+        return principal
+    return await sync_to_async(api_key_authenticate, thread_sensitive=False)(raw_key=raw_key)
+
+
+def user_tier_get(user: AbstractBaseUser) -> TierSpec:
+    memo = api_key_snapshot.get()
+    slug = memo.get(("tier", user.pk))
+    if slug is None:
+        slug = user_tier_resolve(user=user).slug
+        _memoise(memo, ("tier", user.pk), slug)
+    return registry_get().tiers[slug]
+
+
+def request_tier(request: Request) -> TierSpec:
+    principal = getattr(request, "auth", None)
+    if isinstance(principal, Principal):
+        return registry_get().tiers[principal.tier_slug]
+    return user_tier_get(request.user)
+
+
+def bearer_token(header: bytes) -> str | None:
+    """The token of an `Authorization: Bearer …` header; None when the header is another scheme."""
+    parts = header.split()
+    if not parts or parts[0].lower() != b"bearer":
+        return None
+    if len(parts) != 2:
+        raise exceptions.AuthenticationFailed("Invalid Authorization header: expected 'Bearer <key>'.")
+    try:
+        return parts[1].decode("ascii")
+    except UnicodeDecodeError:
+        raise exceptions.AuthenticationFailed("Invalid API key.") from None
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    def authenticate(self, request: Request) -> tuple[Any, Principal] | None:
+        raw_key = bearer_token(get_authorization_header(request))
+        if raw_key is None:
+            return None
+        principal = api_key_authenticate(raw_key=raw_key)
+        if principal is None:
+            # Never echo the key.
+            raise exceptions.AuthenticationFailed("Invalid API key.")
+        return principal.user, principal
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="llmhub"'

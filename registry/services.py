@@ -1,0 +1,215 @@
+"""Writes to the model registry."""
+
+import hashlib
+import logging
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from llmhub.crypto import secret_decrypt, secret_encrypt, secret_last4, secret_rotate
+from llmhub.errors import ConfigurationError
+from registry.loader import (
+    RegistryFile,
+    TierEntry,
+    registry_file_from_legacy_env,
+    registry_file_read,
+)
+from registry.models import ApiKey, LLMModel, ModelFallback, Provider, Tier, UserProfile
+from registry.selectors import TierSpec, api_key_snapshot, registry_get, registry_snapshot
+
+logger = logging.getLogger(__name__)
+
+API_KEY_PREFIX = "lh-"
+
+
+@dataclass
+class SyncReport:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    disabled: int = 0
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {count}" for name, count in asdict(self).items())
+
+
+def _assign(instance: Any, values: dict[str, Any]) -> bool:
+    changed = False
+    for name, value in values.items():
+        if getattr(instance, name) != value:
+            setattr(instance, name, value)
+            changed = True
+    return changed
+
+
+def secret_assign(instance: Provider | LLMModel, plain: str) -> bool:
+    """Stores `plain` as the instance's key; unchanged keys keep their ciphertext (loads stay idempotent)."""
+    if secret_decrypt(instance.api_key_encrypted) == plain:
+        return False
+    instance.api_key_encrypted = secret_encrypt(plain)
+    instance.api_key_last4 = secret_last4(plain)
+    return True
+
+
+def _upsert(model_class: type, lookup: dict[str, Any], values: dict[str, Any], key: str | None, report: SyncReport):
+    instance = model_class.objects.filter(**lookup).first()
+    created = instance is None
+    instance = instance or model_class(**lookup)
+    changed = _assign(instance, values)
+    if key is not None:
+        changed = secret_assign(instance, key) or changed
+    if created or changed:
+        instance.save()
+    if created:
+        report.created += 1
+    elif changed:
+        report.updated += 1
+    else:
+        report.unchanged += 1
+    return instance, created
+
+
+@transaction.atomic
+def registry_sync(*, spec: RegistryFile) -> SyncReport:
+    """Upserts a validated registry file. Models that left the file are disabled, never deleted."""
+    report = SyncReport()
+    tiers = {
+        entry.slug: _upsert(Tier, {"slug": entry.slug},
+                            {"name": entry.name, "rank": entry.rank, "description": entry.description}, None, report)[0]
+        for entry in spec.tiers
+    }
+    tiers.update({tier.slug: tier for tier in Tier.objects.exclude(slug__in=tiers)})
+    providers = {
+        entry.slug: _upsert(Provider, {"slug": entry.slug}, {
+            "display_name": entry.display_name, "base_url": entry.base_url,
+            "timeout_seconds": entry.timeout_seconds, "connect_timeout_seconds": entry.connect_timeout_seconds,
+            "extra_headers": entry.extra_headers,
+        }, entry.api_key, report)[0]
+        for entry in spec.providers
+    }
+    providers.update({p.slug: p for p in Provider.objects.exclude(slug__in=providers)})
+
+    models: dict[str, LLMModel] = {}
+    for entry in spec.models:
+        model, created = _upsert(LLMModel, {"public_id": entry.public_id}, {
+            "display_name": entry.display_name, "upstream_model": entry.upstream_model,
+            "provider_id": providers[entry.provider].pk, "base_url": entry.base_url, "enabled": entry.enabled,
+            "supports_streaming": entry.supports_streaming, "supports_json_mode": entry.supports_json_mode,
+            "supports_tools": entry.supports_tools, "supports_vision": entry.supports_vision,
+            "context_window": entry.context_window, "input_price_per_million": entry.input_price_per_million,
+            "output_price_per_million": entry.output_price_per_million, "from_fixture": True,
+        }, entry.api_key, report)
+        wanted_tiers = {tiers[slug].pk for slug in entry.allowed_tiers}
+        if set(model.allowed_tiers.values_list("pk", flat=True)) != wanted_tiers:
+            model.allowed_tiers.set(wanted_tiers)
+            if not created:
+                report.updated += 1
+        models[entry.public_id] = model
+
+    for entry in spec.models:
+        model = models[entry.public_id]
+        wanted = [models[fallback_id].pk for fallback_id in entry.fallbacks]
+        if list(model.fallback_links.values_list("fallback_id", flat=True)) != wanted:
+            model_fallbacks_set(model=model, fallbacks=[models[fallback_id] for fallback_id in entry.fallbacks])
+
+    report.disabled = (
+        LLMModel.objects.filter(from_fixture=True, enabled=True).exclude(public_id__in=models).update(enabled=False)
+    )
+    _defaults_set(spec=spec, tiers=tiers, models=models)
+    # Bulk updates above send no signals.
+    registry_snapshot.invalidate()
+    return report
+
+
+def _defaults_set(*, spec: RegistryFile, tiers: dict[str, Tier], models: dict[str, LLMModel]) -> None:
+    default = models.get(spec.default_model) if spec.default_model else None
+    if default is not None and not default.is_default:
+        LLMModel.objects.filter(is_default=True).update(is_default=False)
+        LLMModel.objects.filter(pk=default.pk).update(is_default=True)
+    for slug, model_id in spec.tier_defaults.items():
+        Tier.objects.filter(slug=slug).exclude(default_model=models[model_id]).update(default_model=models[model_id])
+
+
+def model_fallbacks_set(*, model: LLMModel, fallbacks: list[LLMModel]) -> None:
+    ModelFallback.objects.filter(model=model).delete()
+    ModelFallback.objects.bulk_create(
+        ModelFallback(model=model, fallback=fallback, position=position) for position, fallback in enumerate(fallbacks)
+    )
+
+
+def registry_load(*, path: Path | None) -> SyncReport:
+    """Loads the fixture at `path`; with no file there, the legacy OPENAI_* variables give one model."""
+    known_tiers = [TierEntry(t.slug, t.name, t.rank, t.description) for t in Tier.objects.all()]
+    if path is not None and path.exists():
+        spec = registry_file_read(path, known_tiers=known_tiers)
+    else:
+        logger.info("No registry file at %s: configuring the legacy OPENAI_* model.", path)
+        spec = registry_file_from_legacy_env(known_tiers=known_tiers)
+    return registry_sync(spec=spec)
+
+
+def user_tier_resolve(*, user: AbstractBaseUser) -> TierSpec:
+    """The user's tier; a user without one joins the lowest tier."""
+    registry = registry_get()
+    profile = UserProfile.objects.filter(user=user).values_list("tier__slug", flat=True).first()
+    if profile is not None and profile in registry.tiers:
+        return registry.tiers[profile]
+    lowest = registry.lowest_tier
+    if lowest is None:
+        raise ConfigurationError("No tiers are configured: run `manage.py load_models`.", status=503,
+                                 code="registry_empty")
+    UserProfile.objects.update_or_create(user=user, defaults={"tier_id": Tier.objects.get(slug=lowest.slug).pk})
+    return lowest
+
+
+def user_tier_set(*, user: AbstractBaseUser, tier_slug: str) -> UserProfile:
+    profile, _ = UserProfile.objects.update_or_create(user=user, defaults={"tier": Tier.objects.get(slug=tier_slug)})
+    return profile
+
+
+def api_key_hash(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+def api_key_create(*, user: AbstractBaseUser, name: str = "") -> tuple[ApiKey, str]:
+    """Returns the stored key and the raw key, which exists only in this return value."""
+    raw_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    api_key = ApiKey.objects.create(user=user, name=name, prefix=raw_key[:10], key_hash=api_key_hash(raw_key))
+    return api_key, raw_key
+
+
+def api_key_revoke(*, api_key: ApiKey) -> None:
+    ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    api_key_snapshot.invalidate()
+
+
+def secret_rotate_all() -> int:
+    """Re-encrypts every stored key under the newest encryption key; returns the rows rewritten."""
+    rewritten = 0
+    with transaction.atomic():
+        for model_class in (Provider, LLMModel):
+            for instance in model_class.objects.select_for_update().exclude(api_key_encrypted=""):
+                instance.api_key_encrypted = secret_rotate(instance.api_key_encrypted)
+                instance.save(update_fields=["api_key_encrypted"])
+                rewritten += 1
+    return rewritten
+
+
+def llm_models_set_enabled(*, model_ids: list[int], enabled: bool) -> int:
+    changed = LLMModel.objects.filter(pk__in=model_ids).exclude(enabled=enabled).update(enabled=enabled)
+    registry_snapshot.invalidate()
+    return changed
+
+
+def secret_change_check(*, old_base_url: str, new_base_url: str, has_stored_key: bool, new_key_given: bool) -> None:
+    """A stored key must not be sent to a new host unless the key is entered again with it."""
+    if has_stored_key and not new_key_given and old_base_url.rstrip("/") != new_base_url.rstrip("/"):
+        raise ConfigurationError(
+            "Changing the base URL requires entering the API key again.", code="key_required_for_new_base_url",
+            extra={"field": "api_key"},
+        )

@@ -1,0 +1,25 @@
+"""Signals only invalidate the in-memory snapshots (see llmhub.snapshot)."""
+
+from django.contrib.auth import get_user_model
+from django.db.models.signals import m2m_changed, post_delete, post_save
+
+from registry.models import ApiKey, LLMModel, ModelFallback, Provider, Tier, UserProfile
+from registry.selectors import api_key_snapshot, registry_snapshot
+
+
+def _invalidate_registry(**kwargs) -> None:
+    registry_snapshot.invalidate()
+
+
+def _invalidate_api_keys(**kwargs) -> None:
+    api_key_snapshot.invalidate()
+
+
+def connect() -> None:
+    for model in (Tier, Provider, LLMModel, ModelFallback):
+        post_save.connect(_invalidate_registry, sender=model, dispatch_uid=f"registry-save-{model.__name__}")
+        post_delete.connect(_invalidate_registry, sender=model, dispatch_uid=f"registry-delete-{model.__name__}")
+    m2m_changed.connect(_invalidate_registry, sender=LLMModel.allowed_tiers.through, dispatch_uid="registry-tiers")
+    for model in (ApiKey, UserProfile, get_user_model()):
+        post_save.connect(_invalidate_api_keys, sender=model, dispatch_uid=f"apikey-save-{model.__name__}")
+        post_delete.connect(_invalidate_api_keys, sender=model, dispatch_uid=f"apikey-delete-{model.__name__}")
