@@ -38,13 +38,56 @@ def _fresh_snapshots() -> Iterator[None]:
 
 
 @pytest.fixture
-def registry(db):
-    """The shipped fixture, loaded."""
+def registry(db, simulated_upstream, monkeypatch):
+    """The shipped fixture, loaded, its demo models pointing at the test's simulated upstream."""
     from registry.selectors import registry_get
     from registry.services import registry_load
 
+    simulated_upstream.reset()
+    monkeypatch.setenv("LLMHUB_SIMULATOR_URL", simulated_upstream.base_url)
     registry_load(path=FIXTURE_FILE)
     return registry_get()
+
+
+@pytest.fixture(scope="session")
+def _hub_server() -> Iterator[str]:
+    from llmhub.testing import AsgiServer
+
+    with AsgiServer("llmhub.asgi:application") as server:
+        yield server.root_url
+
+
+@pytest.fixture
+def live_hub(transactional_db, registry, _hub_server) -> Iterator[str]:
+    """The whole app (ASGI, as in production) on a real port, with the registry loaded; yields its root URL."""
+    from generation.services import cooldowns_reset
+
+    cooldowns_reset()
+    yield _hub_server
+    cooldowns_reset()
+    usage_wait_idle()
+
+
+def usage_wait_idle() -> None:
+    from usage.services import usage_flush
+
+    usage_flush()
+
+
+def usage_rows(count: int, *, timeout: float = 5.0) -> list:
+    """The usage log once it holds `count` rows (a stream's row is written as its response ends)."""
+    import time
+
+    from usage.models import UsageLog
+    from usage.services import usage_flush
+
+    deadline = time.monotonic() + timeout
+    while True:
+        usage_flush()
+        rows = list(UsageLog.objects.order_by("created_at", "id"))
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -82,3 +125,9 @@ def client_for(api_key_for) -> Callable:
         return client
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hasher(settings) -> None:
+    # The production hasher costs ~0.5 s per user; tests create many users.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

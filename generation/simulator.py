@@ -125,8 +125,7 @@ NO_FAULTS = Faults()
 _VALUED_FAULTS = {"latency", "chunk_delay", "status", "ratelimit", "drop", "huge"}
 _FLAG_FAULTS = {"hang", "malformed", "html", "nostream", "nojson", "notools"}
 _FAULT_GRAMMAR = (
-    "latency=MS, chunk_delay=MS, status=CODE, 429=SECONDS, drop=N, huge=BYTES, "
-    "hang, malformed, html, nostream, nojson, notools"
+    "latency=MS, chunk_delay=MS, status=CODE, 429=SECONDS, drop=N, huge=BYTES, hang, malformed, html, nostream, nojson, notools"
 )
 
 
@@ -159,7 +158,7 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(p["text"] for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
     return ""
 
 
@@ -192,7 +191,9 @@ def _reply(request: dict[str, Any], base_model: str, call_number: int, padding: 
 
     content = f"Simulated reply from {base_model}: {last_user_text}"
     finish_reason = "stop"
-    limit = request.get("max_completion_tokens", request.get("max_tokens"))
+    limit = request.get("max_completion_tokens")
+    if limit is None:
+        limit = request.get("max_tokens")
     if isinstance(limit, int) and len(words := content.split()) > limit:
         content, finish_reason = " ".join(words[:limit]), "length"
     if padding > len(content):
@@ -463,9 +464,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Shared by the CLI below and `manage.py simulate_upstream`."""
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
-    parser.add_argument(
-        "--models", type=_model_list, default=None, help=f"comma-separated (default: {','.join(DEFAULT_MODELS)})"
-    )
+    parser.add_argument("--models", type=_model_list, default=None, help=f"comma-separated (default: {','.join(DEFAULT_MODELS)})")
     parser.add_argument("--workers", type=int, default=1, help="more than 1: counters and faults are per worker")
 
 

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
-from rest_framework import exceptions
+from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
@@ -23,7 +23,9 @@ def _drf_code(exc: exceptions.APIException) -> str:
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, ApplicationError):
         set_rollback()
-        return Response(error_body(code=exc.code, message=exc.message, **exc.extra), status=exc.status)
+        retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
+        return Response(error_body(code=exc.code, message=exc.message, **exc.extra), status=exc.status, headers=headers)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -44,3 +46,14 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     else:
         body = error_body(code=_drf_code(exc), message=str(exc.detail))
     return Response(body, status=exc.status_code, headers=headers)
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not know, so a typo is a 400 rather than silently ignored."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise exceptions.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)

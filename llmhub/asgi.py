@@ -1,7 +1,18 @@
+"""ASGI entry point: /v1 goes to the lean OpenAI-compatible app, everything else to Django."""
+
 import os
 
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmhub.settings")
 
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+from generation import openai_compat  # noqa: E402  (needs the app registry ready)
+
+
+async def application(scope, receive, send) -> None:
+    if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        await openai_compat.application(scope, receive, send)
+    else:
+        await django_application(scope, receive, send)

@@ -6,6 +6,7 @@ PostgreSQL, Redis and real workers; production refuses to start without the sett
 safe default for.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -53,6 +54,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "adrf",
     "drf_spectacular",
     "registry",
     "generation",
@@ -102,6 +104,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
+    # A file, not shared-cache memory: live-server tests write from several threads at once.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
 
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
@@ -187,6 +191,24 @@ LLMHUB = {
     # How often a process re-checks the shared registry version (seconds); changes made in the same
     # process are seen at once.
     "REGISTRY_CACHE_CHECK_SECONDS": env.float("LLMHUB_REGISTRY_CACHE_CHECK_SECONDS", default=1.0),
+    # Hosts ("host" or "host:port") that users' base URLs may reach over http and on private addresses
+    # (registry/ssrf.py); embedded, the local simulated upstream on port 9100.
+    "SSRF_ALLOWLIST": env.list("LLMHUB_SSRF_ALLOWLIST", default=["127.0.0.1:9100", "localhost:9100"] if EMBEDDED else []),
+    # The usage log is written off the response path: pending rows are flushed this often, or as soon
+    # as this many are waiting (usage/writer.py). 0 seconds turns the background writer off: rows are
+    # then written by usage_flush() and at exit only.
+    "USAGE_FLUSH_INTERVAL_SECONDS": env.float("LLMHUB_USAGE_FLUSH_INTERVAL_SECONDS", default=0.25),
+    "USAGE_BATCH_SIZE": env.int("LLMHUB_USAGE_BATCH_SIZE", default=500),
+    # Total time one request may spend across its fallback attempts.
+    "GENERATION_DEADLINE_SECONDS": env.float("LLMHUB_GENERATION_DEADLINE_SECONDS", default=120.0),
+    # Streaming: time to the upstream's first byte, and the longest silence between two chunks.
+    "FIRST_BYTE_TIMEOUT_SECONDS": env.float("LLMHUB_FIRST_BYTE_TIMEOUT_SECONDS", default=60.0),
+    "STREAM_IDLE_TIMEOUT_SECONDS": env.float("LLMHUB_STREAM_IDLE_TIMEOUT_SECONDS", default=60.0),
+    # Cooldown of a model after an upstream 429 that gave no Retry-After.
+    "DEFAULT_COOLDOWN_SECONDS": env.float("LLMHUB_DEFAULT_COOLDOWN_SECONDS", default=10.0),
+    # Request caps (bad input gets a 4xx before anything is forwarded).
+    "MAX_OUTPUT_TOKENS": env.int("LLMHUB_MAX_OUTPUT_TOKENS", default=32768),
+    "MAX_MESSAGES": env.int("LLMHUB_MAX_MESSAGES", default=512),
 }
 
 LOGGING = {
@@ -195,5 +217,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LLMHUB_LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # httpx2 (the openai SDK's HTTP layer) logs every request at INFO: too much for the hot path.
+    "loggers": {logger: {"level": "WARNING"} for logger in ("django.db.backends", "httpx2", "httpx", "openai")},
 }

@@ -1,14 +1,15 @@
-"""Test helpers: the simulated upstream (generation/simulator.py) served from a background thread.
+"""Test helpers: ASGI apps (the hub itself, the simulated upstream of generation/simulator.py) served on
+real ports from a background thread.
 
-Tests talk to it over real HTTP, exactly as the gateway talks to a provider, and steer it through its
-control endpoints rather than by reaching into its state.
+Tests talk to them over real HTTP, exactly as clients and the gateway do, and steer the simulator through
+its control endpoints rather than by reaching into its state.
 """
 
+import http.client
 import json
 import socket
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from types import TracebackType
@@ -20,36 +21,34 @@ import uvicorn
 from generation.simulator import UVICORN_OPTIONS, Simulator
 
 
-class SimulatedUpstream:
-    """`with SimulatedUpstream() as upstream:` serves the simulator on a free 127.0.0.1 port."""
+class AsgiServer:
+    """`with AsgiServer(app) as server:` serves an ASGI app (object or "module:attribute") on a free
+    127.0.0.1 port, from a thread with its own event loop, with the uvicorn options the simulator uses."""
 
-    def __init__(self, models: Sequence[str] | None = None, *, startup_timeout: float = 10.0) -> None:
-        self._models = models
+    def __init__(self, app: Any, *, startup_timeout: float = 10.0) -> None:
+        self._app = app
         self._startup_timeout = startup_timeout
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self.port = 0
         self.root_url = ""
-        self.base_url = ""
 
     def start(self) -> Self:
         # Binding here, rather than letting uvicorn pick port 0, tells us the port before the thread starts.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        self.root_url = f"http://127.0.0.1:{port}"
-        self.base_url = f"{self.root_url}/v1"
+        self.port = sock.getsockname()[1]
+        self.root_url = f"http://127.0.0.1:{self.port}"
         # log_config=None leaves the test process's logging alone; hung requests must not stall shutdown.
-        config = uvicorn.Config(Simulator(self._models), log_config=None, timeout_graceful_shutdown=1, **UVICORN_OPTIONS)
+        config = uvicorn.Config(self._app, log_config=None, timeout_graceful_shutdown=1, **UVICORN_OPTIONS)
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="simulated-upstream", daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, name="asgi-server", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + self._startup_timeout
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"The simulated upstream did not start on {self.root_url}.")
+                raise RuntimeError(f"{self._app!r} did not start serving on {self.root_url}.")
             time.sleep(0.01)
         return self
 
@@ -62,10 +61,19 @@ class SimulatedUpstream:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None) -> None:
         self.stop()
+
+
+class SimulatedUpstream(AsgiServer):
+    """The simulator on a free port; point OpenAI clients at `.base_url`, steer it with the methods below."""
+
+    def __init__(self, models: Sequence[str] | None = None, *, startup_timeout: float = 10.0) -> None:
+        super().__init__(Simulator(models), startup_timeout=startup_timeout)
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.root_url}/v1"
 
     def set_fault(self, model: str, spec: str) -> None:
         """Make every call to `model` fail as `spec` says (fault grammar in generation/simulator.py)."""
@@ -86,11 +94,17 @@ class SimulatedUpstream:
         self._control("POST", "/_sim/reset")
 
     def _control(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
-        data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(self.root_url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return json.loads(response.read())
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            body = None if payload is None else json.dumps(payload)
+            connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+        finally:
+            connection.close()
+        if response.status != 200:
+            raise ValueError(f"{method} {path} returned {response.status}: {answer['error']['message']}")
+        return answer
 
 
 @pytest.fixture(scope="session")

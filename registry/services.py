@@ -156,14 +156,21 @@ def registry_load(*, path: Path | None) -> SyncReport:
 def user_tier_resolve(*, user: AbstractBaseUser) -> TierSpec:
     """The user's tier; a user without one joins the lowest tier."""
     registry = registry_get()
-    profile = UserProfile.objects.filter(user=user).values_list("tier__slug", flat=True).first()
-    if profile is not None and profile in registry.tiers:
-        return registry.tiers[profile]
+    slug = UserProfile.objects.filter(user=user).values_list("tier__slug", flat=True).first()
+    if slug is not None and slug in registry.tiers:
+        return registry.tiers[slug]
     lowest = registry.lowest_tier
     if lowest is None:
         raise ConfigurationError("No tiers are configured: run `manage.py load_models`.", status=503,
                                  code="registry_empty")
-    UserProfile.objects.update_or_create(user=user, defaults={"tier_id": Tier.objects.get(slug=lowest.slug).pk})
+    if slug is None:
+        # bulk_create sends no post_save: recording the tier the user already had changes no memoised answer,
+        # and an invalidation would drop the memo our caller is about to fill. A profile another request
+        # created meanwhile wins.
+        UserProfile.objects.bulk_create(
+            [UserProfile(user=user, tier_id=Tier.objects.get(slug=lowest.slug).pk)], ignore_conflicts=True
+        )
+    # else: the profile names a tier this process's snapshot does not know yet; never overwrite it.
     return lowest
 
 

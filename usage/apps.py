@@ -3,3 +3,8 @@ from django.apps import AppConfig
 
 class UsageConfig(AppConfig):
     name = "usage"
+
+    def ready(self) -> None:
+        from usage import writer
+
+        writer.connect()

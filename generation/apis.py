@@ -1,0 +1,82 @@
+from adrf.views import APIView
+from django.conf import settings
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from generation import services
+from generation.openai_compat import chat_body_validate
+from llmhub.api import StrictSerializer
+from registry.authentication import request_tier
+from registry.selectors import registry_get
+
+
+class CallerAPIView(APIView):
+    """An async API view whose sync set-up (authentication, permissions) also resolves the caller, so the
+    async handler needs no database."""
+
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        super().initial(request, *args, **kwargs)
+        principal = request.auth
+        request.caller = services.Caller(user_id=request.user.pk, api_key_id=getattr(principal, "api_key_id", None),
+                                         tier=request_tier(request))
+        request.registry = registry_get()
+
+
+class AttemptSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    outcome = serializers.CharField()
+    latency_ms = serializers.FloatField()
+    upstream_status = serializers.IntegerField(allow_null=True)
+    message = serializers.CharField(allow_blank=True)
+
+
+class UsageSerializer(serializers.Serializer):
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    estimated = serializers.BooleanField()
+
+
+class GenerateInputSerializer(StrictSerializer):
+    prompt = serializers.CharField(required=False, max_length=500_000)
+    messages = serializers.ListField(child=serializers.DictField(), required=False, allow_empty=False)
+    model = serializers.CharField(required=False, max_length=200, help_text="A model id; the default otherwise.")
+    provider = serializers.CharField(required=False, max_length=100,
+                                     help_text="Legacy: a provider slug instead of a model id.")
+    max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=settings.LLMHUB["MAX_OUTPUT_TOKENS"])
+    temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
+
+    def validate(self, data: dict) -> dict:
+        if ("prompt" in data) == ("messages" in data):
+            raise serializers.ValidationError("Give either 'prompt' or 'messages'.")
+        if "messages" in data:
+            chat_body_validate({"messages": data["messages"]})
+        return data
+
+
+class GenerateOutputSerializer(serializers.Serializer):
+    request_id = serializers.CharField()
+    text = serializers.CharField(allow_blank=True)
+    model = serializers.CharField(source="model.id")
+    attempts = AttemptSerializer(many=True)
+    usage = UsageSerializer()
+    cost = serializers.DecimalField(max_digits=20, decimal_places=10)
+    latency_ms = serializers.FloatField()
+
+
+class GenerateApi(CallerAPIView):
+    """Generate text from a prompt or chat messages, with fallback to the model's fallbacks."""
+
+    serializer_class = GenerateInputSerializer
+
+    @extend_schema(request=GenerateInputSerializer, responses=GenerateOutputSerializer, operation_id="generate")
+    async def post(self, request: Request) -> Response:
+        data = GenerateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        params = dict(data.validated_data)
+        outcome = await services.generate(caller=request.caller, registry=request.registry,
+                                          prompt=params.pop("prompt", None), messages=params.pop("messages", None),
+                                          model_id=params.pop("model", None), provider=params.pop("provider", None),
+                                          **params)
+        return Response(GenerateOutputSerializer(outcome).data)

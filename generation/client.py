@@ -1,0 +1,254 @@
+"""The LLM client: the only module that imports openai.
+
+Every upstream is called through the openai SDK's async client on its aiohttp transport (plain httpx's
+pool collapses at hundreds of requests in flight). The hub passes bytes through: it asks the SDK for
+the raw HTTP response, reads at most `MAX_RESPONSE_BYTES`, and parses only what it must (usage).
+Clients are pooled per event loop and upstream, never built per request. Failures are mapped onto a
+small typed set: retryable ones let the caller fall back to another model, final ones do not.
+"""
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+import openai
+import orjson
+from django.conf import settings
+
+from registry.selectors import ModelSpec
+
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+_LIMITS = httpx2.Limits(max_connections=2048, max_keepalive_connections=512, keepalive_expiry=30)
+
+
+class UpstreamError(Exception):
+    """An upstream failure. `message` is generic: never the upstream's body, never a key."""
+
+    retryable = True
+    kind = "upstream_error"
+    status = 502
+
+    def __init__(self, message: str, *, upstream_status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+
+
+class UpstreamTimeout(UpstreamError):
+    kind = "timeout"
+    status = 504
+
+
+class UpstreamUnavailable(UpstreamError):
+    kind = "unavailable"
+    status = 502
+
+
+class UpstreamRateLimited(UpstreamError):
+    kind = "rate_limited"
+    status = 429
+
+
+class UpstreamBadResponse(UpstreamError):
+    kind = "bad_response"
+    status = 502
+
+
+class UpstreamRejected(UpstreamError):
+    """400 from the upstream: the request itself is wrong; another model would refuse it too."""
+
+    retryable = False
+    kind = "bad_request"
+    status = 400
+
+
+class UpstreamMisconfigured(UpstreamError):
+    """401/403/404 from the upstream: the model's key, URL or name is wrong. An operator must act."""
+
+    retryable = False
+    kind = "misconfigured"
+    status = 502
+
+
+@dataclass(slots=True)
+class Completion:
+    raw: bytes
+    data: dict[str, Any]
+    latency_ms: float
+
+
+@dataclass(slots=True)
+class StreamHandle:
+    """An upstream stream whose status is known to be 2xx; iterate `chunks()` for its raw bytes."""
+
+    response: Any
+    first_byte_ms: float
+    idle_timeout: float
+    max_bytes: int = MAX_RESPONSE_BYTES
+    received: int = field(default=0)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        iterator = self.response.aiter_bytes().__aiter__()
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.idle_timeout):
+                        chunk = await iterator.__anext__()
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise UpstreamTimeout("The upstream stopped sending.") from None
+                except (httpx2.HTTPError, openai.APIError, OSError) as error:
+                    raise UpstreamUnavailable("The upstream connection broke.") from error
+                self.received += len(chunk)
+                if self.received > self.max_bytes:
+                    raise UpstreamBadResponse("The upstream response was too large.")
+                yield chunk
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        await self.response.aclose()
+
+
+_clients: dict[tuple, openai.AsyncOpenAI] = {}
+
+
+def _client_key(model: ModelSpec, loop: asyncio.AbstractEventLoop) -> tuple:
+    key_digest = hashlib.sha256(model.api_key.encode()).hexdigest()
+    return id(loop), model.base_url, key_digest, tuple(sorted(model.headers.items())), model.owner_id is not None
+
+
+def client_for(model: ModelSpec) -> openai.AsyncOpenAI:
+    """The pooled SDK client for the model's upstream on the running loop."""
+    loop = asyncio.get_running_loop()
+    key = _client_key(model, loop)
+    client = _clients.get(key)
+    if client is None:
+        client = openai.AsyncOpenAI(
+            base_url=model.base_url,
+            api_key=model.api_key or "missing-key",
+            max_retries=0,
+            default_headers=dict(model.headers),
+            http_client=_http_client(model),
+        )
+        _clients[key] = client
+    return client
+
+
+def _http_client(model: ModelSpec) -> httpx2.AsyncClient:
+    timeout = httpx2.Timeout(model.timeout, connect=model.connect_timeout)
+    if model.owner_id is not None:
+        # A user's own endpoint: connect-time SSRF checks, no redirects.
+        from registry.ssrf import safe_openai_http_client
+
+        return safe_openai_http_client(timeout=timeout)
+    return openai.DefaultAioHttpClient(timeout=timeout, limits=_LIMITS, follow_redirects=False)
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("retry-after") if headers is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def map_status_error(status: int, headers: Any = None) -> UpstreamError:
+    if status == 429:
+        return UpstreamRateLimited("The upstream is rate limiting.", upstream_status=status,
+                                   retry_after=_retry_after(headers))
+    if status in (401, 403):
+        return UpstreamMisconfigured("The upstream rejected the model's credentials.", upstream_status=status)
+    if status == 404:
+        return UpstreamMisconfigured("The upstream does not know this model.", upstream_status=status)
+    if status in (400, 413, 422):
+        return UpstreamRejected("The upstream rejected the request.", upstream_status=status)
+    if status == 408:
+        return UpstreamTimeout("The upstream timed out.", upstream_status=status)
+    return UpstreamUnavailable(f"The upstream failed (HTTP {status}).", upstream_status=status)
+
+
+def map_exception(error: BaseException) -> UpstreamError:
+    if isinstance(error, UpstreamError):
+        return error
+    if isinstance(error, TimeoutError | openai.APITimeoutError | httpx2.TimeoutException):
+        return UpstreamTimeout("The upstream did not answer in time.")
+    if isinstance(error, openai.APIStatusError):
+        return map_status_error(error.status_code, error.response.headers)
+    return UpstreamUnavailable("The upstream could not be reached.")
+
+
+def upstream_body(model: ModelSpec, body: dict[str, Any]) -> bytes:
+    return orjson.dumps({**body, "model": model.upstream_model})
+
+
+async def _open(model: ModelSpec, body: dict[str, Any], *, stream: bool, first_byte_timeout: float) -> Any:
+    """Sends the request and waits for the response headers (the first byte)."""
+    client = client_for(model)
+    async with asyncio.timeout(first_byte_timeout):
+        response = await client.post(
+            "/chat/completions",
+            cast_to=httpx2.Response,
+            content=upstream_body(model, body),
+            options={"headers": {"Content-Type": "application/json"}},
+            stream=True,
+            stream_cls=None,
+        )
+    if response.status_code >= 300:
+        await response.aclose()
+        raise map_status_error(response.status_code, response.headers)
+    return response
+
+
+async def chat_completion(model: ModelSpec, body: dict[str, Any], *, timeout: float) -> Completion:
+    """A non-streaming chat completion; `timeout` bounds the whole call."""
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            response = await _open(model, body, stream=False, first_byte_timeout=timeout)
+            handle = StreamHandle(response=response, first_byte_ms=0.0, idle_timeout=timeout)
+            raw = b"".join([chunk async for chunk in handle.chunks()])
+    except (openai.APIError, httpx2.HTTPError, OSError, TimeoutError) as error:
+        raise map_exception(error) from error
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamBadResponse("The upstream answered with something that is not JSON.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise UpstreamBadResponse("The upstream answered with an unexpected JSON shape.")
+    return Completion(raw=raw, data=data, latency_ms=(time.perf_counter() - started) * 1000)
+
+
+async def chat_completion_stream(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float,
+                                 idle_timeout: float) -> StreamHandle:
+    """Opens a streaming chat completion; raises before any byte is handed on if the upstream fails."""
+    started = time.perf_counter()
+    try:
+        response = await _open(model, body, stream=True, first_byte_timeout=first_byte_timeout)
+    except (openai.APIError, httpx2.HTTPError, OSError, TimeoutError) as error:
+        raise map_exception(error) from error
+    content_type = response.headers.get("content-type", "")
+    if "text/event-stream" not in content_type:
+        await response.aclose()
+        raise UpstreamBadResponse("The upstream did not answer with an event stream.")
+    return StreamHandle(response=response, first_byte_ms=(time.perf_counter() - started) * 1000,
+                        idle_timeout=idle_timeout)
+
+
+def default_timeouts(model: ModelSpec) -> tuple[float, float]:
+    """(first byte, idle between chunks) for a model."""
+    config = settings.LLMHUB
+    return (min(model.timeout, config.get("FIRST_BYTE_TIMEOUT_SECONDS", model.timeout)),
+            config.get("STREAM_IDLE_TIMEOUT_SECONDS", model.timeout))
+
+
+async def clients_close() -> None:
+    loop = asyncio.get_running_loop()
+    for key in [key for key in _clients if key[0] == id(loop)]:
+        await _clients.pop(key).close()

@@ -1,0 +1,390 @@
+"""Text generation: one pipeline for /v1, /api/generate and translation.
+
+resolve model → authorise → reserve → call upstream (falling back on retryable errors) → settle → log.
+Nothing here holds a thread or a database connection while an upstream answers.
+"""
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from django.conf import settings
+
+from generation import client
+from generation.routing import candidate_models, earliest_retry
+from llmhub.errors import ApplicationError, NotFound
+from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, get_default_model, get_model_by_id
+from usage.quotas import Reservation, quota_reserve, quota_settle
+from usage.services import UsageEntry, tokens_count_messages, tokens_count_text, usage_cost, usage_record
+
+logger = logging.getLogger(__name__)
+
+# Models cooling down after an upstream 429: model id → monotonic time it may be tried again.
+_cooled_until: dict[str, float] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    user_id: int | None
+    api_key_id: int | None
+    tier: TierSpec
+
+
+@dataclass(slots=True)
+class Attempt:
+    model: str
+    outcome: str
+    latency_ms: float
+    upstream_status: int | None = None
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "outcome": self.outcome, "latency_ms": round(self.latency_ms, 1),
+                "upstream_status": self.upstream_status, "message": self.message}
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    estimated: bool = False
+
+
+@dataclass(slots=True)
+class ChatOutcome:
+    request_id: str
+    model: ModelSpec
+    raw: bytes
+    data: dict[str, Any]
+    attempts: list[Attempt]
+    usage: Usage
+    cost: Decimal
+    latency_ms: float
+
+    @property
+    def text(self) -> str:
+        message = (self.data.get("choices") or [{}])[0].get("message") or {}
+        return message.get("content") or ""
+
+
+class GenerationFailed(ApplicationError):
+    """Every candidate model failed (or the one that answered refused the request)."""
+
+    def __init__(self, message: str, *, status: int, code: str, attempts: list[Attempt],
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, status=status, code=code, extra={"attempts": [a.as_dict() for a in attempts]})
+        self.attempts = attempts
+        self.retry_after = retry_after
+
+
+def _config(name: str) -> Any:
+    return settings.LLMHUB[name]
+
+
+def request_id_new() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+def model_resolve(*, caller: Caller, registry: Registry, model_id: str | None = None,
+                  provider: str | None = None, preferred_id: str | None = None) -> ModelSpec:
+    """The explicit model, else the legacy provider's model, else the user's preference, else the tier default.
+
+    An explicit model above the caller's tier is refused (403) before any upstream is called.
+    """
+    if model_id:
+        model = get_model_by_id(model_id, registry=registry)
+        check_model_access(caller.tier, model)
+        return model
+    if provider:
+        return _legacy_provider_model(caller=caller, registry=registry, provider=provider)
+    if preferred_id:
+        model = registry.models.get(preferred_id)
+        if model is not None and model.enabled and model.allows(caller.tier):
+            return model
+    model = get_default_model(caller.tier, registry=registry)
+    if model is None:
+        raise ApplicationError("No model is available to your tier.", status=503, code="no_model_available")
+    return model
+
+
+def _legacy_provider_model(*, caller: Caller, registry: Registry, provider: str) -> ModelSpec:
+    """Old clients named a provider ("openai") instead of a model: its default or first model the tier may use."""
+    default = get_default_model(caller.tier, registry=registry)
+    if default is not None and default.provider == provider:
+        return default
+    for model in registry.models.values():
+        if model.provider == provider and model.enabled and model.allows(caller.tier):
+            return model
+    raise NotFound(f"No model of provider '{provider}' is available to your tier.", code="model_not_found")
+
+
+def usage_from(data: dict[str, Any] | None) -> tuple[int, int] | None:
+    usage = (data or {}).get("usage")
+    if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+        return usage["prompt_tokens"], int(usage.get("completion_tokens") or 0)
+    return None
+
+
+def estimated_input(body: dict[str, Any]) -> int:
+    return tokens_count_messages(body.get("messages") or [])
+
+
+def _cool_down(model: ModelSpec, error: client.UpstreamError) -> None:
+    if isinstance(error, client.UpstreamRateLimited):
+        seconds = error.retry_after if error.retry_after is not None else _config("DEFAULT_COOLDOWN_SECONDS")
+        _cooled_until[model.id] = time.monotonic() + seconds
+
+
+def _failure(attempts: list[Attempt], last: client.UpstreamError | None, candidates: list[str]) -> GenerationFailed:
+    retry_after = earliest_retry(model_ids=candidates, cooled_until=_cooled_until, now=time.monotonic())
+    if last is None:
+        if retry_after is not None:
+            return GenerationFailed("Every model for this request is rate limited.", status=429, code="rate_limited",
+                                    attempts=attempts, retry_after=retry_after)
+        return GenerationFailed("No model could be tried in time.", status=503, code="no_model_available",
+                                attempts=attempts)
+    if not last.retryable:
+        return GenerationFailed(last.message, status=last.status, code=last.kind, attempts=attempts)
+    if all(a.outcome == client.UpstreamRateLimited.kind for a in attempts):
+        return GenerationFailed("Every model for this request is rate limited.", status=429, code="rate_limited",
+                                attempts=attempts, retry_after=retry_after or last.retry_after)
+    if isinstance(last, client.UpstreamTimeout):
+        return GenerationFailed("Every model timed out.", status=504, code="upstream_timeout", attempts=attempts)
+    return GenerationFailed("Every model failed.", status=502, code="upstream_failed", attempts=attempts)
+
+
+@dataclass(slots=True)
+class _Run:
+    """One request's state, from resolution to the usage row."""
+
+    caller: Caller
+    endpoint: str
+    requested: str
+    primary: ModelSpec
+    candidates: list[ModelSpec]
+    request_id: str = field(default_factory=request_id_new)
+    started: float = field(default_factory=time.perf_counter)
+    deadline: float = 0.0
+    attempts: list[Attempt] = field(default_factory=list)
+    reservation: Reservation | None = None
+    cost: Decimal = Decimal(0)
+
+    def remaining(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def record(self, *, model: ModelSpec | None, usage: Usage, status: str, http_status: int, error_type: str = "",
+               streamed: bool = False, ttft_ms: float | None = None) -> Decimal:
+        cost = Decimal(0) if model is None else usage_cost(
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            input_price_per_million=model.input_price_per_million,
+            output_price_per_million=model.output_price_per_million)
+        usage_record(UsageEntry(
+            request_id=self.request_id, user_id=self.caller.user_id, api_key_id=self.caller.api_key_id,
+            endpoint=self.endpoint, requested_model=self.requested, answered_model=model.id if model else "",
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, tokens_estimated=usage.estimated,
+            cost=cost, latency_ms=(time.perf_counter() - self.started) * 1000, ttft_ms=ttft_ms, status=status,
+            http_status=http_status, error_type=error_type, attempts=len(self.attempts), streamed=streamed,
+        ))
+        self.cost = cost
+        return cost
+
+
+async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
+                 model_id: str | None, provider: str | None, preferred_id: str | None) -> _Run:
+    primary = model_resolve(caller=caller, registry=registry, model_id=model_id, provider=provider,
+                            preferred_id=preferred_id)
+    candidates = candidate_models(primary=primary, registry=registry, tier=caller.tier,
+                                  cooled_until=_cooled_until, now=time.monotonic())
+    run = _Run(caller=caller, endpoint=endpoint, requested=model_id or provider or primary.id, primary=primary,
+               candidates=candidates)
+    run.deadline = run.started + _config("GENERATION_DEADLINE_SECONDS")
+    logger.info("request %s: model %s for user %s (tier %s), candidates %s", run.request_id, primary.id,
+                caller.user_id, caller.tier.slug, [m.id for m in candidates])
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+    run.reservation = await quota_reserve(user_id=caller.user_id, model_id=primary.id,
+                                          tokens=estimated_input(body) + int(max_tokens))
+    return run
+
+
+async def complete(run: _Run, body: dict[str, Any]) -> tuple[ModelSpec, client.Completion]:
+    """Walks the candidates until one answers; raises GenerationFailed when none does."""
+    last: client.UpstreamError | None = None
+    for model in run.candidates:
+        remaining = run.remaining()
+        if remaining <= 0:
+            break
+        attempt_started = time.perf_counter()
+        try:
+            completion = await client.chat_completion(model, body, timeout=min(model.timeout, remaining))
+        except client.UpstreamError as error:
+            last = error
+            run.attempts.append(Attempt(model.id, error.kind, (time.perf_counter() - attempt_started) * 1000,
+                                        error.upstream_status, error.message))
+            logger.warning("request %s: model %s failed (%s)", run.request_id, model.id, error.kind)
+            _cool_down(model, error)
+            if not error.retryable:
+                break
+            continue
+        run.attempts.append(Attempt(model.id, "ok", completion.latency_ms))
+        return model, completion
+    raise _failure(run.attempts, last, [m.id for m in run.candidates] or [run.primary.id])
+
+
+async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
+               model_id: str | None = None, provider: str | None = None, preferred_id: str | None = None) -> ChatOutcome:
+    """One non-streaming chat completion request, with fallback, settled and logged exactly once."""
+    run = await start_run(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
+                       provider=provider, preferred_id=preferred_id)
+    usage, model, error = Usage(), None, None
+    try:
+        model, completion = await complete(run, body)
+        counted = usage_from(completion.data)
+        if counted is None:
+            usage = Usage(estimated_input(body), tokens_count_text(completion_text(completion.data)), True)
+        else:
+            usage = Usage(*counted)
+    except BaseException as failure:  # a cancelled request (client gone) is settled and logged too
+        error = failure
+        raise
+    finally:
+        await run_finish(run, model=model, usage=usage, error=error)
+    return ChatOutcome(request_id=run.request_id, model=model, raw=completion.raw, data=completion.data,
+                       attempts=run.attempts, usage=usage, cost=run.cost,
+                       latency_ms=(time.perf_counter() - run.started) * 1000)
+
+
+async def run_finish(run: _Run, *, model: ModelSpec | None, usage: Usage, error: BaseException | None) -> None:
+    """Settles the reservation and writes the request's one usage row."""
+    await quota_settle(reservation=run.reservation, used_tokens=usage.input_tokens + usage.output_tokens)
+    run.record(model=model, usage=usage, status="error" if error else "ok",
+               http_status=getattr(error, "status", 499) if error else 200,
+               error_type=getattr(error, "code", type(error).__name__) if error else "")
+
+
+def completion_text(data: dict[str, Any]) -> str:
+    choices = data.get("choices") or []
+    return "".join(((choice.get("message") or {}).get("content") or "") for choice in choices if isinstance(choice, dict))
+
+
+class ChatStream:
+    """A streaming request whose upstream has answered 2xx. Iterate `events()` for SSE bytes to send;
+    it settles and logs exactly once, however the stream ends (done, upstream break, client gone)."""
+
+    def __init__(self, run: _Run, model: ModelSpec, handle: client.StreamHandle, body: dict[str, Any],
+                 client_wants_usage: bool) -> None:
+        self.run, self.model, self.handle, self.body = run, model, handle, body
+        self.client_wants_usage = client_wants_usage
+        self.request_id = run.request_id
+        self.attempts = run.attempts
+        self.usage: Usage | None = None
+        self.ttft_ms: float | None = None
+        self._content: list[bytes] = []
+
+    async def events(self) -> AsyncIterator[bytes]:
+        status, http_status, error_type = "partial", 200, "client_disconnected"
+        buffer = b""
+        try:
+            async for chunk in self.handle.chunks():
+                buffer += chunk
+                *events, buffer = buffer.split(b"\n\n")
+                out = b"".join(self._pass(event) for event in events if event)
+                if out:
+                    if self.ttft_ms is None:
+                        self.ttft_ms = (time.perf_counter() - self.run.started) * 1000
+                    yield out
+            status, error_type = "ok", ""
+        except client.UpstreamError as error:
+            # Bytes already reached the client: no fallback (it would duplicate text). End with an error event.
+            error_type = error.kind
+            logger.warning("request %s: stream from %s broke (%s)", self.request_id, self.model.id, error.kind)
+            yield b"data: " + orjson.dumps({"error": {
+                "message": f"The upstream stream broke: {error.message}", "type": "server_error",
+                "param": None, "code": error.kind}}) + b"\n\n"
+        finally:
+            await self.handle.close()
+            usage = self.usage or self._estimate()
+            self.usage = usage
+            await quota_settle(reservation=self.run.reservation, used_tokens=usage.input_tokens + usage.output_tokens)
+            self.run.record(model=self.model, usage=usage, status=status, http_status=http_status,
+                            error_type=error_type, streamed=True, ttft_ms=self.ttft_ms)
+
+    def _pass(self, event: bytes) -> bytes:
+        if not event.startswith(b"data: {"):
+            return event + b"\n\n"
+        if b'"usage"' in event:
+            data = orjson.loads(event[6:])
+            counted = usage_from(data)
+            if counted is not None:
+                self.usage = Usage(*counted)
+                if not data.get("choices") and not self.client_wants_usage:
+                    return b""
+        self._content.append(event)
+        return event + b"\n\n"
+
+    def _estimate(self) -> Usage:
+        text = []
+        for event in self._content:
+            try:
+                for choice in orjson.loads(event[6:]).get("choices") or []:
+                    text.append((choice.get("delta") or {}).get("content") or "")
+            except orjson.JSONDecodeError:
+                continue
+        return Usage(estimated_input(self.body), tokens_count_text("".join(text)), True)
+
+
+async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
+                      model_id: str | None = None, provider: str | None = None,
+                      preferred_id: str | None = None) -> ChatStream:
+    """Opens a streaming request, falling back while no byte has been sent. Raises GenerationFailed
+    (logged) when every candidate fails before streaming."""
+    run = await start_run(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
+                       provider=provider, preferred_id=preferred_id)
+    client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    upstream = {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+    last: client.UpstreamError | None = None
+    for model in run.candidates:
+        remaining = run.remaining()
+        if remaining <= 0:
+            break
+        first_byte, idle = client.default_timeouts(model)
+        attempt_started = time.perf_counter()
+        try:
+            handle = await client.chat_completion_stream(model, upstream, first_byte_timeout=min(first_byte, remaining),
+                                                         idle_timeout=idle)
+        except client.UpstreamError as error:
+            last = error
+            run.attempts.append(Attempt(model.id, error.kind, (time.perf_counter() - attempt_started) * 1000,
+                                        error.upstream_status, error.message))
+            logger.warning("request %s: model %s failed to stream (%s)", run.request_id, model.id, error.kind)
+            _cool_down(model, error)
+            if not error.retryable:
+                break
+            continue
+        run.attempts.append(Attempt(model.id, "ok", handle.first_byte_ms))
+        return ChatStream(run, model, handle, body, client_wants_usage)
+    failure = _failure(run.attempts, last, [m.id for m in run.candidates] or [run.primary.id])
+    await quota_settle(reservation=run.reservation, used_tokens=0)
+    run.record(model=None, usage=Usage(), status="error", http_status=failure.status, error_type=failure.code,
+               streamed=True)
+    raise failure
+
+
+async def generate(*, caller: Caller, registry: Registry, prompt: str | None = None,
+                   messages: list[dict[str, Any]] | None = None, model_id: str | None = None,
+                   provider: str | None = None, preferred_id: str | None = None, endpoint: str = "api.generate",
+                   **params: Any) -> ChatOutcome:
+    """Generates text from a prompt or messages. `provider` is the legacy way of choosing a model."""
+    if messages is None:
+        messages = [{"role": "user", "content": prompt or ""}]
+    body = {"messages": messages, **{k: v for k, v in params.items() if v is not None}}
+    return await chat(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
+                      provider=provider, preferred_id=preferred_id)
+
+
+def cooldowns_reset() -> None:
+    _cooled_until.clear()

@@ -1,0 +1,49 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from generation.apis import AttemptSerializer, CallerAPIView, UsageSerializer
+from llmhub.api import StrictSerializer
+from translation import services
+
+
+class TranslateInputSerializer(StrictSerializer):
+    text = serializers.CharField(max_length=2_000_000, trim_whitespace=False)
+    target_language = serializers.CharField(max_length=35, help_text="BCP 47, e.g. 'fr' or 'pt-BR'.")
+    source_language = serializers.CharField(max_length=35, required=False)
+    model = serializers.CharField(required=False, max_length=200)
+    provider = serializers.CharField(required=False, max_length=100, help_text="Legacy: a provider slug.")
+
+    def to_internal_value(self, data):
+        return super().to_internal_value(services.legacy_arguments(data) if isinstance(data, dict) else data)
+
+
+class TranslateOutputSerializer(serializers.Serializer):
+    request_id = serializers.CharField()
+    text = serializers.CharField(allow_blank=True)
+    model = serializers.CharField(source="model.id")
+    source_language = serializers.CharField(allow_null=True)
+    target_language = serializers.CharField()
+    pieces = serializers.IntegerField()
+    attempts = AttemptSerializer(many=True)
+    usage = UsageSerializer()
+    cost = serializers.DecimalField(max_digits=20, decimal_places=10)
+    latency_ms = serializers.FloatField()
+
+
+class TranslateApi(CallerAPIView):
+    """Translate text into a BCP 47 language; long texts are split at paragraphs and rejoined in order."""
+
+    serializer_class = TranslateInputSerializer
+
+    @extend_schema(request=TranslateInputSerializer, responses=TranslateOutputSerializer, operation_id="translate")
+    async def post(self, request: Request) -> Response:
+        data = TranslateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        params = data.validated_data
+        result = await services.translate(
+            caller=request.caller, registry=request.registry, text=params["text"],
+            target_language=params["target_language"], source_language=params.get("source_language"),
+            model_id=params.get("model"), provider=params.get("provider"))
+        return Response(TranslateOutputSerializer(result).data)

@@ -1,0 +1,147 @@
+"""Translation on top of generation's pipeline: same registry, access checks and fallback.
+
+A text longer than the model's context is split at paragraph boundaries, each piece translated in
+order, and the pieces rejoined; the whole translation is one request with one usage row.
+"""
+
+import re
+import time
+from dataclasses import dataclass
+
+import langcodes
+
+from generation import services as generation
+from generation.services import Caller, Usage
+from llmhub.errors import ApplicationError
+from registry.selectors import ModelSpec, Registry
+from usage.services import tokens_count_text
+
+# Share of the context window one piece may take: the prompt, the piece and its translation must fit.
+_PIECE_SHARE = 0.3
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
+
+# Legacy callers passed `language`/`target_lang`, `source_lang`, `provider`; see `legacy_arguments`.
+LEGACY_NAMES = {"target_lang": "target_language", "language": "target_language", "source_lang": "source_language",
+                "src_lang": "source_language"}
+
+
+class InvalidLanguage(ApplicationError):
+    status = 400
+    code = "invalid_language"
+
+
+@dataclass(slots=True)
+class Translation:
+    request_id: str
+    text: str
+    model: ModelSpec
+    source_language: str | None
+    target_language: str
+    pieces: int
+    attempts: list[generation.Attempt]
+    usage: Usage
+    cost: object
+    latency_ms: float
+
+
+def language_validate(code: str, *, field: str) -> str:
+    """A well-formed BCP 47 tag, normalised (`en-us` → `en-US`)."""
+    if not isinstance(code, str) or not langcodes.tag_is_valid(code):
+        raise InvalidLanguage(f"'{code}' is not a valid BCP 47 language tag (e.g. 'fr', 'pt-BR').",
+                              extra={"field": field})
+    return langcodes.standardize_tag(code)
+
+
+def _language_name(tag: str) -> str:
+    return f"{langcodes.Language.get(tag).display_name()} ({tag})"
+
+
+def text_split(text: str, *, max_tokens: int) -> list[str]:
+    """Splits at paragraph boundaries into pieces of at most `max_tokens`; a paragraph that alone is too
+    long is split at sentence ends, and a sentence that is still too long at whitespace."""
+    pieces: list[str] = []
+    current: list[str] = []
+    current_tokens = 0
+    for paragraph in _PARAGRAPH_BREAK.split(text.strip()):
+        for part in _fit(paragraph, max_tokens):
+            tokens = tokens_count_text(part)
+            if current and current_tokens + tokens > max_tokens:
+                pieces.append("\n\n".join(current))
+                current, current_tokens = [], 0
+            current.append(part)
+            current_tokens += tokens
+    if current:
+        pieces.append("\n\n".join(current))
+    return pieces
+
+
+def _fit(paragraph: str, max_tokens: int) -> list[str]:
+    if tokens_count_text(paragraph) <= max_tokens:
+        return [paragraph]
+    parts: list[str] = []
+    for sentence in _SENTENCE_END.split(paragraph):
+        words, line = sentence.split(), []
+        for word in words:
+            if line and tokens_count_text(" ".join([*line, word])) > max_tokens:
+                parts.append(" ".join(line))
+                line = []
+            line.append(word)
+        if line:
+            parts.append(" ".join(line))
+    # Glue short sentences back together while they fit, keeping order.
+    merged: list[str] = []
+    for part in parts:
+        if merged and tokens_count_text(merged[-1] + " " + part) <= max_tokens:
+            merged[-1] += " " + part
+        else:
+            merged.append(part)
+    return merged
+
+
+def _messages(piece: str, *, target: str, source: str | None) -> list[dict[str, str]]:
+    source_text = f" from {_language_name(source)}" if source else ""
+    return [
+        {"role": "system", "content": f"Translate the user's text{source_text} into {_language_name(target)}. "
+                                      "Answer with the translation only, keeping paragraphs and formatting."},
+        {"role": "user", "content": piece},
+    ]
+
+
+async def translate(*, caller: Caller, registry: Registry, text: str, target_language: str,
+                    source_language: str | None = None, model_id: str | None = None, provider: str | None = None,
+                    preferred_id: str | None = None) -> Translation:
+    target = language_validate(target_language, field="target_language")
+    source = language_validate(source_language, field="source_language") if source_language else None
+    if not isinstance(text, str) or not text.strip():
+        raise ApplicationError("There is no text to translate.", code="invalid", extra={"field": "text"})
+
+    run = await generation.start_run(caller=caller, registry=registry, body={"messages": [{"content": text}]},
+                                     endpoint="api.translate", model_id=model_id, provider=provider,
+                                     preferred_id=preferred_id)
+    pieces = text_split(text, max_tokens=max(64, int(run.primary.context_window * _PIECE_SHARE)))
+    usage, model, error = Usage(), None, None
+    try:
+        results = []
+        for piece in pieces:
+            body = {"messages": _messages(piece, target=target, source=source)}
+            model, completion = await generation.complete(run, body)
+            counted = generation.usage_from(completion.data)
+            piece_usage = Usage(*counted) if counted else Usage(
+                generation.estimated_input(body), tokens_count_text(generation.completion_text(completion.data)), True)
+            usage = Usage(usage.input_tokens + piece_usage.input_tokens,
+                          usage.output_tokens + piece_usage.output_tokens, usage.estimated or piece_usage.estimated)
+            results.append(generation.completion_text(completion.data).strip())
+    except BaseException as failure:
+        error = failure
+        raise
+    finally:
+        await generation.run_finish(run, model=model, usage=usage, error=error)
+    return Translation(request_id=run.request_id, text="\n\n".join(results), model=model, source_language=source,
+                       target_language=target, pieces=len(pieces), attempts=run.attempts, usage=usage,
+                       cost=run.cost, latency_ms=(time.perf_counter() - run.started) * 1000)
+
+
+def legacy_arguments(data: dict) -> dict:
+    """Maps the old parameter names onto today's."""
+    return {LEGACY_NAMES.get(name, name): value for name, value in data.items()}

@@ -1,0 +1,157 @@
+"""Usage accounting: the entry each request leaves behind, its cost, and local token counts.
+
+`usage_record` only queues the entry (a lock and an append); usage/writer.py writes the queue to
+`UsageLog` in batches, off the response path.
+"""
+
+import base64
+import gzip
+import hashlib
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal, localcontext
+from importlib.metadata import distribution
+
+import tiktoken
+from django.utils import timezone
+
+from usage.writer import writer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, kw_only=True)
+class UsageEntry:
+    """One request's usage, as `UsageLog` stores it (see its fields for their meaning)."""
+
+    request_id: str
+    endpoint: str
+    status: str
+    http_status: int
+    user_id: int | None = None
+    api_key_id: int | None = None
+    requested_model: str = ""
+    answered_model: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tokens_estimated: bool = False
+    cost: Decimal = Decimal(0)
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    error_type: str = ""
+    attempts: int = 1
+    streamed: bool = False
+    created_at: datetime = field(default_factory=timezone.now)
+
+
+def usage_record(entry: UsageEntry) -> None:
+    """Queue `entry` for the batched writer. Non-blocking and thread-safe, safe to call from async code
+    (it does no I/O); never raises. An entry whose request_id is already logged is ignored."""
+    if not isinstance(entry, UsageEntry):
+        logger.error("usage_record() takes a UsageEntry, not %s: nothing recorded", type(entry).__name__)
+        return
+    writer.record(entry)
+
+
+def usage_flush(timeout: float = 5.0) -> int:
+    """Write every entry queued so far, in the calling thread (a sync context); returns how many were written.
+
+    Waits up to `timeout` seconds for a flush already running elsewhere (TimeoutError past it). A database
+    error is raised with the entries still queued: nothing is dropped.
+    """
+    return writer.flush(timeout=timeout)
+
+
+# UsageLog.cost keeps 10 decimal places.
+COST_QUANTUM = Decimal("1e-10")
+
+
+def usage_cost(
+    *, input_tokens: int, output_tokens: int, input_price_per_million: Decimal, output_price_per_million: Decimal
+) -> Decimal:
+    """The exact cost of a request, rounded once (half up) to the 10 decimal places the log stores."""
+    with localcontext(prec=60):
+        total = input_tokens * input_price_per_million + output_tokens * output_price_per_million
+        return total.scaleb(-6).quantize(COST_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+# tiktoken downloads its vocabularies on first use, which cannot work offline. The bpe-openai package
+# ships OpenAI's o200k_base ranks file; it is checked against the SHA-256 that tiktoken itself expects
+# (tiktoken_ext/openai_public.py), and the split pattern and special tokens are tiktoken's too.
+_O200K_RANKS_FILE = ("bpe-openai", "bpe_openai/data/o200k_base.tiktoken.gz")
+_O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+_O200K_PATTERN = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
+_O200K_SPECIAL_TOKENS = {"<|endoftext|>": 199999, "<|endofprompt|>": 200018}
+
+_encoding: tiktoken.Encoding | None = None
+_encoding_lock = threading.Lock()
+
+
+def tokens_encoding() -> tiktoken.Encoding:
+    """tiktoken's o200k_base encoding, built once per process without the network.
+
+    The first call takes about 0.7 s and keeps about 75 MB: async callers should make it through
+    `sync_to_async` (or warm it in a thread at start-up); later calls are free.
+    """
+    global _encoding
+    if _encoding is None:
+        with _encoding_lock:
+            if _encoding is None:
+                _encoding = _o200k_base_load()
+    return _encoding
+
+
+def _o200k_base_load() -> tiktoken.Encoding:
+    package, path = _O200K_RANKS_FILE
+    contents = gzip.decompress(distribution(package).locate_file(path).read_bytes())
+    if hashlib.sha256(contents).hexdigest() != _O200K_SHA256:
+        raise RuntimeError(f"{path} from {package} is not OpenAI's o200k_base vocabulary (SHA-256 mismatch).")
+    ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in contents.splitlines() if line)}
+    return tiktoken.Encoding(
+        name="o200k_base", pat_str=_O200K_PATTERN, mergeable_ranks=ranks, special_tokens=_O200K_SPECIAL_TOKENS
+    )
+
+
+def tokens_count_text(text: str) -> int:
+    """Tokens in `text` under o200k_base; special-token markers in user text count as plain text."""
+    return len(tokens_encoding().encode_ordinary(text))
+
+
+def tokens_count_messages(messages: list[dict]) -> int:
+    """Prompt tokens of a chat request, counted the way OpenAI bills its chat models (the openai-cookbook
+    recipe): 3 per message, 1 more for a `name`, 3 to prime the reply.
+
+    Text content parts are counted; other values (tool calls, function calls) by their compact JSON;
+    images are not counted.
+    """
+    total = 3
+    for message in messages:
+        total += 3
+        for key, value in message.items():
+            total += sum(tokens_count_text(text) for text in _texts(key, value))
+            if key == "name":
+                total += 1
+    return total
+
+
+def _texts(key: str, value: object) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if key == "content" and isinstance(value, list):
+        return [part["text"] for part in value if isinstance(part, dict) and isinstance(part.get("text"), str)]
+    return [json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)]

@@ -1,0 +1,251 @@
+"""The batched usage-log writer: requests queue their usage in memory, a background thread writes it.
+
+`usage_record` appends to an in-process queue and returns; a daemon thread, started on the first record,
+writes the queue with `bulk_create(ignore_conflicts=True)` every `LLMHUB["USAGE_FLUSH_INTERVAL_SECONDS"]`
+(0.25 s), or as soon as `LLMHUB["USAGE_BATCH_SIZE"]` (500) rows are waiting. `request_id` is unique, so a
+row written twice (a retried flush, a duplicate record) exists once.
+
+What is guaranteed:
+- Database down: a failed batch stays queued and is retried with backoff (up to 5 s apart) until the
+  database is back. The queue holds at most 100,000 rows; past that, new rows are dropped and every drop
+  is logged as an error.
+- Normal exit, restart or SIGTERM under uvicorn (which drains and then exits normally): an `atexit`
+  handler writes everything still queued, retrying for up to 10 s if the database is failing. Celery
+  worker processes, which skip `atexit`, flush on `worker_process_shutdown`.
+- A row the database refuses for good (a string too long, a user deleted meanwhile) never blocks the
+  queue: a deleted user or key becomes NULL, as `on_delete=SET_NULL` would have made it, and a row still
+  refused is dropped with an error log naming its request_id.
+- Not guaranteed: a process killed without running its exit handlers (SIGKILL, OOM kill, a power cut)
+  loses the rows it had not written yet: at most one flush interval's worth (0.25 s by default), or
+  everything queued during a database outage.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, connection, transaction
+
+if TYPE_CHECKING:
+    from usage.services import UsageEntry
+
+logger = logging.getLogger(__name__)
+
+MAX_PENDING = 100_000
+# Errors that come back however often a batch is retried: a value the database or its field refuses.
+REFUSED = (IntegrityError, DataError, ValidationError, ValueError, TypeError)
+MAX_BACKOFF_SECONDS = 5.0
+EXIT_FLUSH_SECONDS = 10.0
+
+
+def _option(name: str, default: float) -> float:
+    return settings.LLMHUB.get(name, default)
+
+
+def rows_insert(entries: Sequence[UsageEntry]) -> None:
+    """Write one batch; a row whose request_id is already in the log is skipped by the database."""
+    from usage.models import UsageLog
+
+    rows = [UsageLog(**_row_fields(entry)) for entry in entries]
+    try:
+        UsageLog.objects.bulk_create(rows, ignore_conflicts=True)
+    except REFUSED:
+        # Not transient: retrying the same batch would stall the log for good. Save what can be saved.
+        _rows_insert_one_by_one(rows)
+
+
+def _row_fields(entry: UsageEntry) -> dict:
+    fields = {name: getattr(entry, name) for name in entry.__slots__}
+    for name, max_length in _string_limits().items():
+        fields[name] = fields[name][:max_length]
+    return fields
+
+
+@functools.cache
+def _string_limits() -> dict[str, int]:
+    # PostgreSQL refuses an over-long string: truncate rather than lose the row.
+    from usage.models import UsageLog
+
+    return {
+        field.name: field.max_length
+        for field in UsageLog._meta.concrete_fields
+        if field.get_internal_type() == "CharField" and field.max_length
+    }
+
+
+def _rows_insert_one_by_one(rows: list) -> None:
+    from django.contrib.auth import get_user_model
+
+    from registry.models import ApiKey
+    from usage.models import UsageLog
+
+    for attribute, model in (("user_id", get_user_model()), ("api_key_id", ApiKey)):
+        ids = {getattr(row, attribute) for row in rows} - {None}
+        existing = set(model.objects.filter(pk__in=ids).values_list("pk", flat=True)) if ids else set()
+        for row in rows:
+            if getattr(row, attribute) not in existing:
+                setattr(row, attribute, None)
+    for row in rows:
+        try:
+            with transaction.atomic():
+                UsageLog.objects.bulk_create([row], ignore_conflicts=True)
+        except REFUSED as error:
+            logger.error("usage row %s refused by the database and dropped: %s", row.request_id, error)
+
+
+class UsageWriter:
+    def __init__(self) -> None:
+        self._reset()
+        atexit.register(self.stop, timeout=EXIT_FLUSH_SECONDS)
+        # A forked child (gunicorn, celery prefork) starts with its own empty queue and no thread: the rows
+        # queued before the fork are the parent's to write.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._pending: deque[UsageEntry] = deque()
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._dropped = 0
+        self._database = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def record(self, entry: UsageEntry) -> None:
+        try:
+            with self._lock:
+                full = len(self._pending) >= MAX_PENDING
+                if full:
+                    self._dropped += 1
+                    dropped = self._dropped
+                else:
+                    if not self._pending:
+                        self._database = connection.settings_dict["NAME"]
+                    self._pending.append(entry)
+                    waiting = len(self._pending)
+                if self._thread is None and _option("USAGE_FLUSH_INTERVAL_SECONDS", 0.25) > 0:
+                    self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
+                    self._thread.start()
+            if full:
+                if dropped == 1 or dropped % 1000 == 0:
+                    logger.error("usage log queue full (%d rows waiting): %d usage rows dropped, the latest %s",
+                                 MAX_PENDING, dropped, entry.request_id)
+            elif waiting >= _option("USAGE_BATCH_SIZE", 500):
+                self._wake.set()
+        except Exception:
+            logger.exception("usage row %s could not be queued", getattr(entry, "request_id", "?"))
+
+    def flush(self, timeout: float = 5.0) -> int:
+        """Write the entries queued so far, a batch at a time; raises DatabaseError with them still queued."""
+        if not self._flush_lock.acquire(timeout=timeout):
+            raise TimeoutError(f"another usage flush is still running after {timeout} s")
+        try:
+            if self._pending and connection.settings_dict["NAME"] != self._database:
+                # Only a test run does this: its test database is gone when the exit flush runs, and its
+                # rows must not land in the database the settings name again.
+                with self._lock:
+                    logger.warning("usage log: %d rows queued for database %s dropped: the process now uses %s",
+                                   len(self._pending), self._database, connection.settings_dict["NAME"])
+                    self._pending.clear()
+            target = len(self._pending)
+            batch_size = max(1, int(_option("USAGE_BATCH_SIZE", 500)))
+            written = 0
+            while written < target:
+                # Only this (locked) flush removes entries, and only from the left: a batch is taken off the
+                # queue once the database has it.
+                batch = list(itertools.islice(self._pending, min(batch_size, target - written)))
+                if not batch:
+                    break
+                rows_insert(batch)
+                with self._lock:
+                    for _ in batch:
+                        self._pending.popleft()
+                written += len(batch)
+            return written
+        finally:
+            self._flush_lock.release()
+
+    def stop(self, timeout: float = EXIT_FLUSH_SECONDS) -> None:
+        """Stop the background thread and write everything queued (retried until `timeout` on database errors)."""
+        deadline = time.monotonic() + timeout
+        self._stopping.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        backoff = 0.1
+        while self._pending:
+            try:
+                self.flush(timeout=max(0.0, deadline - time.monotonic()))
+            except (DatabaseError, TimeoutError) as error:
+                if time.monotonic() + backoff > deadline:
+                    logger.error("usage log: %d rows could not be written before exit and are lost: %s",
+                                 len(self._pending), error)
+                    break
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+        with self._lock:
+            self._thread = None
+            self._stopping.clear()
+            self._wake.clear()
+
+    def _run(self) -> None:
+        backoff = 0.0
+        try:
+            while not self._stopping.is_set():
+                interval = _option("USAGE_FLUSH_INTERVAL_SECONDS", 0.25)
+                if backoff:
+                    # While the database is failing, a full queue must not turn the backoff into a busy loop.
+                    self._stopping.wait(backoff)
+                else:
+                    self._wake.wait(interval)
+                self._wake.clear()
+                if not self._pending or self._stopping.is_set():
+                    continue
+                try:
+                    close_old_connections()
+                    self.flush(timeout=MAX_BACKOFF_SECONDS)
+                    backoff = 0.0
+                except Exception as error:
+                    backoff = min(max(backoff * 2, interval, 0.05), MAX_BACKOFF_SECONDS)
+                    logger.warning("usage log flush failed (%d rows kept, retry in %.2f s): %s",
+                                   len(self._pending), backoff, error)
+                    _connection_discard()
+        finally:
+            _connection_discard()
+
+
+def _connection_discard() -> None:
+    # django.db.connection is this thread's own: closing it makes the next flush reconnect.
+    try:
+        connection.close()
+    except DatabaseError:
+        logger.debug("closing the usage writer's database connection failed", exc_info=True)
+
+
+writer = UsageWriter()
+
+
+def _flush_before_worker_exit(**kwargs) -> None:
+    writer.stop()
+
+
+def connect() -> None:
+    from celery.signals import worker_process_shutdown
+
+    worker_process_shutdown.connect(_flush_before_worker_exit, dispatch_uid="usage-writer-flush")
