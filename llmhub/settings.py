@@ -93,7 +93,8 @@ TEMPLATES = [
 ]
 
 DATABASES = {
-    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'llmhub.sqlite3'}"),
+    "default": env.db_url("DATABASE_URL", default="sqlite:///" + env.str("LLMHUB_SQLITE_PATH",
+                                                                       default=str(VAR_DIR / "llmhub.sqlite3"))),
 }
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True

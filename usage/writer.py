@@ -59,7 +59,9 @@ def rows_insert(entries: Sequence[UsageEntry]) -> None:
 
     rows = [UsageLog(**_row_fields(entry)) for entry in entries]
     try:
-        UsageLog.objects.bulk_create(rows, ignore_conflicts=True)
+        # Its own atomic block: a refused batch must not break a transaction the caller may be in.
+        with transaction.atomic():
+            UsageLog.objects.bulk_create(rows, ignore_conflicts=True)
     except REFUSED:
         # Not transient: retrying the same batch would stall the log for good. Save what can be saved.
         _rows_insert_one_by_one(rows)
