@@ -19,13 +19,13 @@ def candidate_models(*, primary: ModelSpec, registry: Registry, tier: TierSpec,
         model = primary if model_id == primary.id else registry.models.get(model_id)
         if model is None or not model.enabled or not model.allows(tier) or model in ordered:
             continue
-        if cooled_until.get(model.id, 0.0) > now:
+        if cooled_until.get(model.key, 0.0) > now:
             continue
         ordered.append(model)
-    return sorted(ordered, key=lambda model: model.id in unhealthy)
+    return sorted(ordered, key=lambda model: model.key in unhealthy)
 
 
-def earliest_retry(*, model_ids: list[str], cooled_until: Mapping[str, float], now: float) -> float | None:
-    """Seconds until the first of `model_ids` leaves its cooldown, or None if none is cooling down."""
-    waits = [cooled_until[model_id] - now for model_id in model_ids if cooled_until.get(model_id, 0.0) > now]
+def earliest_retry(*, model_keys: list[str], cooled_until: Mapping[str, float], now: float) -> float | None:
+    """Seconds until the first of `model_keys` leaves its cooldown, or None if none is cooling down."""
+    waits = [cooled_until[key] - now for key in model_keys if cooled_until.get(key, 0.0) > now]
     return min(waits) if waits else None

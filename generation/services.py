@@ -18,6 +18,7 @@ from django.conf import settings
 from generation import client
 from generation.routing import candidate_models, earliest_retry
 from llmhub.errors import ApplicationError, NotFound
+from registry.health import health_note, unhealthy_keys
 from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, get_default_model, get_model_by_id
 from usage.quotas import Reservation, quota_reserve, quota_settle
 from usage.services import UsageEntry, tokens_count_messages, tokens_count_text, usage_cost, usage_record
@@ -97,13 +98,13 @@ def model_resolve(*, caller: Caller, registry: Registry, model_id: str | None = 
     An explicit model above the caller's tier is refused (403) before any upstream is called.
     """
     if model_id:
-        model = get_model_by_id(model_id, registry=registry)
+        model = get_model_by_id(model_id, registry=registry, owner_id=caller.user_id)
         check_model_access(caller.tier, model)
         return model
     if provider:
         return _legacy_provider_model(caller=caller, registry=registry, provider=provider)
     if preferred_id:
-        model = registry.models.get(preferred_id)
+        model = registry.own_models(caller.user_id).get(preferred_id) or registry.models.get(preferred_id)
         if model is not None and model.enabled and model.allows(caller.tier):
             return model
     model = get_default_model(caller.tier, registry=registry)
@@ -134,14 +135,16 @@ def estimated_input(body: dict[str, Any]) -> int:
     return tokens_count_messages(body.get("messages") or [])
 
 
-def _cool_down(model: ModelSpec, error: client.UpstreamError) -> None:
+def _note_failure(model: ModelSpec, error: client.UpstreamError) -> None:
     if isinstance(error, client.UpstreamRateLimited):
         seconds = error.retry_after if error.retry_after is not None else _config("DEFAULT_COOLDOWN_SECONDS")
-        _cooled_until[model.id] = time.monotonic() + seconds
+        _cooled_until[model.key] = time.monotonic() + seconds
+    elif error.retryable or isinstance(error, client.UpstreamMisconfigured):
+        health_note(model, ok=False)
 
 
 def _failure(attempts: list[Attempt], last: client.UpstreamError | None, candidates: list[str]) -> GenerationFailed:
-    retry_after = earliest_retry(model_ids=candidates, cooled_until=_cooled_until, now=time.monotonic())
+    retry_after = earliest_retry(model_keys=candidates, cooled_until=_cooled_until, now=time.monotonic())
     if last is None:
         if retry_after is not None:
             return GenerationFailed("Every model for this request is rate limited.", status=429, code="rate_limited",
@@ -177,6 +180,10 @@ class _Run:
     def remaining(self) -> float:
         return self.deadline - time.perf_counter()
 
+    def tried_keys(self) -> list[str]:
+        """The primary and its fallbacks, cooling down or not (for the Retry-After of a 429)."""
+        return [self.primary.key, *self.primary.fallbacks]
+
     def record(self, *, model: ModelSpec | None, usage: Usage, status: str, http_status: int, error_type: str = "",
                streamed: bool = False, ttft_ms: float | None = None) -> Decimal:
         cost = Decimal(0) if model is None else usage_cost(
@@ -199,7 +206,7 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
     primary = model_resolve(caller=caller, registry=registry, model_id=model_id, provider=provider,
                             preferred_id=preferred_id)
     candidates = candidate_models(primary=primary, registry=registry, tier=caller.tier,
-                                  cooled_until=_cooled_until, now=time.monotonic())
+                                  cooled_until=_cooled_until, now=time.monotonic(), unhealthy=unhealthy_keys())
     run = _Run(caller=caller, endpoint=endpoint, requested=model_id or provider or primary.id, primary=primary,
                candidates=candidates)
     run.deadline = run.started + _config("GENERATION_DEADLINE_SECONDS")
@@ -226,13 +233,14 @@ async def complete(run: _Run, body: dict[str, Any]) -> tuple[ModelSpec, client.C
             run.attempts.append(Attempt(model.id, error.kind, (time.perf_counter() - attempt_started) * 1000,
                                         error.upstream_status, error.message))
             logger.warning("request %s: model %s failed (%s)", run.request_id, model.id, error.kind)
-            _cool_down(model, error)
+            _note_failure(model, error)
             if not error.retryable:
                 break
             continue
         run.attempts.append(Attempt(model.id, "ok", completion.latency_ms))
+        health_note(model, ok=True)
         return model, completion
-    raise _failure(run.attempts, last, [m.id for m in run.candidates] or [run.primary.id])
+    raise _failure(run.attempts, last, run.tried_keys())
 
 
 async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
@@ -361,13 +369,14 @@ async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any
             run.attempts.append(Attempt(model.id, error.kind, (time.perf_counter() - attempt_started) * 1000,
                                         error.upstream_status, error.message))
             logger.warning("request %s: model %s failed to stream (%s)", run.request_id, model.id, error.kind)
-            _cool_down(model, error)
+            _note_failure(model, error)
             if not error.retryable:
                 break
             continue
         run.attempts.append(Attempt(model.id, "ok", handle.first_byte_ms))
+        health_note(model, ok=True)
         return ChatStream(run, model, handle, body, client_wants_usage)
-    failure = _failure(run.attempts, last, [m.id for m in run.candidates] or [run.primary.id])
+    failure = _failure(run.attempts, last, run.tried_keys())
     await quota_settle(reservation=run.reservation, used_tokens=0)
     run.record(model=None, usage=Usage(), status="error", http_status=failure.status, error_type=failure.code,
                streamed=True)

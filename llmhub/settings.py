@@ -210,6 +210,8 @@ LLMHUB = {
     # Request caps (bad input gets a 4xx before anything is forwarded).
     "MAX_OUTPUT_TOKENS": env.int("LLMHUB_MAX_OUTPUT_TOKENS", default=32768),
     "MAX_MESSAGES": env.int("LLMHUB_MAX_MESSAGES", default=512),
+    # Users' own endpoints get a strict timeout and response cap.
+    "USER_MODEL_TIMEOUT_SECONDS": env.float("LLMHUB_USER_MODEL_TIMEOUT_SECONDS", default=30.0),
 }
 
 LOGGING = {

@@ -107,3 +107,106 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
+
+
+class UserLLMConfig(models.Model):
+    """A model a user brought: their endpoint and key, usable only by them."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="llm_configs")
+    slug = models.SlugField(max_length=100, help_text="The id the owner uses in API calls.")
+    display_name = models.CharField(max_length=200)
+    upstream_model = models.CharField(max_length=200)
+    base_url = models.URLField(max_length=500)
+    api_key_encrypted = models.TextField(blank=True, editable=False)
+    api_key_last4 = models.CharField(max_length=4, blank=True, editable=False)
+    enabled = models.BooleanField(default=True)
+    supports_streaming = models.BooleanField(default=True)
+    supports_json_mode = models.BooleanField(default=False)
+    supports_tools = models.BooleanField(default=False)
+    supports_vision = models.BooleanField(default=False)
+    context_window = models.PositiveIntegerField(default=8192)
+    input_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    output_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["owner_id", "slug"]
+        verbose_name = "user model"
+        constraints = [models.UniqueConstraint(fields=["owner", "slug"], name="unique_user_model_slug")]
+
+    def __str__(self) -> str:
+        return f"{self.display_name} ({self.owner})"
+
+
+class UserModelPreferences(models.Model):
+    """A user's default model, default per task type, and favourites (model ids: registry or own)."""
+
+    TASK_TYPES = ("generation", "translation", "code")
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="llm_preferences")
+    default_model = models.CharField(max_length=100, blank=True)
+    task_defaults = models.JSONField(default=dict, blank=True)
+    favourites = models.JSONField(default=list, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "user model preferences"
+
+
+class ModelTest(models.Model):
+    """One connectivity test of a registry model or a user model, and its result."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    llm_model = models.ForeignKey(LLMModel, null=True, blank=True, on_delete=models.CASCADE, related_name="tests")
+    user_model = models.ForeignKey(UserLLMConfig, null=True, blank=True, on_delete=models.CASCADE,
+                                   related_name="tests")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="+")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    reachable = models.BooleanField(null=True)
+    key_accepted = models.BooleanField(null=True)
+    model_found = models.BooleanField(null=True)
+    latency_ms = models.FloatField(null=True)
+    capabilities = models.JSONField(default=dict, blank=True)
+    error = models.CharField(max_length=300, blank=True, help_text="A generic message, never an upstream body.")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True)
+    finished_at = models.DateTimeField(null=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(llm_model__isnull=False, user_model__isnull=True)
+                | models.Q(llm_model__isnull=True, user_model__isnull=False),
+                name="model_test_has_one_target",
+            )
+        ]
+        indexes = [models.Index(fields=["llm_model", "-created_at"]), models.Index(fields=["user_model", "-created_at"])]
+
+
+class ModelHealth(models.Model):
+    """The current status of a model, derived from its tests and live traffic (see registry.health)."""
+
+    class Status(models.TextChoices):
+        HEALTHY = "healthy"
+        DEGRADED = "degraded"
+        DOWN = "down"
+        UNKNOWN = "unknown"
+
+    llm_model = models.OneToOneField(LLMModel, null=True, blank=True, on_delete=models.CASCADE, related_name="health")
+    user_model = models.OneToOneField(UserLLMConfig, null=True, blank=True, on_delete=models.CASCADE,
+                                      related_name="health")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.UNKNOWN)
+    last_checked_at = models.DateTimeField(null=True)
+    last_latency_ms = models.FloatField(null=True)
+    live_failures = models.PositiveIntegerField(default=0, help_text="Consecutive failed live requests.")
+    last_live_failure_at = models.DateTimeField(null=True)
+    last_live_success_at = models.DateTimeField(null=True)
+    updated_at = models.DateTimeField(auto_now=True)

@@ -4,10 +4,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from django.conf import settings
+
 from llmhub.crypto import secret_decrypt
 from llmhub.errors import NotFound, TierRequired
 from llmhub.snapshot import LocalSnapshot
-from registry.models import LLMModel, Tier
+from registry.models import LLMModel, Tier, UserLLMConfig
 
 CAPABILITIES = ("streaming", "json_mode", "tools", "vision")
 
@@ -44,6 +46,15 @@ class ModelSpec:
     fallbacks: tuple[str, ...]
     owner_id: int | None = None
 
+    @property
+    def key(self) -> str:
+        """Unique across registry and users' models (two users may both own a 'my-model')."""
+        return f"user:{self.owner_id}:{self.id}" if self.owner_id is not None else self.id
+
+    @property
+    def owned(self) -> bool:
+        return self.owner_id is not None
+
     def allows(self, tier: TierSpec) -> bool:
         # Any tier ranked at or above the lowest allowed tier may use the model.
         return self.required_tier is not None and tier.rank >= self.required_tier.rank
@@ -55,6 +66,11 @@ class Registry:
     models: Mapping[str, ModelSpec]
     default_model_id: str | None
     tier_default_ids: Mapping[str, str]
+    # Users' own models: owner id → model id → model. Only their owner ever resolves them.
+    user_models: Mapping[int, Mapping[str, ModelSpec]] = field(default_factory=dict)
+
+    def own_models(self, owner_id: int | None) -> Mapping[str, ModelSpec]:
+        return self.user_models.get(owner_id, {}) if owner_id is not None else {}
 
     @property
     def lowest_tier(self) -> TierSpec | None:
@@ -96,7 +112,39 @@ def _registry_build() -> Registry:
         )
         if row.is_default:
             default_model_id = row.public_id
-    return Registry(tiers=tiers, models=models, default_model_id=default_model_id, tier_default_ids=tier_default_ids)
+    return Registry(tiers=tiers, models=models, default_model_id=default_model_id, tier_default_ids=tier_default_ids,
+                    user_models=_user_models_build(tiers))
+
+
+def _user_models_build(tiers: Mapping[str, TierSpec]) -> dict[int, dict[str, ModelSpec]]:
+    ordered = sorted(tiers.values(), key=lambda tier: tier.rank)
+    user_models: dict[int, dict[str, ModelSpec]] = {}
+    for row in UserLLMConfig.objects.filter(enabled=True):
+        capabilities = frozenset(name for name in CAPABILITIES if getattr(row, f"supports_{name}"))
+        user_models.setdefault(row.owner_id, {})[row.slug] = ModelSpec(
+            id=row.slug,
+            pk=row.pk,
+            display_name=row.display_name,
+            upstream_model=row.upstream_model,
+            provider="user",
+            provider_name="Your models",
+            base_url=row.base_url.rstrip("/"),
+            api_key=secret_decrypt(row.api_key_encrypted),
+            timeout=settings.LLMHUB["USER_MODEL_TIMEOUT_SECONDS"],
+            connect_timeout=min(5.0, settings.LLMHUB["USER_MODEL_TIMEOUT_SECONDS"]),
+            headers={},
+            # The owner's tier applies: any tier may use an own model, its limits still count.
+            allowed_tiers=tuple(tier.slug for tier in ordered),
+            required_tier=ordered[0] if ordered else None,
+            enabled=row.enabled,
+            capabilities=capabilities,
+            context_window=row.context_window,
+            input_price_per_million=row.input_price_per_million,
+            output_price_per_million=row.output_price_per_million,
+            fallbacks=(),
+            owner_id=row.owner_id,
+        )
+    return user_models
 
 
 registry_snapshot: LocalSnapshot[Registry] = LocalSnapshot("registry", _registry_build)
@@ -108,9 +156,11 @@ def registry_get() -> Registry:
     return registry_snapshot.get()
 
 
-def get_model_by_id(model_id: str, *, registry: Registry | None = None) -> ModelSpec:
+def get_model_by_id(model_id: str, *, registry: Registry | None = None, owner_id: int | None = None) -> ModelSpec:
+    """A registry model, or one of `owner_id`'s own models (which take precedence for their owner).
+    Another user's model is as unknown as a model that does not exist."""
     registry = registry or registry_get()
-    model = registry.models.get(model_id)
+    model = registry.own_models(owner_id).get(model_id) or registry.models.get(model_id)
     if model is None or not model.enabled:
         raise NotFound(f"The model '{model_id}' does not exist.", code="model_not_found")
     return model
@@ -128,9 +178,12 @@ def check_model_access(user_tier: TierSpec, model: ModelSpec) -> None:
     )
 
 
-def get_available_models(tier: TierSpec, *, registry: Registry | None = None) -> list[ModelSpec]:
+def get_available_models(tier: TierSpec, *, registry: Registry | None = None,
+                         owner_id: int | None = None) -> list[ModelSpec]:
+    """The registry models the tier may use, then the owner's own models."""
     registry = registry or registry_get()
-    return [model for model in registry.models.values() if model.enabled and model.allows(tier)]
+    shared = [model for model in registry.models.values() if model.enabled and model.allows(tier)]
+    return shared + list(registry.own_models(owner_id).values())
 
 
 def get_default_model(tier: TierSpec, *, registry: Registry | None = None) -> ModelSpec | None:

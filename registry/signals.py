@@ -3,7 +3,7 @@
 from django.contrib.auth import get_user_model
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
-from registry.models import ApiKey, LLMModel, ModelFallback, Provider, Tier, UserProfile
+from registry.models import ApiKey, LLMModel, ModelFallback, Provider, Tier, UserLLMConfig, UserProfile
 from registry.selectors import api_key_snapshot, registry_snapshot
 
 
@@ -16,7 +16,7 @@ def _invalidate_api_keys(**kwargs) -> None:
 
 
 def connect() -> None:
-    for model in (Tier, Provider, LLMModel, ModelFallback):
+    for model in (Tier, Provider, LLMModel, ModelFallback, UserLLMConfig):
         post_save.connect(_invalidate_registry, sender=model, dispatch_uid=f"registry-save-{model.__name__}")
         post_delete.connect(_invalidate_registry, sender=model, dispatch_uid=f"registry-delete-{model.__name__}")
     m2m_changed.connect(_invalidate_registry, sender=LLMModel.allowed_tiers.through, dispatch_uid="registry-tiers")

@@ -22,15 +22,18 @@ What is guaranteed:
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import itertools
 import logging
 import os
+import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -243,11 +246,40 @@ def _connection_discard() -> None:
 writer = UsageWriter()
 
 
+async def asgi_lifespan(scope: dict, receive, send) -> None:
+    """The ASGI lifespan protocol, for the app to route `scope["type"] == "lifespan"` to. uvicorn sends
+    `lifespan.shutdown` after it has drained every connection, in each worker process: the place to write
+    what the last requests queued."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await asyncio.to_thread(writer.stop)
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _flush_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # uvicorn, when it finds this handler installed, runs its graceful shutdown first, then puts this handler
+    # back and raises the signal again: the flush then comes after the last request. The flush gets its own
+    # thread, since this one may be running an event loop (no ORM call there).
+    flusher = threading.Thread(target=writer.stop, name="usage-exit-flush")
+    flusher.start()
+    flusher.join()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
+
+
 def _flush_before_worker_exit(**kwargs) -> None:
     writer.stop()
 
 
 def connect() -> None:
+    """Flush on the exits that skip `atexit`: SIGTERM left at its default, and Celery's forked workers."""
     from celery.signals import worker_process_shutdown
 
     worker_process_shutdown.connect(_flush_before_worker_exit, dispatch_uid="usage-writer-flush")
+    # Only over the default action (death): a handler someone installed on purpose stays theirs.
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _flush_on_sigterm)

@@ -369,7 +369,7 @@ def test_it_refuses_a_rebound_name_through_the_sync_openai_sdk_before_connecting
         max_retries=0,
     )
 
-    with pytest.raises(openai.APIConnectionError) as exc_info:
+    with client, pytest.raises(openai.APIConnectionError) as exc_info:
         client.models.list()
 
     assert "'rebind.example.com' resolves to a private address (10.0.0.7)" in refusal_message(exc_info)
@@ -384,7 +384,8 @@ def test_it_reaches_the_allowlisted_simulated_upstream_through_the_sync_openai_s
         max_retries=0,
     )
 
-    assert "demo" in [model.id for model in client.models.list().data]
+    with client:
+        assert "demo" in [model.id for model in client.models.list().data]
 
 
 def test_it_does_not_follow_a_redirect_through_the_sync_client(local_server):
