@@ -147,7 +147,7 @@ def _http_client(model: ModelSpec) -> httpx2.AsyncClient:
         # A user's own endpoint: connect-time SSRF checks, no redirects.
         from registry.ssrf import safe_openai_http_client
 
-        return safe_openai_http_client(timeout=timeout)
+        return safe_openai_http_client(timeout=timeout, max_response_bytes=MAX_RESPONSE_BYTES)
     return openai.DefaultAioHttpClient(timeout=timeout, limits=_LIMITS, follow_redirects=False)
 
 
@@ -177,10 +177,15 @@ def map_status_error(status: int, headers: Any = None) -> UpstreamError:
 def map_exception(error: BaseException) -> UpstreamError:
     if isinstance(error, UpstreamError):
         return error
-    if isinstance(error, TimeoutError | openai.APITimeoutError | httpx2.TimeoutException):
-        return UpstreamTimeout("The upstream did not answer in time.")
     if isinstance(error, openai.APIStatusError):
         return map_status_error(error.status_code, error.response.headers)
+    # The transport's own error decides, not the SDK's wrapping of it: the aiohttp transport reports a
+    # dropped connection (ServerDisconnectedError) as httpx's ConnectTimeout, which is no timeout at all.
+    cause = error
+    while isinstance(cause, openai.APIError | httpx2.TransportError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, TimeoutError | openai.APITimeoutError | httpx2.TimeoutException):
+        return UpstreamTimeout("The upstream did not answer in time.")
     return UpstreamUnavailable("The upstream could not be reached.")
 
 

@@ -7,7 +7,13 @@ from django.template.response import TemplateResponse
 
 from llmhub.errors import ConfigurationError
 from registry.models import ApiKey, LLMModel, ModelFallback, Provider, Tier, UserProfile
-from registry.services import api_key_create, api_key_revoke, llm_models_set_enabled, secret_assign, secret_change_check
+from registry.services import (
+    api_key_create,
+    api_key_revoke,
+    llm_models_set_enabled,
+    secret_assign,
+    secret_redirect_check,
+)
 
 User = get_user_model()
 
@@ -32,16 +38,17 @@ class SecretKeyForm(forms.ModelForm):
 
     def clean(self) -> dict:
         cleaned = super().clean()
-        if self.instance.pk and "base_url" in self.changed_data:
+        if self.instance.pk and {"base_url", "provider"} & set(self.changed_data):
             try:
-                secret_change_check(
-                    old_base_url=self.initial.get("base_url") or "",
-                    new_base_url=cleaned.get("base_url") or "",
-                    has_stored_key=bool(self.instance.api_key_encrypted) and not cleaned.get("clear_api_key"),
+                secret_redirect_check(
+                    instance=self.instance,
+                    base_url=cleaned.get("base_url") or "",
+                    provider=cleaned.get("provider"),
                     new_key_given=bool(cleaned.get("api_key")),
+                    key_cleared=bool(cleaned.get("clear_api_key")),
                 )
             except ConfigurationError as error:
-                self.add_error("api_key", error.message)
+                self.add_error(error.extra["field"], error.message)
         return cleaned
 
     def save(self, commit: bool = True):

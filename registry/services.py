@@ -49,8 +49,11 @@ def _assign(instance: Any, values: dict[str, Any]) -> bool:
 
 def secret_assign(instance: Provider | LLMModel, plain: str) -> bool:
     """Stores `plain` as the instance's key; unchanged keys keep their ciphertext (loads stay idempotent)."""
-    if secret_decrypt(instance.api_key_encrypted) == plain:
-        return False
+    try:
+        if secret_decrypt(instance.api_key_encrypted) == plain:
+            return False
+    except ConfigurationError:
+        pass  # a key lost with its encryption key is replaced: that is how an operator recovers
     instance.api_key_encrypted = secret_encrypt(plain)
     instance.api_key_last4 = secret_last4(plain)
     return True
@@ -213,10 +216,48 @@ def llm_models_set_enabled(*, model_ids: list[int], enabled: bool) -> int:
     return changed
 
 
-def secret_change_check(*, old_base_url: str, new_base_url: str, has_stored_key: bool, new_key_given: bool) -> None:
-    """A stored key must not be sent to a new host unless the key is entered again with it."""
-    if has_stored_key and not new_key_given and old_base_url.rstrip("/") != new_base_url.rstrip("/"):
-        raise ConfigurationError(
-            "Changing the base URL requires entering the API key again.", code="key_required_for_new_base_url",
-            extra={"field": "api_key"},
+def _endpoint(url: str) -> str:
+    return url.strip().rstrip("/")
+
+
+def _redirect_refused(message: str, *, field: str) -> ConfigurationError:
+    return ConfigurationError(message, code="key_required_for_new_base_url", extra={"field": field})
+
+
+def secret_redirect_check(*, instance: Provider | LLMModel, base_url: str, provider: Provider | None = None,
+                          new_key_given: bool, key_cleared: bool = False) -> None:
+    """A stored key is only sent to the URL it was entered with: an edit that would send one elsewhere (a new base
+    URL, or a model moved to another provider) is refused unless the key is entered again with it.
+
+    `base_url` and `provider` are the edited values; `instance` is only used for its primary key.
+    """
+    if instance.pk is None:
+        return
+    if isinstance(instance, Provider):
+        stored = Provider.objects.get(pk=instance.pk)
+        if _endpoint(base_url) == _endpoint(stored.base_url):
+            return
+        if stored.api_key_encrypted and not (key_cleared or new_key_given):
+            raise _redirect_refused("Changing the base URL requires entering the API key again.", field="api_key")
+        # Models with a key of their own and no base URL send that key to the provider's URL.
+        carried = sorted(stored.models.filter(base_url="").exclude(api_key_encrypted="").values_list("public_id", flat=True))
+        if carried:
+            raise _redirect_refused(
+                f"These models would send their own API keys to the new URL: {', '.join(carried)}. "
+                "Give them their own base URL, or enter their keys again, first.", field="base_url",
+            )
+        return
+    if new_key_given:
+        return
+    stored = LLMModel.objects.select_related("provider").get(pk=instance.pk)
+    provider = provider or stored.provider
+    old, new = _endpoint(stored.base_url or stored.provider.base_url), _endpoint(base_url or provider.base_url)
+    if old == new:
+        return
+    if stored.api_key_encrypted and not key_cleared:
+        raise _redirect_refused("Changing the endpoint requires entering the API key again.", field="api_key")
+    if provider.api_key_encrypted and new != _endpoint(provider.base_url):
+        raise _redirect_refused(
+            f"This model would send the {provider.display_name} provider's API key to another URL: "
+            "enter a key for the model.", field="api_key",
         )

@@ -9,12 +9,19 @@ What is guaranteed:
 - Database down: a failed batch stays queued and is retried with backoff (up to 5 s apart) until the
   database is back. The queue holds at most 100,000 rows; past that, new rows are dropped and every drop
   is logged as an error.
-- Normal exit, restart or SIGTERM under uvicorn (which drains and then exits normally): an `atexit`
-  handler writes everything still queued, retrying for up to 10 s if the database is failing. Celery
-  worker processes, which skip `atexit`, flush on `worker_process_shutdown`.
+- Normal exit or restart: an `atexit` handler writes everything still queued, retrying for up to 10 s if
+  the database is failing.
+- SIGTERM: uvicorn drains its connections, then restores the SIGTERM handler it found and raises the
+  signal again, which by default kills the process without `atexit`. So `connect()` (at start-up) puts a
+  handler over the default action that writes the queue and then dies of SIGTERM as before; that covers
+  one uvicorn process and any script or command. uvicorn's `--workers N` processes load the app after
+  setting their own handlers: there the ASGI app routes the lifespan protocol to `asgi_lifespan` (served
+  with `--lifespan on`), which writes the queue at `lifespan.shutdown`, after the drain. Celery's forked
+  worker processes, which skip `atexit`, write it on `worker_process_shutdown`.
 - A row the database refuses for good (a string too long, a user deleted meanwhile) never blocks the
-  queue: a deleted user or key becomes NULL, as `on_delete=SET_NULL` would have made it, and a row still
-  refused is dropped with an error log naming its request_id.
+  queue: strings are cut to their column's length, a deleted user or key becomes NULL (as
+  `on_delete=SET_NULL` would have made it), and a row still refused is dropped with an error log naming
+  its request_id.
 - Not guaranteed: a process killed without running its exit handlers (SIGKILL, OOM kill, a power cut)
   loses the rows it had not written yet: at most one flush interval's worth (0.25 s by default), or
   everything queued during a database outage.
@@ -50,10 +57,6 @@ MAX_PENDING = 100_000
 REFUSED = (IntegrityError, DataError, ValidationError, ValueError, TypeError)
 MAX_BACKOFF_SECONDS = 5.0
 EXIT_FLUSH_SECONDS = 10.0
-
-
-def _option(name: str, default: float) -> float:
-    return settings.LLMHUB.get(name, default)
 
 
 def rows_insert(entries: Sequence[UsageEntry]) -> None:
@@ -117,7 +120,13 @@ class UsageWriter:
         # queued before the fork are the parent's to write.
         os.register_at_fork(after_in_child=self._reset)
 
+    def options_load(self) -> None:
+        # Read once, not per record: a settings lookup costs more than queuing the entry.
+        self._interval = float(settings.LLMHUB.get("USAGE_FLUSH_INTERVAL_SECONDS", 0.25))
+        self._batch_size = max(1, int(settings.LLMHUB.get("USAGE_BATCH_SIZE", 500)))
+
     def _reset(self) -> None:
+        self.options_load()
         self._pending: deque[UsageEntry] = deque()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -140,17 +149,17 @@ class UsageWriter:
                     dropped = self._dropped
                 else:
                     if not self._pending:
-                        self._database = connection.settings_dict["NAME"]
+                        self._database = settings.DATABASES["default"]["NAME"]
                     self._pending.append(entry)
                     waiting = len(self._pending)
-                if self._thread is None and _option("USAGE_FLUSH_INTERVAL_SECONDS", 0.25) > 0:
+                if self._thread is None and self._interval > 0:
                     self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
                     self._thread.start()
             if full:
                 if dropped == 1 or dropped % 1000 == 0:
                     logger.error("usage log queue full (%d rows waiting): %d usage rows dropped, the latest %s",
                                  MAX_PENDING, dropped, entry.request_id)
-            elif waiting >= _option("USAGE_BATCH_SIZE", 500):
+            elif waiting >= self._batch_size:
                 self._wake.set()
         except Exception:
             logger.exception("usage row %s could not be queued", getattr(entry, "request_id", "?"))
@@ -160,15 +169,16 @@ class UsageWriter:
         if not self._flush_lock.acquire(timeout=timeout):
             raise TimeoutError(f"another usage flush is still running after {timeout} s")
         try:
-            if self._pending and connection.settings_dict["NAME"] != self._database:
+            database = settings.DATABASES["default"]["NAME"]
+            if self._pending and database != self._database:
                 # Only a test run does this: its test database is gone when the exit flush runs, and its
                 # rows must not land in the database the settings name again.
                 with self._lock:
                     logger.warning("usage log: %d rows queued for database %s dropped: the process now uses %s",
-                                   len(self._pending), self._database, connection.settings_dict["NAME"])
+                                   len(self._pending), self._database, database)
                     self._pending.clear()
             target = len(self._pending)
-            batch_size = max(1, int(_option("USAGE_BATCH_SIZE", 500)))
+            batch_size = self._batch_size
             written = 0
             while written < target:
                 # Only this (locked) flush removes entries, and only from the left: a batch is taken off the
@@ -213,7 +223,7 @@ class UsageWriter:
         backoff = 0.0
         try:
             while not self._stopping.is_set():
-                interval = _option("USAGE_FLUSH_INTERVAL_SECONDS", 0.25)
+                interval = self._interval
                 if backoff:
                     # While the database is failing, a full queue must not turn the backoff into a busy loop.
                     self._stopping.wait(backoff)
@@ -275,11 +285,19 @@ def _flush_before_worker_exit(**kwargs) -> None:
     writer.stop()
 
 
+def _options_reload(*, setting: str, **kwargs) -> None:
+    if setting == "LLMHUB":
+        writer.options_load()
+
+
 def connect() -> None:
-    """Flush on the exits that skip `atexit`: SIGTERM left at its default, and Celery's forked workers."""
+    """Flush on the exits that skip `atexit` (SIGTERM left at its default, Celery's forked workers); follow
+    settings changed by tests."""
     from celery.signals import worker_process_shutdown
+    from django.test.signals import setting_changed
 
     worker_process_shutdown.connect(_flush_before_worker_exit, dispatch_uid="usage-writer-flush")
+    setting_changed.connect(_options_reload, dispatch_uid="usage-writer-options")
     # Only over the default action (death): a handler someone installed on purpose stays theirs.
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _flush_on_sigterm)

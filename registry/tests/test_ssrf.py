@@ -12,6 +12,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import aiohttp
@@ -209,6 +210,17 @@ def test_it_refuses_a_host_name_with_one_public_and_one_private_address(fake_dns
 def test_it_refuses_a_host_name_that_does_not_resolve(fake_dns):
     with pytest.raises(UnsafeURL, match=r"the host 'nowhere\.example\.com' could not be resolved"):
         validate_user_base_url("https://nowhere.example.com/v1", allowlist=[])
+
+
+def test_it_gives_up_on_a_slow_resolver_within_the_resolve_timeout(monkeypatch):
+    monkeypatch.setattr("registry.ssrf.RESOLVE_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: time.sleep(1) or [])
+    started = time.monotonic()
+
+    with pytest.raises(UnsafeURL, match=r"resolving the host 'slow\.example\.com' timed out"):
+        validate_user_base_url("https://slow.example.com/v1", allowlist=[])
+
+    assert time.monotonic() - started < 0.8
 
 
 def test_it_accepts_a_public_https_url_and_normalises_it(fake_dns):

@@ -1,0 +1,599 @@
+"""`make bench`: the hub against the simulated upstream on loopback, side by side, in one run.
+
+Starts the simulated upstream and one uvicorn worker serving llmhub (and, with --peers, the LiteLLM proxy),
+on a throwaway SQLite database under var/, then drives every target with the same load, interleaved so
+that the machine's drift hits them alike:
+
+- non-streaming at concurrency 1, 16 and 128 with wrk (bench/post.lua), or bench/loadgen.py without wrk;
+- streaming at the same concurrencies with bench/loadgen.py, which timestamps the first SSE event;
+- a 1000 ms upstream at 256 in flight with bench/loadgen.py, which, unlike wrk, lets the requests in
+  flight at the deadline finish, so req/s is not rounded down to whole waves of 256.
+
+Each figure is the median of BENCH_REPS runs (3) of BENCH_SECONDS (3) seconds (BENCH_SLOW_SECONDS (6)
+for the 1000 ms upstream). With two or more CPUs the app under test gets the last one to itself and the
+simulated upstream and the load generators share the others (BENCH_PIN=0 turns pinning off).
+Prints one markdown table and writes it, with the machine and method, to bench/RESULTS.md.
+"""
+
+import argparse
+import contextlib
+import ctypes
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var"
+BENCH = ROOT / "bench"
+VENV_BIN = Path(sys.executable).parent
+LITELLM_VENV = VAR / "litellm-venv"
+RESULTS = BENCH / "RESULTS.md"
+NOTES_MARKER = "<!-- notes: kept across runs -->"
+
+SIM_KEY = "sk-local-simulator"
+PROMPT = "Say hello to the benchmark in a few words please"
+CONCURRENCIES = (1, 16, 128)
+SLOW_CONCURRENCY = 256
+SLOW_MODEL = "bench-slow"  # bench/setup_db.py: upstream model `demo@latency=1000`
+
+
+def _env_number(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+REPS = int(_env_number("BENCH_REPS", 3))
+SECONDS = int(_env_number("BENCH_SECONDS", 3))
+SLOW_SECONDS = _env_number("BENCH_SLOW_SECONDS", 6)
+
+
+# ---------------------------------------------------------------- processes
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # A child outlives a parent killed with SIGKILL unless the kernel is asked to signal it.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Processes:
+    """Every process the benchmark starts, stopped (whole process group) however the run ends."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, command: list[str], *, env: dict[str, str], log: Path) -> subprocess.Popen:
+        with open(log, "wb") as output:
+            process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
+                                       start_new_session=True, preexec_fn=_die_with_parent)
+        self.started.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen) -> None:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            self.stop(process)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Pinning:
+    app: list[str] = field(default_factory=list)  # taskset prefix for the app under test
+    rest: list[str] = field(default_factory=list)  # for the simulated upstream and the load generators
+    load_cpus: int = 1
+    description: str = "not pinned"
+
+
+def _pinning() -> Pinning:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or os.environ.get("BENCH_PIN", "1") == "0" or not shutil.which("taskset"):
+        return Pinning(load_cpus=len(cpus))
+    app, rest = str(cpus[-1]), ",".join(str(cpu) for cpu in cpus[:-1])
+    return Pinning(app=["taskset", "-c", app], rest=["taskset", "-c", rest], load_cpus=len(cpus) - 1,
+                   description=f"app under test on CPU {app} alone (taskset -c {app}); simulated upstream, wrk and "
+                               f"bench/loadgen.py on CPU {rest} (taskset -c {rest})")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            children += [int(child) for child in (task / "children").read_text().split()]
+    return [pid] + [grandchild for child in children for grandchild in _descendants(child)]
+
+
+def _status_kb(pid: int, name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _tree_peak_mb(pid: int) -> float:
+    """Peak RSS (VmHWM) of a process and its descendants (the LiteLLM CLI may fork its server)."""
+    return sum(_status_kb(each, "VmHWM") for each in _descendants(pid)) / 1024
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    return sum(_cpu_seconds(each) for each in _descendants(pid))
+
+
+# ---------------------------------------------------------------- targets
+
+
+@dataclass
+class Target:
+    name: str
+    url: str  # base, ending in /v1
+    api_key: str
+    model: str
+    slow_model: str
+    process: subprocess.Popen | None = None
+    startup_s: float | None = None
+    peak_rss_mb: float | None = None
+
+    def body(self, *, stream: bool, slow: bool = False) -> bytes:
+        payload = {"model": self.slow_model if slow else self.model,
+                   "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 64}
+        if stream:
+            payload |= {"stream": True, "stream_options": {"include_usage": True}}
+        return json.dumps(payload).encode()
+
+
+def _post(url: str, body: bytes, api_key: str, timeout: float = 10.0) -> int:
+    host_port, _, path = url.removeprefix("http://").partition("/")
+    host, _, port = host_port.partition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        connection.request("POST", "/" + path, body, {"Content-Type": "application/json",
+                                                       "Authorization": f"Bearer {api_key}"})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def _wait_first_answer(target: Target, started: float, timeout: float) -> float:
+    """Seconds from `started` (the spawn) until a chat completion succeeds."""
+    body, url = target.body(stream=False), target.url + "/chat/completions"
+    while time.perf_counter() - started < timeout:
+        if target.process is not None and target.process.poll() is not None:
+            raise RuntimeError(f"{target.name} exited with {target.process.returncode} before answering")
+        try:
+            if _post(url, body, target.api_key) == 200:
+                return time.perf_counter() - started
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise RuntimeError(f"{target.name} did not answer within {timeout:.0f} s")
+
+
+# ---------------------------------------------------------------- load
+
+
+def _run_json(command: list[str], *, env: dict[str, str] | None = None, prefix: str = "") -> dict:
+    output = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    for line in output.stdout.splitlines():
+        if line.startswith(prefix) and line[len(prefix):].lstrip().startswith("{"):
+            return json.loads(line[len(prefix):])
+    raise RuntimeError(f"{command[0]} gave no result (exit {output.returncode}): {output.stderr[-2000:]}")
+
+
+class Load:
+    def __init__(self, pinning: Pinning) -> None:
+        self.pinning = pinning
+        self.wrk = shutil.which("wrk")
+        VAR.mkdir(exist_ok=True)
+
+    def _body_file(self, body: bytes) -> Path:
+        path = VAR / f"bench-body-{abs(hash(body))}.json"
+        if not path.exists():
+            path.write_bytes(body)
+        return path
+
+    def run(self, target: Target, *, stream: bool, connections: int, seconds: float, slow: bool = False) -> dict:
+        body_file = self._body_file(target.body(stream=stream, slow=slow))
+        url = target.url + "/chat/completions"
+        cpu_before = _tree_cpu_seconds(target.process.pid) if target.process else None
+        if self.wrk and not stream and not slow:
+            result = self._wrk(url, body_file, target.api_key, connections, seconds)
+        else:
+            command = [*self.pinning.rest, str(VENV_BIN / "python"), "-m", "bench.loadgen", url,
+                       "--body-file", str(body_file), "--header", f"Authorization: Bearer {target.api_key}",
+                       "--connections", str(connections), "--duration", str(seconds)]
+            result = _run_json(command)
+            result["tool"] = "loadgen"
+        if cpu_before is not None and result["requests"]:
+            cpu = _tree_cpu_seconds(target.process.pid) - cpu_before
+            result["app_cpu_ms_per_request"] = cpu * 1000 / result["requests"]
+        return result
+
+    def _wrk(self, url: str, body_file: Path, api_key: str, connections: int, seconds: float) -> dict:
+        threads = max(1, min(connections, self.pinning.load_cpus))
+        command = [*self.pinning.rest, self.wrk, "-t", str(threads), "-c", str(connections), "-d", f"{round(seconds)}s",
+                   "--timeout", "10s", "-s", str(BENCH / "post.lua"), url]
+        env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_AUTHORIZATION": f"Bearer {api_key}"}
+        result = _run_json(command, env=env, prefix="BENCH_JSON ")
+        result["tool"] = "wrk"
+        return result
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def _app_env(sim_url: str) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "REDIS_URL")}
+    return env | {
+        "DJANGO_SETTINGS_MODULE": "llmhub.settings",
+        "LLMHUB_SQLITE_PATH": str(VAR / "bench.sqlite3"),
+        "LLMHUB_SIMULATOR_URL": sim_url,
+        "LLMHUB_LOG_LEVEL": "WARNING",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _database_setup(env: dict[str, str]) -> str:
+    for suffix in ("", "-wal", "-shm"):
+        (VAR / f"bench.sqlite3{suffix}").unlink(missing_ok=True)
+    return _run_json([str(VENV_BIN / "python"), "-m", "bench.setup_db"], env=env)["api_key"]
+
+
+def _wait_http(url: str, timeout: float = 20.0) -> None:
+    host_port = url.removeprefix("http://").partition("/")[0]
+    host, _, port = host_port.partition(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            connection = http.client.HTTPConnection(host, int(port), timeout=2)
+            connection.request("GET", "/_sim/stats")
+            if connection.getresponse().status == 200:
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing answered at {url} within {timeout:.0f} s")
+
+
+def _litellm_config(sim_url: str) -> Path:
+    path = VAR / "bench-litellm.yaml"
+    models = (("demo", "demo"), (SLOW_MODEL, "demo@latency=1000"))
+    lines = ["model_list:"]
+    for name, upstream in models:
+        lines += [f"  - model_name: {name}", "    litellm_params:", f"      model: openai/{upstream}",
+                  f"      api_base: {sim_url}", f"      api_key: {SIM_KEY}"]
+    lines += ["litellm_settings:", "  telemetry: false", "  drop_params: true", "general_settings: {}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _litellm_start(processes: Processes, pinning: Pinning, sim_url: str) -> Target | None:
+    executable = LITELLM_VENV / "bin" / "litellm"
+    if not executable.exists():
+        print(f"LiteLLM is not installed in {LITELLM_VENV.relative_to(ROOT)} (`make bench-peers` installs it): "
+              "no LiteLLM column", file=sys.stderr)
+        return None
+    port = _free_port()
+    env = {name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "REDIS_URL")}
+    env |= {"LITELLM_TELEMETRY": "False", "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
+            "PYTHONUNBUFFERED": "1"}
+    target = Target("LiteLLM", f"http://127.0.0.1:{port}/v1", "sk-anything", "demo", SLOW_MODEL)
+    started = time.perf_counter()
+    target.process = processes.start(
+        [*pinning.app, str(executable), "--config", str(_litellm_config(sim_url)), "--host", "127.0.0.1",
+         "--port", str(port), "--num_workers", "1"], env=env, log=VAR / "bench-litellm.log")
+    try:
+        target.startup_s = _wait_first_answer(target, started, timeout=120)
+    except RuntimeError as error:
+        print(f"LiteLLM left out: {error} (see var/bench-litellm.log)", file=sys.stderr)
+        processes.stop(target.process)
+        return None
+    return target
+
+
+# ---------------------------------------------------------------- figures and table
+
+
+def _median(runs: list[dict], key: str) -> float | None:
+    values = [run[key] for run in runs if run.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+@dataclass
+class Verdict:
+    must: str
+    goal: str
+    check: Callable[[dict], tuple[bool, bool]]  # figures → (must met, goal met)
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _verdict(must: bool, goal: bool) -> str:
+    return "**pass (goal)**" if goal and must else "pass (must)" if must else "**MISS**"
+
+
+class Table:
+    def __init__(self, targets: list[str]) -> None:
+        self.targets = targets
+        self.rows: list[list[str]] = []
+
+    def add(self, figure: str, cells: dict[str, str], versus: str = "", target: str = "", verdict: str = "") -> None:
+        self.rows.append([figure, *(cells.get(name, "–") for name in self.targets), versus, target, verdict])
+
+    def markdown(self) -> str:
+        head = ["figure", *self.targets, "llmhub vs direct", "target: must / goal", "llmhub"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+
+def build_table(results: dict, targets: list[Target]) -> tuple[Table, dict]:
+    names = [target.name for target in targets]
+    table = Table(names)
+    headline: dict = {}
+
+    def med(name: str, config: str, key: str) -> float | None:
+        return _median(results[config].get(name, []), key)
+
+    for stream in (False, True):
+        mode = "streaming" if stream else "non-streaming"
+        for connections in CONCURRENCIES:
+            config = f"{'stream' if stream else 'plain'}-c{connections}"
+            label = f"{mode}, c={connections}"
+            direct_p50 = med("direct", config, "p50_ms")
+            cells = {}
+            for name in names:
+                p50, p99 = med(name, config, "p50_ms"), med(name, config, "p99_ms")
+                added = "" if name == "direct" or p50 is None or direct_p50 is None else f" (+{p50 - direct_p50:.2f})"
+                cells[name] = f"{_fmt(p50)} / {_fmt(p99)}{added if name != 'llmhub' else ''}"
+            hub_p50, hub_p99 = med("llmhub", config, "p50_ms"), med("llmhub", config, "p99_ms")
+            added_p50 = None if hub_p50 is None or direct_p50 is None else hub_p50 - direct_p50
+            headline[f"{config}.added_p50_ms"] = added_p50
+            target = verdict = ""
+            if config == "plain-c1":
+                target, verdict = "added p50 ≤ 3 ms / ≤ 1.5 ms", _verdict(added_p50 <= 3, added_p50 <= 1.5)
+            table.add(f"{label}: latency p50 / p99 (ms)", cells, f"+{_fmt(added_p50)} ms p50", target, verdict)
+
+            direct_rps, hub_rps = med("direct", config, "rps"), med("llmhub", config, "rps")
+            headline[f"{config}.hub_rps"] = hub_rps
+            target = verdict = ""
+            if config == "plain-c16":
+                target = "≥ 300 req/s, p99 ≤ 100 ms / ≥ 500 req/s"
+                verdict = _verdict(hub_rps >= 300 and hub_p99 <= 100, hub_rps >= 500 and hub_p99 <= 100)
+            table.add(f"{label}: req/s", {name: _fmt(med(name, config, "rps"), 0) for name in names},
+                      f"×{_fmt(hub_rps / direct_rps)}" if direct_rps and hub_rps else "", target, verdict)
+
+            if stream:
+                direct_ttft = med("direct", config, "ttft_p50_ms")
+                cells = {}
+                for name in names:
+                    ttft = med(name, config, "ttft_p50_ms")
+                    added = "" if name in ("direct", "llmhub") or None in (ttft, direct_ttft) else f" (+{ttft - direct_ttft:.2f})"
+                    cells[name] = _fmt(ttft) + added
+                hub_ttft = med("llmhub", config, "ttft_p50_ms")
+                added_ttft = None if None in (hub_ttft, direct_ttft) else hub_ttft - direct_ttft
+                headline[f"{config}.added_ttft_ms"] = added_ttft
+                target = verdict = ""
+                if connections == 1:
+                    target, verdict = "added ≤ 3 ms / ≤ 1.5 ms", _verdict(added_ttft <= 3, added_ttft <= 1.5)
+                table.add(f"{label}: time to first token p50 (ms)", cells, f"+{_fmt(added_ttft)} ms", target, verdict)
+
+    config = "slow-c256"
+    direct_rps, hub_rps = med("direct", config, "rps"), med("llmhub", config, "rps")
+    share = hub_rps / direct_rps if direct_rps and hub_rps else 0.0
+    hub_errors = sum(run["errors"] for run in results[config].get("llmhub", []))
+    hub_p99 = med("llmhub", config, "p99_ms") or float("inf")
+    headline |= {"slow.share": share, "slow.hub_errors": hub_errors, "slow.hub_p99_ms": hub_p99}
+    cells = {}
+    for name in names:
+        rps = med(name, config, "rps")
+        cells[name] = _fmt(rps, 1) + ("" if name in ("direct", "llmhub") or not (rps and direct_rps)
+                                      else f" ({rps / direct_rps:.0%})")
+    table.add(f"1000 ms upstream, {SLOW_CONCURRENCY} in flight: req/s", cells, f"{share:.1%} of direct",
+              "≥ 90%, 0 errors / ≥ 97%, p99 ≤ 1.1 s",
+              _verdict(share >= 0.90 and hub_errors == 0, share >= 0.97 and hub_errors == 0 and hub_p99 <= 1100))
+    table.add(f"1000 ms upstream, {SLOW_CONCURRENCY} in flight: latency p50 / p99 (ms)",
+              {name: f"{_fmt(med(name, config, 'p50_ms'), 0)} / {_fmt(med(name, config, 'p99_ms'), 0)}" for name in names})
+    table.add(f"1000 ms upstream, {SLOW_CONCURRENCY} in flight: errors (all runs)",
+              {name: str(sum(run["errors"] for run in results[config].get(name, []))) for name in names})
+
+    by_name = {target.name: target for target in targets}
+    hub = by_name["llmhub"]
+    table.add("peak RSS (MB, VmHWM at the end)", {t.name: _fmt(t.peak_rss_mb, 0) for t in targets if t.peak_rss_mb},
+              "", "≤ 160 MB / ≤ 130 MB", _verdict(hub.peak_rss_mb <= 160, hub.peak_rss_mb <= 130))
+    table.add("start-up: spawn to first answer (s)", {t.name: _fmt(t.startup_s) for t in targets if t.startup_s},
+              "", "≤ 3 s / ≤ 2 s", _verdict(hub.startup_s <= 3, hub.startup_s <= 2))
+    headline |= {"peak_rss_mb": hub.peak_rss_mb, "startup_s": hub.startup_s}
+    return table, headline
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("django", "openai", "aiohttp", "uvicorn", "uvloop", "httptools", "orjson"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    if shutil.which("wrk"):
+        versions["wrk"] = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split()[1]
+    litellm_python = LITELLM_VENV / "bin" / "python"
+    if litellm_python.exists():
+        versions["litellm"] = subprocess.run(
+            [str(litellm_python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+            capture_output=True, text=True).stdout.strip()
+    return versions
+
+
+def _machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemTotal"))
+    return f"{os.cpu_count()} CPUs ({cpu}), {memory_kb / 1024 / 1024:.1f} GiB memory, Linux {platform.release()}"
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{value:.0%}"
+
+
+def _raw_table(results: dict, names: list[str]) -> str:
+    lines = ["| run | target | tool | rep | p50 ms | p99 ms | req/s | TTFT p50 ms | errors | app CPU ms/req | client CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for config, by_target in results.items():
+        for name in names:
+            for rep, run in enumerate(by_target.get(name, []), 1):
+                lines.append(
+                    f"| {config} | {name} | {run.get('tool', '')} | {rep} | {_fmt(run['p50_ms'])} | {_fmt(run['p99_ms'])} "
+                    f"| {_fmt(run['rps'], 0)} | {_fmt(run.get('ttft_p50_ms'))} | {run['errors']} "
+                    f"| {_fmt(run.get('app_cpu_ms_per_request'))} | {_percent(run.get('client_cpu'))} |")
+    return "\n".join(lines)
+
+
+def write_results(table: Table, results: dict, targets: list[Target], pinning: Pinning, started: datetime) -> None:
+    notes = ""
+    if RESULTS.exists():
+        previous = RESULTS.read_text()
+        if NOTES_MARKER in previous:
+            notes = previous[previous.index(NOTES_MARKER):]
+    versions = ", ".join(f"{name} {version}" for name, version in _versions().items())
+    text = f"""# llmhub benchmark
+
+Generated by `make bench{'-peers' if len(targets) > 2 else ''}` (bench/run.py); everything above the notes is
+rewritten by each run.
+
+- date: {started.strftime('%a %b %d %H:%M:%S UTC %Y')} (`date -u`)
+- machine: {_machine()}
+- versions: {versions}
+- targets: **direct** = the simulated upstream (`python -m generation.simulator`, one uvicorn process, uvloop +
+  httptools); **llmhub** = one uvicorn worker (`llmhub.asgi:application --loop uvloop --http httptools
+  --no-access-log --lifespan off`) on a throwaway SQLite database, `/v1/chat/completions` with a top-tier key,
+  model `demo` → the same simulator{'; **LiteLLM** = `litellm --num_workers 1` proxy from var/litellm-venv, '
+  'telemetry off, `openai/demo` at the same simulator' if len(targets) > 2 else ''}.
+- pinning: {pinning.description}.
+- load: non-streaming with wrk (keep-alive, `--timeout 10s`, bench/post.lua) when installed, else
+  bench/loadgen.py; streaming and the 1000 ms upstream with bench/loadgen.py (asyncio + uvloop + httptools,
+  closed loop; TTFT = request written → first body bytes holding an SSE `data:` event). Body: one user
+  message, `max_tokens` 64 (streaming adds `stream_options.include_usage`). Each target gets a short
+  warm-up; then every configuration runs {REPS} times for {SECONDS} s ({SLOW_SECONDS:g} s with the 1000 ms
+  upstream, model `bench-slow` = upstream `demo@latency=1000`), targets interleaved within each repetition.
+  Figures are medians of the {REPS} runs; "added" = llmhub's median minus direct's. Start-up: process spawn
+  until the first `POST /v1/chat/completions` answers 200. Peak RSS: VmHWM of the app's process (tree) at the end.
+
+{table.markdown()}
+
+<details><summary>Every run</summary>
+
+{_raw_table(results, [target.name for target in targets])}
+
+</details>
+
+"""
+    RESULTS.write_text(text + (notes or NOTES_MARKER + "\n"))
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cli.add_argument("--peers", action="store_true", help="add the LiteLLM proxy (var/litellm-venv) as a third column")
+    arguments = cli.parse_args()
+    started_at = datetime.now(UTC)
+    clock = time.monotonic()
+    pinning = _pinning()
+    processes = Processes()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
+    try:
+        sim_port, app_port = _free_port(), _free_port()
+        sim_url = f"http://127.0.0.1:{sim_port}/v1"
+        env = _app_env(sim_url)
+        print(f"set-up: database var/bench.sqlite3, simulator :{sim_port}, llmhub :{app_port}; {pinning.description}",
+              file=sys.stderr)
+        api_key = _database_setup(env)
+        processes.start([*pinning.rest, str(VENV_BIN / "python"), "-m", "generation.simulator", "--port", str(sim_port)],
+                        env=env, log=VAR / "bench-sim.log")
+        _wait_http(f"http://127.0.0.1:{sim_port}")
+
+        direct = Target("direct", sim_url, SIM_KEY, "demo", "demo@latency=1000")
+        hub = Target("llmhub", f"http://127.0.0.1:{app_port}/v1", api_key, "demo", SLOW_MODEL)
+        spawned = time.perf_counter()
+        hub.process = processes.start(
+            [*pinning.app, str(VENV_BIN / "uvicorn"), "llmhub.asgi:application", "--host", "127.0.0.1", "--port",
+             str(app_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--lifespan", "off"],
+            env=env, log=VAR / "bench-app.log")
+        hub.startup_s = _wait_first_answer(hub, spawned, timeout=60)
+        targets = [direct, hub]
+        if arguments.peers:
+            peer = _litellm_start(processes, pinning, sim_url)
+            if peer is not None:
+                targets.append(peer)
+        print(f"start-up: {', '.join(f'{t.name} {t.startup_s:.2f} s' for t in targets if t.startup_s)}", file=sys.stderr)
+
+        load = Load(pinning)
+        for target in targets:  # warm-up: connection pools, lazy imports, the first garbage collections
+            load.run(target, stream=False, connections=16, seconds=1)
+            load.run(target, stream=True, connections=16, seconds=1)
+            load.run(target, stream=False, connections=SLOW_CONCURRENCY, seconds=1.5, slow=True)
+
+        plan = [(f"{'stream' if stream else 'plain'}-c{c}", stream, c, SECONDS, False)
+                for stream in (False, True) for c in CONCURRENCIES]
+        plan.append((f"slow-c{SLOW_CONCURRENCY}", False, SLOW_CONCURRENCY, SLOW_SECONDS, True))
+        results: dict[str, dict[str, list[dict]]] = {}
+        for config, stream, connections, seconds, slow in plan:
+            results[config] = {target.name: [] for target in targets}
+            for _ in range(REPS):
+                for target in targets:
+                    run = load.run(target, stream=stream, connections=connections, seconds=seconds, slow=slow)
+                    results[config][target.name].append(run)
+            summary = ", ".join(f"{name} p50 {_fmt(_median(runs, 'p50_ms'))} ms {_fmt(_median(runs, 'rps'), 0)} req/s"
+                                for name, runs in results[config].items())
+            print(f"{config}: {summary}", file=sys.stderr)
+
+        for target in targets:
+            if target.process is not None:
+                target.peak_rss_mb = _tree_peak_mb(target.process.pid)
+        table, headline = build_table(results, targets)
+        (VAR / "bench-results.json").write_text(json.dumps({"headline": headline, "runs": results}, indent=1))
+        write_results(table, results, targets, pinning, started_at)
+        print(table.markdown())
+        print(f"\n(bench/RESULTS.md written; {time.monotonic() - clock:.0f} s)", file=sys.stderr)
+    finally:
+        processes.stop_all()
+
+
+if __name__ == "__main__":
+    main()

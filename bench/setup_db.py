@@ -1,0 +1,42 @@
+"""Prepares the throwaway benchmark database: migrate, load the registry fixture, add `bench-slow`
+(the simulated upstream with 1000 ms of latency), and create a top-tier user with an API key.
+
+Run as `python -m bench.setup_db` with LLMHUB_SQLITE_PATH and LLMHUB_SIMULATOR_URL set; prints the
+raw API key as JSON on the last line.
+"""
+
+import json
+import os
+
+import django
+
+SLOW_MODEL_ID = "bench-slow"
+SLOW_UPSTREAM_MODEL = "demo@latency=1000"
+TOP_TIER = "enterprise"
+
+
+def main() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmhub.settings")
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from registry.models import LLMModel, Provider, Tier
+    from registry.services import api_key_create, user_tier_set
+
+    call_command("migrate", interactive=False, verbosity=0)
+    call_command("load_models", verbosity=0)
+    # The hub sends the registry's upstream name, so the slow upstream is a model of its own.
+    slow = LLMModel.objects.create(
+        public_id=SLOW_MODEL_ID, display_name="Benchmark: simulated upstream, 1000 ms",
+        upstream_model=SLOW_UPSTREAM_MODEL, provider=Provider.objects.get(slug="local"),
+    )
+    slow.allowed_tiers.set(Tier.objects.all())
+    user = get_user_model().objects.create_user(username="bench")
+    user_tier_set(user=user, tier_slug=TOP_TIER)
+    _, raw_key = api_key_create(user=user, name="bench")
+    print(json.dumps({"api_key": raw_key}))
+
+
+if __name__ == "__main__":
+    main()
