@@ -42,12 +42,17 @@ serve: venv
 	$(VENV)/bin/uvicorn llmhub.asgi:application --host $(HOST) --port $(PORT) --workers $(WEB_CONCURRENCY) \
 		--loop uvloop --http httptools --no-access-log --lifespan off
 
-# The simulated upstream runs beside the app so the demo models answer with no keys and no internet.
+# The simulated upstream runs beside the app so the demo models answer with no keys and no internet, and a
+# Celery worker with embedded beat runs the periodic model tests. LLMHUB_EMBEDDED_WORKER=true takes tasks out
+# of the app's process; with no REDIS_URL their broker is a folder under var/broker (no server to install).
 run: setup
 	@echo "llmhub on http://$(HOST):$(PORT)/  (admin: /admin/, API: /api/models/, docs: /api/docs/)"
+	@mkdir -p var/broker/queue var/broker/control var/broker/processed
 	@$(PY) manage.py simulate_upstream --host 127.0.0.1 --port $(SIM_PORT) & sim=$$!; \
-	trap 'kill $$sim 2>/dev/null' EXIT INT TERM; \
-	$(MAKE) --no-print-directory serve
+	LLMHUB_EMBEDDED_WORKER=true $(VENV)/bin/celery -A llmhub worker --beat --pool=threads --concurrency=2 \
+		--without-gossip --without-mingle --without-heartbeat -l warning & worker=$$!; \
+	trap 'kill $$sim $$worker 2>/dev/null' EXIT INT TERM; \
+	LLMHUB_EMBEDDED_WORKER=true $(MAKE) --no-print-directory serve
 
 test: test-embedded
 ifeq ($(CI),true)
@@ -70,3 +75,28 @@ lint: venv
 
 clean:
 	rm -rf var .pytest_cache
+
+# `make bench`: the simulated upstream and one llmhub worker on loopback, driven side by side (bench/run.py);
+# prints one table and writes it to bench/RESULTS.md. `make bench-peers` adds the LiteLLM proxy, installed once
+# into its own throwaway venv, as a third column; if it cannot be installed the table is made without it.
+LITELLM_VENV := var/litellm-venv
+LITELLM_VERSION ?= 1.108.7
+.PHONY: bench-tools
+
+bench: venv bench-tools
+	$(PY) -m bench.run
+
+bench-peers: venv bench-tools
+	@test -f $(LITELLM_VENV)/.installed || { \
+		echo "installing litellm[proxy]==$(LITELLM_VERSION) into $(LITELLM_VENV) (once; log: var/litellm-install.log)"; \
+		mkdir -p var; rm -rf $(LITELLM_VENV); \
+		{ $(PYTHON) -m venv $(LITELLM_VENV) && $(LITELLM_VENV)/bin/pip install -q 'litellm[proxy]==$(LITELLM_VERSION)' \
+			&& touch $(LITELLM_VENV)/.installed; } > var/litellm-install.log 2>&1 \
+		|| echo "LiteLLM could not be installed (see var/litellm-install.log): no LiteLLM column"; }
+	$(PY) -m bench.run --peers
+
+# wrk drives the non-streaming runs; without it (no root, no apt) bench/loadgen.py drives them too.
+bench-tools:
+	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null 2>&1; } \
+		|| echo "wrk could not be installed: bench/loadgen.py drives the non-streaming runs too"

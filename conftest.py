@@ -7,8 +7,9 @@ from django.conf import settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-from llmhub.testing import simulated_upstream  # noqa: F401  (a fixture)
 from registry.selectors import api_key_snapshot, registry_snapshot
+
+pytest_plugins = ["llmhub.testing"]  # the simulated_upstream fixture
 
 FIXTURE_FILE = Path(settings.BASE_DIR) / "fixtures" / "llm_models.json"
 SERVICES_CONFIGURED = bool(os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
@@ -131,3 +132,12 @@ def client_for(api_key_for) -> Callable:
 def _fast_password_hasher(settings) -> None:
     # The production hasher costs ~0.5 s per user; tests create many users.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _unhashed_static_files(settings) -> None:
+    # Production serves static files by the hashed names in `collectstatic`'s manifest, which a test run has not
+    # built; pages that link static files (admin, browsable API, docs) would fail on a missing manifest entry.
+    settings.STORAGES = {
+        **settings.STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }

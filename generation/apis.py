@@ -6,7 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from generation import services
-from generation.openai_compat import chat_body_validate
+from generation.openai_compat import BadRequest, chat_body_validate
 from llmhub.api import StrictSerializer
 from registry.authentication import request_tier
 from registry.selectors import registry_get
@@ -47,11 +47,16 @@ class GenerateInputSerializer(StrictSerializer):
     max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=settings.LLMHUB["MAX_OUTPUT_TOKENS"])
     temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
 
+    def validate_messages(self, messages: list) -> list:
+        try:
+            chat_body_validate({"messages": messages})
+        except BadRequest as error:
+            raise serializers.ValidationError(error.message) from None
+        return messages
+
     def validate(self, data: dict) -> dict:
         if ("prompt" in data) == ("messages" in data):
             raise serializers.ValidationError("Give either 'prompt' or 'messages'.")
-        if "messages" in data:
-            chat_body_validate({"messages": data["messages"]})
         return data
 
 

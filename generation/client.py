@@ -257,3 +257,83 @@ async def clients_close() -> None:
     loop = asyncio.get_running_loop()
     for key in [key for key in _clients if key[0] == id(loop)]:
         await _clients.pop(key).close()
+
+
+# --- Connectivity checks (sync: they run in Celery tasks) -------------------------------------------------
+
+@dataclass(slots=True)
+class Probe:
+    """The upstream's answer to one check request. `body` is kept for a 2xx only (capped): an error body is
+    dropped unread, so no upstream message can travel further."""
+
+    status: int
+    body: bytes
+    content_type: str
+    latency_ms: float
+
+
+def _error_body_dropped(response: httpx2.Response) -> None:
+    # The SDK reads an error body to build its exception; give it an empty one and release the connection.
+    if response.status_code >= 300:
+        original = response.stream
+        response.stream = httpx2.ByteStream(b"")
+        original.close()
+
+
+def probe_client(model: ModelSpec, *, timeout: float, max_response_bytes: int) -> openai.OpenAI:
+    """A one-off sync SDK client for connectivity checks (use it as a context manager): no retries, no
+    redirects; a user's endpoint goes through the SSRF-safe client (connect-time address checks, size cap)."""
+    http_timeout = httpx2.Timeout(timeout, connect=min(model.connect_timeout, timeout))
+    if model.owner_id is not None:
+        from registry.ssrf import safe_sync_http_client
+
+        http_client = safe_sync_http_client(timeout=http_timeout, max_response_bytes=max_response_bytes)
+    else:
+        http_client = httpx2.Client(timeout=http_timeout, follow_redirects=False)
+    http_client.event_hooks = {**http_client.event_hooks,
+                               "response": [*http_client.event_hooks["response"], _error_body_dropped]}
+    return openai.OpenAI(base_url=model.base_url, api_key=model.api_key or "missing-key", max_retries=0,
+                         default_headers=dict(model.headers), http_client=http_client)
+
+
+def probe(sdk: openai.OpenAI, path: str, *, body: dict[str, Any] | None = None, deadline: float,
+          max_response_bytes: int) -> Probe:
+    """GET `path` (or POST `body` to it) and read the answer before `deadline` (a time.monotonic() value).
+
+    An HTTP error status is an answer, not an exception. Raises UpstreamTimeout, UpstreamUnavailable (the
+    cause chain tells an SSRF refusal) or UpstreamBadResponse (body over `max_response_bytes`) otherwise."""
+    started = time.monotonic()
+    options: Any = {"timeout": max(0.001, deadline - started)}
+    try:
+        if body is None:
+            response = sdk.get(path, cast_to=httpx2.Response, options=options, stream=True, stream_cls=None)
+        else:
+            response = sdk.post(path, cast_to=httpx2.Response, body=body, options=options, stream=True, stream_cls=None)
+    except openai.APIStatusError as error:
+        return Probe(error.status_code, b"", "", (time.monotonic() - started) * 1000)
+    except (openai.APITimeoutError, httpx2.TimeoutException) as error:
+        # The sync transport's timeouts are real ones (unlike the aiohttp adapter's, see map_exception).
+        raise UpstreamTimeout("The upstream did not answer in time.") from error
+    except (openai.APIError, httpx2.HTTPError, OSError, TimeoutError) as error:
+        raise map_exception(error) from error
+    chunks, received = [], 0
+    try:
+        for chunk in response.iter_bytes():
+            received += len(chunk)
+            if received > max_response_bytes:
+                raise UpstreamBadResponse("The upstream response was too large.")
+            if time.monotonic() > deadline:
+                raise UpstreamTimeout("The upstream did not answer in time.")
+            chunks.append(chunk)
+    except httpx2.TimeoutException as error:
+        raise UpstreamTimeout("The upstream did not answer in time.") from error
+    except (httpx2.HTTPError, OSError) as error:
+        from registry.ssrf import ResponseTooLarge
+
+        if isinstance(error, ResponseTooLarge):
+            raise UpstreamBadResponse("The upstream response was too large.") from error
+        raise map_exception(error) from error
+    finally:
+        response.close()
+    return Probe(response.status_code, b"".join(chunks), response.headers.get("content-type", ""),
+                 (time.monotonic() - started) * 1000)

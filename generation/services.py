@@ -4,6 +4,7 @@ resolve model → authorise → reserve → call upstream (falling back on retry
 Nothing here holds a thread or a database connection while an upstream answers.
 """
 
+import asyncio
 import logging
 import time
 import uuid
@@ -21,7 +22,8 @@ from llmhub.errors import ApplicationError, NotFound
 from registry.health import health_note, unhealthy_keys
 from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, get_default_model, get_model_by_id
 from usage.quotas import Reservation, quota_reserve, quota_settle
-from usage.services import UsageEntry, tokens_count_messages, tokens_count_text, usage_cost, usage_record
+from usage.services import (UsageEntry, tokens_count_messages, tokens_count_text, tokens_encoding, usage_cost,
+                            usage_record)
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +203,18 @@ class _Run:
         return cost
 
 
+_tokenizer_loaded = False
+
+
+async def tokenizer_load() -> None:
+    """Builds tiktoken's vocabulary (about 0.7 s, once per process) in a thread: on the event loop it would
+    stall every request in flight."""
+    global _tokenizer_loaded
+    if not _tokenizer_loaded:
+        await asyncio.to_thread(tokens_encoding)
+        _tokenizer_loaded = True
+
+
 async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
                  model_id: str | None, provider: str | None, preferred_id: str | None) -> _Run:
     primary = model_resolve(caller=caller, registry=registry, model_id=model_id, provider=provider,
@@ -213,6 +227,7 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
     logger.info("request %s: model %s for user %s (tier %s), candidates %s", run.request_id, primary.id,
                 caller.user_id, caller.tier.slug, [m.id for m in candidates])
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+    await tokenizer_load()
     run.reservation = await quota_reserve(user_id=caller.user_id, model_id=primary.id,
                                           tokens=estimated_input(body) + int(max_tokens))
     return run
@@ -266,12 +281,21 @@ async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endp
                        latency_ms=(time.perf_counter() - run.started) * 1000)
 
 
-async def run_finish(run: _Run, *, model: ModelSpec | None, usage: Usage, error: BaseException | None) -> None:
-    """Settles the reservation and writes the request's one usage row."""
-    await quota_settle(reservation=run.reservation, used_tokens=usage.input_tokens + usage.output_tokens)
-    run.record(model=model, usage=usage, status="error" if error else "ok",
-               http_status=getattr(error, "status", 499) if error else 200,
-               error_type=getattr(error, "code", type(error).__name__) if error else "")
+async def run_finish(run: _Run, *, model: ModelSpec | None, usage: Usage, error: BaseException | None,
+                     status: str | None = None, error_type: str | None = None, streamed: bool = False,
+                     ttft_ms: float | None = None) -> None:
+    """Settles the reservation and writes the request's one usage row (even if settling fails).
+
+    `status` and `error_type` default from `error`: "ok", or "error" with its HTTP status and code (a
+    cancelled request, whose client went away, is logged as 499)."""
+    try:
+        await quota_settle(reservation=run.reservation, used_tokens=usage.input_tokens + usage.output_tokens)
+    finally:
+        if error_type is None:
+            error_type = getattr(error, "code", type(error).__name__) if error else ""
+        run.record(model=model, usage=usage, status=status or ("error" if error else "ok"),
+                   http_status=getattr(error, "status", 499) if error else 200, error_type=error_type,
+                   streamed=streamed, ttft_ms=ttft_ms)
 
 
 def completion_text(data: dict[str, Any]) -> str:
@@ -281,7 +305,10 @@ def completion_text(data: dict[str, Any]) -> str:
 
 class ChatStream:
     """A streaming request whose upstream has answered 2xx. Iterate `events()` for SSE bytes to send;
-    it settles and logs exactly once, however the stream ends (done, upstream break, client gone)."""
+    it settles and logs exactly once, however the stream ends (done, upstream break, client gone).
+
+    Events are passed on as they came, but each is checked: an event that is not JSON, or an upstream
+    that stops before `data: [DONE]`, ends the stream with an error event rather than a silent truncation."""
 
     def __init__(self, run: _Run, model: ModelSpec, handle: client.StreamHandle, body: dict[str, Any],
                  client_wants_usage: bool) -> None:
@@ -291,20 +318,30 @@ class ChatStream:
         self.attempts = run.attempts
         self.usage: Usage | None = None
         self.ttft_ms: float | None = None
-        self._content: list[bytes] = []
+        self._text: list[str] = []
+        self._done = False
+        self._broken: client.UpstreamError | None = None
 
     async def events(self) -> AsyncIterator[bytes]:
-        status, http_status, error_type = "partial", 200, "client_disconnected"
+        status, error_type = "partial", "client_disconnected"
         buffer = b""
         try:
             async for chunk in self.handle.chunks():
                 buffer += chunk
+                if b"\r" in buffer:  # SSE allows CRLF line ends
+                    buffer = buffer.replace(b"\r\n", b"\n")
                 *events, buffer = buffer.split(b"\n\n")
                 out = b"".join(self._pass(event) for event in events if event)
                 if out:
                     if self.ttft_ms is None:
                         self.ttft_ms = (time.perf_counter() - self.run.started) * 1000
                     yield out
+                if self._broken is not None:
+                    raise self._broken
+                if self._done:
+                    break
+            if not self._done:
+                raise client.UpstreamBadResponse("The upstream stream ended before it was complete.")
             status, error_type = "ok", ""
         except client.UpstreamError as error:
             # Bytes already reached the client: no fallback (it would duplicate text). End with an error event.
@@ -315,34 +352,40 @@ class ChatStream:
                 "param": None, "code": error.kind}}) + b"\n\n"
         finally:
             await self.handle.close()
-            usage = self.usage or self._estimate()
-            self.usage = usage
-            await quota_settle(reservation=self.run.reservation, used_tokens=usage.input_tokens + usage.output_tokens)
-            self.run.record(model=self.model, usage=usage, status=status, http_status=http_status,
-                            error_type=error_type, streamed=True, ttft_ms=self.ttft_ms)
+            self.usage = self.usage or self._estimate()
+            await run_finish(self.run, model=self.model, usage=self.usage, error=None, status=status,
+                             error_type=error_type, streamed=True, ttft_ms=self.ttft_ms)
 
     def _pass(self, event: bytes) -> bytes:
-        if not event.startswith(b"data: {"):
+        """The bytes to send on for one upstream event (nothing once the stream is done or broken)."""
+        if self._done or self._broken is not None:
+            return b""
+        if not event.startswith(b"data:"):
+            return event + b"\n\n"  # comments, event names
+        payload = event[5:].strip()
+        if payload == b"[DONE]":
+            self._done = True
             return event + b"\n\n"
-        if b'"usage"' in event:
-            data = orjson.loads(event[6:])
-            counted = usage_from(data)
-            if counted is not None:
-                self.usage = Usage(*counted)
-                if not data.get("choices") and not self.client_wants_usage:
-                    return b""
-        self._content.append(event)
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self._broken = client.UpstreamBadResponse("The upstream sent an event that is not JSON.")
+            return b""
+        if not isinstance(data, dict):
+            self._broken = client.UpstreamBadResponse("The upstream sent an event of an unexpected shape.")
+            return b""
+        counted = usage_from(data)
+        if counted is not None:
+            self.usage = Usage(*counted)
+            if not data.get("choices") and not self.client_wants_usage:
+                return b""
+        for choice in data.get("choices") or ():
+            if isinstance(choice, dict):
+                self._text.append((choice.get("delta") or {}).get("content") or "")
         return event + b"\n\n"
 
     def _estimate(self) -> Usage:
-        text = []
-        for event in self._content:
-            try:
-                for choice in orjson.loads(event[6:]).get("choices") or []:
-                    text.append((choice.get("delta") or {}).get("content") or "")
-            except orjson.JSONDecodeError:
-                continue
-        return Usage(estimated_input(self.body), tokens_count_text("".join(text)), True)
+        return Usage(estimated_input(self.body), tokens_count_text("".join(self._text)), True)
 
 
 async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
@@ -355,32 +398,32 @@ async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any
     client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     upstream = {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
     last: client.UpstreamError | None = None
-    for model in run.candidates:
-        remaining = run.remaining()
-        if remaining <= 0:
-            break
-        first_byte, idle = client.default_timeouts(model)
-        attempt_started = time.perf_counter()
-        try:
-            handle = await client.chat_completion_stream(model, upstream, first_byte_timeout=min(first_byte, remaining),
-                                                         idle_timeout=idle)
-        except client.UpstreamError as error:
-            last = error
-            run.attempts.append(Attempt(model.id, error.kind, (time.perf_counter() - attempt_started) * 1000,
-                                        error.upstream_status, error.message))
-            logger.warning("request %s: model %s failed to stream (%s)", run.request_id, model.id, error.kind)
-            _note_failure(model, error)
-            if not error.retryable:
+    try:
+        for model in run.candidates:
+            remaining = run.remaining()
+            if remaining <= 0:
                 break
-            continue
-        run.attempts.append(Attempt(model.id, "ok", handle.first_byte_ms))
-        health_note(model, ok=True)
-        return ChatStream(run, model, handle, body, client_wants_usage)
-    failure = _failure(run.attempts, last, run.tried_keys())
-    await quota_settle(reservation=run.reservation, used_tokens=0)
-    run.record(model=None, usage=Usage(), status="error", http_status=failure.status, error_type=failure.code,
-               streamed=True)
-    raise failure
+            first_byte, idle = client.default_timeouts(model)
+            attempt_started = time.perf_counter()
+            try:
+                handle = await client.chat_completion_stream(model, upstream, idle_timeout=idle,
+                                                             first_byte_timeout=min(first_byte, remaining))
+            except client.UpstreamError as error:
+                last = error
+                run.attempts.append(Attempt(model.id, error.kind, (time.perf_counter() - attempt_started) * 1000,
+                                            error.upstream_status, error.message))
+                logger.warning("request %s: model %s failed to stream (%s)", run.request_id, model.id, error.kind)
+                _note_failure(model, error)
+                if not error.retryable:
+                    break
+                continue
+            run.attempts.append(Attempt(model.id, "ok", handle.first_byte_ms))
+            health_note(model, ok=True)
+            return ChatStream(run, model, handle, body, client_wants_usage)
+        raise _failure(run.attempts, last, run.tried_keys())
+    except BaseException as failure:  # every candidate failed, or the request was cancelled meanwhile
+        await run_finish(run, model=None, usage=Usage(), error=failure, streamed=True)
+        raise
 
 
 async def generate(*, caller: Caller, registry: Registry, prompt: str | None = None,

@@ -25,21 +25,31 @@ def secret_encrypt(plain: str) -> str:
     return _fernet().encrypt(plain.encode()).decode() if plain else ""
 
 
+def _undecryptable() -> ConfigurationError:
+    # Never the token itself: the message reaches logs and, as a 500, API clients.
+    return ConfigurationError(
+        "A stored API key cannot be decrypted with the configured encryption keys.",
+        code="undecryptable_secret",
+        status=500,
+    )
+
+
 def secret_decrypt(token: str) -> str:
     if not token:
         return ""
     try:
         return _fernet().decrypt(token.encode()).decode()
     except InvalidToken:
-        raise ConfigurationError(
-            "A stored API key cannot be decrypted with the configured encryption keys.",
-            code="undecryptable_secret",
-            status=500,
-        ) from None
+        raise _undecryptable() from None
 
 
 def secret_rotate(token: str) -> str:
-    return _fernet().rotate(token.encode()).decode() if token else ""
+    if not token:
+        return ""
+    try:
+        return _fernet().rotate(token.encode()).decode()
+    except InvalidToken:
+        raise _undecryptable() from None
 
 
 def secret_last4(plain: str) -> str:

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import environ
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -22,6 +23,10 @@ REDIS_URL = env.str("REDIS_URL", default="")
 DATABASE_URL = env.str("DATABASE_URL", default="")
 # Production is whatever is not the embedded default: a real database or a real Redis.
 EMBEDDED = not (DATABASE_URL or REDIS_URL)
+# `make run` sets this: a Celery worker with embedded beat runs beside the app. With no Redis its broker is
+# a folder under var/ (no server to install) and the cache a folder too, so app and worker share snapshot
+# versions; tasks then leave the app's process.
+EMBEDDED_WORKER = env.bool("LLMHUB_EMBEDDED_WORKER", default=False) and not REDIS_URL
 
 _LOCAL_SECRET_KEY = "llmhub-local-only-insecure-secret-key-do-not-use-in-production"
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default=_LOCAL_SECRET_KEY if EMBEDDED else "")
@@ -38,6 +43,15 @@ if not EMBEDDED and not ENCRYPTION_KEYS:
         "LLMHUB_ENCRYPTION_KEYS must be set in production: generate one with "
         "`python manage.py generate_encryption_key`."
     )
+for _position, _key in enumerate(ENCRYPTION_KEYS, start=1):
+    try:
+        Fernet(_key)
+    except ValueError:
+        # Refused now rather than on the first request that needs a key; the key itself is never printed.
+        raise ImproperlyConfigured(
+            f"LLMHUB_ENCRYPTION_KEYS: key {_position} is not a Fernet key (32 url-safe base64-encoded bytes): "
+            "generate one with `python manage.py generate_encryption_key`."
+        ) from None
 
 DEBUG = env.bool("DJANGO_DEBUG", default=EMBEDDED)
 if DEBUG and not EMBEDDED:
@@ -110,6 +124,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+elif EMBEDDED_WORKER:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                          "LOCATION": str(VAR_DIR / "cache")}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "llmhub"}}
 
@@ -174,9 +191,10 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL",
+                            default=REDIS_URL or ("filesystem://" if EMBEDDED_WORKER else "memory://"))
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=REDIS_URL or "cache+memory://")
-CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not REDIS_URL)
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not (REDIS_URL or EMBEDDED_WORKER))
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -184,7 +202,25 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 1, "socket_timeout": 2, "max_retries": 1}
+# Redis down: a publish tries twice with no pause between (kombu waits 2 s by default) and a connection
+# attempt gives up after 0.75 s, so enqueuing fails within 2 s and an API can answer 503.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 0.75, "socket_timeout": 2, "max_retries": 1,
+                                   "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    # One folder is both the producers' outbox and the worker's inbox (`make run` creates them).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(VAR_DIR / "broker" / "queue"),
+        "data_folder_out": str(VAR_DIR / "broker" / "queue"),
+        "control_folder": str(VAR_DIR / "broker" / "control"),
+        "processed_folder": str(VAR_DIR / "broker" / "processed"),
+    }
+CELERY_BEAT_SCHEDULE = {
+    # Checks every minute which models are due a test (LLMHUB["MODEL_TEST_INTERVAL_SECONDS"]).
+    "model-tests-schedule": {"task": "registry.tasks.model_tests_schedule", "schedule": 60.0,
+                             "options": {"expires": 55}},
+    "model-tests-reap": {"task": "registry.tasks.model_tests_reap", "schedule": 60.0, "options": {"expires": 55}},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule"))
 
 LLMHUB = {
     # Path of the model registry fixture loaded by `load_models` and `make run`.
@@ -212,6 +248,21 @@ LLMHUB = {
     "MAX_MESSAGES": env.int("LLMHUB_MAX_MESSAGES", default=512),
     # Users' own endpoints get a strict timeout and response cap.
     "USER_MODEL_TIMEOUT_SECONDS": env.float("LLMHUB_USER_MODEL_TIMEOUT_SECONDS", default=30.0),
+    # Connectivity tests (registry/model_tests.py). Beat re-tests every enabled model whose last test is this
+    # old, and each model keeps this many finished tests.
+    "MODEL_TEST_INTERVAL_SECONDS": env.float("LLMHUB_MODEL_TEST_INTERVAL_SECONDS", default=300.0),
+    "MODEL_TEST_HISTORY": env.int("LLMHUB_MODEL_TEST_HISTORY", default=20),
+    # One request of a test; the whole test (later checks are skipped past it); its task's time limits.
+    "MODEL_TEST_CHECK_TIMEOUT_SECONDS": env.float("LLMHUB_MODEL_TEST_CHECK_TIMEOUT_SECONDS", default=10.0),
+    "MODEL_TEST_BUDGET_SECONDS": env.float("LLMHUB_MODEL_TEST_BUDGET_SECONDS", default=45.0),
+    "MODEL_TEST_SOFT_TIME_LIMIT_SECONDS": env.float("LLMHUB_MODEL_TEST_SOFT_TIME_LIMIT_SECONDS", default=60.0),
+    "MODEL_TEST_TIME_LIMIT_SECONDS": env.float("LLMHUB_MODEL_TEST_TIME_LIMIT_SECONDS", default=75.0),
+    # The reaper fails tests running past the hard limit plus this margin, or queued this long.
+    "MODEL_TEST_REAP_MARGIN_SECONDS": env.float("LLMHUB_MODEL_TEST_REAP_MARGIN_SECONDS", default=60.0),
+    "MODEL_TEST_QUEUED_TIMEOUT_SECONDS": env.float("LLMHUB_MODEL_TEST_QUEUED_TIMEOUT_SECONDS", default=600.0),
+    # A tested plain chat slower than this makes the model degraded; a test reads at most this much per answer.
+    "MODEL_TEST_SLOW_MS": env.float("LLMHUB_MODEL_TEST_SLOW_MS", default=5000.0),
+    "MODEL_TEST_MAX_RESPONSE_BYTES": env.int("LLMHUB_MODEL_TEST_MAX_RESPONSE_BYTES", default=1024 * 1024),
 }
 
 LOGGING = {

@@ -2,11 +2,14 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.db import models
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
 from llmhub.errors import ConfigurationError
-from registry.models import ApiKey, LLMModel, ModelFallback, Provider, Tier, UserProfile
+from registry.health import model_status_of
+from registry.model_tests import QueueUnavailable, model_test_start
+from registry.models import ApiKey, LLMModel, ModelFallback, ModelTest, Provider, Tier, UserLLMConfig, UserProfile
 from registry.services import (
     api_key_create,
     api_key_revoke,
@@ -16,6 +19,8 @@ from registry.services import (
 )
 
 User = get_user_model()
+# A base URL typed without a scheme is an https one (also Django 6's default).
+URLS_ASSUME_HTTPS = {models.URLField: {"assume_scheme": "https"}}
 
 
 class SecretKeyForm(forms.ModelForm):
@@ -63,6 +68,15 @@ class SecretKeyForm(forms.ModelForm):
         return instance
 
 
+class ProviderForm(SecretKeyForm):
+    def clean_extra_headers(self) -> dict[str, str]:
+        # Sent with every upstream call: anything but a mapping of strings would break the registry for everyone.
+        headers = self.cleaned_data.get("extra_headers") or {}
+        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+            raise forms.ValidationError('Enter a JSON object of header names to string values, e.g. {"X-Team": "a"}.')
+        return headers
+
+
 @admin.register(Tier)
 class TierAdmin(admin.ModelAdmin):
     list_display = ("name", "slug", "rank", "default_model")
@@ -72,7 +86,8 @@ class TierAdmin(admin.ModelAdmin):
 
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
-    form = SecretKeyForm
+    form = ProviderForm
+    formfield_overrides = URLS_ASSUME_HTTPS
     list_display = ("display_name", "slug", "base_url", "key_stored")
     search_fields = ("slug", "display_name", "base_url")
     fields = ("slug", "display_name", "base_url", "api_key", "clear_api_key", "timeout_seconds",
@@ -91,17 +106,78 @@ class ModelFallbackInline(admin.TabularInline):
     autocomplete_fields = ("fallback",)
 
 
+class ModelTestInline(admin.TabularInline):
+    """The model's recent connectivity tests, read-only (the history is trimmed by the scheduler)."""
+
+    model = ModelTest
+    extra = 0
+    max_num = 0
+    can_delete = False
+    ordering = ("-created_at",)
+    fields = readonly_fields = ("created_at", "state", "reachable", "key_accepted", "model_found", "latency_ms",
+                                "capabilities", "error", "finished_at")
+    verbose_name_plural = "recent connectivity tests"
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+class LLMModelTestInline(ModelTestInline):
+    fk_name = "llm_model"
+
+
+class UserModelTestInline(ModelTestInline):
+    fk_name = "user_model"
+
+
+class ModelTestsAdminMixin:
+    """The "Test connectivity" action and the health line of registry models and users' models."""
+
+    @admin.display(description="Health")
+    def health(self, obj: LLMModel | UserLLMConfig) -> str:
+        if obj.pk is None:
+            return "-"
+        health = model_status_of(obj)
+        details = [health.status]
+        if health.last_checked_at is not None:
+            details.append(f"last tested {health.last_checked_at:%Y-%m-%d %H:%M:%S %Z}")
+        if health.last_latency_ms is not None:
+            details.append(f"{health.last_latency_ms:.0f} ms")
+        return ", ".join(details)
+
+    @admin.action(description="Test connectivity")
+    def test_connectivity(self, request: HttpRequest, queryset) -> None:
+        target = "user_model" if queryset.model is UserLLMConfig else "llm_model"
+        for model in queryset:
+            try:
+                test = model_test_start(**{target: model}, requested_by=request.user)
+            except QueueUnavailable as error:
+                self.message_user(request, error.message, messages.ERROR)
+                return
+            if test.state == ModelTest.State.QUEUED:
+                self.message_user(request, f"{model}: test queued; its result will show on the model's page.")
+            elif test.state == ModelTest.State.SUCCEEDED:
+                working = ", ".join(name for name, works in test.capabilities.items() if works) or "none"
+                self.message_user(request, f"{model}: answered in {test.latency_ms:.0f} ms; works: {working}.",
+                                  messages.SUCCESS)
+            else:
+                self.message_user(request, f"{model}: test failed ({test.error or test.state}).", messages.WARNING)
+
+
 @admin.register(LLMModel)
-class LLMModelAdmin(admin.ModelAdmin):
+class LLMModelAdmin(ModelTestsAdminMixin, admin.ModelAdmin):
     form = SecretKeyForm
+    formfield_overrides = URLS_ASSUME_HTTPS
     list_display = ("display_name", "public_id", "provider", "upstream_model", "enabled", "is_default", "tiers")
     list_filter = ("provider", "allowed_tiers", "enabled", "supports_streaming", "supports_tools")
     search_fields = ("public_id", "display_name", "upstream_model")
     filter_horizontal = ("allowed_tiers",)
-    inlines = (ModelFallbackInline,)
-    actions = ("enable_models", "disable_models")
+    inlines = (ModelFallbackInline, LLMModelTestInline)
+    actions = ("enable_models", "disable_models", "test_connectivity")
+    readonly_fields = ("health",)
     fieldsets = (
-        (None, {"fields": ("public_id", "display_name", "upstream_model", "provider", "enabled", "is_default")}),
+        (None, {"fields": ("public_id", "display_name", "upstream_model", "provider", "enabled", "is_default",
+                           "health")}),
         ("Endpoint", {"fields": ("base_url", "api_key", "clear_api_key")}),
         ("Access", {"fields": ("allowed_tiers",)}),
         ("Capabilities", {"fields": ("supports_streaming", "supports_json_mode", "supports_tools", "supports_vision",
@@ -150,12 +226,19 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def get_fields(self, request: HttpRequest, obj=None):
         return ("user", "name") if obj is None else ("user", "name", "prefix", "created_at", "revoked_at")
 
+    def get_readonly_fields(self, request: HttpRequest, obj=None):
+        # A key belongs to the user it was made for; only its label can change.
+        return self.readonly_fields if obj is None else ("user", *self.readonly_fields)
+
     def save_model(self, request: HttpRequest, obj: ApiKey, form, change: bool) -> None:
         if change:
             obj.save(update_fields=["name"])
             return
         created, raw_key = api_key_create(user=form.cleaned_data["user"], name=form.cleaned_data["name"])
-        form.instance = obj = created
+        # The admin goes on to log and show `obj`, the instance it built from the form: make it the created row.
+        obj.pk = created.pk
+        obj.refresh_from_db()
+        obj._state.adding = False
         # The raw key lives only on this request; response_add shows it once.
         request._llmhub_new_key = raw_key
 
@@ -184,3 +267,24 @@ admin.site.unregister(User)
 class LLMHubUserAdmin(UserAdmin):
     inlines = (UserProfileInline,)
     list_filter = (*UserAdmin.list_filter, "llm_profile__tier")
+
+
+@admin.register(UserLLMConfig)
+class UserLLMConfigAdmin(ModelTestsAdminMixin, admin.ModelAdmin):
+    """Users' own models, for support: read-only but for `enabled` (their endpoint and key are their owner's)."""
+
+    list_display = ("display_name", "slug", "owner", "upstream_model", "base_url", "enabled", "health")
+    list_filter = ("enabled",)
+    search_fields = ("slug", "display_name", "upstream_model", "base_url", "owner__username")
+    inlines = (UserModelTestInline,)
+    actions = ("test_connectivity",)
+    fields = ("owner", "slug", "display_name", "upstream_model", "base_url", "api_key_last4", "enabled", "health",
+              "supports_streaming", "supports_json_mode", "supports_tools", "supports_vision", "context_window",
+              "input_price_per_million", "output_price_per_million", "created_at", "updated_at")
+    readonly_fields = tuple(name for name in fields if name != "enabled")
+
+    def get_queryset(self, request: HttpRequest):
+        return super().get_queryset(request).select_related("owner")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

@@ -19,7 +19,7 @@ from registry.loader import (
     registry_file_from_legacy_env,
     registry_file_read,
 )
-from registry.models import ApiKey, LLMModel, ModelFallback, Provider, Tier, UserProfile
+from registry.models import ApiKey, LLMModel, ModelFallback, Provider, Tier, UserLLMConfig, UserProfile
 from registry.selectors import TierSpec, api_key_snapshot, registry_get, registry_snapshot
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def _assign(instance: Any, values: dict[str, Any]) -> bool:
     return changed
 
 
-def secret_assign(instance: Provider | LLMModel, plain: str) -> bool:
+def secret_assign(instance: Provider | LLMModel | UserLLMConfig, plain: str) -> bool:
     """Stores `plain` as the instance's key; unchanged keys keep their ciphertext (loads stay idempotent)."""
     try:
         if secret_decrypt(instance.api_key_encrypted) == plain:
@@ -199,12 +199,19 @@ def api_key_revoke(*, api_key: ApiKey) -> None:
 
 
 def secret_rotate_all() -> int:
-    """Re-encrypts every stored key under the newest encryption key; returns the rows rewritten."""
+    """Re-encrypts every stored key under the newest encryption key, all or nothing; returns the rows rewritten."""
     rewritten = 0
     with transaction.atomic():
-        for model_class in (Provider, LLMModel):
+        for model_class in (Provider, LLMModel, UserLLMConfig):
             for instance in model_class.objects.select_for_update().exclude(api_key_encrypted=""):
-                instance.api_key_encrypted = secret_rotate(instance.api_key_encrypted)
+                try:
+                    instance.api_key_encrypted = secret_rotate(instance.api_key_encrypted)
+                except ConfigurationError as error:
+                    raise ConfigurationError(
+                        f"{error.message} ({model_class._meta.verbose_name} #{instance.pk}: enter its key again, "
+                        "or add the old encryption key to LLMHUB_ENCRYPTION_KEYS.) Nothing was rotated.",
+                        code=error.code, status=error.status,
+                    ) from None
                 instance.save(update_fields=["api_key_encrypted"])
                 rewritten += 1
     return rewritten

@@ -4,6 +4,8 @@ A text longer than the model's context is split at paragraph boundaries, each pi
 order, and the pieces rejoined; the whole translation is one request with one usage row.
 """
 
+import asyncio
+import importlib.util
 import re
 import time
 from dataclasses import dataclass
@@ -48,55 +50,76 @@ class Translation:
 def language_validate(code: str, *, field: str) -> str:
     """A well-formed BCP 47 tag, normalised (`en-us` → `en-US`)."""
     if not isinstance(code, str) or not langcodes.tag_is_valid(code):
-        raise InvalidLanguage(f"'{code}' is not a valid BCP 47 language tag (e.g. 'fr', 'pt-BR').",
-                              extra={"field": field})
+        message = f"'{code}' is not a valid BCP 47 language tag (e.g. 'fr', 'pt-BR')."
+        raise InvalidLanguage(message, extra={"fields": {field: [message]}})
     return langcodes.standardize_tag(code)
 
 
+# Language names need langcodes' optional `language_data` package; without it the prompt names the tag,
+# which models understand as well.
+_LANGUAGE_NAMES = importlib.util.find_spec("language_data") is not None
+
+
 def _language_name(tag: str) -> str:
-    return f"{langcodes.Language.get(tag).display_name()} ({tag})"
+    return f"{langcodes.Language.get(tag).display_name()} ({tag})" if _LANGUAGE_NAMES else f"the language '{tag}'"
+
+
+_PARAGRAPH_JOIN = "\n\n"
 
 
 def text_split(text: str, *, max_tokens: int) -> list[str]:
     """Splits at paragraph boundaries into pieces of at most `max_tokens`; a paragraph that alone is too
-    long is split at sentence ends, and a sentence that is still too long at whitespace."""
+    long is split at sentence ends, a sentence still too long at whitespace, and a word still too long
+    into slices. Linear in the text: each part is counted once, and a piece's count is the sum of its
+    parts' (the tokenizer never merges across the whitespace between them) plus the joins'."""
     pieces: list[str] = []
     current: list[str] = []
     current_tokens = 0
+    join_tokens = tokens_count_text(_PARAGRAPH_JOIN)
     for paragraph in _PARAGRAPH_BREAK.split(text.strip()):
-        for part in _fit(paragraph, max_tokens):
-            tokens = tokens_count_text(part)
-            if current and current_tokens + tokens > max_tokens:
-                pieces.append("\n\n".join(current))
+        for part, tokens in _fit(paragraph, max_tokens):
+            if current and current_tokens + join_tokens + tokens > max_tokens:
+                pieces.append(_PARAGRAPH_JOIN.join(current))
                 current, current_tokens = [], 0
+            current_tokens += (join_tokens if current else 0) + tokens
             current.append(part)
-            current_tokens += tokens
     if current:
-        pieces.append("\n\n".join(current))
+        pieces.append(_PARAGRAPH_JOIN.join(current))
     return pieces
 
 
-def _fit(paragraph: str, max_tokens: int) -> list[str]:
-    if tokens_count_text(paragraph) <= max_tokens:
-        return [paragraph]
-    parts: list[str] = []
+def _fit(paragraph: str, max_tokens: int) -> list[tuple[str, int]]:
+    """The paragraph as parts of at most `max_tokens`, each with its token count, in order."""
+    tokens = tokens_count_text(paragraph)
+    if tokens <= max_tokens:
+        return [(paragraph, tokens)]
+    units: list[tuple[str, int]] = []
     for sentence in _SENTENCE_END.split(paragraph):
-        words, line = sentence.split(), []
-        for word in words:
-            if line and tokens_count_text(" ".join([*line, word])) > max_tokens:
-                parts.append(" ".join(line))
-                line = []
-            line.append(word)
-        if line:
-            parts.append(" ".join(line))
-    # Glue short sentences back together while they fit, keeping order.
-    merged: list[str] = []
-    for part in parts:
-        if merged and tokens_count_text(merged[-1] + " " + part) <= max_tokens:
-            merged[-1] += " " + part
+        tokens = tokens_count_text(sentence)
+        units.extend([(sentence, tokens)] if tokens <= max_tokens else _words(sentence, max_tokens))
+    # Glue consecutive units back together while they fit, keeping order. A unit counted alone may
+    # take one more token once a space precedes it.
+    merged: list[tuple[str, int]] = []
+    for unit, tokens in units:
+        if merged and merged[-1][1] + tokens + 1 <= max_tokens:
+            merged[-1] = (merged[-1][0] + " " + unit, merged[-1][1] + tokens + 1)
         else:
-            merged.append(part)
+            merged.append((unit, tokens))
     return merged
+
+
+def _words(sentence: str, max_tokens: int) -> list[tuple[str, int]]:
+    units = []
+    for word in sentence.split():
+        tokens = tokens_count_text(word)
+        if tokens <= max_tokens:
+            units.append((word, tokens))
+            continue
+        # A "word" longer than the whole budget (a URL, base64): slices of at most max_tokens bytes in
+        # UTF-8, since a token never covers less than one byte.
+        size = max(1, max_tokens // 4)
+        units.extend((word[i:i + size], tokens_count_text(word[i:i + size])) for i in range(0, len(word), size))
+    return units
 
 
 def _messages(piece: str, *, target: str, source: str | None) -> list[dict[str, str]]:
@@ -114,14 +137,17 @@ async def translate(*, caller: Caller, registry: Registry, text: str, target_lan
     target = language_validate(target_language, field="target_language")
     source = language_validate(source_language, field="source_language") if source_language else None
     if not isinstance(text, str) or not text.strip():
-        raise ApplicationError("There is no text to translate.", code="invalid", extra={"field": "text"})
+        message = "There is no text to translate."
+        raise ApplicationError(message, code="invalid", extra={"fields": {"text": [message]}})
 
     run = await generation.start_run(caller=caller, registry=registry, body={"messages": [{"content": text}]},
                                      endpoint="api.translate", model_id=model_id, provider=provider,
                                      preferred_id=preferred_id)
-    pieces = text_split(text, max_tokens=max(64, int(run.primary.context_window * _PIECE_SHARE)))
     usage, model, error = Usage(), None, None
     try:
+        # Counting a long text's tokens takes a while: not on the event loop.
+        pieces = await asyncio.to_thread(text_split, text,
+                                         max_tokens=max(64, int(run.primary.context_window * _PIECE_SHARE)))
         results = []
         for piece in pieces:
             body = {"messages": _messages(piece, target=target, source=source)}

@@ -7,8 +7,8 @@ row written twice (a retried flush, a duplicate record) exists once.
 
 What is guaranteed:
 - Database down: a failed batch stays queued and is retried with backoff (up to 5 s apart) until the
-  database is back. The queue holds at most 100,000 rows; past that, new rows are dropped and every drop
-  is logged as an error.
+  database is back. The queue holds at most 100,000 rows; past that, new rows are dropped, logged as errors
+  with a running count (at most every 10 s).
 - Normal exit or restart: an `atexit` handler writes everything still queued, retrying for up to 10 s if
   the database is failing.
 - SIGTERM: uvicorn drains its connections, then restores the SIGTERM handler it found and raises the
@@ -56,6 +56,7 @@ MAX_PENDING = 100_000
 # Errors that come back however often a batch is retried: a value the database or its field refuses.
 REFUSED = (IntegrityError, DataError, ValidationError, ValueError, TypeError)
 MAX_BACKOFF_SECONDS = 5.0
+DROPS_LOG_SECONDS = 10.0
 EXIT_FLUSH_SECONDS = 10.0
 
 
@@ -134,6 +135,7 @@ class UsageWriter:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._dropped = 0
+        self._dropped_logged_at = -DROPS_LOG_SECONDS
         self._database = None
 
     @property
@@ -156,7 +158,9 @@ class UsageWriter:
                     self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
                     self._thread.start()
             if full:
-                if dropped == 1 or dropped % 1000 == 0:
+                # Loud, but at most every few seconds: the queue is full because something is badly wrong.
+                if time.monotonic() - self._dropped_logged_at >= DROPS_LOG_SECONDS:
+                    self._dropped_logged_at = time.monotonic()
                     logger.error("usage log queue full (%d rows waiting): %d usage rows dropped, the latest %s",
                                  MAX_PENDING, dropped, entry.request_id)
             elif waiting >= self._batch_size:

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from django.forms import MultiWidget
 from django.test import Client
 
 
@@ -14,10 +15,13 @@ def rendered_form_data(response) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for form in forms:
         for name in form.fields:
-            value = form[name].value()
-            if value is None or value is False:
-                continue
-            data[form.add_prefix(name)] = "on" if value is True else value
+            value, widget, key = form[name].value(), form[name].field.widget, form.add_prefix(name)
+            if isinstance(widget, MultiWidget):  # e.g. a split date and time: one input per part
+                parts = value if isinstance(value, list) else widget.decompress(value)
+                for suffix, part_widget, part in zip(widget.widgets_names, widget.widgets, parts, strict=True):
+                    data[key + suffix] = part_widget.format_value(part) or ""
+            elif value is not None and value is not False:
+                data[key] = "on" if value is True else value
     return data
 
 

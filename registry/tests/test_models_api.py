@@ -192,6 +192,10 @@ def test_it_serves_an_openapi_schema_with_the_models_paths(registry):
     assert "/api/models/" in schema["paths"]
     assert "/api/models/{model_id}/" in schema["paths"]
     assert "get" in schema["paths"]["/api/models/"]
+    assert schema["components"]["securitySchemes"]["hubApiKey"] == {
+        "type": "http", "scheme": "bearer", "description": "A hub API key: `Authorization: Bearer lh-…`.",
+    }
+    assert {"hubApiKey": []} in schema["paths"]["/api/models/"]["get"]["security"]
 
 
 def test_it_serves_the_swagger_ui(registry):

@@ -2,18 +2,18 @@
 
 import io
 import logging
-import re
 
 import pytest
 from cryptography.fernet import Fernet
 from django.apps import apps
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 from rest_framework.test import APIClient
 
+from conftest import FIXTURE_FILE
 from llmhub import crypto
 from llmhub.errors import ConfigurationError
-from registry.models import ApiKey, LLMModel, Provider
+from registry.models import ApiKey, LLMModel, Provider, UserLLMConfig
 from registry.selectors import get_model_by_id, registry_snapshot
 from registry.services import registry_load, secret_assign
 from registry.tests.admin_forms import admin_post
@@ -155,15 +155,6 @@ def test_it_does_not_echo_a_key_typed_into_a_refused_admin_form(registry, admin_
     assert LLMModel.objects.get(pk=model.pk).api_key_encrypted == model.api_key_encrypted
 
 
-def test_it_renders_the_key_field_as_an_empty_password_input(canaries, admin_client):
-    for instance in (Provider.objects.get(slug="openai"), LLMModel.objects.get(public_id="demo")):
-        html = admin_client.get(admin_url(instance)).content.decode()
-        inputs = re.findall(r"<input[^>]*name=\"api_key\"[^>]*>", html)
-        assert len(inputs) == 1
-        assert 'type="password"' in inputs[0]
-        assert "value=" not in inputs[0]
-
-
 def test_it_stores_a_key_only_in_its_encrypted_column_which_decrypts_back(everything_logged, canaries):
     assert db_cells_containing(CANARY) == []
     assert db_cells_containing(OTHER_CANARY) == []
@@ -244,38 +235,63 @@ def test_it_lets_an_operator_replace_a_key_that_cannot_be_decrypted_any_more(reg
     assert crypto.secret_decrypt(Provider.objects.get(pk=provider.pk).api_key_encrypted) == CANARY
 
 
-def test_it_rotates_every_stored_key_to_the_new_encryption_key(db, encryption_keys, monkeypatch):
+def stored_keys() -> dict[tuple[str, int], str]:
+    """Every stored upstream key, decrypted, by (model label, pk)."""
+    return {
+        (model_class._meta.label, pk): crypto.secret_decrypt(token)
+        for model_class in encrypted_models()
+        for pk, token in model_class.objects.exclude(api_key_encrypted="").values_list("pk", "api_key_encrypted")
+    }
+
+
+@pytest.fixture
+def keys_under_old_key(db, encryption_keys, monkeypatch, make_user) -> dict[tuple[str, int], str]:
+    """The fixture loaded with keys for its providers, a model key and a user's own model key, all under OLD_KEY."""
     encryption_keys(OLD_KEY)
     for name in ("OPENAI_API_KEY", "DEEPSEEK_API_KEY", "LOCAL_API_KEY"):
         monkeypatch.setenv(name, f"sk-{name.lower()}-value-123456")
-    from conftest import FIXTURE_FILE
-
     registry_load(path=FIXTURE_FILE)
     model = LLMModel.objects.get(public_id="demo")
     secret_assign(model, CANARY)
     model.save()
-    before = {
-        (m._meta.label, pk): crypto.secret_decrypt(token)
-        for m in encrypted_models()
-        for pk, token in m.objects.exclude(api_key_encrypted="").values_list("pk", "api_key_encrypted")
-    }
-    assert len(before) >= 4
+    own = UserLLMConfig(owner=make_user("owner", tier="pro"), slug="mine", display_name="Mine", upstream_model="m",
+                        base_url="https://llm.example.com/v1")
+    secret_assign(own, OTHER_CANARY)
+    own.save()
+    keys = stored_keys()
+    assert {label for label, _ in keys} == {"registry.Provider", "registry.LLMModel", "registry.UserLLMConfig"}
+    return keys
 
+
+def test_it_rotates_every_stored_key_to_the_new_encryption_key(keys_under_old_key, encryption_keys):
     encryption_keys(NEW_KEY, OLD_KEY)
     out = io.StringIO()
     call_command("rotate_encryption_key", stdout=out)
     encryption_keys(NEW_KEY)
 
-    assert f"Re-encrypted {len(before)} key(s)" in out.getvalue()
-    after = {
-        (m._meta.label, pk): crypto.secret_decrypt(token)
-        for m in encrypted_models()
-        for pk, token in m.objects.exclude(api_key_encrypted="").values_list("pk", "api_key_encrypted")
-    }
-    assert after == before
+    assert f"Re-encrypted {len(keys_under_old_key)} key(s)" in out.getvalue()
+    assert stored_keys() == keys_under_old_key
     registry_snapshot.invalidate()
     assert get_model_by_id("demo").api_key == CANARY
     assert get_model_by_id("deepseek-v3.2").api_key == "sk-deepseek_api_key-value-123456"
+
+
+def test_it_rotates_nothing_when_a_key_cannot_be_decrypted_and_says_which(keys_under_old_key, encryption_keys):
+    provider = Provider.objects.get(slug="deepseek")
+    encryption_keys(Fernet.generate_key().decode())
+    secret_assign(provider, "sk-under-a-forgotten-key-0")
+    provider.save()
+    forgotten = provider.api_key_encrypted
+    tokens_before = list(Provider.objects.values_list("api_key_encrypted", flat=True).order_by("pk"))
+
+    encryption_keys(NEW_KEY, OLD_KEY)
+    with pytest.raises(CommandError) as error:
+        call_command("rotate_encryption_key", stdout=io.StringIO())
+
+    assert f"#{provider.pk}" in str(error.value)
+    assert "Nothing was rotated" in str(error.value)
+    assert forgotten not in str(error.value)
+    assert list(Provider.objects.values_list("api_key_encrypted", flat=True).order_by("pk")) == tokens_before
 
 
 def test_it_refuses_a_new_base_url_for_a_models_own_key_unless_the_key_is_entered_again(canaries, admin_client):
@@ -373,8 +389,6 @@ def test_it_stores_hub_api_keys_hashed_and_prints_them_once(registry, make_user)
 
 
 def test_it_refuses_to_create_a_key_for_an_unknown_user(db):
-    from django.core.management import CommandError
-
     with pytest.raises(CommandError, match="No user named"):
         call_command("create_api_key", "--user", "nobody", stdout=io.StringIO())
     assert ApiKey.objects.count() == 0

@@ -1,5 +1,6 @@
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
+from llmhub.errors import ConfigurationError
 from registry.services import secret_rotate_all
 
 
@@ -7,4 +8,8 @@ class Command(BaseCommand):
     help = "Re-encrypt every stored API key under the first key of LLMHUB_ENCRYPTION_KEYS."
 
     def handle(self, *args, **options) -> None:
-        self.stdout.write(f"Re-encrypted {secret_rotate_all()} key(s).")
+        try:
+            rewritten = secret_rotate_all()
+        except ConfigurationError as error:
+            raise CommandError(error.message) from None
+        self.stdout.write(f"Re-encrypted {rewritten} key(s).")
