@@ -40,7 +40,7 @@ simulator: venv
 
 serve: venv
 	$(VENV)/bin/uvicorn llmhub.asgi:application --host $(HOST) --port $(PORT) --workers $(WEB_CONCURRENCY) \
-		--loop uvloop --http httptools --no-access-log --lifespan off
+		--loop uvloop --http httptools --no-access-log --lifespan on
 
 # The simulated upstream runs beside the app so the demo models answer with no keys and no internet, and a
 # Celery worker with embedded beat runs the periodic model tests. LLMHUB_EMBEDDED_WORKER=true takes tasks out

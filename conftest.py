@@ -38,6 +38,16 @@ def _fresh_snapshots() -> Iterator[None]:
     api_key_snapshot.invalidate()
 
 
+@pytest.fixture(autouse=True)
+def _usage_writer_stopped() -> Iterator[None]:
+    # What a test queued is written into its own database before that is rolled back or emptied, and the
+    # writer thread's connection is closed, so PostgreSQL can drop the test database at the end.
+    from usage.writer import writer
+
+    yield
+    writer.stop()
+
+
 @pytest.fixture
 def registry(db, simulated_upstream, monkeypatch):
     """The shipped fixture, loaded, its demo models pointing at the test's simulated upstream."""

@@ -121,7 +121,9 @@ _clients: dict[tuple, openai.AsyncOpenAI] = {}
 
 def _client_key(model: ModelSpec, loop: asyncio.AbstractEventLoop) -> tuple:
     key_digest = hashlib.sha256(model.api_key.encode()).hexdigest()
-    return id(loop), model.base_url, key_digest, tuple(sorted(model.headers.items())), model.owner_id is not None
+    # The timeouts are the client's too (its transport's read timeout): a changed one needs a new client.
+    return (id(loop), model.base_url, key_digest, tuple(sorted(model.headers.items())), model.owner_id is not None,
+            model.timeout, model.connect_timeout)
 
 
 def client_for(model: ModelSpec) -> openai.AsyncOpenAI:

@@ -22,8 +22,7 @@ from llmhub.errors import ApplicationError, NotFound
 from registry.health import health_note, unhealthy_keys
 from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, get_default_model, get_model_by_id
 from usage.quotas import Reservation, quota_reserve, quota_settle
-from usage.services import (UsageEntry, tokens_count_messages, tokens_count_text, tokens_encoding, usage_cost,
-                            usage_record)
+from usage.services import UsageEntry, tokens_count_messages, tokens_count_text, tokens_encoding, usage_cost, usage_record
 
 logger = logging.getLogger(__name__)
 
@@ -325,8 +324,9 @@ class ChatStream:
     async def events(self) -> AsyncIterator[bytes]:
         status, error_type = "partial", "client_disconnected"
         buffer = b""
+        chunks = self.handle.chunks()
         try:
-            async for chunk in self.handle.chunks():
+            async for chunk in chunks:
                 buffer += chunk
                 if b"\r" in buffer:  # SSE allows CRLF line ends
                     buffer = buffer.replace(b"\r\n", b"\n")
@@ -351,7 +351,8 @@ class ChatStream:
                 "message": f"The upstream stream broke: {error.message}", "type": "server_error",
                 "param": None, "code": error.kind}}) + b"\n\n"
         finally:
-            await self.handle.close()
+            await chunks.aclose()  # also when left early, after [DONE]
+            await self.handle.close()  # in case the chunks were never started
             self.usage = self.usage or self._estimate()
             await run_finish(self.run, model=self.model, usage=self.usage, error=None, status=status,
                              error_type=error_type, streamed=True, ttft_ms=self.ttft_ms)

@@ -74,6 +74,7 @@ INSTALLED_APPS = [
     "generation",
     "translation",
     "usage",
+    "pages",
 ]
 
 MIDDLEWARE = [
@@ -157,6 +158,7 @@ STORAGES = {
 
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = LOGIN_URL
 
 # A 20 MB body must be refused before it is parsed.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("LLMHUB_MAX_BODY_BYTES", default=2 * 1024 * 1024)

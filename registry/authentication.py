@@ -59,19 +59,26 @@ async def aapi_key_authenticate(*, raw_key: str) -> Principal | None:
     return await sync_to_async(api_key_authenticate, thread_sensitive=False)(raw_key=raw_key)
 
 
+def _tier_of(user: AbstractBaseUser, slug: str) -> TierSpec:
+    # The memo and the registry are refreshed separately: for a moment after another process renames a tier,
+    # one of them may not know the other's slug. Ask the database then rather than fail.
+    tier = registry_get().tiers.get(slug)
+    return tier if tier is not None else user_tier_resolve(user=user)
+
+
 def user_tier_get(user: AbstractBaseUser) -> TierSpec:
     memo = api_key_snapshot.get()
     slug = memo.get(("tier", user.pk))
     if slug is None:
         slug = user_tier_resolve(user=user).slug
         _memoise(memo, ("tier", user.pk), slug)
-    return registry_get().tiers[slug]
+    return _tier_of(user, slug)
 
 
 def request_tier(request: Request) -> TierSpec:
     principal = getattr(request, "auth", None)
     if isinstance(principal, Principal):
-        return registry_get().tiers[principal.tier_slug]
+        return _tier_of(principal.user, principal.tier_slug)
     return user_tier_get(request.user)
 
 

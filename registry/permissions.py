@@ -1,6 +1,7 @@
-"""Tier checks as DRF permission classes."""
+"""Tier and role checks as DRF permission classes. Object permissions here judge registry models (`ModelSpec`):
+a user's own models are found only for their owner, which is their whole permission check."""
 
-from rest_framework.permissions import BasePermission
+from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
 from registry.authentication import request_tier
@@ -17,3 +18,23 @@ class CanUseModel(BasePermission):
     def has_object_permission(self, request: Request, view, obj: ModelSpec) -> bool:
         check_model_access(request_tier(request), obj)
         return True
+
+
+class RegistryModelReadOnly(BasePermission):
+    """Object permission: a registry model may be read here, never changed (that is admin's job)."""
+
+    message = "Registry models are changed in admin."
+    code = "read_only"
+
+    def has_object_permission(self, request: Request, view, obj: ModelSpec) -> bool:
+        return request.method in SAFE_METHODS
+
+
+class CanTestRegistryModel(BasePermission):
+    """Object permission: only staff start or read connectivity tests of registry models."""
+
+    message = "Only staff may test registry models."
+    code = "staff_only"
+
+    def has_object_permission(self, request: Request, view, obj: ModelSpec) -> bool:
+        return bool(request.user and request.user.is_staff)

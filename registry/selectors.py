@@ -3,13 +3,15 @@
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from types import MappingProxyType
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from llmhub.crypto import secret_decrypt
 from llmhub.errors import NotFound, TierRequired
 from llmhub.snapshot import LocalSnapshot
-from registry.models import LLMModel, Tier, UserLLMConfig
+from registry.models import LLMModel, ModelTest, Tier, UserLLMConfig, UserModelPreferences
 
 CAPABILITIES = ("streaming", "json_mode", "tools", "vision")
 
@@ -195,3 +197,90 @@ def get_default_model(tier: TierSpec, *, registry: Registry | None = None) -> Mo
             return model
     available = get_available_models(tier, registry=registry)
     return available[0] if available else None
+
+
+def get_usable_model(model_id: str | None, *, tier: TierSpec, registry: Registry | None = None,
+                     owner_id: int | None = None) -> ModelSpec | None:
+    """The model `model_id` names when the caller may use it (one of their own, or a registry model their tier
+    allows), else None: for preferences, which fall back quietly rather than fail a request."""
+    if not model_id:
+        return None
+    registry = registry or registry_get()
+    model = registry.own_models(owner_id).get(model_id) or registry.models.get(model_id)
+    return model if model is not None and model.enabled and model.allows(tier) else None
+
+
+def user_model_get(*, owner_id: int, model_id: str) -> UserLLMConfig | None:
+    """One of the owner's models (enabled or not); another user's is as absent as one that does not exist."""
+    return UserLLMConfig.objects.filter(owner_id=owner_id, slug=model_id).first()
+
+
+def model_tests_recent(*, llm_model_id: int | None = None, user_model_id: int | None = None,
+                       limit: int | None = None):
+    """The newest tests of one model (a registry model or a user's)."""
+    limit = settings.LLMHUB["MODEL_TEST_HISTORY"] if limit is None else limit
+    return ModelTest.objects.filter(llm_model_id=llm_model_id, user_model_id=user_model_id).order_by(
+        "-created_at", "-pk")[:limit]
+
+
+def model_test_get(*, test_id: int, llm_model_id: int | None = None, user_model_id: int | None = None) -> ModelTest:
+    """A test of that very model; a test of any other model (or user) is as absent as one that does not exist."""
+    test = ModelTest.objects.filter(pk=test_id, llm_model_id=llm_model_id, user_model_id=user_model_id).first()
+    if test is None:
+        raise NotFound(f"The test '{test_id}' does not exist.", code="test_not_found")
+    return test
+
+
+# --- Preferences ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class PreferencesSpec:
+    """A user's default model, default per task type and favourites (model ids, unchecked: they are checked
+    when saved, and a model that left since is skipped when used)."""
+
+    default_model: str = ""
+    task_defaults: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    favourites: tuple[str, ...] = ()
+
+    def preferred_for(self, task: str) -> str | None:
+        """The model to use for `task` when a request names none: its task default, else the default."""
+        return self.task_defaults.get(task) or self.default_model or None
+
+
+NO_PREFERENCES = PreferencesSpec()
+
+
+def _preferences_key(user_id: int) -> tuple[str, int]:
+    return ("preferences", user_id)
+
+
+def preferences_get(user_id: int | None) -> PreferencesSpec:
+    """The user's preferences, memoised beside their API keys (query-free once warm; emptied on any change)."""
+    if user_id is None:
+        return NO_PREFERENCES
+    memo = api_key_snapshot.get()
+    spec = memo.get(_preferences_key(user_id))
+    if spec is not None:
+        return spec
+    row = UserModelPreferences.objects.filter(user_id=user_id).first()
+    spec = NO_PREFERENCES if row is None else PreferencesSpec(
+        default_model=row.default_model,
+        task_defaults=MappingProxyType({task: model_id for task, model_id in (row.task_defaults or {}).items()
+                                        if task in UserModelPreferences.TASK_TYPES and model_id}),
+        favourites=tuple(row.favourites or ()),
+    )
+    from registry.authentication import _memoise  # one bound for the whole memo; authentication imports us
+
+    _memoise(memo, _preferences_key(user_id), spec)
+    return spec
+
+
+async def apreferences_get(user_id: int | None) -> PreferencesSpec:
+    """`preferences_get` for an event loop: a warm memo is read in place, a cold one in a thread."""
+    if user_id is None:
+        return NO_PREFERENCES
+    memo = await api_key_snapshot.aget()
+    spec = memo.get(_preferences_key(user_id))
+    if spec is not None:
+        return spec
+    return await sync_to_async(preferences_get, thread_sensitive=False)(user_id)

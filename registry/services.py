@@ -3,24 +3,45 @@
 import hashlib
 import logging
 import secrets
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from llmhub.crypto import secret_decrypt, secret_encrypt, secret_last4, secret_rotate
-from llmhub.errors import ConfigurationError
+from llmhub.errors import ApplicationError, ConfigurationError
 from registry.loader import (
     RegistryFile,
     TierEntry,
     registry_file_from_legacy_env,
     registry_file_read,
 )
-from registry.models import ApiKey, LLMModel, ModelFallback, Provider, Tier, UserLLMConfig, UserProfile
-from registry.selectors import TierSpec, api_key_snapshot, registry_get, registry_snapshot
+from registry.models import (
+    ApiKey,
+    LLMModel,
+    ModelFallback,
+    Provider,
+    Tier,
+    UserLLMConfig,
+    UserModelPreferences,
+    UserProfile,
+)
+from registry.selectors import (
+    CAPABILITIES,
+    Registry,
+    TierSpec,
+    api_key_snapshot,
+    check_model_access,
+    get_model_by_id,
+    registry_get,
+    registry_snapshot,
+)
+from registry.ssrf import UnsafeURL, validate_user_base_url
 
 logger = logging.getLogger(__name__)
 
@@ -268,3 +289,147 @@ def secret_redirect_check(*, instance: Provider | LLMModel, base_url: str, provi
             f"This model would send the {provider.display_name} provider's API key to another URL: "
             "enter a key for the model.", field="api_key",
         )
+
+
+# --- Users' own models ----------------------------------------------------------------------------------
+
+def field_error(field: str, message: str, *, code: str) -> ApplicationError:
+    """A 400 about one input field, in the same `fields` shape as a serializer's errors."""
+    return ApplicationError(message, code=code, extra={"fields": {field: [message]}})
+
+
+def _safe_base_url(url: str) -> str:
+    try:
+        return validate_user_base_url(url)
+    except UnsafeURL as error:
+        raise field_error("base_url", error.message, code=error.code) from None
+
+
+def _key_checked(api_key: str) -> str:
+    if not api_key or not api_key.strip():
+        raise field_error("api_key", "An API key is required.", code="key_required")
+    return api_key.strip()
+
+
+def _capability_fields(capabilities: Mapping[str, bool]) -> dict[str, bool]:
+    unknown = set(capabilities) - set(CAPABILITIES)
+    if unknown:
+        raise field_error("capabilities", f"Unknown capabilities: {', '.join(sorted(unknown))}.", code="invalid")
+    return {f"supports_{name}": bool(value) for name, value in capabilities.items()}
+
+
+def user_model_create(*, owner: AbstractBaseUser, slug: str, display_name: str, upstream_model: str, base_url: str,
+                      api_key: str, enabled: bool = True, capabilities: Mapping[str, bool] | None = None,
+                      context_window: int = 8192, input_price_per_million: Decimal = Decimal(0),
+                      output_price_per_million: Decimal = Decimal(0)) -> UserLLMConfig:
+    """Adds a model of the owner's own: their endpoint, which our servers must be allowed to fetch (registry/ssrf.py),
+    and their key, stored encrypted. Its id may be neither one of their other models' nor a registry model's."""
+    if LLMModel.objects.filter(public_id=slug).exists():
+        raise field_error("id", f"'{slug}' is the id of a registry model: choose another.", code="name_taken")
+    model = UserLLMConfig(
+        owner=owner, slug=slug, display_name=display_name, upstream_model=upstream_model,
+        base_url=_safe_base_url(base_url), enabled=enabled, context_window=context_window,
+        input_price_per_million=input_price_per_million, output_price_per_million=output_price_per_million,
+        **_capability_fields(capabilities or {}),
+    )
+    secret_assign(model, _key_checked(api_key))
+    try:
+        with transaction.atomic():
+            model.save()
+    except IntegrityError:
+        raise field_error("id", f"You already have a model '{slug}'.", code="name_taken") from None
+    return model
+
+
+USER_MODEL_UPDATABLE = frozenset({"display_name", "upstream_model", "base_url", "api_key", "enabled", "capabilities",
+                                  "context_window", "input_price_per_million", "output_price_per_million"})
+
+
+def user_model_update(*, model: UserLLMConfig, data: Mapping[str, Any]) -> UserLLMConfig:
+    """Changes the fields given in `data` (any of USER_MODEL_UPDATABLE; an `api_key` replaces the stored one).
+
+    The stored key is only ever sent to the base URL it was entered with: a new base URL is refused unless the
+    key is entered again with it.
+    """
+    fields = dict(data)
+    if unknown := set(fields) - USER_MODEL_UPDATABLE:
+        raise TypeError(f"user_model_update() cannot change {', '.join(sorted(unknown))}")
+    api_key = fields.pop("api_key", None)
+    if api_key is not None:
+        api_key = _key_checked(api_key)
+    fields.update(_capability_fields(fields.pop("capabilities", None) or {}))
+    if "base_url" in fields:
+        fields["base_url"] = _safe_base_url(fields["base_url"])
+        # Compared with the stored row, not the instance: a caller may have edited that already.
+        stored = UserLLMConfig.objects.filter(pk=model.pk).values_list("base_url", flat=True).get()
+        if _endpoint(fields["base_url"]) != _endpoint(stored) and api_key is None:
+            raise field_error("api_key", "Changing the base URL requires entering the API key again.",
+                              code="key_required_for_new_base_url")
+    changed = _assign(model, fields)
+    if api_key is not None:
+        changed = secret_assign(model, api_key) or changed
+    if changed:
+        model.save()
+    return model
+
+
+@transaction.atomic
+def user_model_delete(*, model: UserLLMConfig) -> None:
+    """Removes an owner's model and its tests. Its usage rows stay (they name models by id); the owner's
+    preferences forget it."""
+    preferences = UserModelPreferences.objects.select_for_update().filter(user_id=model.owner_id).first()
+    if preferences is not None and _preferences_forget(preferences, model.slug):
+        preferences.save()
+    model.delete()
+
+
+def _preferences_forget(preferences: UserModelPreferences, model_id: str) -> bool:
+    before = (preferences.default_model, dict(preferences.task_defaults), list(preferences.favourites))
+    if preferences.default_model == model_id:
+        preferences.default_model = ""
+    preferences.task_defaults = {task: value for task, value in preferences.task_defaults.items() if value != model_id}
+    preferences.favourites = [value for value in preferences.favourites if value != model_id]
+    return before != (preferences.default_model, preferences.task_defaults, preferences.favourites)
+
+
+# --- Preferences ----------------------------------------------------------------------------------------
+
+def _unusable(model_id: str, *, tier: TierSpec, registry: Registry, owner_id: int) -> str | None:
+    """Why the user may not use `model_id` (the same words a request naming it would get), or None."""
+    try:
+        check_model_access(tier, get_model_by_id(model_id, registry=registry, owner_id=owner_id))
+    except ApplicationError as error:
+        return error.message
+    return None
+
+
+def preferences_update(*, user: AbstractBaseUser, data: Mapping[str, Any]) -> UserModelPreferences:
+    """Sets the preferences given in `data`: `default_model` (a model id, "" for none), `task_defaults` (task type →
+    model id; replaces the stored ones) and `favourites` (model ids). Every id must name a model the user may use
+    now (one of their own, or a registry model their tier allows); otherwise nothing is saved."""
+    tier, registry = user_tier_resolve(user=user), registry_get()
+    task_defaults = {task: model_id for task, model_id in (data.get("task_defaults") or {}).items() if model_id}
+    if unknown := set(task_defaults) - set(UserModelPreferences.TASK_TYPES):
+        raise field_error("task_defaults", f"Unknown task types: {', '.join(sorted(unknown))}.", code="invalid")
+    favourites = list(dict.fromkeys(data.get("favourites") or ()))
+    errors: dict[str, Any] = {}
+
+    def check(model_id: str) -> list[str] | None:
+        reason = _unusable(model_id, tier=tier, registry=registry, owner_id=user.pk)
+        return [reason] if reason else None
+
+    if data.get("default_model") and (reason := check(data["default_model"])):
+        errors["default_model"] = reason
+    if task_errors := {task: reason for task, model_id in task_defaults.items() if (reason := check(model_id))}:
+        errors["task_defaults"] = task_errors
+    if favourite_errors := {str(index): reason for index, model_id in enumerate(favourites) if (reason := check(model_id))}:
+        errors["favourites"] = favourite_errors
+    if errors:
+        raise ApplicationError("Some preferences name models you may not use.", code="invalid", extra={"fields": errors})
+
+    values = {"default_model": data.get("default_model") or "", "task_defaults": task_defaults, "favourites": favourites}
+    with transaction.atomic():
+        preferences, _ = UserModelPreferences.objects.select_for_update().get_or_create(user=user)
+        if _assign(preferences, {name: value for name, value in values.items() if name in data}):
+            preferences.save()
+    return preferences

@@ -3,7 +3,16 @@
 from django.contrib.auth import get_user_model
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
-from registry.models import ApiKey, LLMModel, ModelFallback, Provider, Tier, UserLLMConfig, UserProfile
+from registry.models import (
+    ApiKey,
+    LLMModel,
+    ModelFallback,
+    Provider,
+    Tier,
+    UserLLMConfig,
+    UserModelPreferences,
+    UserProfile,
+)
 from registry.selectors import api_key_snapshot, registry_snapshot
 
 
@@ -20,6 +29,7 @@ def connect() -> None:
         post_save.connect(_invalidate_registry, sender=model, dispatch_uid=f"registry-save-{model.__name__}")
         post_delete.connect(_invalidate_registry, sender=model, dispatch_uid=f"registry-delete-{model.__name__}")
     m2m_changed.connect(_invalidate_registry, sender=LLMModel.allowed_tiers.through, dispatch_uid="registry-tiers")
-    for model in (ApiKey, UserProfile, get_user_model()):
+    # The memo holds users' preferences and tier slugs: a renamed tier must not leave it pointing at a slug that is gone.
+    for model in (ApiKey, UserProfile, UserModelPreferences, get_user_model(), Tier):
         post_save.connect(_invalidate_api_keys, sender=model, dispatch_uid=f"apikey-save-{model.__name__}")
         post_delete.connect(_invalidate_api_keys, sender=model, dispatch_uid=f"apikey-delete-{model.__name__}")

@@ -55,6 +55,13 @@ def set_llmhub(settings, **values) -> None:
     settings.LLMHUB = {**settings.LLMHUB, **values}
 
 
+def complete(sdk, *, stream: bool, model: str = "demo") -> None:
+    """A chat completion through the SDK, read to its end when streamed."""
+    result = sdk.chat.completions.create(model=model, messages=MESSAGES, stream=stream)
+    if stream:
+        list(result)
+
+
 def assert_generic(response: httpx2.Response) -> None:
     for marker in UPSTREAM_BODY_MARKERS:
         assert marker not in response.text, marker
@@ -167,8 +174,7 @@ def test_it_does_not_fall_back_on_a_400_from_the_upstream(sdk, simulated_upstrea
     simulated_upstream.set_fault("demo", "status=400")
 
     with pytest.raises(openai.BadRequestError) as error:
-        result = sdk.chat.completions.create(model="demo", messages=MESSAGES, stream=stream)
-        list(result) if stream else None
+        complete(sdk, stream=stream)
 
     assert "Simulated upstream error" not in str(error.value.body)
     assert simulated_upstream.stats() == {"demo": 1}
@@ -212,8 +218,7 @@ def test_it_never_tries_a_fallback_above_the_callers_tier(sdk, simulated_upstrea
     simulated_upstream.set_fault("demo", "status=500")
 
     with pytest.raises(openai.InternalServerError) as error:
-        result = sdk.chat.completions.create(model="demo", messages=MESSAGES, stream=stream)
-        list(result) if stream else None
+        complete(sdk, stream=stream)
 
     assert error.value.status_code == 502
     assert simulated_upstream.stats()["demo-premium"] == 0

@@ -124,7 +124,7 @@ def test_it_ends_a_stream_that_goes_silent_with_an_error_event(sdk, settings, si
     with pytest.raises(openai.APIError) as error:
         stream_text(sdk)
 
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 4  # cut at the first 2 s gap; the whole stream takes 16 s
     assert error.value.body["code"] == "timeout"
     [row] = usage_rows(1)
     assert (row.status, row.error_type) == ("partial", "timeout")
@@ -132,7 +132,7 @@ def test_it_ends_a_stream_that_goes_silent_with_an_error_event(sdk, settings, si
 
 
 def test_it_cancels_the_upstream_when_the_client_goes_away(sdk, live_hub, api_key, simulated_upstream):
-    simulated_upstream.set_fault("demo", "chunk_delay=500")  # a whole stream would take about 4 s
+    simulated_upstream.set_fault("demo", "chunk_delay=800")  # a whole stream would take about 6 s
 
     with httpx2.Client(timeout=10) as client, client.stream(
             "POST", f"{live_hub}/v1/chat/completions", headers={"Authorization": f"Bearer {api_key}"},
@@ -142,9 +142,9 @@ def test_it_cancels_the_upstream_when_the_client_goes_away(sdk, live_hub, api_ke
     left = time.monotonic()
 
     [row] = usage_rows(1, timeout=2)
-    assert time.monotonic() - left < 1.5  # settled at once, not when the upstream would have finished
+    assert time.monotonic() - left < 2  # settled at once, not when the upstream would have finished
     assert (row.status, row.error_type, row.streamed) == ("partial", "client_disconnected", True)
-    assert row.latency_ms < 1500
+    assert row.latency_ms < 2000
     simulated_upstream.set_fault("demo", "")
     assert stream_text(sdk) == REPLY.format("demo")  # the hub keeps serving
 
@@ -170,3 +170,21 @@ def test_it_meters_30_concurrent_streams_once_each(live_hub, api_key):
     assert len(rows) == 30
     assert len({row.request_id for row in rows}) == 30
     assert {(row.status, row.streamed) for row in rows} == {("ok", True)}
+
+
+def test_it_applies_a_changed_provider_timeout_to_the_pooled_client(sdk, settings, simulated_upstream):
+    from llmhub.crypto import secret_encrypt
+    from registry.models import Provider
+
+    provider = Provider.objects.get(slug="local")
+    provider.api_key_encrypted = secret_encrypt("sk-local-timeout-test")  # a pool entry of this test's own
+    provider.timeout_seconds = 1
+    provider.save()
+    assert stream_text(sdk) == REPLY.format("demo")  # pools a client built with a 1 s read timeout
+    provider.timeout_seconds = 5
+    provider.save()
+    set_llmhub(settings, STREAM_IDLE_TIMEOUT_SECONDS=5)
+    simulated_upstream.set_fault("demo", "chunk_delay=1200")
+
+    stream = sdk.chat.completions.create(model="demo", messages=MESSAGES, stream=True, max_tokens=1)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Simulated"  # 1.2 s gaps: fine

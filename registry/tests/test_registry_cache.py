@@ -160,6 +160,39 @@ def test_it_shows_a_change_of_a_users_tier_at_once(registry, make_user, client_f
     assert client.get("/api/models/").json()["tier"]["slug"] == "pro"
 
 
+@pytest.mark.parametrize("auth", ["api_key", "session"])
+def test_it_follows_a_renamed_tier_at_once(registry, make_user, client_for, auth):
+    user = make_user(tier="pro")
+    if auth == "api_key":
+        client = client_for(user)
+    else:
+        client = APIClient()
+        client.force_login(user)
+    assert client.get("/api/models/").json()["tier"]["slug"] == "pro"
+
+    tier = Tier.objects.get(slug="pro")
+    tier.slug, tier.name = "plus", "Plus"
+    tier.save()
+
+    response = client.get("/api/models/")
+    assert response.status_code == 200
+    assert response.json()["tier"] == {"slug": "plus", "name": "Plus", "rank": 10}
+    assert client.get("/api/models/demo-premium/").json()["error"]["required_tier"] == "premium"
+
+
+def test_it_answers_while_only_the_registry_has_seen_a_tier_renamed_by_another_process(registry, make_user, client_for):
+    client = client_for(make_user(tier="pro"))
+    assert client.get("/api/models/").status_code == 200
+
+    # Another process renamed the tier; this one has refreshed its registry but not yet its key memo.
+    Tier.objects.filter(slug="pro").update(slug="plus")
+    registry_snapshot.invalidate()
+
+    response = client.get("/api/models/")
+    assert response.status_code == 200
+    assert response.json()["tier"]["slug"] == "plus"
+
+
 def test_it_shows_a_change_of_a_session_users_tier_at_once(registry, make_user):
     user = make_user(tier="free")
     client = APIClient()

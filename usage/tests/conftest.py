@@ -1,6 +1,6 @@
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -8,14 +8,6 @@ from usage.services import UsageEntry
 from usage.writer import writer
 
 _request_ids = itertools.count()
-
-
-@pytest.fixture(autouse=True)
-def _usage_writer_stopped() -> Iterator[None]:
-    # Whatever a test queued is written into its own database, before that is rolled back or emptied; and
-    # the writer thread's connection is closed, so that PostgreSQL can drop the test database at the end.
-    yield
-    writer.stop()
 
 
 @pytest.fixture

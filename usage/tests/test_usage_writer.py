@@ -180,7 +180,7 @@ def test_it_writes_the_queued_rows_when_uvicorn_gets_sigterm(database, workers, 
         assert _rows(database) == (0, 0), output  # everything is still in memory
 
         server.send_signal(signal.SIGTERM)
-        output += server.communicate(timeout=30)[0]
+        output += server.communicate(timeout=60)[0]
     finally:
         server.kill()
 
@@ -188,7 +188,7 @@ def test_it_writes_the_queued_rows_when_uvicorn_gets_sigterm(database, workers, 
     assert _rows(database) == (PROBE_ROWS * workers, PROBE_ROWS * workers), output
 
 
-def _output_until(process: subprocess.Popen, done, *, timeout: float = 30.0) -> str:
+def _output_until(process: subprocess.Popen, done, *, timeout: float = 60.0) -> str:
     output, deadline = "", time.monotonic() + timeout
     while not done(output):
         ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,52 @@
+"""The playground's answer as server-sent events, on generation's and translation's services.
+
+The stream is the upstream's own OpenAI chunks (`data: {...}`), framed by two named events the page reads:
+`meta` (the model that answered and every attempt, failed ones first) before the text, and `summary`
+(tokens, cost, latency) after it. A translation is not streamed upstream: it arrives as one chunk.
+"""
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from generation.services import Attempt, ChatStream, Usage
+from registry.selectors import ModelSpec
+from translation.services import Translation
+
+
+def sse(event: str | None, data: Any) -> bytes:
+    name = f"event: {event}\n".encode() if event else b""
+    return name + b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def _meta(model: ModelSpec, attempts: list[Attempt]) -> bytes:
+    return sse("meta", {"model": model.id, "display_name": model.display_name,
+                        "attempts": [attempt.as_dict() for attempt in attempts]})
+
+
+def _summary(*, request_id: str, usage: Usage, cost: Any, latency_ms: float, ttft_ms: float | None = None) -> bytes:
+    return sse("summary", {"request_id": request_id, "input_tokens": usage.input_tokens,
+                           "output_tokens": usage.output_tokens, "estimated": usage.estimated, "cost": str(cost),
+                           "latency_ms": round(latency_ms, 1),
+                           "ttft_ms": round(ttft_ms, 1) if ttft_ms is not None else None})
+
+
+async def chat_events(stream: ChatStream) -> AsyncIterator[bytes]:
+    """Settles and logs the request however it ends (`ChatStream.events` does), also when the page goes away."""
+    yield _meta(stream.model, stream.attempts)
+    events = stream.events()
+    try:
+        async for chunk in events:
+            yield chunk
+    finally:
+        await events.aclose()
+    yield _summary(request_id=stream.request_id, usage=stream.usage or Usage(), cost=stream.run.cost,
+                   latency_ms=(time.perf_counter() - stream.run.started) * 1000, ttft_ms=stream.ttft_ms)
+
+
+async def translation_events(result: Translation) -> AsyncIterator[bytes]:
+    yield _meta(result.model, result.attempts)
+    yield sse(None, {"choices": [{"index": 0, "delta": {"content": result.text}}]})
+    yield _summary(request_id=result.request_id, usage=result.usage, cost=result.cost, latency_ms=result.latency_ms)
