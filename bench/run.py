@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -266,9 +267,14 @@ class Load:
         body_file = self._body_file(target.body(stream=stream, slow=slow))
         url = target.url + "/chat/completions"
         cpu_before = _tree_cpu_seconds(target.process.pid) if target.process else None
+        result = None
         if self.wrk and not stream and not slow:
             result = self._wrk(url, body_file, target.api_key, connections, seconds)
-        else:
+            if result["requests"] < connections:
+                # wrk drops the requests in flight at its deadline: a target slower than the run would show
+                # nothing at all. bench/loadgen.py lets them finish.
+                result = None
+        if result is None:
             command = [*self.pinning.rest, str(VENV_BIN / "python"), "-m", "bench.loadgen", url,
                        "--body-file", str(body_file), "--header", f"Authorization: Bearer {target.api_key}",
                        "--connections", str(connections), "--duration", str(seconds)]
@@ -323,14 +329,16 @@ def _wait_http(url: str, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing answered at {url} within {timeout:.0f} s")
 
 
-def _litellm_config(sim_url: str) -> Path:
+def _litellm_config(sim_url: str, master_key: str) -> Path:
     path = VAR / "bench-litellm.yaml"
     models = (("demo", "demo"), (SLOW_MODEL, "demo@latency=1000"))
     lines = ["model_list:"]
     for name, upstream in models:
         lines += [f"  - model_name: {name}", "    litellm_params:", f"      model: openai/{upstream}",
                   f"      api_base: {sim_url}", f"      api_key: {SIM_KEY}"]
-    lines += ["litellm_settings:", "  telemetry: false", "  drop_params: true", "general_settings: {}"]
+    # A master key, as the proxy requires; it is checked per request, as llmhub checks its keys.
+    lines += ["litellm_settings:", "  telemetry: false", "  drop_params: true",
+              "general_settings:", f"  master_key: {master_key}"]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -345,10 +353,12 @@ def _litellm_start(processes: Processes, pinning: Pinning, sim_url: str) -> Targ
     env = {name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "REDIS_URL")}
     env |= {"LITELLM_TELEMETRY": "False", "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
             "PYTHONUNBUFFERED": "1"}
-    target = Target("LiteLLM", f"http://127.0.0.1:{port}/v1", "sk-anything", "demo", SLOW_MODEL)
+    master_key = "sk-bench-" + secrets.token_hex(16)
+    target = Target("LiteLLM", f"http://127.0.0.1:{port}/v1", master_key, "demo", SLOW_MODEL)
+    config = _litellm_config(sim_url, master_key)
     started = time.perf_counter()
     target.process = processes.start(
-        [*pinning.app, str(executable), "--config", str(_litellm_config(sim_url)), "--host", "127.0.0.1",
+        [*pinning.app, str(executable), "--config", str(config), "--host", "127.0.0.1",
          "--port", str(port), "--num_workers", "1"], env=env, log=VAR / "bench-litellm.log")
     try:
         target.startup_s = _wait_first_answer(target, started, timeout=120)
@@ -414,7 +424,7 @@ def build_table(results: dict, targets: list[Target]) -> tuple[Table, dict]:
             cells = {}
             for name in names:
                 p50, p99 = med(name, config, "p50_ms"), med(name, config, "p99_ms")
-                added = "" if name == "direct" or p50 is None or direct_p50 is None else f" (+{p50 - direct_p50:.2f})"
+                added = "" if name == "direct" or not p50 or direct_p50 is None else f" (+{p50 - direct_p50:.2f})"
                 cells[name] = f"{_fmt(p50)} / {_fmt(p99)}{added if name != 'llmhub' else ''}"
             hub_p50, hub_p99 = med("llmhub", config, "p50_ms"), med("llmhub", config, "p99_ms")
             added_p50 = None if hub_p50 is None or direct_p50 is None else hub_p50 - direct_p50
@@ -542,13 +552,15 @@ rewritten by each run.
   scheduler autogroup (BENCH_PRIORITY), so that other work on a shared machine does not take the app's core.
 - other processes used {others:.0%} of the machine's CPU during the measurements (0% = a quiet machine).
 - load: non-streaming with wrk (keep-alive, `--timeout 10s`, bench/post.lua) when installed, else
-  bench/loadgen.py; streaming and the 1000 ms upstream with bench/loadgen.py (asyncio + uvloop + httptools,
-  closed loop; TTFT = request written → first body bytes holding an SSE `data:` event). Body: one user
-  message, `max_tokens` 64 (streaming adds `stream_options.include_usage`). Each target gets a short
-  warm-up; then every configuration runs {REPS} times for {SECONDS} s ({SLOW_SECONDS:g} s with the 1000 ms
-  upstream, model `bench-slow` = upstream `demo@latency=1000`), targets interleaved within each repetition.
-  Figures are medians of the {REPS} runs; "added" = llmhub's median minus direct's. Start-up: process spawn
-  until the first `POST /v1/chat/completions` answers 200. Peak RSS: VmHWM of the app's process (tree) at the end.
+  bench/loadgen.py, which also replaces wrk for a target that answers fewer requests than it has
+  connections within a run (wrk drops the requests in flight at its deadline). Streaming and the 1000 ms
+  upstream: bench/loadgen.py (asyncio + uvloop + httptools, closed loop; TTFT = request written → first
+  body bytes holding an SSE `data:` event). Body: one user message, `max_tokens` 64 (streaming adds
+  `stream_options.include_usage`). Each target gets a short warm-up; then every configuration runs {REPS}
+  times for {SECONDS} s ({SLOW_SECONDS:g} s with the 1000 ms upstream, model `bench-slow` = upstream
+  `demo@latency=1000`), targets interleaved within each repetition. Figures are medians of the {REPS}
+  runs; "added" = llmhub's median minus direct's. Start-up: process spawn until the first
+  `POST /v1/chat/completions` answers 200. Peak RSS: VmHWM of the app's process (tree) at the end.
 
 {table.markdown()}
 

@@ -9,12 +9,12 @@ from generation import services
 from generation.openai_compat import BadRequest, chat_body_validate
 from llmhub.api import StrictSerializer
 from registry.authentication import request_tier
-from registry.selectors import registry_get
+from registry.selectors import preferences_get, registry_get
 
 
 class CallerAPIView(APIView):
-    """An async API view whose sync set-up (authentication, permissions) also resolves the caller, so the
-    async handler needs no database."""
+    """An async API view whose sync set-up (authentication, permissions) also resolves the caller and their
+    preferences, so the async handler needs no database."""
 
     def initial(self, request: Request, *args, **kwargs) -> None:
         super().initial(request, *args, **kwargs)
@@ -22,6 +22,7 @@ class CallerAPIView(APIView):
         request.caller = services.Caller(user_id=request.user.pk, api_key_id=getattr(principal, "api_key_id", None),
                                          tier=request_tier(request))
         request.registry = registry_get()
+        request.preferences = preferences_get(request.user.pk)
 
 
 class AttemptSerializer(serializers.Serializer):
@@ -83,5 +84,5 @@ class GenerateApi(CallerAPIView):
         outcome = await services.generate(caller=request.caller, registry=request.registry,
                                           prompt=params.pop("prompt", None), messages=params.pop("messages", None),
                                           model_id=params.pop("model", None), provider=params.pop("provider", None),
-                                          **params)
+                                          preferred_id=request.preferences.preferred_for("generation"), **params)
         return Response(GenerateOutputSerializer(outcome).data)

@@ -20,7 +20,14 @@ from generation import services
 from generation.services import Caller, GenerationFailed
 from llmhub.errors import ApplicationError
 from registry.authentication import Principal, aapi_key_authenticate
-from registry.selectors import ModelSpec, check_model_access, get_available_models, get_model_by_id, registry_snapshot
+from registry.selectors import (
+    ModelSpec,
+    apreferences_get,
+    check_model_access,
+    get_available_models,
+    get_model_by_id,
+    registry_snapshot,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -157,13 +164,14 @@ async def _chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     registry = await registry_snapshot.aget()
     caller = _caller(principal, registry)
     model_id = body.pop("model", None)
+    preferred_id = None if model_id else (await apreferences_get(caller.user_id)).preferred_for("generation")
     if not body.get("stream"):
         outcome = await services.chat(caller=caller, registry=registry, body=body, endpoint="v1.chat_completions",
-                                      model_id=model_id)
+                                      model_id=model_id, preferred_id=preferred_id)
         await _respond(send, 200, outcome.raw, _meta_headers(outcome.request_id, outcome.model, len(outcome.attempts)))
         return
     stream = await services.chat_stream(caller=caller, registry=registry, body=body, endpoint="v1.chat_completions",
-                                        model_id=model_id)
+                                        model_id=model_id, preferred_id=preferred_id)
     await _send_stream(stream, receive, send)
 
 
@@ -206,14 +214,15 @@ async def _models(scope: Scope, receive: Receive, send: Send) -> None:
     principal = await _authenticate(scope)
     registry = await registry_snapshot.aget()
     tier = registry.tiers[principal.tier_slug]
-    body = orjson.dumps({"object": "list", "data": [_model_object(m) for m in get_available_models(tier, registry=registry)]})
+    models = get_available_models(tier, registry=registry, owner_id=principal.user.pk)
+    body = orjson.dumps({"object": "list", "data": [_model_object(model) for model in models]})
     await _respond(send, 200, body)
 
 
 async def _model_detail(scope: Scope, receive: Receive, send: Send, model_id: str) -> None:
     principal = await _authenticate(scope)
     registry = await registry_snapshot.aget()
-    model = get_model_by_id(model_id, registry=registry)
+    model = get_model_by_id(model_id, registry=registry, owner_id=principal.user.pk)
     check_model_access(registry.tiers[principal.tier_slug], model)
     await _respond(send, 200, orjson.dumps(_model_object(model)))
 

@@ -2,7 +2,9 @@
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
@@ -26,6 +28,11 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         retry_after = getattr(exc, "retry_after", None)
         headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
         return Response(error_body(code=exc.code, message=exc.message, **exc.extra), status=exc.status, headers=headers)
+    if isinstance(exc, RequestDataTooBig):
+        # Raised by Django while DRF reads the body; unhandled it would be Django's bare 400 page.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return Response(error_body(code="body_too_large", message=f"The request body is larger than {limit} bytes."),
+                        status=413)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

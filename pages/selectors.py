@@ -1,15 +1,23 @@
 """Reads behind the pages: the models a user sees, grouped, each with its status; a model's tests."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import groupby
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
 from django.utils import timezone
 
 from registry.health import HealthSpec, model_status, model_status_of
-from registry.models import LLMModel, ModelTest, UserLLMConfig
-from registry.selectors import ModelSpec, Registry, TierSpec, user_model_get
+from registry.models import LLMModel, ModelTest, UserLLMConfig, UserModelPreferences
+from registry.selectors import (
+    CAPABILITIES,
+    ModelSpec,
+    PreferencesSpec,
+    Registry,
+    TierSpec,
+    get_usable_model,
+    user_model_get,
+)
 
 REGISTRY, MINE = "registry", "mine"
 
@@ -20,13 +28,22 @@ class ModelRow:
     a user's own model may share its id with a registry model."""
 
     model: ModelSpec
-    ref: str
+    kind: str
     allowed: bool
     health: HealthSpec
+    badges: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind}/{self.model.id}"
 
     @property
     def status_title(self) -> str:
         return health_title(self.health)
+
+    @property
+    def capabilities(self) -> list[str]:
+        return [name for name in CAPABILITIES if name in self.model.capabilities]
 
 
 def health_title(health: HealthSpec) -> str:
@@ -41,14 +58,33 @@ def health_title(health: HealthSpec) -> str:
     return " · ".join(parts)
 
 
-def model_rows(*, registry: Registry, tier: TierSpec, owner_id: int) -> list[ModelRow]:
+def model_rows(*, registry: Registry, tier: TierSpec, owner_id: int,
+               badges: Mapping[str, tuple[str, ...]] | None = None) -> list[ModelRow]:
     """Every enabled registry model that some tier may use (those above `tier` marked not allowed), then the
-    owner's own enabled models."""
-    rows = [ModelRow(model, f"{REGISTRY}/{model.id}", model.allows(tier), model_status(model))
-            for model in registry.models.values() if model.enabled and model.required_tier is not None]
-    rows += [ModelRow(model, f"{MINE}/{model.id}", True, model_status(model))
-             for model in registry.own_models(owner_id).values()]
-    return rows
+    owner's own enabled models. `badges`: labels by ref (see `preference_badges`)."""
+    badges = badges or {}
+    shared = [model for model in registry.models.values() if model.enabled and model.required_tier is not None]
+    own = list(registry.own_models(owner_id).values())
+    return [ModelRow(model, kind, kind == MINE or model.allows(tier), model_status(model),
+                     badges.get(f"{kind}/{model.id}", ()))
+            for kind, models in ((REGISTRY, shared), (MINE, own)) for model in models]
+
+
+def model_ref(model: ModelSpec) -> str:
+    return f"{MINE if model.owned else REGISTRY}/{model.id}"
+
+
+def preference_badges(*, preferences: PreferencesSpec, default: ModelSpec | None, registry: Registry,
+                      tier: TierSpec, owner_id: int) -> dict[str, tuple[str, ...]]:
+    """Which model is the default (the one a request naming none gets) and which are a task's default."""
+    badges: dict[str, list[str]] = {}
+    if default is not None:
+        badges.setdefault(model_ref(default), []).append("default")
+    for task in UserModelPreferences.TASK_TYPES:
+        model = get_usable_model(preferences.task_defaults.get(task), tier=tier, registry=registry, owner_id=owner_id)
+        if model is not None:
+            badges.setdefault(model_ref(model), []).append(task)
+    return {ref: tuple(labels) for ref, labels in badges.items()}
 
 
 def model_groups(rows: list[ModelRow]) -> list[tuple[str, list[ModelRow]]]:
@@ -56,40 +92,56 @@ def model_groups(rows: list[ModelRow]) -> list[tuple[str, list[ModelRow]]]:
     return [(name, list(group)) for name, group in groupby(rows, key=lambda row: row.model.provider_name)]
 
 
-def own_models_list(*, owner: AbstractBaseUser) -> QuerySet[UserLLMConfig]:
-    return UserLLMConfig.objects.filter(owner=owner).order_by("display_name", "slug")
+@dataclass(frozen=True, slots=True)
+class OwnModelRow:
+    """One of the user's own models, enabled or not, as the management page shows it."""
+
+    config: UserLLMConfig
+    health: HealthSpec
+
+    @property
+    def ref(self) -> str:
+        return f"{MINE}/{self.config.slug}"
+
+    @property
+    def status_title(self) -> str:
+        return health_title(self.health)
+
+    @property
+    def capabilities(self) -> list[str]:
+        return [name for name in CAPABILITIES if getattr(self.config, f"supports_{name}")]
+
+
+def own_model_rows(*, owner: AbstractBaseUser) -> list[OwnModelRow]:
+    configs = UserLLMConfig.objects.filter(owner=owner).order_by("display_name", "slug")
+    return [OwnModelRow(config, model_status_of(config)) for config in configs]
 
 
 def statuses(*, registry: Registry, tier: TierSpec, owner: AbstractBaseUser) -> dict[str, dict[str, str]]:
-    """`ref` → status and hover text of every model the picker and the management page show (own models that
-    are disabled too)."""
+    """`ref` → status and hover text of every model the picker and the management page show."""
     shown = {row.ref: row.health for row in model_rows(registry=registry, tier=tier, owner_id=owner.pk)}
-    for config in own_models_list(owner=owner):
-        shown.setdefault(f"{MINE}/{config.slug}", model_status_of(config))
+    shown.update((row.ref, row.health) for row in own_model_rows(owner=owner))
     return {ref: {"status": health.status, "title": health_title(health)} for ref, health in shown.items()}
 
 
-def test_target(*, kind: str, model_id: str, registry: Registry, tier: TierSpec,
-                owner: AbstractBaseUser) -> LLMModel | UserLLMConfig | None:
-    """The model a user may test and see the tests of: their own, or a registry model their tier allows."""
+def test_target(*, kind: str, model_id: str, registry: Registry, user: AbstractBaseUser) -> LLMModel | UserLLMConfig | None:
+    """The model whose tests `user` may start and read: their own, or (staff only, as in the API) a registry model."""
     if kind == MINE:
-        return user_model_get(owner_id=owner.pk, model_id=model_id)
+        return user_model_get(owner_id=user.pk, model_id=model_id)
     spec = registry.models.get(model_id)
-    if spec is None or not spec.enabled or not spec.allows(tier):
+    if not user.is_staff or spec is None or not spec.enabled:
         return None
     return LLMModel.objects.filter(pk=spec.pk).first()
 
 
-def test_visible_get(*, test_id: int, registry: Registry, tier: TierSpec,
-                     owner: AbstractBaseUser) -> ModelTest | None:
-    """A test of a model the user may test (see `test_target`)."""
+def test_visible_get(*, test_id: int, user: AbstractBaseUser) -> ModelTest | None:
+    """A test of a model whose tests `user` may read (see `test_target`)."""
     test = ModelTest.objects.select_related("llm_model", "user_model").filter(pk=test_id).first()
     if test is None:
         return None
     if test.user_model_id is not None:
-        return test if test.user_model.owner_id == owner.pk else None
-    target = test_target(kind=REGISTRY, model_id=test.llm_model.public_id, registry=registry, tier=tier, owner=owner)
-    return test if target is not None else None
+        return test if test.user_model.owner_id == user.pk else None
+    return test if user.is_staff else None
 
 
 def test_target_ref(test: ModelTest) -> str:

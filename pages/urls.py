@@ -5,16 +5,17 @@ from pages import views
 
 app_name = "pages"
 
-MODEL = r"(?P<kind>registry|mine)/(?P<model_id>[-\w]+)"
-
 urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", views.home, name="home"),
     path("models/", views.models_picker, name="models"),
     path("models/status/", views.models_status, name="models-status"),
+    path("models/mine/", views.own_models, name="own-models"),
+    path("models/mine/<slug:model_id>/edit/", views.own_model_edit, name="own-model-edit"),
+    path("models/mine/<slug:model_id>/delete/", views.own_model_delete, name="own-model-delete"),
+    re_path(r"^models/(?P<kind>registry|mine)/(?P<model_id>[^/]+)/tests/$", views.model_tests, name="model-tests"),
     path("models/tests/<int:test_id>/", views.model_test_detail, name="model-test"),
-    re_path(rf"^models/{MODEL}/tests/$", views.model_tests, name="model-tests"),
     path("playground/", views.playground_page, name="playground"),
     path("playground/stream/", views.playground_stream, name="playground-stream"),
 ]

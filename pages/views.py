@@ -1,10 +1,19 @@
-"""Server-rendered pages. Views only parse input, call services and selectors, and render."""
+"""Server-rendered pages. Views only parse input, call services and selectors, and render.
+
+Forms are validated by the API's own input serializers and saved by the same services (pages.forms), so a page
+shows the API's field errors and refuses what the API refuses.
+"""
+
+from collections.abc import Callable
+from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from rest_framework import serializers
 
@@ -13,25 +22,46 @@ from generation.apis import GenerateInputSerializer
 from llmhub.api import error_body
 from llmhub.errors import ApplicationError
 from pages import playground
+from pages.forms import SerializerForm, user_model_initial
 from pages.selectors import (
     MINE,
-    REGISTRY,
+    health_title,
     model_groups,
     model_rows,
-    own_models_list,
+    own_model_rows,
+    preference_badges,
     statuses,
     test_target,
     test_target_ref,
     test_visible_get,
 )
+from registry.apis import caller_default_model
 from registry.authentication import user_tier_get
+from registry.health import model_status_of
 from registry.model_tests import QueueUnavailable, model_test_start
 from registry.models import ModelTest
-from registry.selectors import apreferences_get, model_tests_recent, registry_get, registry_snapshot
+from registry.selectors import (
+    apreferences_get,
+    model_tests_recent,
+    preferences_get,
+    registry_get,
+    registry_snapshot,
+    user_model_get,
+)
+from registry.serializers import PreferencesInputSerializer, UserModelInputSerializer, UserModelUpdateInputSerializer
+from registry.services import preferences_update, user_model_create, user_model_delete, user_model_update
 from translation import services as translation
 from translation.apis import TranslateInputSerializer
 
 FINISHED = (ModelTest.State.SUCCEEDED, ModelTest.State.FAILED)
+PREFERENCE_LABELS = {"default_model": "Default model", "task_defaults.generation": "Generation",
+                     "task_defaults.translation": "Translation", "task_defaults.code": "Code"}
+USER_MODEL_LABELS = {"id": "Model id", "display_name": "Display name", "model": "Upstream model name",
+                     "base_url": "Base URL", "api_key": "API key", "enabled": "Enabled",
+                     "context_window": "Context window (tokens)", "input_price_per_million": "Input price ($ per 1M tokens)",
+                     "output_price_per_million": "Output price ($ per 1M tokens)",
+                     "capabilities.streaming": "Streaming", "capabilities.json_mode": "JSON mode",
+                     "capabilities.tools": "Tool calling", "capabilities.vision": "Vision"}
 
 
 def _page(request: HttpRequest, template: str, context: dict | None = None, *, status: int = 200) -> HttpResponse:
@@ -39,12 +69,20 @@ def _page(request: HttpRequest, template: str, context: dict | None = None, *, s
     return render(request, template, {"tier": user_tier_get(request.user), **(context or {})}, status=status)
 
 
+def _saved(form: SerializerForm, save: Callable[[dict[str, Any]], Any]) -> bool:
+    """Validates the form, then saves through the service; a refusal lands in the form's errors."""
+    if not form.is_valid():
+        return False
+    try:
+        save(form.validated_data)
+    except ApplicationError as error:
+        form.add_error(error)
+        return False
+    return True
+
+
 def _json_error(error: ApplicationError) -> JsonResponse:
     return JsonResponse(error_body(code=error.code, message=error.message, **error.extra), status=error.status)
-
-
-def _invalid(error: serializers.ValidationError) -> JsonResponse:
-    return JsonResponse(error_body(code="invalid", message="Invalid input.", fields=error.detail), status=400)
 
 
 @login_required
@@ -53,14 +91,32 @@ def home(request: HttpRequest) -> HttpResponse:
     return redirect("pages:models")
 
 
-# --- Model picker and status ------------------------------------------------------------------------------
+# --- Model picker, defaults and status ----------------------------------------------------------------------
 
 @login_required
-@require_GET
+@require_http_methods(["GET", "POST"])
 def models_picker(request: HttpRequest) -> HttpResponse:
+    """Every model, the ones above the user's tier greyed out; POST saves the user's defaults (as PUT
+    /api/preferences/ does, favourites aside)."""
+    if request.method == "POST":
+        form = SerializerForm(PreferencesInputSerializer, post=request.POST, exclude=("favourites",),
+                              labels=PREFERENCE_LABELS)
+        if _saved(form, lambda data: preferences_update(user=request.user, data=data)):
+            messages.success(request, "Your defaults are saved.")
+            return redirect("pages:models")
+    else:
+        preferences = preferences_get(request.user.pk)
+        form = SerializerForm(PreferencesInputSerializer, exclude=("favourites",), labels=PREFERENCE_LABELS,
+                              initial={"default_model": preferences.default_model,
+                                       "task_defaults": dict(preferences.task_defaults)})
     registry, tier = registry_get(), user_tier_get(request.user)
-    rows = model_rows(registry=registry, tier=tier, owner_id=request.user.pk)
-    return _page(request, "pages/models.html", {"groups": model_groups(rows)})
+    default = caller_default_model(request, tier, registry)
+    badges = preference_badges(preferences=preferences_get(request.user.pk), default=default, registry=registry,
+                               tier=tier, owner_id=request.user.pk)
+    rows = model_rows(registry=registry, tier=tier, owner_id=request.user.pk, badges=badges)
+    context = {"groups": model_groups(rows), "form": form,
+               "tier_default_label": f"Your tier's default ({default.display_name})" if default else "None"}
+    return _page(request, "pages/models.html", context, status=400 if form.errors else 200)
 
 
 @login_required
@@ -71,20 +127,75 @@ def models_status(request: HttpRequest) -> JsonResponse:
                                             owner=request.user)})
 
 
+# --- The user's own models ----------------------------------------------------------------------------------
+
+def _own_model_or_404(request: HttpRequest, model_id: str):
+    model = user_model_get(owner_id=request.user.pk, model_id=model_id)
+    if model is None:
+        raise Http404("No such model.")
+    return model
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def own_models(request: HttpRequest) -> HttpResponse:
+    """The user's own models, and a form to add one (POST /api/models/ on a page)."""
+    if request.method == "POST":
+        form = SerializerForm(UserModelInputSerializer, post=request.POST, labels=USER_MODEL_LABELS)
+        if _saved(form, lambda data: user_model_create(owner=request.user, **data)):
+            messages.success(request, f"Added {form.validated_data['display_name']}.")
+            return redirect("pages:own-models")
+    else:
+        form = SerializerForm(UserModelInputSerializer, labels=USER_MODEL_LABELS)
+    context = {"rows": own_model_rows(owner=request.user), "form": form}
+    return _page(request, "pages/own_models.html", context, status=400 if form.errors else 200)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def own_model_edit(request: HttpRequest, model_id: str) -> HttpResponse:
+    """PUT /api/models/<id>/ on a page: every field, the key kept unless a new one is typed."""
+    model = _own_model_or_404(request, model_id)
+    key_label = "Replace API key" if model.api_key_encrypted else "Set API key"
+    options = {"exclude": ("id",), "labels": {**USER_MODEL_LABELS, "api_key": key_label},
+               "context": {"model_id": model.slug}}
+    if request.method == "POST":
+        form = SerializerForm(UserModelUpdateInputSerializer, post=request.POST, **options)
+        if _saved(form, lambda data: user_model_update(model=model, data=data)):
+            messages.success(request, f"Saved {model.display_name}.")
+            return redirect("pages:own-models")
+    else:
+        form = SerializerForm(UserModelUpdateInputSerializer, initial=user_model_initial(model), **options)
+    return _page(request, "pages/own_model_edit.html", {"model": model, "form": form},
+                 status=400 if form.errors else 200)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def own_model_delete(request: HttpRequest, model_id: str) -> HttpResponse:
+    """GET asks for confirmation; POST deletes (its usage history stays)."""
+    model = _own_model_or_404(request, model_id)
+    if request.method == "POST":
+        user_model_delete(model=model)
+        messages.success(request, f"Deleted {model.display_name}.")
+        return redirect("pages:own-models")
+    return _page(request, "pages/own_model_delete.html", {"model": model})
+
+
 # --- Connectivity tests -------------------------------------------------------------------------------------
 
-def _test_payload(test: ModelTest) -> dict:
+def _test_payload(test: ModelTest) -> dict[str, Any]:
     return {"id": test.pk, "state": test.state, "finished": test.state in FINISHED,
-            "url": f"/models/tests/{test.pk}/", "ref": test_target_ref(test),
-            "html": render_to_string("pages/_test_result.html", {"test": test})}
+            "url": reverse("pages:model-test", args=[test.pk]), "ref": test_target_ref(test),
+            "html": render_to_string("pages/_test_result.html", {"test": test}),
+            "row": render_to_string("pages/_test_row.html", {"test": test})}
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 def model_tests(request: HttpRequest, kind: str, model_id: str) -> HttpResponse:
-    """GET: a model's recent tests, with a button to start one. POST: start a test (202, JSON)."""
-    registry, tier = registry_get(), user_tier_get(request.user)
-    target = test_target(kind=kind, model_id=model_id, registry=registry, tier=tier, owner=request.user)
+    """GET: a model's recent tests and a button to start one. POST: start a test (202, JSON to poll)."""
+    target = test_target(kind=kind, model_id=model_id, registry=registry_get(), user=request.user)
     if target is None:
         raise Http404("No such model.")
     field = "user_model" if kind == MINE else "llm_model"
@@ -94,16 +205,17 @@ def model_tests(request: HttpRequest, kind: str, model_id: str) -> HttpResponse:
         except QueueUnavailable as error:
             return _json_error(error)
         return JsonResponse(_test_payload(test), status=202)
-    tests = model_tests_recent(**{f"{field}_id": target.pk})
-    return _page(request, "pages/model_tests.html", {"target": target, "ref": f"{kind}/{model_id}", "tests": tests})
+    health = model_status_of(target)
+    context = {"target": target, "kind": kind, "model_id": model_id, "ref": f"{kind}/{model_id}", "health": health,
+               "status_title": health_title(health), "tests": model_tests_recent(**{f"{field}_id": target.pk})}
+    return _page(request, "pages/model_tests.html", context)
 
 
 @login_required
 @require_GET
 def model_test_detail(request: HttpRequest, test_id: int) -> JsonResponse:
     """Polled about once a second while a test runs."""
-    test = test_visible_get(test_id=test_id, registry=registry_get(), tier=user_tier_get(request.user),
-                            owner=request.user)
+    test = test_visible_get(test_id=test_id, user=request.user)
     if test is None:
         raise Http404("No such test.")
     return JsonResponse(_test_payload(test))
@@ -122,32 +234,30 @@ def playground_page(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 async def playground_stream(request: HttpRequest) -> HttpResponse:
-    """The answer to a prompt or a translation as server-sent events (see pages.playground); a refusal or a
-    failure before the first byte is a JSON error with its status, the attempts included."""
+    """The answer to a prompt, or a translation, as server-sent events (see pages.playground). A refusal or a
+    failure before the first byte is the API's JSON error with its status, the attempts included."""
     user = await request.auser()
     registry = await registry_snapshot.aget()
-    tier = await sync_to_async(user_tier_get)(user)
-    caller = generation.Caller(user_id=user.pk, api_key_id=None, tier=tier)
+    caller = generation.Caller(user_id=user.pk, api_key_id=None, tier=await sync_to_async(user_tier_get)(user))
     preferences = await apreferences_get(user.pk)
-    data = {name: value for name, value in request.POST.items() if value and name != "csrfmiddlewaretoken"}
-    task = data.pop("task", "generation")
     try:
-        if task == "translation":
-            params = _validated(TranslateInputSerializer, data, ("text", "target_language", "source_language", "model"))
+        if request.POST.get("task") == "translation":
+            params = _validated(TranslateInputSerializer, request.POST, ("text", "target_language", "source_language",
+                                                                         "model"))
             result = await translation.translate(
                 caller=caller, registry=registry, text=params["text"], target_language=params["target_language"],
                 source_language=params.get("source_language"), model_id=params.get("model"),
                 preferred_id=preferences.preferred_for("translation"))
             events = playground.translation_events(result)
         else:
-            params = _validated(GenerateInputSerializer, data, ("prompt", "model"))
+            params = _validated(GenerateInputSerializer, request.POST, ("prompt", "model"))
             stream = await generation.chat_stream(
                 caller=caller, registry=registry, body={"messages": [{"role": "user", "content": params["prompt"]}]},
                 endpoint="pages.playground", model_id=params.get("model"),
                 preferred_id=preferences.preferred_for("generation"))
             events = playground.chat_events(stream)
     except serializers.ValidationError as error:
-        return _invalid(error)
+        return JsonResponse(error_body(code="invalid", message="Invalid input.", fields=error.detail), status=400)
     except ApplicationError as error:
         return _json_error(error)
     response = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
@@ -156,8 +266,9 @@ async def playground_stream(request: HttpRequest) -> HttpResponse:
     return response
 
 
-def _validated(serializer_class: type[serializers.Serializer], data: dict, names: tuple[str, ...]) -> dict:
-    """The API's own input serializer checks the playground's form: the same rules, the same messages."""
-    serializer = serializer_class(data={name: data[name] for name in names if name in data})
+def _validated(serializer_class: type[serializers.Serializer], post, names: tuple[str, ...]) -> dict[str, Any]:
+    """The API's own input serializer checks the playground's form: the same rules, the same messages. Empty
+    inputs count as not given (the form has inputs for both tasks)."""
+    serializer = serializer_class(data={name: post[name] for name in names if post.get(name)})
     serializer.is_valid(raise_exception=True)
     return serializer.validated_data

@@ -134,7 +134,7 @@ class ModelTestsAdminMixin:
     """The "Test connectivity" action and the health line of registry models and users' models."""
 
     @admin.display(description="Health")
-    def health(self, obj: LLMModel | UserLLMConfig) -> str:
+    def health_status(self, obj: LLMModel | UserLLMConfig) -> str:
         if obj.pk is None:
             return "-"
         health = model_status_of(obj)
@@ -174,10 +174,10 @@ class LLMModelAdmin(ModelTestsAdminMixin, admin.ModelAdmin):
     filter_horizontal = ("allowed_tiers",)
     inlines = (ModelFallbackInline, LLMModelTestInline)
     actions = ("enable_models", "disable_models", "test_connectivity")
-    readonly_fields = ("health",)
+    readonly_fields = ("health_status",)
     fieldsets = (
         (None, {"fields": ("public_id", "display_name", "upstream_model", "provider", "enabled", "is_default",
-                           "health")}),
+                           "health_status")}),
         ("Endpoint", {"fields": ("base_url", "api_key", "clear_api_key")}),
         ("Access", {"fields": ("allowed_tiers",)}),
         ("Capabilities", {"fields": ("supports_streaming", "supports_json_mode", "supports_tools", "supports_vision",
@@ -273,12 +273,12 @@ class LLMHubUserAdmin(UserAdmin):
 class UserLLMConfigAdmin(ModelTestsAdminMixin, admin.ModelAdmin):
     """Users' own models, for support: read-only but for `enabled` (their endpoint and key are their owner's)."""
 
-    list_display = ("display_name", "slug", "owner", "upstream_model", "base_url", "enabled", "health")
+    list_display = ("display_name", "slug", "owner", "upstream_model", "base_url", "enabled", "health_status")
     list_filter = ("enabled",)
     search_fields = ("slug", "display_name", "upstream_model", "base_url", "owner__username")
     inlines = (UserModelTestInline,)
     actions = ("test_connectivity",)
-    fields = ("owner", "slug", "display_name", "upstream_model", "base_url", "api_key_last4", "enabled", "health",
+    fields = ("owner", "slug", "display_name", "upstream_model", "base_url", "api_key_last4", "enabled", "health_status",
               "supports_streaming", "supports_json_mode", "supports_tools", "supports_vision", "context_window",
               "input_price_per_million", "output_price_per_million", "created_at", "updated_at")
     readonly_fields = tuple(name for name in fields if name != "enabled")

@@ -1,76 +1,214 @@
-from drf_spectacular.utils import extend_schema
-from rest_framework import serializers
+"""The registry API: the models a caller may use (the registry's and their own), their own models' CRUD,
+connectivity tests, and the caller's preferences.
+
+A user's own model is only ever found for its owner: for anyone else it is as unknown as a model that does not
+exist (404), in every endpoint. Registry models are read-only here (403); only staff test them.
+"""
+
+from typing import Any
+
+from django.urls import reverse
+from drf_spectacular.utils import OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from registry.authentication import request_tier
-from registry.permissions import CanUseModel
-from registry.selectors import ModelSpec, get_available_models, get_default_model, get_model_by_id, registry_get
+from registry.model_tests import model_test_start
+from registry.models import LLMModel, UserLLMConfig
+from registry.permissions import CanTestRegistryModel, CanUseModel, RegistryModelReadOnly
+from registry.selectors import (
+    ModelSpec,
+    Registry,
+    TierSpec,
+    get_available_models,
+    get_default_model,
+    get_model_by_id,
+    get_usable_model,
+    model_test_get,
+    model_tests_recent,
+    preferences_get,
+    registry_get,
+    user_model_get,
+)
+from registry.serializers import (
+    ModelListOutputSerializer,
+    ModelOutputSerializer,
+    ModelTestOutputSerializer,
+    ModelTestStartOutputSerializer,
+    PreferencesInputSerializer,
+    PreferencesOutputSerializer,
+    UserModelInputSerializer,
+    UserModelOutputSerializer,
+    UserModelUpdateInputSerializer,
+)
+from registry.services import preferences_update, user_model_create, user_model_delete, user_model_update
+
+ModelDetailOutput = PolymorphicProxySerializer(
+    component_name="ModelDetail", serializers=[ModelOutputSerializer, UserModelOutputSerializer],
+    resource_type_field_name=None,
+)
 
 
-class TierOutputSerializer(serializers.Serializer):
-    slug = serializers.CharField()
-    name = serializers.CharField()
-    rank = serializers.IntegerField()
+def caller_default_model(request: Request, tier: TierSpec, registry: Registry) -> ModelSpec | None:
+    """The model a request naming none gets by default: the caller's default when they may use it, else the tier's."""
+    preferred = preferences_get(request.user.pk).default_model
+    return (get_usable_model(preferred, tier=tier, registry=registry, owner_id=request.user.pk)
+            or get_default_model(tier, registry=registry))
 
 
-class ModelOutputSerializer(serializers.Serializer):
-    id = serializers.CharField()
-    display_name = serializers.CharField()
-    provider = serializers.CharField()
-    provider_name = serializers.CharField()
-    capabilities = serializers.SerializerMethodField()
-    context_window = serializers.IntegerField()
-    input_price_per_million = serializers.DecimalField(max_digits=12, decimal_places=6)
-    output_price_per_million = serializers.DecimalField(max_digits=12, decimal_places=6)
-    allowed_tiers = serializers.ListField(child=serializers.CharField())
-    required_tier = serializers.CharField(source="required_tier.slug", allow_null=True, default=None)
-    fallbacks = serializers.ListField(child=serializers.CharField())
-    is_default = serializers.SerializerMethodField()
-
-    def get_capabilities(self, model: ModelSpec) -> list[str]:
-        return sorted(model.capabilities)
-
-    def get_is_default(self, model: ModelSpec) -> bool:
-        return model.id == self.context.get("default_model_id")
+def _context(request: Request) -> dict[str, Any]:
+    return {"default_model": caller_default_model(request, request_tier(request), registry_get())}
 
 
-class ModelListOutputSerializer(serializers.Serializer):
-    tier = TierOutputSerializer()
-    default_model = serializers.CharField(allow_null=True)
-    models = ModelOutputSerializer(many=True)
+class ModelTargetApi(APIView):
+    """Finds the model a URL names: the caller's own (a `UserLLMConfig` row), else a registry model (a
+    `ModelSpec`, judged by the view's object permissions)."""
+
+    def model_target(self, request: Request, model_id: str) -> UserLLMConfig | ModelSpec:
+        registry = registry_get()
+        # The snapshot answers for registry models without a query; an own model it lacks (disabled, or made a
+        # moment ago in another process) is looked up.
+        if model_id in registry.own_models(request.user.pk) or model_id not in registry.models:
+            own = user_model_get(owner_id=request.user.pk, model_id=model_id)
+            if own is not None:
+                return own
+        model = get_model_by_id(model_id, registry=registry)  # the registry's only: 404 when it has none
+        self.check_object_permissions(request, model)
+        return model
 
 
 class ModelListApi(APIView):
-    """The models the caller's tier may use, the default one marked."""
+    """GET: the models the caller may use (the registry models of their tier, then their own), each with its
+    status, the default marked. POST: add a model of your own."""
 
-    serializer_class = ModelListOutputSerializer
+    serializer_class = UserModelInputSerializer
 
     @extend_schema(responses=ModelListOutputSerializer, operation_id="models_list")
     def get(self, request: Request) -> Response:
         tier = request_tier(request)
         registry = registry_get()
-        default = get_default_model(tier, registry=registry)
-        default_id = default.id if default else None
+        default = caller_default_model(request, tier, registry)
         data = {
             "tier": tier,
-            "default_model": default_id,
-            "models": get_available_models(tier, registry=registry),
+            "default_model": default.id if default else None,
+            "models": get_available_models(tier, registry=registry, owner_id=request.user.pk),
         }
-        return Response(ModelListOutputSerializer(data, context={"default_model_id": default_id}).data)
+        return Response(ModelListOutputSerializer(data, context={"default_model": default}).data)
+
+    @extend_schema(request=UserModelInputSerializer, responses={201: UserModelOutputSerializer},
+                   operation_id="models_create")
+    def post(self, request: Request) -> Response:
+        serializer = UserModelInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        model = user_model_create(owner=request.user, **serializer.validated_data)
+        return Response(UserModelOutputSerializer(model, context=_context(request)).data, status=201,
+                        headers={"Location": reverse("models-detail", args=[model.slug])})
 
 
-class ModelDetailApi(APIView):
-    """One model; 403 naming the tier needed when the caller's tier may not use it."""
+class ModelDetailApi(ModelTargetApi):
+    """A model the caller may use. Their own models can be changed (PUT, PATCH) and deleted; registry models
+    are read-only here (403 "read_only")."""
 
-    permission_classes = [*APIView.permission_classes, CanUseModel]
-    serializer_class = ModelOutputSerializer
+    permission_classes = [*APIView.permission_classes, RegistryModelReadOnly, CanUseModel]
+    serializer_class = UserModelUpdateInputSerializer
 
-    @extend_schema(responses=ModelOutputSerializer, operation_id="models_retrieve")
+    @extend_schema(responses=ModelDetailOutput, operation_id="models_retrieve")
     def get(self, request: Request, model_id: str) -> Response:
-        model = get_model_by_id(model_id)
-        self.check_object_permissions(request, model)
-        default = get_default_model(request_tier(request))
-        context = {"default_model_id": default.id if default else None}
-        return Response(ModelOutputSerializer(model, context=context).data)
+        model = self.model_target(request, model_id)
+        serializer = UserModelOutputSerializer if isinstance(model, UserLLMConfig) else ModelOutputSerializer
+        return Response(serializer(model, context=_context(request)).data)
+
+    @extend_schema(request=UserModelUpdateInputSerializer, responses=UserModelOutputSerializer,
+                   operation_id="models_update")
+    def put(self, request: Request, model_id: str) -> Response:
+        return self._update(request, model_id, partial=False)
+
+    @extend_schema(request=UserModelUpdateInputSerializer, responses=UserModelOutputSerializer,
+                   operation_id="models_partial_update")
+    def patch(self, request: Request, model_id: str) -> Response:
+        return self._update(request, model_id, partial=True)
+
+    def _update(self, request: Request, model_id: str, *, partial: bool) -> Response:
+        model = self.model_target(request, model_id)
+        serializer = UserModelUpdateInputSerializer(data=request.data, partial=partial, context={"model_id": model_id})
+        serializer.is_valid(raise_exception=True)
+        model = user_model_update(model=model, data=serializer.validated_data)
+        return Response(UserModelOutputSerializer(model, context=_context(request)).data)
+
+    @extend_schema(responses={204: OpenApiResponse(description="Deleted; its usage history stays.")},
+                   operation_id="models_destroy")
+    def delete(self, request: Request, model_id: str) -> Response:
+        user_model_delete(model=self.model_target(request, model_id))
+        return Response(status=204)
+
+
+def _test_subject(model: UserLLMConfig | ModelSpec) -> dict[str, int]:
+    return {"user_model_id": model.pk} if isinstance(model, UserLLMConfig) else {"llm_model_id": model.pk}
+
+
+class ModelTestStartApi(ModelTargetApi):
+    """Start a connectivity test of one of your models (staff: of a registry model too). Answers 202 with the
+    test's id; follow it at /api/models/<id>/tests/<test_id>/."""
+
+    permission_classes = [*APIView.permission_classes, CanTestRegistryModel]
+
+    @extend_schema(request=None, responses={202: ModelTestStartOutputSerializer}, operation_id="models_test")
+    def post(self, request: Request, model_id: str) -> Response:
+        model = self.model_target(request, model_id)
+        if isinstance(model, UserLLMConfig):
+            test = model_test_start(user_model=model, requested_by=request.user)
+        else:
+            test = model_test_start(llm_model=LLMModel.objects.get(pk=model.pk), requested_by=request.user)
+        return Response(ModelTestStartOutputSerializer(test).data, status=202)
+
+
+class ModelTestListApi(ModelTargetApi):
+    """The model's recent connectivity tests, newest first."""
+
+    permission_classes = [*APIView.permission_classes, CanTestRegistryModel]
+
+    @extend_schema(responses=ModelTestOutputSerializer(many=True), operation_id="models_tests_list")
+    def get(self, request: Request, model_id: str) -> Response:
+        model = self.model_target(request, model_id)
+        return Response(ModelTestOutputSerializer(model_tests_recent(**_test_subject(model)), many=True).data)
+
+
+class ModelTestDetailApi(ModelTargetApi):
+    """One connectivity test of the model: its state and, once finished, its result."""
+
+    permission_classes = [*APIView.permission_classes, CanTestRegistryModel]
+
+    @extend_schema(responses=ModelTestOutputSerializer, operation_id="models_tests_retrieve")
+    def get(self, request: Request, model_id: str, test_id: int) -> Response:
+        model = self.model_target(request, model_id)
+        return Response(ModelTestOutputSerializer(model_test_get(test_id=test_id, **_test_subject(model))).data)
+
+
+class PreferencesApi(APIView):
+    """Your default model, default per task type (`generation`, `translation`, `code`) and favourites. A request
+    that names no model uses its task's default, else your default, else your tier's."""
+
+    serializer_class = PreferencesInputSerializer
+
+    @extend_schema(responses=PreferencesOutputSerializer, operation_id="preferences_retrieve")
+    def get(self, request: Request) -> Response:
+        return Response(PreferencesOutputSerializer(preferences_get(request.user.pk)).data)
+
+    @extend_schema(request=PreferencesInputSerializer, responses=PreferencesOutputSerializer,
+                   operation_id="preferences_update")
+    def put(self, request: Request) -> Response:
+        return self._update(request, partial=False)
+
+    @extend_schema(request=PreferencesInputSerializer, responses=PreferencesOutputSerializer,
+                   operation_id="preferences_partial_update")
+    def patch(self, request: Request) -> Response:
+        return self._update(request, partial=True)
+
+    def _update(self, request: Request, *, partial: bool) -> Response:
+        serializer = PreferencesInputSerializer(data=request.data, partial=partial)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data if partial else {"default_model": "", "task_defaults": {}, "favourites": [],
+                                                          **serializer.validated_data}
+        preferences_update(user=request.user, data=data)
+        return Response(PreferencesOutputSerializer(preferences_get(request.user.pk)).data)

@@ -45,5 +45,6 @@ class TranslateApi(CallerAPIView):
         result = await services.translate(
             caller=request.caller, registry=request.registry, text=params["text"],
             target_language=params["target_language"], source_language=params.get("source_language"),
-            model_id=params.get("model"), provider=params.get("provider"))
+            model_id=params.get("model"), provider=params.get("provider"),
+            preferred_id=request.preferences.preferred_for("translation"))
         return Response(TranslateOutputSerializer(result).data)

@@ -70,8 +70,8 @@ _PARAGRAPH_JOIN = "\n\n"
 def text_split(text: str, *, max_tokens: int) -> list[str]:
     """Splits at paragraph boundaries into pieces of at most `max_tokens`; a paragraph that alone is too
     long is split at sentence ends, a sentence still too long at whitespace, and a word still too long
-    into slices. Linear in the text: each part is counted once, and a piece's count is the sum of its
-    parts' (the tokenizer never merges across the whitespace between them) plus the joins'."""
+    into slices. Linear in the text: each part is counted once, and a piece is taken to count the sum of
+    its parts and joins (the tokenizer cuts text at whitespace before merging, so the whole counts no more)."""
     pieces: list[str] = []
     current: list[str] = []
     current_tokens = 0

@@ -1,0 +1,148 @@
+"""HTML forms on the API's own input serializers: the same fields, rules and error messages as the API.
+
+A `SerializerForm` turns a POSTed form into the JSON-like data the API would receive, runs the serializer, and
+keeps the errors in the API's `fields` shape, so a service's `ApplicationError` about a field (a name clash, an
+unsafe base URL) lands beside the field too.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.http import QueryDict
+from rest_framework import serializers
+
+from llmhub.errors import ApplicationError
+from registry.models import UserLLMConfig
+from registry.selectors import CAPABILITIES
+
+INPUT_TYPES: tuple[tuple[type[serializers.Field], str], ...] = (
+    (serializers.BooleanField, "checkbox"),
+    (serializers.URLField, "url"),
+    (serializers.IntegerField, "number"),
+    (serializers.DecimalField, "number"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FormField:
+    name: str  # nested fields are "parent.child", as DRF's HTML forms name them
+    label: str
+    help_text: str
+    input_type: str
+    required: bool
+    value: Any
+    errors: list[str]
+    max_length: int | None
+    step: str | None
+
+    @property
+    def id(self) -> str:
+        return "id_" + self.name.replace(".", "_")
+
+    @property
+    def checked(self) -> bool:
+        return self.value in (True, "true", "on", "1")
+
+
+def _input_type(field: serializers.Field) -> str:
+    if field.style.get("input_type"):
+        return field.style["input_type"]
+    return next((name for kind, name in INPUT_TYPES if isinstance(field, kind)), "text")
+
+
+def _step(field: serializers.Field) -> str | None:
+    if isinstance(field, serializers.DecimalField):
+        return "any"
+    return "1" if isinstance(field, serializers.IntegerField) else None
+
+
+def _blank_dropped(field: serializers.Field) -> bool:
+    """A blank input means "not given" unless the field takes blanks, or must be given (then the serializer says
+    "may not be blank", as the API would)."""
+    return not (field.required or getattr(field, "allow_blank", False))
+
+
+def _from_post(fields: Mapping[str, serializers.Field], post: QueryDict, prefix: str = "") -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for name, field in fields.items():
+        if field.read_only:
+            continue
+        key = prefix + name
+        if isinstance(field, serializers.Serializer):
+            data[name] = _from_post(field.fields, post, prefix=f"{key}.")
+        elif isinstance(field, serializers.BooleanField):
+            data[name] = key in post  # an unticked checkbox sends nothing
+        elif key in post and not (post[key] == "" and _blank_dropped(field)):
+            data[name] = post[key]
+    return data
+
+
+class SerializerForm:
+    """`form["base_url"]` and `form["capabilities.streaming"]` give what a template needs to draw a field."""
+
+    def __init__(self, serializer_class: type[serializers.Serializer], *, initial: Mapping[str, Any] | None = None,
+                 post: QueryDict | None = None, exclude: tuple[str, ...] = (),
+                 context: Mapping[str, Any] | None = None, labels: Mapping[str, str] | None = None) -> None:
+        self.serializer = serializer_class(context=dict(context or {}))
+        self.labels = dict(labels or {})
+        self.fields = {name: field for name, field in self.serializer.fields.items() if name not in exclude}
+        self.data = _from_post(self.fields, post) if post is not None else dict(initial or {})
+        self.bound = post is not None
+        self.errors: dict[str, Any] = {}
+        self.validated_data: dict[str, Any] = {}
+
+    def is_valid(self) -> bool:
+        serializer = type(self.serializer)(data=self.data, context=self.serializer.context)
+        if serializer.is_valid():
+            self.validated_data = dict(serializer.validated_data)
+            return True
+        self.errors = dict(serializer.errors)
+        return False
+
+    def add_error(self, error: ApplicationError) -> None:
+        """A service's refusal: beside its fields when it names them, else above the form."""
+        fields = error.extra.get("fields")
+        if isinstance(fields, Mapping) and fields:
+            self.errors.update(fields)
+        else:
+            self.errors.setdefault("non_field_errors", []).append(error.message)
+
+    @property
+    def non_field_errors(self) -> list[str]:
+        return [str(message) for message in self.errors.get("non_field_errors", [])]
+
+    def __getitem__(self, name: str) -> FormField:
+        *parents, last = name.split(".")
+        fields, value, errors = self.fields, self.data, self.errors
+        for parent in parents:
+            fields = fields[parent].fields
+            value = value.get(parent) or {}
+            errors = errors.get(parent) or {} if isinstance(errors, Mapping) else {}
+        field = fields[last]
+        if field.write_only and not isinstance(field, serializers.BooleanField):
+            shown = ""  # a key is never sent back to the browser, not even the one just typed
+        elif last in value:
+            shown = value[last]
+        elif not self.bound and field.default is not serializers.empty:
+            shown = field.default() if callable(field.default) else field.default
+        else:
+            shown = ""
+        field_errors = errors.get(last, []) if isinstance(errors, Mapping) else []
+        return FormField(
+            name=name, label=self.labels.get(name) or field.label or last, help_text=str(field.help_text or ""),
+            input_type=_input_type(field), required=field.required, value=shown,
+            errors=[str(message) for message in field_errors] if isinstance(field_errors, list) else [],
+            max_length=getattr(field, "max_length", None), step=_step(field),
+        )
+
+
+def user_model_initial(model: UserLLMConfig) -> dict[str, Any]:
+    """An own model as its edit form starts: the fields of the API's input, never its key."""
+    return {
+        "id": model.slug, "display_name": model.display_name, "model": model.upstream_model, "base_url": model.base_url,
+        "enabled": model.enabled, "context_window": model.context_window,
+        "capabilities": {name: getattr(model, f"supports_{name}") for name in CAPABILITIES},
+        "input_price_per_million": model.input_price_per_million,
+        "output_price_per_million": model.output_price_per_million,
+    }

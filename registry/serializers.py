@@ -1,0 +1,227 @@
+"""Input and output serializers of the registry API, shared with the server-rendered forms.
+
+Inputs only parse: the services (registry/services.py) decide what may be saved (a safe base URL, a free id,
+models a user may use). An API key is write-only: outputs say whether one is set and its last 4 characters.
+"""
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from llmhub.api import StrictSerializer
+from registry.health import UNKNOWN, model_status
+from registry.models import ModelTest, UserLLMConfig, UserModelPreferences
+from registry.selectors import CAPABILITIES, ModelSpec, PreferencesSpec, registry_get
+
+MODEL_ID_MAX_LENGTH = UserLLMConfig._meta.get_field("slug").max_length
+API_KEY_MAX_LENGTH = 1000
+
+
+def _default(name: str) -> Any:
+    return UserLLMConfig._meta.get_field(name).default
+
+
+# --- Status -----------------------------------------------------------------------------------------------
+
+class HealthOutputSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["healthy", "degraded", "down", "unknown"])
+    last_checked_at = serializers.DateTimeField(allow_null=True)
+    last_latency_ms = serializers.FloatField(allow_null=True)
+
+
+def _status(model: ModelSpec | None) -> dict[str, Any]:
+    return HealthOutputSerializer(model_status(model) if model is not None else UNKNOWN).data
+
+
+# --- Models -----------------------------------------------------------------------------------------------
+
+class TierOutputSerializer(serializers.Serializer):
+    slug = serializers.CharField()
+    name = serializers.CharField()
+    rank = serializers.IntegerField()
+
+
+class ModelOutputSerializer(serializers.Serializer):
+    """A model as the caller may use it: a registry model, or one of their own (`owned`)."""
+
+    id = serializers.CharField()
+    display_name = serializers.CharField()
+    provider = serializers.CharField()
+    provider_name = serializers.CharField()
+    owned = serializers.BooleanField()
+    capabilities = serializers.SerializerMethodField()
+    context_window = serializers.IntegerField()
+    input_price_per_million = serializers.DecimalField(max_digits=12, decimal_places=6)
+    output_price_per_million = serializers.DecimalField(max_digits=12, decimal_places=6)
+    allowed_tiers = serializers.ListField(child=serializers.CharField())
+    required_tier = serializers.CharField(source="required_tier.slug", allow_null=True, default=None)
+    fallbacks = serializers.ListField(child=serializers.CharField())
+    is_default = serializers.SerializerMethodField()
+    status = serializers.SerializerMethodField()
+
+    def get_capabilities(self, model: ModelSpec) -> list[str]:
+        return sorted(model.capabilities)
+
+    def get_is_default(self, model: ModelSpec) -> bool:
+        default: ModelSpec | None = self.context.get("default_model")
+        return default is not None and default.key == model.key
+
+    @extend_schema_field(HealthOutputSerializer)
+    def get_status(self, model: ModelSpec) -> dict[str, Any]:
+        return _status(model)
+
+
+class ModelListOutputSerializer(serializers.Serializer):
+    tier = TierOutputSerializer()
+    default_model = serializers.CharField(allow_null=True, help_text="Your default model when one is set and you "
+                                                                     "may use it, else your tier's.")
+    models = ModelOutputSerializer(many=True)
+
+
+class CapabilitiesSerializer(StrictSerializer):
+    streaming = serializers.BooleanField(default=_default("supports_streaming"))
+    json_mode = serializers.BooleanField(default=_default("supports_json_mode"))
+    tools = serializers.BooleanField(default=_default("supports_tools"))
+    vision = serializers.BooleanField(default=_default("supports_vision"))
+
+
+class UserModelInputSerializer(StrictSerializer):
+    """Adds a model of your own (POST). Your endpoint must be OpenAI-compatible and reachable from our servers:
+    https, on a public address."""
+
+    id = serializers.SlugField(source="slug", max_length=MODEL_ID_MAX_LENGTH,
+                               help_text="The id you use in API calls; unique among your models and the registry's.")
+    display_name = serializers.CharField(max_length=UserLLMConfig._meta.get_field("display_name").max_length)
+    model = serializers.CharField(source="upstream_model",
+                                  max_length=UserLLMConfig._meta.get_field("upstream_model").max_length,
+                                  help_text="The model name sent to your endpoint.")
+    base_url = serializers.URLField(max_length=UserLLMConfig._meta.get_field("base_url").max_length,
+                                    help_text="e.g. https://api.example.com/v1")
+    api_key = serializers.CharField(max_length=API_KEY_MAX_LENGTH, write_only=True, style={"input_type": "password"},
+                                    help_text="Write-only: stored encrypted, never shown again.")
+    enabled = serializers.BooleanField(default=_default("enabled"))
+    capabilities = CapabilitiesSerializer(default=lambda: {name: _default(f"supports_{name}") for name in CAPABILITIES})
+    context_window = serializers.IntegerField(min_value=1, max_value=100_000_000, default=_default("context_window"))
+    input_price_per_million = serializers.DecimalField(max_digits=12, decimal_places=6, min_value=0,
+                                                       default=_default("input_price_per_million"))
+    output_price_per_million = serializers.DecimalField(max_digits=12, decimal_places=6, min_value=0,
+                                                        default=_default("output_price_per_million"))
+
+
+class UserModelUpdateInputSerializer(UserModelInputSerializer):
+    """Changes one of your models (PUT: every field, the ones left out back to their defaults; PATCH: the given
+    ones). The key is kept unless you give one, which you must when changing the base URL."""
+
+    id = serializers.SlugField(source="slug", max_length=MODEL_ID_MAX_LENGTH, required=False,
+                               help_text="A model's id cannot change; accepted when it is the current one.")
+    api_key = serializers.CharField(max_length=API_KEY_MAX_LENGTH, write_only=True, required=False,
+                                    style={"input_type": "password"},
+                                    help_text="Write-only. Leave it out to keep the stored key; required with a new "
+                                              "base URL.")
+
+    def validate_id(self, value: str) -> str:
+        if value != self.context["model_id"]:
+            raise serializers.ValidationError("A model's id cannot change: add a new model instead.")
+        return value
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        data.pop("slug", None)
+        return data
+
+
+class UserModelOutputSerializer(serializers.Serializer):
+    """One of your own models, as you configured it (never its key)."""
+
+    id = serializers.CharField(source="slug")
+    display_name = serializers.CharField()
+    model = serializers.CharField(source="upstream_model")
+    base_url = serializers.CharField()
+    enabled = serializers.BooleanField()
+    owned = serializers.SerializerMethodField()
+    capabilities = serializers.SerializerMethodField()
+    context_window = serializers.IntegerField()
+    input_price_per_million = serializers.DecimalField(max_digits=12, decimal_places=6)
+    output_price_per_million = serializers.DecimalField(max_digits=12, decimal_places=6)
+    key_set = serializers.SerializerMethodField()
+    key_last4 = serializers.CharField(source="api_key_last4", help_text="Empty for keys shorter than 12 characters.")
+    is_default = serializers.SerializerMethodField()
+    status = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+    def get_owned(self, model: UserLLMConfig) -> bool:
+        return True
+
+    def get_capabilities(self, model: UserLLMConfig) -> list[str]:
+        return sorted(name for name in CAPABILITIES if getattr(model, f"supports_{name}"))
+
+    def get_key_set(self, model: UserLLMConfig) -> bool:
+        return bool(model.api_key_encrypted)
+
+    def get_is_default(self, model: UserLLMConfig) -> bool:
+        default: ModelSpec | None = self.context.get("default_model")
+        return default is not None and (default.owner_id, default.id) == (model.owner_id, model.slug)
+
+    @extend_schema_field(HealthOutputSerializer)
+    def get_status(self, model: UserLLMConfig) -> dict[str, Any]:
+        # A disabled model is not in the registry snapshot: it takes no traffic, its status is unknown.
+        return _status(registry_get().own_models(model.owner_id).get(model.slug))
+
+
+# --- Connectivity tests -----------------------------------------------------------------------------------
+
+class ModelTestStartOutputSerializer(serializers.Serializer):
+    test_id = serializers.IntegerField(source="pk")
+    state = serializers.ChoiceField(choices=ModelTest.State.choices)
+
+
+class ModelTestOutputSerializer(ModelTestStartOutputSerializer):
+    reachable = serializers.BooleanField(allow_null=True)
+    key_accepted = serializers.BooleanField(allow_null=True)
+    model_found = serializers.BooleanField(allow_null=True)
+    latency_ms = serializers.FloatField(allow_null=True)
+    capabilities = serializers.DictField(child=serializers.BooleanField(allow_null=True),
+                                         help_text="Detected features (chat, streaming, json_mode, tools): "
+                                                   "true, false, or null when the check itself failed.")
+    error = serializers.CharField(allow_blank=True)
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+# --- Preferences ------------------------------------------------------------------------------------------
+
+def _model_id_field(**kwargs: Any) -> serializers.CharField:
+    return serializers.CharField(max_length=MODEL_ID_MAX_LENGTH, allow_blank=True, allow_null=True, required=False,
+                                 **kwargs)
+
+
+class TaskDefaultsSerializer(StrictSerializer):
+    generation = _model_id_field()
+    translation = _model_id_field()
+    code = _model_id_field()
+
+
+class PreferencesInputSerializer(StrictSerializer):
+    """Your default model, default per task type and favourites: ids of models you may use (yours, or registry
+    models your tier allows). PUT replaces them all; PATCH the ones given (`task_defaults` as a whole)."""
+
+    default_model = _model_id_field(help_text="Used when a request names no model and its task has no default.")
+    task_defaults = TaskDefaultsSerializer(required=False)
+    favourites = serializers.ListField(child=serializers.CharField(max_length=MODEL_ID_MAX_LENGTH), max_length=100,
+                                       required=False)
+
+
+class PreferencesOutputSerializer(serializers.Serializer):
+    default_model = serializers.SerializerMethodField()
+    task_defaults = serializers.SerializerMethodField()
+    favourites = serializers.ListField(child=serializers.CharField())
+
+    def get_default_model(self, preferences: PreferencesSpec) -> str | None:
+        return preferences.default_model or None
+
+    @extend_schema_field(TaskDefaultsSerializer)
+    def get_task_defaults(self, preferences: PreferencesSpec) -> dict[str, str | None]:
+        return {task: preferences.task_defaults.get(task) for task in UserModelPreferences.TASK_TYPES}
+
