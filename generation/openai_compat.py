@@ -8,7 +8,6 @@ shape so the official SDK raises its matching exception classes.
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -250,9 +249,3 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 __all__ = ["GenerationFailed", "application"]
-
-# llmhub/asgi.py imports this module last: everything that exists now (Django, the SDK's models) lives as long
-# as the process. Frozen, it leaves the collector's generations, so a full collection no longer walks it
-# (about 65 ms each, the p99 spikes); `make bench` measured the p99 at concurrency 16 about halved.
-gc.collect()
-gc.freeze()

@@ -22,7 +22,15 @@ from llmhub.errors import ApplicationError, NotFound
 from registry.health import health_note, unhealthy_keys
 from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, get_default_model, get_model_by_id
 from usage.quotas import Reservation, quota_reserve, quota_settle
-from usage.services import UsageEntry, tokens_count_messages, tokens_count_text, tokens_encoding, usage_cost, usage_record
+from usage.services import (
+    UsageEntry,
+    tokens_count_messages,
+    tokens_count_text,
+    tokens_encoding,
+    tokens_estimate_messages,
+    usage_cost,
+    usage_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +222,12 @@ async def tokenizer_load() -> None:
         _tokenizer_loaded = True
 
 
+async def usage_counted(body: dict[str, Any], answer: str) -> Usage:
+    """Counts a request's tokens locally, for an upstream that reported none."""
+    await tokenizer_load()
+    return Usage(estimated_input(body), tokens_count_text(answer), True)
+
+
 async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
                  model_id: str | None, provider: str | None, preferred_id: str | None) -> _Run:
     primary = model_resolve(caller=caller, registry=registry, model_id=model_id, provider=provider,
@@ -226,9 +240,8 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
     logger.info("request %s: model %s for user %s (tier %s), candidates %s", run.request_id, primary.id,
                 caller.user_id, caller.tier.slug, [m.id for m in candidates])
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-    await tokenizer_load()
     run.reservation = await quota_reserve(user_id=caller.user_id, model_id=primary.id,
-                                          tokens=estimated_input(body) + int(max_tokens))
+                                          tokens=tokens_estimate_messages(body.get("messages") or []) + int(max_tokens))
     return run
 
 
@@ -267,14 +280,14 @@ async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endp
         model, completion = await complete(run, body)
         counted = usage_from(completion.data)
         if counted is None:
-            usage = Usage(estimated_input(body), tokens_count_text(completion_text(completion.data)), True)
+            usage = await usage_counted(body, completion_text(completion.data))
         else:
             usage = Usage(*counted)
     except BaseException as failure:  # a cancelled request (client gone) is settled and logged too
         error = failure
         raise
     finally:
-        await run_finish(run, model=model, usage=usage, error=error)
+        await asyncio.shield(run_finish(run, model=model, usage=usage, error=error))  # even when cancelled
     return ChatOutcome(request_id=run.request_id, model=model, raw=completion.raw, data=completion.data,
                        attempts=run.attempts, usage=usage, cost=run.cost,
                        latency_ms=(time.perf_counter() - run.started) * 1000)
@@ -351,11 +364,16 @@ class ChatStream:
                 "message": f"The upstream stream broke: {error.message}", "type": "server_error",
                 "param": None, "code": error.kind}}) + b"\n\n"
         finally:
-            await chunks.aclose()  # also when left early, after [DONE]
-            await self.handle.close()  # in case the chunks were never started
-            self.usage = self.usage or self._estimate()
-            await run_finish(self.run, model=self.model, usage=self.usage, error=None, status=status,
-                             error_type=error_type, streamed=True, ttft_ms=self.ttft_ms)
+            # Shielded: a client that went away cancels this generator, but the upstream must still be
+            # closed and the request settled and logged.
+            await asyncio.shield(self._finish(chunks, status=status, error_type=error_type))
+
+    async def _finish(self, chunks: AsyncIterator[bytes], *, status: str, error_type: str) -> None:
+        await chunks.aclose()  # also when left early, after [DONE]
+        await self.handle.close()  # in case the chunks were never started
+        self.usage = self.usage or await usage_counted(self.body, "".join(self._text))
+        await run_finish(self.run, model=self.model, usage=self.usage, error=None, status=status,
+                         error_type=error_type, streamed=True, ttft_ms=self.ttft_ms)
 
     def _pass(self, event: bytes) -> bytes:
         """The bytes to send on for one upstream event (nothing once the stream is done or broken)."""
@@ -385,8 +403,6 @@ class ChatStream:
                 self._text.append((choice.get("delta") or {}).get("content") or "")
         return event + b"\n\n"
 
-    def _estimate(self) -> Usage:
-        return Usage(estimated_input(self.body), tokens_count_text("".join(self._text)), True)
 
 
 async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,

@@ -1,5 +1,6 @@
 """ASGI entry point: /v1 goes to the lean OpenAI-compatible app, everything else to Django."""
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -10,6 +11,12 @@ django_application = get_asgi_application()
 
 from generation import openai_compat  # noqa: E402  (needs the app registry ready)
 from usage.writer import asgi_lifespan  # noqa: E402
+
+# Everything imported so far (Django, the SDK's models) lives as long as the process. Frozen, it leaves the
+# collector's generations, so a full collection no longer walks it (about 65 ms each: the p99 spikes);
+# `make bench` measured the p99 at concurrency 16 about halved.
+gc.collect()
+gc.freeze()
 
 
 async def application(scope, receive, send) -> None:

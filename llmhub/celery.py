@@ -1,9 +1,24 @@
+"""The Celery app. Tasks live in each app's tasks.py (autodiscovered); the beat schedule is in settings
+(CELERY_BEAT_SCHEDULE). With no REDIS_URL tasks run eagerly, in-process, except under `make run`
+(LLMHUB_EMBEDDED_WORKER=true), where a worker with embedded beat consumes a broker folder under var/."""
+
 import os
 
 from celery import Celery
+from celery.signals import worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmhub.settings")
 
 app = Celery("llmhub")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_ready.connect
+def _model_tests_schedule_now(sender, **kwargs) -> None:
+    # Beat's first run comes one interval after it starts: the embedded worker tests the models at once, so a
+    # fresh `make run` shows live status within seconds.
+    from django.conf import settings
+
+    if settings.EMBEDDED_WORKER:
+        sender.app.send_task("registry.tasks.model_tests_schedule")

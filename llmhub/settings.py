@@ -147,6 +147,10 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").is_dir() else []
+# WhiteNoise serves the source folders too, not only what `collectstatic` wrote to STATIC_ROOT: the app (uvicorn,
+# the tests' live server) then serves its pages' CSS and JS without a collectstatic step. Production still runs
+# collectstatic; the hashed names the pages link to come from STATIC_ROOT.
+WHITENOISE_USE_FINDERS = True
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -194,7 +198,7 @@ SPECTACULAR_SETTINGS = {
 }
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL",
-                            default=REDIS_URL or ("filesystem://" if EMBEDDED_WORKER else "memory://"))
+                            default=REDIS_URL or ("filesystem://localhost/" if EMBEDDED_WORKER else "memory://"))
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=REDIS_URL or "cache+memory://")
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not (REDIS_URL or EMBEDDED_WORKER))
 CELERY_TASK_EAGER_PROPAGATES = True

@@ -140,13 +140,17 @@ def _finish(test_id: int, *, result: CheckResult | None = None, error: str = "")
             "key_accepted": result.key_accepted, "model_found": result.model_found, "latency_ms": result.latency_ms,
             "capabilities": result.capabilities, "error": result.error,
         }
-    # Only over our own claim: a test the reaper has failed meanwhile keeps that verdict.
-    if not ModelTest.objects.filter(pk=test_id, state=State.RUNNING).update(**fields, finished_at=timezone.now()):
-        return
-    try:
-        health_record_test(ModelTest.objects.select_related("llm_model", "user_model").get(pk=test_id))
-    except (DatabaseError, ModelTest.DoesNotExist) as failure:
-        logger.warning("model test %s: health not updated (%s)", test_id, type(failure).__name__)
+    # One transaction: whoever sees the result sees the model's health too.
+    with transaction.atomic():
+        # Only over our own claim: a test the reaper has failed meanwhile keeps that verdict.
+        if not ModelTest.objects.filter(pk=test_id, state=State.RUNNING).update(**fields, finished_at=timezone.now()):
+            return
+        test = ModelTest.objects.select_related("llm_model", "user_model").get(pk=test_id)
+        try:
+            with transaction.atomic():
+                health_record_test(test)
+        except DatabaseError as failure:
+            logger.warning("model test %s: health not updated (%s)", test_id, type(failure).__name__)
 
 
 def model_test_execute(*, test_id: int) -> None:

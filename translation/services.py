@@ -153,8 +153,8 @@ async def translate(*, caller: Caller, registry: Registry, text: str, target_lan
             body = {"messages": _messages(piece, target=target, source=source)}
             model, completion = await generation.complete(run, body)
             counted = generation.usage_from(completion.data)
-            piece_usage = Usage(*counted) if counted else Usage(
-                generation.estimated_input(body), tokens_count_text(generation.completion_text(completion.data)), True)
+            piece_usage = Usage(*counted) if counted else await generation.usage_counted(
+                body, generation.completion_text(completion.data))
             usage = Usage(usage.input_tokens + piece_usage.input_tokens,
                           usage.output_tokens + piece_usage.output_tokens, usage.estimated or piece_usage.estimated)
             results.append(generation.completion_text(completion.data).strip())
@@ -162,7 +162,7 @@ async def translate(*, caller: Caller, registry: Registry, text: str, target_lan
         error = failure
         raise
     finally:
-        await generation.run_finish(run, model=model, usage=usage, error=error)
+        await asyncio.shield(generation.run_finish(run, model=model, usage=usage, error=error))
     return Translation(request_id=run.request_id, text="\n\n".join(results), model=model, source_language=source,
                        target_language=target, pieces=len(pieces), attempts=run.attempts, usage=usage,
                        cost=run.cost, latency_ms=(time.perf_counter() - run.started) * 1000)

@@ -148,6 +148,16 @@ def tokens_count_messages(messages: list[dict]) -> int:
     return total
 
 
+def tokens_estimate_messages(messages: list[dict]) -> int:
+    """A cheap estimate of a chat request's prompt tokens (4 characters a token, plus the per-message
+    overhead), for reservations on the request path: no tokenizer (0.7 s and 75 MB to load) is needed.
+    Settling replaces it with the upstream's count."""
+    total = 3
+    for message in messages:
+        total += 3 + sum(-(-len(text) // 4) for key, value in message.items() for text in _texts(key, value))
+    return total
+
+
 def _texts(key: str, value: object) -> list[str]:
     if value is None:
         return []

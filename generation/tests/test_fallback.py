@@ -103,7 +103,7 @@ def test_it_falls_back_when_the_upstream_never_answers(generate, simulated_upstr
     response = generate({"prompt": "hello hub", "model": "demo"})
 
     assert response.status_code == 200, response.text
-    assert 0.9 < time.monotonic() - started < 2.5
+    assert 0.9 < time.monotonic() - started < 3  # waited for the 1 s timeout, not the 30 s one
     assert response.json()["model"] == "demo-backup"
     assert [a["outcome"] for a in response.json()["attempts"]] == ["timeout", "ok"]
 

@@ -14,11 +14,13 @@ OWN_KEY = "sk-own-model-key-of-pages-1234"
 
 
 @pytest.fixture(autouse=True)
-def _fresh_health():
-    # Live counters are per process: a status one test drove down must not colour the next one's dots.
+def _fresh_health(django_db_blocker):
+    # Live counters are per process: a status one test drove down must not colour the next one's dots. This
+    # fixture outlives the test's database access: the writer thread's last save may still need it.
     health_reset()
     yield
-    health_flush()
+    with django_db_blocker.unblock():
+        health_flush()
     health_reset()
 
 

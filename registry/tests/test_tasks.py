@@ -12,7 +12,9 @@ from datetime import timedelta
 
 import pytest
 from celery.contrib.testing.worker import start_worker
+from celery.signals import task_postrun
 from django.contrib.messages import get_messages
+from django.db import connections
 from django.utils import timezone
 
 from llmhub.celery import app
@@ -41,8 +43,17 @@ def celery_worker():
         yield None
         return
     app.control.purge()  # messages left by earlier runs name rows that do not exist here
-    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=30) as worker:
-        yield worker
+    # The worker's threads must not keep database sessions open: the test database is dropped at the end.
+    task_postrun.connect(_connections_close, dispatch_uid="test-worker-connections")
+    try:
+        with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=30) as worker:
+            yield worker
+    finally:
+        task_postrun.disconnect(dispatch_uid="test-worker-connections")
+
+
+def _connections_close(**kwargs) -> None:
+    connections.close_all()
 
 
 @pytest.fixture(autouse=True)

@@ -293,6 +293,12 @@ def test_it_tests_an_own_model_and_shows_its_status(mine, owner, client_of, allo
     assert in_list["status"] == status
 
 
+def broker_reset() -> None:
+    app.close()
+    # close() keeps the producer pool, bound to the broker it was made for (memory://, by any earlier eager task).
+    app.amqp._producer_pool = None
+
+
 def test_it_answers_503_when_the_test_queue_is_down(transactional_db, mine, owner, client_of):
     # Transactional: inside a transaction a test is enqueued only on commit, and this request commits at once.
     sock = socket.socket()
@@ -301,17 +307,18 @@ def test_it_answers_503_when_the_test_queue_is_down(transactional_db, mine, owne
     sock.close()
     saved = app.conf.broker_url, app.conf.task_always_eager
     app.conf.broker_url, app.conf.task_always_eager = f"redis://127.0.0.1:{closed_port}/0", False
-    app.close()
+    broker_reset()
     try:
         started = time.monotonic()
         response = client_of(owner).post("/api/models/mine/test")
         elapsed = time.monotonic() - started
     finally:
         app.conf.broker_url, app.conf.task_always_eager = saved
-        app.close()
+        broker_reset()
 
     assert response.status_code == 503 and elapsed < 2.0, (response.content, elapsed)
     assert response.json()["error"]["code"] == "queue_unavailable"
+    assert list(ModelTest.objects.values_list("state", "error")) == [("failed", "queue unavailable")]
 
 
 # --- Validation ---------------------------------------------------------------------------------------------
@@ -467,7 +474,7 @@ def test_it_draws_the_add_form_in_the_browsable_api(registry, owner, responses):
     response = client.get("/api/models/", HTTP_ACCEPT="text/html")
 
     assert response.status_code == 200
-    assert b'name="api_key"' in response.content or b"api_key" in response.content
+    assert b'name="api_key"' in response.content and b'type="password"' in response.content
 
 
 # --- Own models in generation, for their owner only ---------------------------------------------------------

@@ -1,0 +1,269 @@
+"""The pages in a real browser (Debian's headless Chromium through Playwright) against the whole ASGI app and the
+simulated upstream. Each test leaves screenshots in test-results/ (look at them: the pages must stay tidy)."""
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+from django.conf import settings
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from pages.tests.conftest import own_model
+from registry.models import UserLLMConfig, UserModelPreferences
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+RESULTS = Path(settings.BASE_DIR) / "test-results"
+RED = "rgb(211, 47, 47)"  # --llmhub-down
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    # Sync Playwright drives its event loop from this thread (in a greenlet), so Django takes the test thread for
+    # an async context and refuses its ORM calls (the tests' own, and the database flush after each test). They
+    # are plain synchronous calls: the guard is lifted for this module only, and only once Playwright runs.
+    with sync_playwright() as playwright, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, live_hub) -> Iterator[Page]:
+    context = browser.new_context(base_url=live_hub, viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    # A form answered 400 is logged as a failed load; anything else in the console is a bug of the page.
+    page.on("console", lambda message: message.type == "error" and "Failed to load resource" not in message.text
+            and errors.append(message.text))
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def screenshot(page: Page, name: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    page.screenshot(path=RESULTS / f"{name}.png", full_page=True)
+
+
+def log_in(page: Page, user, *, shot: str | None = None) -> None:
+    page.goto("/models/")
+    expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/models/$"))
+    page.get_by_label("Username").fill(user.username)
+    page.get_by_label("Password").fill("pw-" + user.username)
+    if shot:
+        screenshot(page, shot)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(re.compile(r"/models/$"))
+
+
+def mark_page(page: Page) -> None:
+    """A reload would lose this mark: `assert_not_reloaded` checks it is still there."""
+    page.evaluate("window.__llmhubMark = 'kept'")
+
+
+def assert_not_reloaded(page: Page) -> None:
+    assert page.evaluate("window.__llmhubMark") == "kept"
+
+
+def dot(page: Page, ref: str):
+    return page.locator(f'.status[data-status-ref="{ref}"]').first
+
+
+def test_it_logs_in_and_picks_a_default_model_that_the_api_uses(page, live_hub, make_user, api_key_for):
+    user = make_user("dora", tier="pro")
+
+    log_in(page, user, shot="login")
+
+    expect(page.locator(".site-header")).to_contain_text("dora")
+    expect(page.locator(".site-header .tier")).to_have_text("Pro tier")
+    page.get_by_label("Default model").select_option("demo-backup")
+    page.get_by_label("Code").select_option("qwen3-coder-plus")
+    page.get_by_role("button", name="Save defaults").click()
+    expect(page.get_by_text("Your defaults are saved.")).to_be_visible()
+    expect(page.get_by_label("Default model")).to_have_value("demo-backup")
+    expect(page.locator('tr[data-model-ref="registry/demo-backup"] .badge')).to_have_text("default")
+    screenshot(page, "models-picker")
+
+    assert UserModelPreferences.objects.get(user=user).default_model == "demo-backup"
+    headers = {"Authorization": f"Bearer {api_key_for(user)}"}
+    with httpx2.Client(base_url=live_hub, headers=headers, timeout=30) as api:
+        assert api.get("/api/models/").json()["default_model"] == "demo-backup"
+        assert api.post("/api/generate/", json={"prompt": "hi"}).json()["model"] == "demo-backup"
+        completion = api.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+        assert completion.headers["x-llmhub-model"] == "demo-backup"
+
+
+def test_it_adds_edits_and_deletes_an_own_model_showing_field_errors(page, make_user, allow_simulator):
+    user = make_user("olga")
+    log_in(page, user)
+    page.get_by_role("link", name="My models").click()
+    expect(page.get_by_role("heading", name="My models")).to_be_visible()
+
+    page.get_by_label("Model id").fill("mine")
+    page.get_by_label("Display name").fill("My model")
+    page.get_by_label("Base URL").fill("not a url")
+    page.get_by_label("Upstream model name").fill("demo")
+    page.get_by_label("API key").fill("sk-browser-key-0001")
+    page.get_by_role("button", name="Add model").click()
+
+    base_url = page.get_by_label("Base URL")
+    expect(base_url).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#id_base_url_help")).to_have_text("Enter a valid URL.")
+    expect(page.get_by_label("API key")).to_have_value("")  # never sent back, not even the key just typed
+    expect(page.get_by_label("Model id")).to_have_value("mine")
+    screenshot(page, "own-models-field-error")
+
+    base_url.fill(allow_simulator)
+    page.get_by_label("API key").fill("sk-browser-key-0001")
+    page.get_by_role("button", name="Add model").click()
+    expect(page.get_by_text("Added My model.")).to_be_visible()
+    row = page.locator('tr[data-model-ref="mine/mine"]')
+    expect(row).to_contain_text("My model")
+    expect(row).to_contain_text("set")
+    screenshot(page, "own-models")
+
+    row.get_by_role("link", name="Edit My model").click()
+    expect(page.get_by_label("Replace API key")).to_have_value("")
+    page.get_by_label("Display name").fill("My renamed model")
+    page.get_by_label("Context window (tokens)").fill("32000")
+    screenshot(page, "own-model-edit")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_text("Saved My renamed model.")).to_be_visible()
+    expect(page.locator('tr[data-model-ref="mine/mine"]')).to_contain_text("My renamed model")
+    assert UserLLMConfig.objects.get(owner=user).context_window == 32000
+
+    page.get_by_role("link", name="Delete My renamed model").click()
+    expect(page.get_by_role("heading", name="Delete My renamed model?")).to_be_visible()
+    page.get_by_role("button", name="Delete").click()
+    expect(page.get_by_text("Deleted My renamed model.")).to_be_visible()
+    expect(page.locator('tr[data-model-ref="mine/mine"]')).to_have_count(0)
+    assert not UserLLMConfig.objects.filter(owner=user).exists()
+
+
+def test_it_runs_a_connectivity_test_and_shows_the_result_without_a_reload(page, make_user, allow_simulator):
+    user = make_user("tess")
+    own_model(user, base_url=allow_simulator, slug="mine", display_name="My model")
+    log_in(page, user)
+    page.goto("/models/mine/")
+    expect(dot(page, "mine/mine")).to_have_attribute("data-status", "unknown")
+    mark_page(page)
+
+    page.get_by_role("button", name="Test My model").click()
+
+    result = page.locator('[id="test-mine/mine"]')
+    expect(result).to_contain_text("Test succeeded")
+    for check in ("Reachable: yes", "Key accepted: yes", "Model found: yes", "chat: yes", "streaming: yes",
+                  "json_mode: yes", "tools: yes"):
+        expect(result).to_contain_text(check)
+    expect(result).to_contain_text(re.compile(r"Latency: \d+ ms"))
+    expect(dot(page, "mine/mine")).to_have_attribute("data-status", "healthy")
+    assert_not_reloaded(page)
+    screenshot(page, "model-test-result")
+
+    page.get_by_role("link", name="History").click()
+    expect(page.locator("[data-test-history] tr")).to_have_count(1)
+    mark_page(page)
+    page.get_by_role("button", name="Test My model").click()
+    expect(page.locator("[data-test-history] tr")).to_have_count(2)
+    expect(page.locator("[data-test-history] tr").first).to_contain_text("succeeded")
+    assert_not_reloaded(page)
+    screenshot(page, "model-test-history")
+
+
+def test_it_turns_a_status_dot_red_without_a_reload(page, live_hub, make_user, api_key_for, simulated_upstream):
+    user = make_user("stan", tier="free")
+    log_in(page, user)
+    demo = dot(page, "registry/demo")
+    expect(demo).to_have_attribute("data-status", "unknown")
+    mark_page(page)
+
+    simulated_upstream.set_fault("demo", "status=500")
+    with httpx2.Client(base_url=live_hub, headers={"Authorization": f"Bearer {api_key_for(user)}"}, timeout=30) as api:
+        for _ in range(3):  # live traffic: each request falls back to demo-backup, demo's failures count
+            response = api.post("/v1/chat/completions", json={"model": "demo", "messages": [
+                {"role": "user", "content": "hi"}]})
+            assert response.headers["x-llmhub-model"] == "demo-backup"
+
+    expect(demo).to_have_attribute("data-status", "down", timeout=8_000)
+    assert demo.locator(".status-dot").evaluate("element => getComputedStyle(element).backgroundColor") == RED
+    expect(demo).to_have_attribute("title", re.compile(r"^Down"))
+    expect(dot(page, "registry/demo-backup")).not_to_have_attribute("data-status", "down")
+    assert_not_reloaded(page)
+    screenshot(page, "status-down")
+
+
+def test_it_streams_an_answer_in_the_playground_and_names_a_fallback(page, make_user, simulated_upstream):
+    user = make_user("pat", tier="free")
+    log_in(page, user)
+    page.get_by_role("link", name="Playground").click()
+    expect(page.locator("#id_model option[value=demo-premium]")).to_have_count(0)  # only allowed models
+
+    simulated_upstream.set_fault("demo", "chunk_delay=150")
+    page.get_by_label("Model").select_option("demo")
+    page.get_by_role("textbox", name="Prompt").fill("tell me about streaming answers")
+    page.get_by_role("button", name="Send").click()
+
+    answer = page.locator("[data-answer]")
+    # Part of the answer is on the page while the rest is still on its way.
+    page.wait_for_function("() => { const text = document.querySelector('[data-answer]').textContent;"
+                           " return text.length > 0 && !text.endsWith('answers'); }")
+    expect(page.get_by_role("button", name="Send")).to_be_disabled()
+    expect(answer).to_have_text("Simulated reply from demo: tell me about streaming answers")
+    expect(page.locator('[data-stat="model"]')).to_have_text("Demo (simulated) (demo)")
+    expect(page.locator('[data-stat="tokens"]')).to_have_text(re.compile(r"^\d+ / 9$"))
+    expect(page.locator('[data-stat="cost"]')).to_have_text(re.compile(r"^\$0\.0+\d+$"))
+    expect(page.locator('[data-stat="latency"]')).to_have_text(re.compile(r"^\d+ ms \(first token \d+ ms\)$"))
+    expect(page.locator("[data-fallback]")).to_be_hidden()
+    screenshot(page, "playground")
+
+    simulated_upstream.set_fault("demo", "status=500")
+    page.get_by_role("textbox", name="Prompt").fill("hi")
+    page.get_by_role("button", name="Send").click()
+    expect(answer).to_have_text("Simulated reply from demo-backup: hi")
+    fallback = page.locator("[data-fallback]")
+    expect(fallback).to_be_visible()
+    expect(fallback).to_contain_text("demo failed; demo-backup answered instead.")
+    expect(fallback).to_contain_text(re.compile(r"demo failed \(HTTP 500, \w+"))
+    expect(page.locator('[data-stat="model"]')).to_have_text("Demo backup (simulated) (demo-backup)")
+    screenshot(page, "playground-fallback")
+
+    page.get_by_role("radio", name="Translate").check()
+    page.get_by_label("Text to translate").fill("Good morning")
+    page.get_by_label("Target language").fill("fr")
+    page.get_by_role("button", name="Send").click()
+    expect(answer).to_contain_text("Good morning")
+    expect(page.locator('[data-stat="tokens"]')).not_to_have_text("–")
+
+
+def test_it_greys_models_above_the_tier_and_refuses_them_server_side(page, make_user):
+    user = make_user("fred", tier="free")
+    log_in(page, user)
+
+    premium = page.locator('tr[data-model-ref="registry/demo-premium"]')
+    expect(premium).to_have_class("locked")
+    expect(premium).to_contain_text("Requires Premium")
+    assert premium.locator("td").first.evaluate("element => getComputedStyle(element).color") != \
+        page.locator('tr[data-model-ref="registry/demo"] td').first.evaluate("element => getComputedStyle(element).color")
+    option = page.locator('#id_default_model option[value="demo-premium"]')
+    expect(option).to_be_disabled()
+    expect(option).to_have_text("Demo Premium (simulated) (requires Premium)")
+    screenshot(page, "models-picker-free-tier")
+
+    # A hand-made request (the option enabled behind the page's back) is refused by the server.
+    option.evaluate("element => { element.disabled = false; }")
+    page.get_by_label("Default model").select_option("demo-premium")
+    page.get_by_role("button", name="Save defaults").click()
+    expect(page.locator("#id_default_model_errors")).to_have_text(
+        "The model 'demo-premium' requires the Premium tier or higher; your tier is Free.")
+    expect(page.get_by_label("Default model")).to_have_attribute("aria-invalid", "true")
+    assert not UserModelPreferences.objects.filter(user=user).exists()
+    screenshot(page, "models-picker-refused")
