@@ -38,8 +38,9 @@ setup: migrate
 simulator: venv
 	$(PY) manage.py simulate_upstream --host 127.0.0.1 --port $(SIM_PORT)
 
+# MALLOC_ARENA_MAX: glibc's per-thread malloc arenas (thread pools, the usage writer) inflate RSS for nothing.
 serve: venv
-	$(VENV)/bin/uvicorn llmhub.asgi:application --host $(HOST) --port $(PORT) --workers $(WEB_CONCURRENCY) \
+	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} $(VENV)/bin/uvicorn llmhub.asgi:application --host $(HOST) --port $(PORT) --workers $(WEB_CONCURRENCY) \
 		--loop uvloop --http httptools --no-access-log --lifespan on
 
 # The simulated upstream runs beside the app so the demo models answer with no keys and no internet, and a
@@ -59,16 +60,25 @@ ifeq ($(CI),true)
 test: test-services
 endif
 
-test-embedded: venv
+test-embedded: venv browser
 	env -u DATABASE_URL -u REDIS_URL $(PY) -m pytest -q
 
 # The whole suite on the real PostgreSQL and Redis; tests marked `services` fail here if those are missing.
-test-services: venv
+test-services: venv browser
 	DATABASE_URL=$(CI_DATABASE_URL) REDIS_URL=$(CI_REDIS_URL) LLMHUB_REQUIRE_SERVICES=true \
 	DJANGO_SECRET_KEY=ci-only-secret-key-0123456789-0123456789-0123456789-abcdef \
 	LLMHUB_ENCRYPTION_KEYS=Y2ktb25seS1lbmNyeXB0aW9uLWtleS0wMTIzNDU2Nzg= \
 	DJANGO_SECURE_SSL_REDIRECT=false \
 	$(PY) -m pytest -q
+
+# The browser tests (pages/tests/test_browser.py) drive Debian's Chromium through Playwright's Python package; it is
+# installed here when missing (`playwright install` is never used: its browsers are not Debian's).
+CHROMIUM ?= /usr/bin/chromium
+.PHONY: browser
+browser:
+	@test -x $(CHROMIUM) || apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+		|| echo "Chromium could not be installed (apt-get install chromium): the browser tests will fail"
 
 lint: venv
 	$(VENV)/bin/ruff check .

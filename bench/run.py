@@ -306,6 +306,7 @@ def _app_env(sim_url: str) -> dict[str, str]:
         "LLMHUB_SIMULATOR_URL": sim_url,
         "LLMHUB_LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
+        "MALLOC_ARENA_MAX": "2",  # as `make serve` runs the app
     }
 
 
@@ -545,7 +546,7 @@ rewritten by each run.
 - versions: {versions}
 - targets: **direct** = the simulated upstream (`python -m generation.simulator`, one uvicorn process, uvloop +
   httptools); **llmhub** = one uvicorn worker (`llmhub.asgi:application --loop uvloop --http httptools
-  --no-access-log --lifespan off`) on a throwaway SQLite database, `/v1/chat/completions` with a top-tier key,
+  --no-access-log --lifespan on`) on a throwaway SQLite database, `/v1/chat/completions` with a top-tier key,
   model `demo` → the same simulator{'; **LiteLLM** = `litellm --num_workers 1` proxy from var/litellm-venv, '
   'telemetry off, `openai/demo` at the same simulator' if len(targets) > 2 else ''}.
 - pinning: {pinning.description}; every process the benchmark starts runs at nice {PRIORITY} in its own
@@ -603,7 +604,7 @@ def main() -> None:
         spawned = time.perf_counter()
         hub.process = processes.start(
             [*pinning.app, str(VENV_BIN / "uvicorn"), "llmhub.asgi:application", "--host", "127.0.0.1", "--port",
-             str(app_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--lifespan", "off"],
+             str(app_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--lifespan", "on"],
             env=env, log=VAR / "bench-app.log")
         hub.startup_s = _wait_first_answer(hub, spawned, timeout=60)
         targets = [direct, hub]

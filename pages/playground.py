@@ -7,6 +7,7 @@ The stream is the upstream's own OpenAI chunks (`data: {...}`), framed by two na
 
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -27,10 +28,11 @@ def _meta(model: ModelSpec, attempts: list[Attempt]) -> bytes:
 
 
 def _summary(*, request_id: str, usage: Usage, cost: Any, latency_ms: float, ttft_ms: float | None = None) -> bytes:
-    return sse("summary", {"request_id": request_id, "input_tokens": usage.input_tokens,
-                           "output_tokens": usage.output_tokens, "estimated": usage.estimated, "cost": f"{cost:f}",
-                           "latency_ms": round(latency_ms, 1),
-                           "ttft_ms": round(ttft_ms, 1) if ttft_ms is not None else None})
+    return sse("summary", {
+        "request_id": request_id, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+        "estimated": usage.estimated, "cost": f"{Decimal(cost).normalize():f}", "latency_ms": round(latency_ms, 1),
+        "ttft_ms": round(ttft_ms, 1) if ttft_ms is not None else None,
+    })
 
 
 async def chat_events(stream: ChatStream) -> AsyncIterator[bytes]:

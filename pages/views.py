@@ -42,6 +42,7 @@ from registry.model_tests import QueueUnavailable, model_test_start
 from registry.models import ModelTest
 from registry.selectors import (
     apreferences_get,
+    get_default_model,
     model_tests_recent,
     preferences_get,
     registry_get,
@@ -114,8 +115,9 @@ def models_picker(request: HttpRequest) -> HttpResponse:
     badges = preference_badges(preferences=preferences_get(request.user.pk), default=default, registry=registry,
                                tier=tier, owner_id=request.user.pk)
     rows = model_rows(registry=registry, tier=tier, owner_id=request.user.pk, badges=badges)
+    tier_default = get_default_model(tier, registry=registry)
     context = {"groups": model_groups(rows), "form": form,
-               "tier_default_label": f"Your tier's default ({default.display_name})" if default else "None"}
+               "tier_default_label": f"Tier default: {tier_default.display_name}" if tier_default else "None"}
     return _page(request, "pages/models.html", context, status=400 if form.errors else 200)
 
 

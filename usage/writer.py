@@ -64,14 +64,35 @@ def rows_insert(entries: Sequence[UsageEntry]) -> None:
     """Write one batch; a row whose request_id is already in the log is skipped by the database."""
     from usage.models import UsageLog
 
-    rows = [UsageLog(**_row_fields(entry)) for entry in entries]
+    columns, sql = _insert_statement()
     try:
         # Its own atomic block: a refused batch must not break a transaction the caller may be in.
-        with transaction.atomic():
-            UsageLog.objects.bulk_create(rows, ignore_conflicts=True)
+        with transaction.atomic(), connection.cursor() as cursor:
+            # One prepared statement for the whole batch: the ORM's bulk_create (model instances, SQL
+            # compiled per batch) cost 0.2-0.35 ms of the app's CPU per request under load (`make bench`).
+            cursor.executemany(sql, [_row_values(entry, columns) for entry in entries])
     except REFUSED:
         # Not transient: retrying the same batch would stall the log for good. Save what can be saved.
-        _rows_insert_one_by_one(rows)
+        _rows_insert_one_by_one([UsageLog(**_row_fields(entry)) for entry in entries])
+
+
+@functools.cache
+def _insert_statement() -> tuple[tuple, str]:
+    """The columns and the `INSERT … ON CONFLICT (request_id) DO NOTHING` (PostgreSQL and SQLite alike)."""
+    from usage.models import UsageLog
+
+    columns = tuple(field for field in UsageLog._meta.concrete_fields if not field.primary_key)
+    quote = connection.ops.quote_name
+    names = ", ".join(quote(field.column) for field in columns)
+    placeholders = ", ".join(["%s"] * len(columns))
+    sql = (f"INSERT INTO {quote(UsageLog._meta.db_table)} ({names}) VALUES ({placeholders}) "
+           f"ON CONFLICT ({quote('request_id')}) DO NOTHING")
+    return columns, sql
+
+
+def _row_values(entry: UsageEntry, columns: tuple) -> tuple:
+    fields = _row_fields(entry)
+    return tuple(field.get_db_prep_save(fields[field.attname], connection) for field in columns)
 
 
 def _row_fields(entry: UsageEntry) -> dict:

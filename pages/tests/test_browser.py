@@ -10,6 +10,7 @@ import pytest
 from django.conf import settings
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from conftest import usage_rows
 from pages.tests.conftest import own_model
 from registry.models import UserLLMConfig, UserModelPreferences
 
@@ -100,6 +101,7 @@ def test_it_logs_in_and_picks_a_default_model_that_the_api_uses(page, live_hub, 
         assert api.post("/api/generate/", json={"prompt": "hi"}).json()["model"] == "demo-backup"
         completion = api.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
         assert completion.headers["x-llmhub-model"] == "demo-backup"
+    assert [row.answered_model for row in usage_rows(2)] == ["demo-backup", "demo-backup"]
 
 
 def test_it_adds_edits_and_deletes_an_own_model_showing_field_errors(page, make_user, allow_simulator):
@@ -169,7 +171,7 @@ def test_it_runs_a_connectivity_test_and_shows_the_result_without_a_reload(page,
     assert_not_reloaded(page)
     screenshot(page, "model-test-result")
 
-    page.get_by_role("link", name="History").click()
+    page.get_by_role("link", name="Test history of My model").click()
     expect(page.locator("[data-test-history] tr")).to_have_count(1)
     mark_page(page)
     page.get_by_role("button", name="Test My model").click()
@@ -199,6 +201,7 @@ def test_it_turns_a_status_dot_red_without_a_reload(page, live_hub, make_user, a
     expect(dot(page, "registry/demo-backup")).not_to_have_attribute("data-status", "down")
     assert_not_reloaded(page)
     screenshot(page, "status-down")
+    assert len(usage_rows(3)) == 3
 
 
 def test_it_streams_an_answer_in_the_playground_and_names_a_fallback(page, make_user, simulated_upstream):
@@ -218,7 +221,7 @@ def test_it_streams_an_answer_in_the_playground_and_names_a_fallback(page, make_
                            " return text.length > 0 && !text.endsWith('answers'); }")
     expect(page.get_by_role("button", name="Send")).to_be_disabled()
     expect(answer).to_have_text("Simulated reply from demo: tell me about streaming answers")
-    expect(page.locator('[data-stat="model"]')).to_have_text("Demo (simulated) (demo)")
+    expect(page.locator('[data-stat="model"]')).to_have_text("Demo (simulated) · demo")
     expect(page.locator('[data-stat="tokens"]')).to_have_text(re.compile(r"^\d+ / 9$"))
     expect(page.locator('[data-stat="cost"]')).to_have_text(re.compile(r"^\$0\.0+\d+$"))
     expect(page.locator('[data-stat="latency"]')).to_have_text(re.compile(r"^\d+ ms \(first token \d+ ms\)$"))
@@ -233,7 +236,7 @@ def test_it_streams_an_answer_in_the_playground_and_names_a_fallback(page, make_
     expect(fallback).to_be_visible()
     expect(fallback).to_contain_text("demo failed; demo-backup answered instead.")
     expect(fallback).to_contain_text(re.compile(r"demo failed \(HTTP 500, \w+"))
-    expect(page.locator('[data-stat="model"]')).to_have_text("Demo backup (simulated) (demo-backup)")
+    expect(page.locator('[data-stat="model"]')).to_have_text("Demo backup (simulated) · demo-backup")
     screenshot(page, "playground-fallback")
 
     page.get_by_role("radio", name="Translate").check()
@@ -242,6 +245,7 @@ def test_it_streams_an_answer_in_the_playground_and_names_a_fallback(page, make_
     page.get_by_role("button", name="Send").click()
     expect(answer).to_contain_text("Good morning")
     expect(page.locator('[data-stat="tokens"]')).not_to_have_text("–")
+    assert [row.endpoint for row in usage_rows(3)] == ["pages.playground", "pages.playground", "api.translate"]
 
 
 def test_it_greys_models_above_the_tier_and_refuses_them_server_side(page, make_user):

@@ -34,7 +34,7 @@ def test_it_lists_every_model_grouped_by_provider_greying_the_ones_above_the_tie
         assert row.startswith(' class="locked"') != (model.required_tier.slug == "free")
     assert "Requires" not in shown["mine/mine"]
     for provider in ("OpenAI", "DeepSeek", "Simulated upstream (local)", "Your models"):
-        assert f'class="provider">{provider}</h2>' in html
+        assert f'<th colspan="6" scope="colgroup" class="provider">{provider}</th>' in html
     demo = shown["registry/demo"]
     assert "8,192" in demo and "$0.50 / $1.50" in demo and '<span class="cap">streaming</span>' in demo
     assert 'data-status="unknown" title="Unknown · never checked"' in demo

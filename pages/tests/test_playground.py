@@ -70,6 +70,7 @@ def test_it_names_the_model_that_failed_and_why(live_hub, make_user, http_as, si
         "demo", 500, "demo-backup", "ok")
     assert failed["outcome"] != "ok" and failed["message"]
     assert answer(events(response)) == "Simulated reply from demo-backup: hi"
+    assert [row.answered_model for row in usage_rows(1)] == ["demo-backup"]
 
 
 def test_it_refuses_a_model_above_the_tier_before_calling_it(live_hub, make_user, http_as, simulated_upstream):
@@ -92,6 +93,7 @@ def test_it_reports_every_attempt_when_every_model_fails(live_hub, make_user, ht
     assert error["code"] == "upstream_failed"
     assert [(attempt["model"], attempt["upstream_status"]) for attempt in error["attempts"]] == [
         ("demo", 503), ("demo-backup", 503)]
+    assert [row.status for row in usage_rows(1)] == ["error"]
 
 
 def test_it_uses_the_users_default_for_the_task(live_hub, make_user, http_as, simulated_upstream):
@@ -107,6 +109,7 @@ def test_it_uses_the_users_default_for_the_task(live_hub, make_user, http_as, si
     assert named(translated, "meta")["model"] == "demo"
     assert answer(translated).startswith("Simulated reply from demo:")
     assert named(translated, "summary")["output_tokens"] > 0
+    assert [row.endpoint for row in usage_rows(2)] == ["pages.playground", "api.translate"]
 
 
 @pytest.mark.parametrize(("data", "fields"), [

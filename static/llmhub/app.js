@@ -228,7 +228,7 @@
           if (message.data === "[DONE]") continue;
           const data = JSON.parse(message.data);
           if (message.name === "meta") {
-            stat("model").textContent = `${data.display_name} (${data.model})`;
+            stat("model").textContent = `${data.display_name} · ${data.model}`;
             attemptsShow(data.attempts);
           } else if (message.name === "summary") {
             stat("tokens").textContent = `${data.input_tokens} / ${data.output_tokens}${data.estimated ? " (estimated)" : ""}`;
