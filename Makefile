@@ -40,6 +40,7 @@ simulator: venv
 
 # MALLOC_ARENA_MAX: glibc's per-thread malloc arenas (thread pools, the usage writer) inflate RSS for nothing.
 serve: venv
+	$(PY) manage.py collectstatic --noinput -v0
 	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} $(VENV)/bin/uvicorn llmhub.asgi:application --host $(HOST) --port $(PORT) --workers $(WEB_CONCURRENCY) \
 		--loop uvloop --http httptools --no-access-log --lifespan on
 

@@ -69,10 +69,12 @@ def _hub_server() -> Iterator[str]:
 
 
 @pytest.fixture
-def live_hub(transactional_db, registry, _hub_server) -> Iterator[str]:
+def live_hub(transactional_db, registry, _hub_server, settings) -> Iterator[str]:
     """The whole app (ASGI, as in production) on a real port, with the registry loaded; yields its root URL."""
     from generation.services import cooldowns_reset
 
+    # Production settings allow no host by default; the test server is reached as 127.0.0.1.
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1", "localhost"]
     cooldowns_reset()
     yield _hub_server
     cooldowns_reset()

@@ -18,7 +18,7 @@ from django.conf import settings
 from generation import services
 from generation.services import Caller, GenerationFailed
 from llmhub.errors import ApplicationError
-from registry.authentication import Principal, aapi_key_authenticate
+from registry.authentication import Principal, aapi_key_authenticate, aprincipal_tier
 from registry.selectors import (
     ModelSpec,
     apreferences_get,
@@ -144,8 +144,8 @@ def chat_body_validate(data: Any) -> dict[str, Any]:
     return data
 
 
-def _caller(principal: Principal, registry) -> Caller:
-    return Caller(user_id=principal.user.pk, api_key_id=principal.api_key_id, tier=registry.tiers[principal.tier_slug])
+async def _caller(principal: Principal, registry) -> Caller:
+    return Caller(user_id=principal.user.pk, api_key_id=principal.api_key_id, tier=await aprincipal_tier(principal, registry))
 
 
 def _meta_headers(request_id: str, model: ModelSpec, attempts: int) -> list[tuple[bytes, bytes]]:
@@ -161,7 +161,7 @@ async def _chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
     body = chat_body_validate(data)
     registry = await registry_snapshot.aget()
-    caller = _caller(principal, registry)
+    caller = await _caller(principal, registry)
     model_id = body.pop("model", None)
     preferred_id = None if model_id else (await apreferences_get(caller.user_id)).preferred_for("generation")
     if not body.get("stream"):
@@ -212,7 +212,7 @@ def _model_object(model: ModelSpec) -> dict[str, Any]:
 async def _models(scope: Scope, receive: Receive, send: Send) -> None:
     principal = await _authenticate(scope)
     registry = await registry_snapshot.aget()
-    tier = registry.tiers[principal.tier_slug]
+    tier = await aprincipal_tier(principal, registry)
     models = get_available_models(tier, registry=registry, owner_id=principal.user.pk)
     body = orjson.dumps({"object": "list", "data": [_model_object(model) for model in models]})
     await _respond(send, 200, body)
@@ -222,7 +222,7 @@ async def _model_detail(scope: Scope, receive: Receive, send: Send, model_id: st
     principal = await _authenticate(scope)
     registry = await registry_snapshot.aget()
     model = get_model_by_id(model_id, registry=registry, owner_id=principal.user.pk)
-    check_model_access(registry.tiers[principal.tier_slug], model)
+    check_model_access(await aprincipal_tier(principal, registry), model)
     await _respond(send, 200, orjson.dumps(_model_object(model)))
 
 

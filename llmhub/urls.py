@@ -1,11 +1,35 @@
 from django.contrib import admin
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
+from django.views import defaults
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from llmhub.api import error_body
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith(("/api/", "/v1/"))
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """API paths get the API's error shape even for a route that does not exist."""
+    if _is_api(request):
+        return JsonResponse(error_body(code="not_found", message="Not found."), status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if _is_api(request):
+        return JsonResponse(error_body(code="internal_error", message="Internal error."), status=500)
+    return defaults.server_error(request)
+
+
+handler404 = not_found
+handler500 = server_error
 
 
 urlpatterns = [

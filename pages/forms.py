@@ -7,6 +7,7 @@ unsafe base URL) lands beside the field too.
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django.http import QueryDict
@@ -143,6 +144,11 @@ def user_model_initial(model: UserLLMConfig) -> dict[str, Any]:
         "id": model.slug, "display_name": model.display_name, "model": model.upstream_model, "base_url": model.base_url,
         "enabled": model.enabled, "context_window": model.context_window,
         "capabilities": {name: getattr(model, f"supports_{name}") for name in CAPABILITIES},
-        "input_price_per_million": model.input_price_per_million,
-        "output_price_per_million": model.output_price_per_million,
+        "input_price_per_million": _decimal_plain(model.input_price_per_million),
+        "output_price_per_million": _decimal_plain(model.output_price_per_million),
     }
+
+
+def _decimal_plain(value: Decimal) -> str:
+    """1.5, not 1.500000 (the column's six places)."""
+    return f"{value.normalize():f}"

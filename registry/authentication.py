@@ -13,7 +13,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.request import Request
 
 from registry.models import ApiKey
-from registry.selectors import TierSpec, api_key_snapshot, registry_get
+from registry.selectors import Registry, TierSpec, api_key_snapshot, registry_get
 from registry.services import api_key_hash, user_tier_resolve
 
 _MEMO_LIMIT = 50_000
@@ -64,6 +64,14 @@ def _tier_of(user: AbstractBaseUser, slug: str) -> TierSpec:
     # one of them may not know the other's slug. Ask the database then rather than fail.
     tier = registry_get().tiers.get(slug)
     return tier if tier is not None else user_tier_resolve(user=user)
+
+
+async def aprincipal_tier(principal: Principal, registry: Registry) -> TierSpec:
+    """The async path's `_tier_of`: no thread hop unless the snapshot does not know the slug."""
+    tier = registry.tiers.get(principal.tier_slug)
+    if tier is not None:
+        return tier
+    return await sync_to_async(user_tier_resolve, thread_sensitive=False)(user=principal.user)
 
 
 def user_tier_get(user: AbstractBaseUser) -> TierSpec:

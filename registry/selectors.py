@@ -1,5 +1,6 @@
 """Reads of the model registry, served from an in-memory snapshot (no query once warm)."""
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -9,9 +10,11 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from llmhub.crypto import secret_decrypt
-from llmhub.errors import NotFound, TierRequired
+from llmhub.errors import ConfigurationError, NotFound, TierRequired
 from llmhub.snapshot import LocalSnapshot
 from registry.models import LLMModel, ModelTest, Tier, UserLLMConfig, UserModelPreferences
+
+logger = logging.getLogger(__name__)
 
 CAPABILITIES = ("streaming", "json_mode", "tools", "vision")
 
@@ -79,6 +82,16 @@ class Registry:
         return min(self.tiers.values(), key=lambda tier: tier.rank, default=None)
 
 
+def _key_or_blank(token: str, *, model: str) -> str:
+    """One key that no configured encryption key opens must not take every model down: that model gets
+    no key (its upstream answers 401, so requests to it fail as misconfigured) and the operator is told."""
+    try:
+        return secret_decrypt(token)
+    except ConfigurationError:
+        logger.error("The stored API key of %s cannot be decrypted with LLMHUB_ENCRYPTION_KEYS; re-enter it.", model)
+        return ""
+
+
 def _registry_build() -> Registry:
     tiers = {tier.slug: TierSpec(tier.slug, tier.name, tier.rank) for tier in Tier.objects.all()}
     tier_default_ids = dict(
@@ -99,7 +112,7 @@ def _registry_build() -> Registry:
             provider=provider.slug,
             provider_name=provider.display_name,
             base_url=(row.base_url or provider.base_url).rstrip("/"),
-            api_key=secret_decrypt(row.api_key_encrypted or provider.api_key_encrypted),
+            api_key=_key_or_blank(row.api_key_encrypted or provider.api_key_encrypted, model=row.public_id),
             timeout=provider.timeout_seconds,
             connect_timeout=provider.connect_timeout_seconds,
             headers=dict(provider.extra_headers or {}),
@@ -131,7 +144,7 @@ def _user_models_build(tiers: Mapping[str, TierSpec]) -> dict[int, dict[str, Mod
             provider="user",
             provider_name="Your models",
             base_url=row.base_url.rstrip("/"),
-            api_key=secret_decrypt(row.api_key_encrypted),
+            api_key=_key_or_blank(row.api_key_encrypted, model=f"user model {row.pk}"),
             timeout=settings.LLMHUB["USER_MODEL_TIMEOUT_SECONDS"],
             connect_timeout=min(5.0, settings.LLMHUB["USER_MODEL_TIMEOUT_SECONDS"]),
             headers={},

@@ -1,11 +1,16 @@
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
 import httpx2
 import pytest
+from celery.contrib.testing.worker import start_worker
+from celery.signals import task_postrun
+from django.db import connections
 from django.test import Client
 
+from llmhub.celery import app
 from registry.health import health_flush, health_reset
-from registry.models import UserLLMConfig
+from registry.models import ModelTest, UserLLMConfig
 from registry.services import secret_assign
 
 # Any 32 letters are a valid CSRF secret: a test sends the same one as cookie and header, as the pages' script does.
@@ -67,3 +72,35 @@ def own_model(owner, *, base_url: str, slug: str = "mine", upstream_model: str =
     secret_assign(model, key)
     model.save()
     return model
+
+
+@pytest.fixture
+def celery_worker(transactional_db) -> Iterator[None]:
+    """A real Celery worker in a thread, on the configured broker (in memory when embedded, Redis under CI): a
+    connectivity test is queued, then running, then finished, as under `make run`, rather than run inside the
+    request that starts it."""
+    eager = app.conf.task_always_eager
+    app.conf.task_always_eager = False
+    # The worker's threads must not keep database sessions open: the test database is dropped at the end.
+    task_postrun.connect(_connections_close, dispatch_uid="pages-test-worker")
+    try:
+        app.control.purge()  # messages left by earlier runs name rows that do not exist here
+        with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=30):
+            yield
+            tests_wait_finished()
+    finally:
+        task_postrun.disconnect(dispatch_uid="pages-test-worker")
+        app.conf.task_always_eager = eager
+
+
+def _connections_close(**kwargs) -> None:
+    connections.close_all()
+
+
+FINISHED = (ModelTest.State.SUCCEEDED, ModelTest.State.FAILED)
+
+
+def tests_wait_finished(timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while ModelTest.objects.exclude(state__in=FINISHED).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -1,25 +1,41 @@
 """Connectivity tests from the pages: a Test button POSTs, the page polls the test until it finishes; the history
-lists recent tests. As in the API, anyone tests their own models and only staff test registry models."""
+lists recent tests. As in the API, anyone tests their own models and only staff test registry models. The tests
+run on a real Celery worker in a thread."""
+
+import time
 
 import pytest
 
 from pages.tests.conftest import own_model
 from registry.models import ModelTest
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("celery_worker")]
 
 
-def test_it_starts_a_test_of_an_own_model_and_reports_its_result(registry, make_user, page_client, allow_simulator):
+def followed(client, started) -> dict:
+    """The test's state as the page polls it, once finished."""
+    deadline = time.monotonic() + 30
+    body = started.json()
+    while not body["finished"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+        body = client.get(body["url"]).json()
+    return body
+
+
+def test_it_starts_a_test_of_an_own_model_and_reports_its_result(registry, make_user, page_client, allow_simulator,
+                                                                  simulated_upstream):
     user = make_user("tess")
     model = own_model(user, base_url=allow_simulator, slug="mine")
     client = page_client(user)
+    simulated_upstream.set_fault("demo", "latency=300")  # the answer is still on its way when the POST returns
 
     started = client.post("/models/mine/mine/tests/")
 
     assert started.status_code == 202
+    assert started.json()["state"] in ("queued", "running") and "checking…" in started.json()["html"]
     test = ModelTest.objects.get(user_model=model)
     assert test.requested_by == user
-    body = client.get(started.json()["url"]).json()  # the tests run in-process here: already finished
+    body = followed(client, started)
     assert (body["id"], body["state"], body["finished"], body["ref"]) == (test.pk, "succeeded", True, "mine/mine")
     for text in ("Test succeeded", 'data-check="reachable" data-value="yes"', 'data-check="key_accepted" data-value="yes"',
                  'data-check="model_found" data-value="yes"', 'data-check="streaming" data-value="yes"', " ms</b>"):
@@ -35,7 +51,7 @@ def test_it_reports_a_rejected_key(registry, make_user, page_client, allow_simul
     own_model(user, base_url=allow_simulator, slug="mine", key="sk-sim-invalid")
     client = page_client(user)
 
-    body = client.get(client.post("/models/mine/mine/tests/").json()["url"]).json()
+    body = followed(client, client.post("/models/mine/mine/tests/"))
 
     assert body["state"] == "failed"
     assert 'data-check="key_accepted" data-value="no"' in body["html"] and "key rejected" in body["html"]
