@@ -85,7 +85,8 @@ def _insert_statement() -> tuple[tuple, str]:
     quote = connection.ops.quote_name
     names = ", ".join(quote(field.column) for field in columns)
     placeholders = ", ".join(["%s"] * len(columns))
-    sql = (f"INSERT INTO {quote(UsageLog._meta.db_table)} ({names}) VALUES ({placeholders}) "
+    # Built only from the model's own table and column names (quoted), never from input.
+    sql = (f"INSERT INTO {quote(UsageLog._meta.db_table)} ({names}) VALUES ({placeholders}) "  # noqa: S608
            f"ON CONFLICT ({quote('request_id')}) DO NOTHING")
     return columns, sql
 
