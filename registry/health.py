@@ -24,6 +24,7 @@ database). Counters and snapshot belong to the registry snapshot they were made 
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -294,6 +295,17 @@ class _Writer:
 
 
 _writer = _Writer()
+
+
+def _after_fork() -> None:
+    # A forked child (gunicorn, celery prefork) has none of the parent's threads, and maybe a held lock.
+    global _builder, _lock, _writer
+    _builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-health-read")
+    _lock = threading.Lock()
+    _writer = _Writer()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _moment(timestamp: float) -> datetime | None:
