@@ -31,7 +31,6 @@ class FormField:
     label: str
     help_text: str
     input_type: str
-    required: bool
     value: Any
     errors: list[str]
     max_length: int | None
@@ -119,7 +118,7 @@ class SerializerForm:
         for parent in parents:
             fields = fields[parent].fields
             value = value.get(parent) or {}
-            errors = errors.get(parent) or {} if isinstance(errors, Mapping) else {}
+            errors = (errors.get(parent) or {}) if isinstance(errors, Mapping) else {}
         field = fields[last]
         if field.write_only and not isinstance(field, serializers.BooleanField):
             shown = ""  # a key is never sent back to the browser, not even the one just typed
@@ -132,7 +131,7 @@ class SerializerForm:
         field_errors = errors.get(last, []) if isinstance(errors, Mapping) else []
         return FormField(
             name=name, label=self.labels.get(name) or field.label or last, help_text=str(field.help_text or ""),
-            input_type=_input_type(field), required=field.required, value=shown,
+            input_type=_input_type(field), value=shown,
             errors=[str(message) for message in field_errors] if isinstance(field_errors, list) else [],
             max_length=getattr(field, "max_length", None), step=_step(field),
         )

@@ -22,10 +22,15 @@ from registry.selectors import (
 REGISTRY, MINE = "registry", "mine"
 
 
+def ref_of(kind: str, model_id: str) -> str:
+    """How pages name a model in URLs and in the DOM: "registry/demo", "mine/demo" (an own model may share its id
+    with a registry model)."""
+    return f"{kind}/{model_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class ModelRow:
-    """One model as a page shows it. `ref` ("registry/demo", "mine/demo") names it in URLs and in the DOM:
-    a user's own model may share its id with a registry model."""
+    """One model as the picker shows it."""
 
     model: ModelSpec
     kind: str
@@ -35,7 +40,7 @@ class ModelRow:
 
     @property
     def ref(self) -> str:
-        return f"{self.kind}/{self.model.id}"
+        return ref_of(self.kind, self.model.id)
 
     @property
     def status_title(self) -> str:
@@ -66,12 +71,12 @@ def model_rows(*, registry: Registry, tier: TierSpec, owner_id: int,
     shared = [model for model in registry.models.values() if model.enabled and model.required_tier is not None]
     own = list(registry.own_models(owner_id).values())
     return [ModelRow(model, kind, kind == MINE or model.allows(tier), model_status(model),
-                     badges.get(f"{kind}/{model.id}", ()))
+                     badges.get(ref_of(kind, model.id), ()))
             for kind, models in ((REGISTRY, shared), (MINE, own)) for model in models]
 
 
 def model_ref(model: ModelSpec) -> str:
-    return f"{MINE if model.owned else REGISTRY}/{model.id}"
+    return ref_of(MINE if model.owned else REGISTRY, model.id)
 
 
 def preference_badges(*, preferences: PreferencesSpec, default: ModelSpec | None, registry: Registry,
@@ -101,7 +106,7 @@ class OwnModelRow:
 
     @property
     def ref(self) -> str:
-        return f"{MINE}/{self.config.slug}"
+        return ref_of(MINE, self.config.slug)
 
     @property
     def status_title(self) -> str:
@@ -124,7 +129,7 @@ def statuses(*, registry: Registry, tier: TierSpec, owner: AbstractBaseUser) -> 
     return {ref: {"status": health.status, "title": health_title(health)} for ref, health in shown.items()}
 
 
-def test_target(*, kind: str, model_id: str, registry: Registry, user: AbstractBaseUser) -> LLMModel | UserLLMConfig | None:
+def model_test_target(*, kind: str, model_id: str, registry: Registry, user: AbstractBaseUser) -> LLMModel | UserLLMConfig | None:
     """The model whose tests `user` may start and read: their own, or (staff only, as in the API) a registry model."""
     if kind == MINE:
         return user_model_get(owner_id=user.pk, model_id=model_id)
@@ -134,8 +139,8 @@ def test_target(*, kind: str, model_id: str, registry: Registry, user: AbstractB
     return LLMModel.objects.filter(pk=spec.pk).first()
 
 
-def test_visible_get(*, test_id: int, user: AbstractBaseUser) -> ModelTest | None:
-    """A test of a model whose tests `user` may read (see `test_target`)."""
+def model_test_visible_get(*, test_id: int, user: AbstractBaseUser) -> ModelTest | None:
+    """A test of a model whose tests `user` may read (see `model_test_target`)."""
     test = ModelTest.objects.select_related("llm_model", "user_model").filter(pk=test_id).first()
     if test is None:
         return None
@@ -144,7 +149,8 @@ def test_visible_get(*, test_id: int, user: AbstractBaseUser) -> ModelTest | Non
     return test if user.is_staff else None
 
 
-def test_target_ref(test: ModelTest) -> str:
+def model_test_ref(test: ModelTest) -> str:
+    """The ref of the model a test tested."""
     if test.user_model_id is not None:
-        return f"{MINE}/{test.user_model.slug}"
-    return f"{REGISTRY}/{test.llm_model.public_id}"
+        return ref_of(MINE, test.user_model.slug)
+    return ref_of(REGISTRY, test.llm_model.public_id)

@@ -28,12 +28,13 @@ from pages.selectors import (
     health_title,
     model_groups,
     model_rows,
+    model_test_ref,
+    model_test_target,
+    model_test_visible_get,
     own_model_rows,
     preference_badges,
+    ref_of,
     statuses,
-    test_target,
-    test_target_ref,
-    test_visible_get,
 )
 from registry.apis import caller_default_model
 from registry.authentication import user_tier_get
@@ -188,7 +189,7 @@ def own_model_delete(request: HttpRequest, model_id: str) -> HttpResponse:
 
 def _test_payload(test: ModelTest) -> dict[str, Any]:
     return {"id": test.pk, "state": test.state, "finished": test.state in FINISHED,
-            "url": reverse("pages:model-test", args=[test.pk]), "ref": test_target_ref(test),
+            "url": reverse("pages:model-test", args=[test.pk]), "ref": model_test_ref(test),
             "html": render_to_string("pages/_test_result.html", {"test": test}),
             "row": render_to_string("pages/_test_row.html", {"test": test})}
 
@@ -197,7 +198,7 @@ def _test_payload(test: ModelTest) -> dict[str, Any]:
 @require_http_methods(["GET", "POST"])
 def model_tests(request: HttpRequest, kind: str, model_id: str) -> HttpResponse:
     """GET: a model's recent tests and a button to start one. POST: start a test (202, JSON to poll)."""
-    target = test_target(kind=kind, model_id=model_id, registry=registry_get(), user=request.user)
+    target = model_test_target(kind=kind, model_id=model_id, registry=registry_get(), user=request.user)
     if target is None:
         raise Http404("No such model.")
     field = "user_model" if kind == MINE else "llm_model"
@@ -208,7 +209,7 @@ def model_tests(request: HttpRequest, kind: str, model_id: str) -> HttpResponse:
             return _json_error(error)
         return JsonResponse(_test_payload(test), status=202)
     health = model_status_of(target)
-    context = {"target": target, "kind": kind, "model_id": model_id, "ref": f"{kind}/{model_id}", "health": health,
+    context = {"target": target, "kind": kind, "model_id": model_id, "ref": ref_of(kind, model_id), "health": health,
                "status_title": health_title(health), "tests": model_tests_recent(**{f"{field}_id": target.pk})}
     return _page(request, "pages/model_tests.html", context)
 
@@ -217,7 +218,7 @@ def model_tests(request: HttpRequest, kind: str, model_id: str) -> HttpResponse:
 @require_GET
 def model_test_detail(request: HttpRequest, test_id: int) -> JsonResponse:
     """Polled about once a second while a test runs."""
-    test = test_visible_get(test_id=test_id, user=request.user)
+    test = model_test_visible_get(test_id=test_id, user=request.user)
     if test is None:
         raise Http404("No such test.")
     return JsonResponse(_test_payload(test))
