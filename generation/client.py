@@ -22,7 +22,9 @@ from django.conf import settings
 from registry.selectors import ModelSpec
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
-_LIMITS = httpx2.Limits(max_connections=2048, max_keepalive_connections=512, keepalive_expiry=30)
+# Idle connections are dropped after 4 s: servers commonly close them after 5 s (uvicorn's default), and a
+# request sent on a connection the server is closing fails as "unreachable" with no byte answered.
+_LIMITS = httpx2.Limits(max_connections=2048, max_keepalive_connections=512, keepalive_expiry=4)
 
 
 class UpstreamError(Exception):

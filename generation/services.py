@@ -369,11 +369,13 @@ class ChatStream:
             await asyncio.shield(self._finish(chunks, status=status, error_type=error_type))
 
     async def _finish(self, chunks: AsyncIterator[bytes], *, status: str, error_type: str) -> None:
-        await chunks.aclose()  # also when left early, after [DONE]
-        await self.handle.close()  # in case the chunks were never started
-        self.usage = self.usage or await usage_counted(self.body, "".join(self._text))
-        await run_finish(self.run, model=self.model, usage=self.usage, error=None, status=status,
-                         error_type=error_type, streamed=True, ttft_ms=self.ttft_ms)
+        try:
+            await chunks.aclose()  # also when left early, after [DONE]
+            await self.handle.close()  # in case the chunks were never started
+        finally:
+            self.usage = self.usage or await usage_counted(self.body, "".join(self._text))
+            await run_finish(self.run, model=self.model, usage=self.usage, error=None, status=status,
+                             error_type=error_type, streamed=True, ttft_ms=self.ttft_ms)
 
     def _pass(self, event: bytes) -> bytes:
         """The bytes to send on for one upstream event (nothing once the stream is done or broken)."""

@@ -10,6 +10,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmhub.settings")
 django_application = get_asgi_application()
 
 from generation import openai_compat  # noqa: E402  (needs the app registry ready)
+from generation.client import clients_close  # noqa: E402
 from usage.writer import asgi_lifespan  # noqa: E402
 
 # Everything imported so far (Django, the SDK's models) lives as long as the process. Frozen, it leaves the
@@ -19,11 +20,23 @@ gc.collect()
 gc.freeze()
 
 
+async def _lifespan(scope, receive, send) -> None:
+    """Shutdown comes after uvicorn drained every connection: close the upstream pools, then the usage
+    writer writes what is queued."""
+
+    async def receive_closing_clients() -> dict:
+        message = await receive()
+        if message["type"] == "lifespan.shutdown":
+            await clients_close()
+        return message
+
+    await asgi_lifespan(scope, receive_closing_clients, send)
+
+
 async def application(scope, receive, send) -> None:
     if scope["type"] == "http" and scope["path"].startswith("/v1/"):
         await openai_compat.application(scope, receive, send)
     elif scope["type"] == "lifespan":
-        # Shutdown comes after uvicorn drained every connection: the usage writer writes what is queued.
-        await asgi_lifespan(scope, receive, send)
+        await _lifespan(scope, receive, send)
     else:
         await django_application(scope, receive, send)

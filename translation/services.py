@@ -5,7 +5,6 @@ order, and the pieces rejoined; the whole translation is one request with one us
 """
 
 import asyncio
-import importlib.util
 import re
 import time
 from dataclasses import dataclass
@@ -55,13 +54,9 @@ def language_validate(code: str, *, field: str) -> str:
     return langcodes.standardize_tag(code)
 
 
-# Language names need langcodes' optional `language_data` package; without it the prompt names the tag,
-# which models understand as well.
-_LANGUAGE_NAMES = importlib.util.find_spec("language_data") is not None
-
-
 def _language_name(tag: str) -> str:
-    return f"{langcodes.Language.get(tag).display_name()} ({tag})" if _LANGUAGE_NAMES else f"the language '{tag}'"
+    # Names come from langcodes' `language_data` package (a requirement).
+    return f"{langcodes.Language.get(tag).display_name()} ({tag})"
 
 
 _PARAGRAPH_JOIN = "\n\n"
