@@ -39,6 +39,20 @@ def _fresh_snapshots() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _celery_eager_unless_worker(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tasks run in-process unless the test starts a real worker (fixture `celery_worker`): under CI=true,
+    REDIS_URL makes Celery non-eager, and a task queued with no worker would never run."""
+    if "celery_worker" in request.fixturenames:
+        yield
+        return
+    from llmhub.celery import app
+
+    saved, app.conf.task_always_eager = app.conf.task_always_eager, True
+    yield
+    app.conf.task_always_eager = saved
+
+
+@pytest.fixture(autouse=True)
 def _usage_writer_stopped() -> Iterator[None]:
     # What a test queued is written into its own database before that is rolled back or emptied, and the
     # writer thread's connection is closed, so PostgreSQL can drop the test database at the end.
@@ -64,7 +78,8 @@ def registry(db, simulated_upstream, monkeypatch):
 def _hub_server() -> Iterator[str]:
     from llmhub.testing import AsgiServer
 
-    with AsgiServer("llmhub.asgi:application") as server:
+    # Lifespan on, as `make serve` runs it: shutdown closes the upstream pools and flushes the usage log.
+    with AsgiServer("llmhub.asgi:application", lifespan="on") as server:
         yield server.root_url
 
 

@@ -25,8 +25,9 @@ class AsgiServer:
     """`with AsgiServer(app) as server:` serves an ASGI app (object or "module:attribute") on a free
     127.0.0.1 port, from a thread with its own event loop, with the uvicorn options the simulator uses."""
 
-    def __init__(self, app: Any, *, startup_timeout: float = 10.0) -> None:
+    def __init__(self, app: Any, *, startup_timeout: float = 10.0, lifespan: str = "off") -> None:
         self._app = app
+        self._lifespan = lifespan
         self._startup_timeout = startup_timeout
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -41,7 +42,8 @@ class AsgiServer:
         self.port = sock.getsockname()[1]
         self.root_url = f"http://127.0.0.1:{self.port}"
         # log_config=None leaves the test process's logging alone; hung requests must not stall shutdown.
-        config = uvicorn.Config(self._app, log_config=None, timeout_graceful_shutdown=1, **UVICORN_OPTIONS)
+        options = {**UVICORN_OPTIONS, "lifespan": self._lifespan}
+        config = uvicorn.Config(self._app, log_config=None, timeout_graceful_shutdown=1, **options)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, name="asgi-server", daemon=True)
         self._thread.start()
