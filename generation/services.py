@@ -8,10 +8,10 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from django.conf import settings
@@ -33,6 +33,7 @@ from usage.services import (
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Models cooling down after an upstream 429: model id → monotonic time it may be tried again.
 _cooled_until: dict[str, float] = {}
@@ -245,8 +246,10 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
     return run
 
 
-async def complete(run: _Run, body: dict[str, Any]) -> tuple[ModelSpec, client.Completion]:
-    """Walks the candidates until one answers; raises GenerationFailed when none does."""
+async def _first_answer(run: _Run, call: Callable[[ModelSpec, float], Awaitable[T]], *,
+                        latency_ms: Callable[[T], float]) -> tuple[ModelSpec, T]:
+    """Walks the candidates, calling `call(model, seconds left)`, until one answers; raises GenerationFailed
+    when none does. A final error (the request itself is wrong, or a model is misconfigured) stops the walk."""
     last: client.UpstreamError | None = None
     for model in run.candidates:
         remaining = run.remaining()
@@ -254,7 +257,7 @@ async def complete(run: _Run, body: dict[str, Any]) -> tuple[ModelSpec, client.C
             break
         attempt_started = time.perf_counter()
         try:
-            completion = await client.chat_completion(model, body, timeout=min(model.timeout, remaining))
+            answer = await call(model, remaining)
         except client.UpstreamError as error:
             last = error
             run.attempts.append(Attempt(model.id, error.kind, (time.perf_counter() - attempt_started) * 1000,
@@ -264,10 +267,19 @@ async def complete(run: _Run, body: dict[str, Any]) -> tuple[ModelSpec, client.C
             if not error.retryable:
                 break
             continue
-        run.attempts.append(Attempt(model.id, "ok", completion.latency_ms))
+        run.attempts.append(Attempt(model.id, "ok", latency_ms(answer)))
         health_note(model, ok=True)
-        return model, completion
+        return model, answer
     raise _failure(run.attempts, last, run.tried_keys())
+
+
+async def complete(run: _Run, body: dict[str, Any]) -> tuple[ModelSpec, client.Completion]:
+    """One non-streaming completion for the run, from the first candidate that answers."""
+
+    def call(model: ModelSpec, remaining: float) -> Awaitable[client.Completion]:
+        return client.chat_completion(model, body, timeout=min(model.timeout, remaining))
+
+    return await _first_answer(run, call, latency_ms=lambda completion: completion.latency_ms)
 
 
 async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
@@ -416,30 +428,15 @@ async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any
                        provider=provider, preferred_id=preferred_id)
     client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     upstream = {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
-    last: client.UpstreamError | None = None
+
+    def open_stream(model: ModelSpec, remaining: float) -> Awaitable[client.StreamHandle]:
+        first_byte, idle = client.default_timeouts(model)
+        return client.chat_completion_stream(model, upstream, idle_timeout=idle,
+                                             first_byte_timeout=min(first_byte, remaining))
+
     try:
-        for model in run.candidates:
-            remaining = run.remaining()
-            if remaining <= 0:
-                break
-            first_byte, idle = client.default_timeouts(model)
-            attempt_started = time.perf_counter()
-            try:
-                handle = await client.chat_completion_stream(model, upstream, idle_timeout=idle,
-                                                             first_byte_timeout=min(first_byte, remaining))
-            except client.UpstreamError as error:
-                last = error
-                run.attempts.append(Attempt(model.id, error.kind, (time.perf_counter() - attempt_started) * 1000,
-                                            error.upstream_status, error.message))
-                logger.warning("request %s: model %s failed to stream (%s)", run.request_id, model.id, error.kind)
-                _note_failure(model, error)
-                if not error.retryable:
-                    break
-                continue
-            run.attempts.append(Attempt(model.id, "ok", handle.first_byte_ms))
-            health_note(model, ok=True)
-            return ChatStream(run, model, handle, body, client_wants_usage)
-        raise _failure(run.attempts, last, run.tried_keys())
+        model, handle = await _first_answer(run, open_stream, latency_ms=lambda handle: handle.first_byte_ms)
+        return ChatStream(run, model, handle, body, client_wants_usage)
     except BaseException as failure:  # every candidate failed, or the request was cancelled meanwhile
         await run_finish(run, model=None, usage=Usage(), error=failure, streamed=True)
         raise
