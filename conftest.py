@@ -75,12 +75,12 @@ def registry(db, simulated_upstream, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def _hub_server() -> Iterator[str]:
+def _hub_server():
     from llmhub.testing import AsgiServer
 
     # Lifespan on, as `make serve` runs it: shutdown closes the upstream pools and flushes the usage log.
     with AsgiServer("llmhub.asgi:application", lifespan="on") as server:
-        yield server.root_url
+        yield server
 
 
 @pytest.fixture
@@ -91,15 +91,20 @@ def live_hub(transactional_db, registry, _hub_server, settings) -> Iterator[str]
     # Production settings allow no host by default; the test server is reached as 127.0.0.1.
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1", "localhost"]
     cooldowns_reset()
-    yield _hub_server
+    yield _hub_server.root_url
     cooldowns_reset()
+    # Before the database is emptied: a request still in flight (a hung upstream) would write its usage row
+    # or health change during the flush, and PostgreSQL picks the flush as a deadlock victim.
+    _hub_server.wait_idle()
     usage_wait_idle()
 
 
 def usage_wait_idle() -> None:
+    from registry.health import health_flush
     from usage.services import usage_flush
 
     usage_flush()
+    health_flush()
 
 
 def usage_rows(count: int, *, timeout: float = 5.0) -> list:

@@ -54,6 +54,15 @@ class AsgiServer:
             time.sleep(0.01)
         return self
 
+    def wait_idle(self, timeout: float = 15.0) -> bool:
+        """Waits until no request is in flight (a test's last one may still be running when it ends)."""
+        deadline = time.monotonic() + timeout
+        while self._server is not None and self._server.server_state.tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
