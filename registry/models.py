@@ -3,6 +3,31 @@ from django.core.validators import MinValueValidator
 from django.db import models
 
 
+class StoredKey(models.Model):
+    """An upstream API key, Fernet-encrypted (llmhub.crypto); only its last 4 characters are ever shown."""
+
+    api_key_encrypted = models.TextField(blank=True, editable=False)
+    api_key_last4 = models.CharField(max_length=4, blank=True, editable=False)
+
+    class Meta:
+        abstract = True
+
+
+class ModelTraits(models.Model):
+    """What a model can do and what it costs: the same for registry models and users' own."""
+
+    supports_streaming = models.BooleanField(default=True)
+    supports_json_mode = models.BooleanField(default=False)
+    supports_tools = models.BooleanField(default=False)
+    supports_vision = models.BooleanField(default=False)
+    context_window = models.PositiveIntegerField(default=8192)
+    input_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    output_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+
+    class Meta:
+        abstract = True
+
+
 class Tier(models.Model):
     slug = models.SlugField(unique=True)
     name = models.CharField(max_length=100)
@@ -19,12 +44,10 @@ class Tier(models.Model):
         return self.name
 
 
-class Provider(models.Model):
+class Provider(StoredKey):
     slug = models.SlugField(unique=True)
     display_name = models.CharField(max_length=200)
     base_url = models.URLField(max_length=500)
-    api_key_encrypted = models.TextField(blank=True, editable=False)
-    api_key_last4 = models.CharField(max_length=4, blank=True, editable=False)
     timeout_seconds = models.FloatField(default=60.0, validators=[MinValueValidator(0.1)])
     connect_timeout_seconds = models.FloatField(default=5.0, validators=[MinValueValidator(0.1)])
     extra_headers = models.JSONField(default=dict, blank=True)
@@ -36,24 +59,15 @@ class Provider(models.Model):
         return self.display_name
 
 
-class LLMModel(models.Model):
+class LLMModel(StoredKey, ModelTraits):
     public_id = models.SlugField(max_length=100, unique=True, help_text="Stable id used by the API, e.g. gpt-5-pro.")
     display_name = models.CharField(max_length=200)
     upstream_model = models.CharField(max_length=200, help_text="Model name sent to the upstream.")
     provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")
     base_url = models.URLField(max_length=500, blank=True, help_text="Overrides the provider's base URL.")
-    api_key_encrypted = models.TextField(blank=True, editable=False)
-    api_key_last4 = models.CharField(max_length=4, blank=True, editable=False)
     allowed_tiers = models.ManyToManyField(Tier, related_name="models", blank=True)
     enabled = models.BooleanField(default=True)
     is_default = models.BooleanField(default=False, help_text="The global default model.")
-    supports_streaming = models.BooleanField(default=True)
-    supports_json_mode = models.BooleanField(default=False)
-    supports_tools = models.BooleanField(default=False)
-    supports_vision = models.BooleanField(default=False)
-    context_window = models.PositiveIntegerField(default=8192)
-    input_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, default=0)
-    output_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, default=0)
     fallbacks = models.ManyToManyField(
         "self", through="ModelFallback", symmetrical=False, related_name="fallback_for", blank=True
     )
@@ -109,7 +123,7 @@ class ApiKey(models.Model):
         return f"{self.prefix}… ({self.user})"
 
 
-class UserLLMConfig(models.Model):
+class UserLLMConfig(StoredKey, ModelTraits):
     """A model a user brought: their endpoint and key, usable only by them."""
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="llm_configs")
@@ -117,16 +131,7 @@ class UserLLMConfig(models.Model):
     display_name = models.CharField(max_length=200)
     upstream_model = models.CharField(max_length=200)
     base_url = models.URLField(max_length=500)
-    api_key_encrypted = models.TextField(blank=True, editable=False)
-    api_key_last4 = models.CharField(max_length=4, blank=True, editable=False)
     enabled = models.BooleanField(default=True)
-    supports_streaming = models.BooleanField(default=True)
-    supports_json_mode = models.BooleanField(default=False)
-    supports_tools = models.BooleanField(default=False)
-    supports_vision = models.BooleanField(default=False)
-    context_window = models.PositiveIntegerField(default=8192)
-    input_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, default=0)
-    output_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
