@@ -92,6 +92,20 @@ def _key_or_blank(token: str, *, model: str) -> str:
         return ""
 
 
+def _traits(row: LLMModel | UserLLMConfig) -> dict:
+    """The ModelSpec fields a registry model and a user's own model fill alike (their ModelTraits)."""
+    return {
+        "pk": row.pk,
+        "display_name": row.display_name,
+        "upstream_model": row.upstream_model,
+        "enabled": row.enabled,
+        "capabilities": frozenset(name for name in CAPABILITIES if getattr(row, f"supports_{name}")),
+        "context_window": row.context_window,
+        "input_price_per_million": row.input_price_per_million,
+        "output_price_per_million": row.output_price_per_million,
+    }
+
+
 def _registry_build() -> Registry:
     tiers = {tier.slug: TierSpec(tier.slug, tier.name, tier.rank) for tier in Tier.objects.all()}
     tier_default_ids = dict(
@@ -103,12 +117,9 @@ def _registry_build() -> Registry:
     for row in queryset:
         provider = row.provider
         allowed = sorted((tiers[tier.slug] for tier in row.allowed_tiers.all()), key=lambda tier: tier.rank)
-        capabilities = frozenset(name for name in CAPABILITIES if getattr(row, f"supports_{name}"))
         models[row.public_id] = ModelSpec(
+            **_traits(row),
             id=row.public_id,
-            pk=row.pk,
-            display_name=row.display_name,
-            upstream_model=row.upstream_model,
             provider=provider.slug,
             provider_name=provider.display_name,
             base_url=(row.base_url or provider.base_url).rstrip("/"),
@@ -118,11 +129,6 @@ def _registry_build() -> Registry:
             headers=dict(provider.extra_headers or {}),
             allowed_tiers=tuple(tier.slug for tier in allowed),
             required_tier=allowed[0] if allowed else None,
-            enabled=row.enabled,
-            capabilities=capabilities,
-            context_window=row.context_window,
-            input_price_per_million=row.input_price_per_million,
-            output_price_per_million=row.output_price_per_million,
             fallbacks=tuple(link.fallback.public_id for link in row.fallback_links.all()),
         )
         if row.is_default:
@@ -135,12 +141,9 @@ def _user_models_build(tiers: Mapping[str, TierSpec]) -> dict[int, dict[str, Mod
     ordered = sorted(tiers.values(), key=lambda tier: tier.rank)
     user_models: dict[int, dict[str, ModelSpec]] = {}
     for row in UserLLMConfig.objects.filter(enabled=True):
-        capabilities = frozenset(name for name in CAPABILITIES if getattr(row, f"supports_{name}"))
         user_models.setdefault(row.owner_id, {})[row.slug] = ModelSpec(
+            **_traits(row),
             id=row.slug,
-            pk=row.pk,
-            display_name=row.display_name,
-            upstream_model=row.upstream_model,
             provider="user",
             provider_name="Your models",
             base_url=row.base_url.rstrip("/"),
@@ -151,11 +154,6 @@ def _user_models_build(tiers: Mapping[str, TierSpec]) -> dict[int, dict[str, Mod
             # The owner's tier applies: any tier may use an own model, its limits still count.
             allowed_tiers=tuple(tier.slug for tier in ordered),
             required_tier=ordered[0] if ordered else None,
-            enabled=row.enabled,
-            capabilities=capabilities,
-            context_window=row.context_window,
-            input_price_per_million=row.input_price_per_million,
-            output_price_per_million=row.output_price_per_million,
             fallbacks=(),
             owner_id=row.owner_id,
         )
