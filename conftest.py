@@ -139,6 +139,11 @@ def make_user(db) -> Callable:
 
 
 @pytest.fixture
+def free_user(make_user):
+    return make_user("free-user", tier="free")
+
+
+@pytest.fixture
 def api_key_for() -> Callable:
     from registry.services import api_key_create
 

@@ -14,18 +14,8 @@ UPSTREAM_BODY_MARKERS = ("chatcmpl-sim", "<html", "Bad Gateway", "Simulated upst
 
 
 @pytest.fixture
-def free_user(make_user):
-    return make_user("free-user", tier="free")
-
-
-@pytest.fixture
 def pro_user(make_user):
     return make_user("pro-user", tier="pro")
-
-
-@pytest.fixture
-def sdk(live_hub, free_user, api_key_for):
-    return openai.OpenAI(base_url=f"{live_hub}/v1", api_key=api_key_for(free_user), max_retries=0, timeout=10)
 
 
 @pytest.fixture

@@ -12,16 +12,6 @@ MESSAGES = [{"role": "user", "content": "hello hub"}]
 
 
 @pytest.fixture
-def free_user(make_user):
-    return make_user("free-user", tier="free")
-
-
-@pytest.fixture
-def sdk(live_hub, free_user, api_key_for):
-    return openai.OpenAI(base_url=f"{live_hub}/v1", api_key=api_key_for(free_user), max_retries=0, timeout=10)
-
-
-@pytest.fixture
 def async_sdk(live_hub, free_user, api_key_for):
     return openai.AsyncOpenAI(base_url=f"{live_hub}/v1", api_key=api_key_for(free_user), max_retries=0, timeout=10)
 

@@ -16,11 +16,6 @@ REPLY = "Simulated reply from {}: hello hub"
 
 
 @pytest.fixture
-def free_user(make_user):
-    return make_user("free-user", tier="free")
-
-
-@pytest.fixture
 def api_key(free_user, api_key_for):
     return api_key_for(free_user)
 

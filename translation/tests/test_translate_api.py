@@ -10,11 +10,6 @@ from conftest import usage_rows
 
 
 @pytest.fixture
-def free_user(make_user):
-    return make_user("free-user", tier="free")
-
-
-@pytest.fixture
 def translate(live_hub, api_key_for, free_user):
     key = api_key_for(free_user)
 
