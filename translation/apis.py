@@ -3,7 +3,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from generation.apis import AttemptSerializer, CallerAPIView, UsageSerializer
+from generation.apis import CallerAPIView, GenerateOutputSerializer
 from llmhub.api import StrictSerializer
 from translation import services
 
@@ -19,17 +19,10 @@ class TranslateInputSerializer(StrictSerializer):
         return super().to_internal_value(services.legacy_arguments(data) if isinstance(data, dict) else data)
 
 
-class TranslateOutputSerializer(serializers.Serializer):
-    request_id = serializers.CharField()
-    text = serializers.CharField(allow_blank=True)
-    model = serializers.CharField(source="model.id")
+class TranslateOutputSerializer(GenerateOutputSerializer):
     source_language = serializers.CharField(allow_null=True)
     target_language = serializers.CharField()
     pieces = serializers.IntegerField()
-    attempts = AttemptSerializer(many=True)
-    usage = UsageSerializer()
-    cost = serializers.DecimalField(max_digits=20, decimal_places=10)
-    latency_ms = serializers.FloatField()
 
 
 class TranslateApi(CallerAPIView):
