@@ -89,6 +89,10 @@ def chat(port: int, key: str, text: str = "hello") -> Answer:
                 body={"model": "demo", "messages": [{"role": "user", "content": text}], "max_tokens": 8})
 
 
+def generate(port: int, key: str) -> Answer:
+    return call(port, "POST", "/api/generate/", key=key, body={"prompt": "hi", "model": "demo", "max_tokens": 8})
+
+
 def listed_models(port: int, key: str) -> set[str] | None:
     answer = call(port, "GET", "/v1/models", key=key)
     return {model["id"] for model in answer.body["data"]} if answer.status == 200 else None
@@ -198,7 +202,8 @@ def bare_failures(answers: list[Answer]) -> list[Answer]:
 
 
 def answered_request_ids(answers: list[Answer]) -> list[str]:
-    return [answer.headers["x-request-id"] for answer in answers if "x-request-id" in answer.headers]
+    ids = [answer.headers.get("x-request-id") or answer.body.get("request_id") for answer in answers]
+    return [request_id for request_id in ids if request_id]
 
 
 def assert_one_usage_row_per_answer(hub: Hub, traffic: Traffic) -> None:
@@ -235,6 +240,7 @@ def test_it_serves_through_a_database_outage_and_heals_its_connections(hub):
     _, unseen_key = api_key_create(user=hub.user, name="first used during the outage")
     with Traffic(hub.ports, hub.key) as traffic:
         time.sleep(3 * CHECK_SECONDS)  # both processes have taken the new key's invalidation and warmed again
+        hub.answers += [generate(port, hub.key) for port in hub.ports]  # memoises the user's preferences
         with database_down() as cut:
             traffic.phase = "database down"
             time.sleep(1.0)
@@ -243,6 +249,9 @@ def test_it_serves_through_a_database_outage_and_heals_its_connections(hub):
                 "model": "demo", "messages": [{"role": "user", "content": "hi"}]}) for port in hub.ports]
             needing_database += [call(port, "GET", "/api/models/", key=unseen_key) for port in hub.ports]
             listed_during = [listed_models(port, hub.key) for port in hub.ports]
+            # Django's side too (a DRF view, a request cycle) needs no query for a known key.
+            generated_during = [generate(port, hub.key) for port in hub.ports]
+            hub.answers += generated_during
             time.sleep(2.0)
         traffic.phase = "database back"
         time.sleep(1.0)
@@ -263,6 +272,7 @@ def test_it_serves_through_a_database_outage_and_heals_its_connections(hub):
         needing_database, hub.logs())
     assert all(int(answer.headers["retry-after"]) >= 1 for answer in needing_database), needing_database
     assert all(listed is not None and "demo-backup" in listed for listed in listed_during), listed_during
+    assert [answer.status for answer in generated_during] == [200, 200], (generated_during, hub.logs())
     assert [answer.status for answer in first_uses] == [200] * 4, (first_uses, hub.logs())
     assert hidden == [True, True], hub.logs()
     # The warm snapshots served every request of a known key, during the outage too.
