@@ -132,7 +132,7 @@ if REDIS_URL:
     # Redis away: a command fails within a second (one immediate retry replaces a pooled connection that a Redis
     # restart closed), so the snapshots serve from memory at once rather than waiting on it (llmhub/snapshot.py).
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
-                          "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 1.0,
+                          "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5,
                                       "retry": Retry(NoBackoff(), 1)}}}
 elif EMBEDDED_WORKER:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
