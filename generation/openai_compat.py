@@ -17,6 +17,7 @@ from django.conf import settings
 
 from generation import services
 from generation.services import Caller, GenerationFailed
+from llmhub.api import unavailable_error
 from llmhub.errors import ApplicationError
 from registry.authentication import Principal, aapi_key_authenticate, aprincipal_tier
 from registry.selectors import (
@@ -62,7 +63,7 @@ async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[byt
 async def _respond_error(send: Send, error: ApplicationError) -> None:
     headers = []
     retry_after = getattr(error, "retry_after", None)
-    if error.status == 429:
+    if error.status == 429 or retry_after is not None:
         headers.append((b"retry-after", str(max(1, round(retry_after or 1))).encode()))
     await _respond(send, error.status, error_payload(status=error.status, message=error.message, code=error.code,
                                                      param=error.extra.get("param")), headers)
@@ -243,7 +244,11 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
         await _respond_error(send, error)
     except asyncio.CancelledError:
         raise
-    except Exception:
+    except Exception as error:
+        unavailable = unavailable_error(error)
+        if unavailable is not None:
+            await _respond_error(send, unavailable)
+            return
         logger.exception("unexpected error on %s %s", method, path)
         await _respond(send, 500, error_payload(status=500, message="Internal error.", code="internal_error"))
 

@@ -1,7 +1,9 @@
 """One error shape for every /api endpoint: {"error": {"code", "message", ...extra}}."""
 
+import logging
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
@@ -10,7 +12,12 @@ from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
-from llmhub.errors import ApplicationError
+from llmhub.db import CONNECTION_ERRORS
+from llmhub.errors import ApplicationError, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 def error_body(*, code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -22,7 +29,22 @@ def _drf_code(exc: exceptions.APIException) -> str:
     return codes if isinstance(codes, str) else exc.default_code
 
 
+def unavailable_error(exc: BaseException) -> ServiceUnavailable | None:
+    """A dependency that did not answer (the database, Redis), as a 503 the client may retry; None for any
+    other error. Every renderer (this handler, /v1, the 500 page) asks it before answering 500."""
+    if isinstance(exc, CONNECTION_ERRORS):
+        error = ServiceUnavailable("The database is unavailable; try again in a moment.", code="database_unavailable")
+    elif isinstance(exc, REDIS_ERRORS):
+        error = ServiceUnavailable("The cache is unavailable; try again in a moment.", code="cache_unavailable")
+    else:
+        return None
+    # The error's class and first line say which dependency and why; no request data, no secret.
+    logger.warning("%s: %s: %s", error.code, type(exc).__name__, str(exc).partition("\n")[0])
+    return error
+
+
 def exception_handler(exc: Exception, context: dict) -> Response | None:
+    exc = unavailable_error(exc) or exc
     if isinstance(exc, ApplicationError):
         set_rollback()
         retry_after = getattr(exc, "retry_after", None)

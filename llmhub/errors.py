@@ -34,3 +34,11 @@ class TierRequired(ApplicationError):
 class ConfigurationError(ApplicationError):
     status = 400
     code = "invalid_configuration"
+
+
+class ServiceUnavailable(ApplicationError):
+    """A dependency (the database, the task queue, Redis) is unreachable for now: 503 with Retry-After."""
+
+    status = 503
+    code = "service_unavailable"
+    retry_after = 5

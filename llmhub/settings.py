@@ -126,7 +126,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
 
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # Redis away: a command fails within a second (one immediate retry replaces a pooled connection that a Redis
+    # restart closed), so the snapshots serve from memory at once rather than waiting on it (llmhub/snapshot.py).
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                          "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5,
+                                      "retry": Retry(NoBackoff(), 1)}}}
 elif EMBEDDED_WORKER:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
                           "LOCATION": str(VAR_DIR / "cache")}}
@@ -236,6 +243,9 @@ LLMHUB = {
     # How often a process re-checks the shared registry version (seconds); changes made in the same
     # process are seen at once.
     "REGISTRY_CACHE_CHECK_SECONDS": env.float("LLMHUB_REGISTRY_CACHE_CHECK_SECONDS", default=1.0),
+    # While the shared cache (Redis) is unreachable, the snapshots serve from memory; one older than this is
+    # rebuilt from the database, so a change made meanwhile is seen within this bound.
+    "SNAPSHOT_MAX_STALE_SECONDS": env.float("LLMHUB_SNAPSHOT_MAX_STALE_SECONDS", default=30.0),
     # Hosts ("host" or "host:port") that users' base URLs may reach over http and on private addresses
     # (registry/ssrf.py); embedded, the local simulated upstream on port 9100.
     "SSRF_ALLOWLIST": env.list("LLMHUB_SSRF_ALLOWLIST", default=["127.0.0.1:9100", "localhost:9100"] if EMBEDDED else []),

@@ -3,8 +3,15 @@
 The hot path must not query the database once warm: it reads an immutable snapshot kept in process
 memory. A change bumps the token (signals call `invalidate`), which this process sees at once and
 other processes see within `REGISTRY_CACHE_CHECK_SECONDS`.
+
+Outages: a snapshot whose rebuild fails (the database is down) keeps serving the previous one, retried at
+each check. While the shared cache (Redis) is unreachable the snapshots keep serving from memory, checked
+again at most once a second; one older than `SNAPSHOT_MAX_STALE_SECONDS` is rebuilt from the database, so
+changes made meanwhile are still seen within that bound. An invalidation that could not reach the cache is
+sent once it answers again, and a process that lost the cache rebuilds its snapshots when it returns.
 """
 
+import logging
 import threading
 import time
 import uuid
@@ -16,17 +23,27 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 
+from llmhub.db import CONNECTION_ERRORS, db_read
+
+logger = logging.getLogger(__name__)
+
 T = TypeVar("T")
+# While the shared cache does not answer, it is asked again at most this often (per snapshot and process).
+UNREACHABLE_RETRY_SECONDS = 1.0
 
 
 class LocalSnapshot(Generic[T]):
     def __init__(self, name: str, build: Callable[[], T]) -> None:
         self._key = f"llmhub:snapshot:{name}"
-        self._build = build
+        self._build = db_read(build)
         self._lock = threading.Lock()
         self._value: T | None = None
         self._version: str | None = None
         self._fresh_until = 0.0
+        self._built_at = 0.0
+        self._dropped = False  # invalidated here: rebuild before serving, the previous value only if that fails
+        self._unreachable_since: float | None = None  # the shared cache stopped answering
+        self._bump_pending = False  # an invalidation the shared cache did not get
 
     def _warm(self) -> T | None:
         value = self._value
@@ -38,18 +55,61 @@ class LocalSnapshot(Generic[T]):
         value = self._warm()
         if value is not None:
             return value
-        with self._lock:
-            version = cache.get(self._key)
-            if version is None:
-                cache.add(self._key, uuid.uuid4().hex, timeout=None)
+        current = self._value
+        if current is not None and not self._dropped and not self._lock.acquire(blocking=False):
+            return current  # another thread is checking the version right now: no need to wait for it
+        if current is None or self._dropped:
+            self._lock.acquire()
+        try:
+            now = time.monotonic()
+            try:
                 version = cache.get(self._key)
-            if self._value is None or version != self._version:
+                if version is None or self._bump_pending:
+                    if self._bump_pending:
+                        cache.set(self._key, uuid.uuid4().hex, timeout=None)
+                    else:
+                        cache.add(self._key, uuid.uuid4().hex, timeout=None)
+                    version = cache.get(self._key)
+                    self._bump_pending = False
+            except Exception as error:  # whatever the cache's client raises when its server is away
+                return self._serve_unversioned(now, error)
+            if self._unreachable_since is not None:
+                logger.warning("snapshot %s: the shared cache answers again after %.1f s", self._key,
+                               now - self._unreachable_since)
+                self._unreachable_since = None
+            if self._value is None or self._dropped or version != self._version:
                 # The version is read before building, so a change committed meanwhile still
                 # triggers a rebuild at the next check.
-                self._value = self._build()
-                self._version = version
-            self._fresh_until = time.monotonic() + settings.LLMHUB["REGISTRY_CACHE_CHECK_SECONDS"]
+                self._rebuild(version, now)
+            self._fresh_until = now + settings.LLMHUB["REGISTRY_CACHE_CHECK_SECONDS"]
             return self._value
+        finally:
+            self._lock.release()
+
+    def _rebuild(self, version: str | None, now: float) -> None:
+        try:
+            value = self._build()
+        except CONNECTION_ERRORS as error:
+            if self._value is None:
+                raise
+            # Its version stays the old one: the next check tries again.
+            logger.warning("snapshot %s: rebuild failed (%s); serving the previous one, built %.1f s ago",
+                           self._key, type(error).__name__, now - self._built_at)
+            return
+        self._value, self._version, self._built_at, self._dropped = value, version, now, False
+
+    def _serve_unversioned(self, now: float, error: Exception) -> T:
+        """The shared cache is unreachable: serve from memory, rebuilt from the database past the staleness bound."""
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+            logger.warning("snapshot %s: the shared cache is unreachable (%s); serving from memory, at most %.0f s "
+                           "stale", self._key, type(error).__name__, settings.LLMHUB["SNAPSHOT_MAX_STALE_SECONDS"])
+        # Whatever the version is when the cache answers again, this copy is rebuilt then.
+        self._version = None
+        if self._value is None or self._dropped or now - self._built_at >= settings.LLMHUB["SNAPSHOT_MAX_STALE_SECONDS"]:
+            self._rebuild(None, now)
+        self._fresh_until = now + max(UNREACHABLE_RETRY_SECONDS, settings.LLMHUB["REGISTRY_CACHE_CHECK_SECONDS"])
+        return self._value
 
     async def aget(self) -> T:
         value = self._warm()
@@ -65,6 +125,12 @@ class LocalSnapshot(Generic[T]):
             transaction.on_commit(self._drop)
 
     def _drop(self) -> None:
-        cache.set(self._key, uuid.uuid4().hex, timeout=None)
+        try:
+            cache.set(self._key, uuid.uuid4().hex, timeout=None)
+        except Exception as error:  # the cache is away: other processes see the change past the staleness bound
+            self._bump_pending = True
+            logger.warning("snapshot %s: invalidation not shared (%s); sent when the cache answers again",
+                           self._key, type(error).__name__)
         with self._lock:
-            self._value = None
+            self._dropped = True
+            self._fresh_until = 0.0

@@ -1,22 +1,31 @@
 """Test helpers: ASGI apps (the hub itself, the simulated upstream of generation/simulator.py) served on
-real ports from a background thread.
+real ports from a background thread, and the app in production mode in child processes (`ServerProcess`,
+`production_env`).
 
 Tests talk to them over real HTTP, exactly as clients and the gateway do, and steer the simulator through
 its control endpoints rather than by reaching into its state.
 """
 
+import contextlib
 import http.client
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import pytest
 import uvicorn
+from cryptography.fernet import Fernet
+from django.conf import settings
 
 from generation.simulator import UVICORN_OPTIONS, Simulator
 
@@ -123,3 +132,100 @@ def simulated_upstream() -> Iterator[SimulatedUpstream]:
     """One simulator for the whole session; tests that fault it or count on it call `.reset()` first."""
     with SimulatedUpstream() as upstream:
         yield upstream
+
+
+# --- The app in production mode, in child processes ----------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def database_url() -> str:
+    """A URL of the database this process uses now (a test database, once pytest-django made it)."""
+    from django.db import connection
+
+    database = connection.settings_dict
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{database['NAME']}"
+    password = f":{database['PASSWORD']}" if database.get("PASSWORD") else ""
+    port = f":{database['PORT']}" if database.get("PORT") else ""
+    return f"postgres://{database['USER']}{password}@{database['HOST'] or '127.0.0.1'}{port}/{database['NAME']}"
+
+
+def production_env(*, database_url: str, redis_url: str | None = None, **variables: str) -> dict[str, str]:
+    """The environment of a child process running llmhub in production mode on the given database and Redis
+    (none: local-memory cache, eager tasks). It shares this process's encryption keys, so it can read the
+    keys of a registry this process loaded."""
+    keys = ",".join(settings.ENCRYPTION_KEYS) or Fernet.generate_key().decode()
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DJANGO_SETTINGS_MODULE")}
+    env |= {
+        "DJANGO_SETTINGS_MODULE": "llmhub.settings",
+        "DATABASE_URL": database_url,
+        "DJANGO_SECRET_KEY": "child-process-test-secret-key-0123456789-0123456789-0123456789",
+        "LLMHUB_ENCRYPTION_KEYS": keys,
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+        "DJANGO_SECURE_SSL_REDIRECT": "false",
+    }
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    return env | variables
+
+
+def uvicorn_command(app: str, *, port: int = 0, workers: int = 1, lifespan: str = "on") -> list[str]:
+    return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers), "--lifespan", lifespan, "--no-access-log"]
+
+
+class ServerProcess:
+    """A child process (uvicorn, redis-server) whose output goes to a file, so a chatty child never blocks
+    on a full pipe; `wait_output` reads it back. Stopped, whole process group, on `stop()` or on exit."""
+
+    def __init__(self, command: list[str], *, log: Path, env: dict[str, str] | None = None) -> None:
+        self.command, self.log, self.env = command, log, env
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Self:
+        with open(self.log, "ab") as output:
+            # The commands are the tests' own (uvicorn, redis-server), never input.
+            self.process = subprocess.Popen(self.command, cwd=settings.BASE_DIR, env=self.env, stdout=output,  # noqa: S603
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_output(self, done: Callable[[str], bool], *, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while not done(output := self.output()):
+            if self.process is None or self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{self.command[:4]} did not get ready:\n{output[-5000:]}")
+            time.sleep(0.05)
+        return output
+
+    def signal(self, signum: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signum)
+
+    def stop(self, *, timeout: float = 30.0) -> int | None:
+        """SIGTERM, then SIGKILL past `timeout`; returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None) -> None:
+        self.stop()

@@ -1,10 +1,12 @@
+import sys
+
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
 from django.views import defaults
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from llmhub.api import error_body
+from llmhub.api import error_body, unavailable_error
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -23,6 +25,14 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
+    # Django calls this while handling the exception: a dependency that did not answer is a 503 to retry.
+    unavailable = unavailable_error(sys.exc_info()[1])
+    if unavailable is not None:
+        body = error_body(code=unavailable.code, message=unavailable.message)
+        response = JsonResponse(body, status=503) if _is_api(request) else HttpResponse(
+            unavailable.message, status=503, content_type="text/plain; charset=utf-8")
+        response["Retry-After"] = str(unavailable.retry_after)
+        return response
     if _is_api(request):
         return JsonResponse(error_body(code="internal_error", message="Internal error."), status=500)
     return defaults.server_error(request)

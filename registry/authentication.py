@@ -5,13 +5,13 @@ import hmac
 from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
+from llmhub.db import db_read_in_thread
 from registry.models import ApiKey
 from registry.selectors import Registry, TierSpec, api_key_snapshot, registry_get
 from registry.services import api_key_hash, user_tier_resolve
@@ -56,7 +56,7 @@ async def aapi_key_authenticate(*, raw_key: str) -> Principal | None:
     principal = memo.get(api_key_hash(raw_key))
     if principal is not None:
         return principal
-    return await sync_to_async(api_key_authenticate, thread_sensitive=False)(raw_key=raw_key)
+    return await db_read_in_thread(api_key_authenticate)(raw_key=raw_key)
 
 
 def _tier_of(user: AbstractBaseUser, slug: str) -> TierSpec:
@@ -71,7 +71,7 @@ async def aprincipal_tier(principal: Principal, registry: Registry) -> TierSpec:
     tier = registry.tiers.get(principal.tier_slug)
     if tier is not None:
         return tier
-    return await sync_to_async(user_tier_resolve, thread_sensitive=False)(user=principal.user)
+    return await db_read_in_thread(user_tier_resolve)(user=principal.user)
 
 
 def user_tier_get(user: AbstractBaseUser) -> TierSpec:

@@ -36,11 +36,12 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import SynchronousOnlyOperation
-from django.db import DatabaseError, IntegrityError, close_old_connections, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from llmhub.db import connection_heal
 from llmhub.snapshot import LocalSnapshot
 from registry.models import LLMModel, ModelHealth, ModelTest, UserLLMConfig
 from registry.selectors import CAPABILITIES, ModelSpec, Registry, registry_snapshot
@@ -280,7 +281,7 @@ class _Writer:
                 self._condition.wait_for(lambda: self._pending)
                 idents, self._pending, self._busy = self._pending, set(), True
             try:
-                close_old_connections()
+                connection_heal()
                 for ident in idents:
                     _live_save(ident)
             except Exception as error:  # the database may be down: the next transition tries again

@@ -20,7 +20,7 @@ from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from llmhub.crypto import secret_decrypt
-from llmhub.errors import ApplicationError, ConfigurationError
+from llmhub.errors import ConfigurationError, ServiceUnavailable
 from registry.connectivity import CheckResult, model_check
 from registry.health import health_record_test
 from registry.models import LLMModel, ModelTest, UserLLMConfig
@@ -45,8 +45,7 @@ def model_test_time_limits() -> tuple[float, float]:
 
 # --- Starting -----------------------------------------------------------------------------------------------
 
-class QueueUnavailable(ApplicationError):
-    status = 503
+class QueueUnavailable(ServiceUnavailable):
     code = "queue_unavailable"
 
 

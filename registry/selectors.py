@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from llmhub.crypto import secret_decrypt
+from llmhub.db import db_read_in_thread
 from llmhub.errors import ConfigurationError, NotFound, TierRequired
 from llmhub.snapshot import LocalSnapshot
 from registry.models import LLMModel, ModelTest, Tier, UserLLMConfig, UserModelPreferences
@@ -294,4 +294,4 @@ async def apreferences_get(user_id: int | None) -> PreferencesSpec:
     spec = memo.get(_preferences_key(user_id))
     if spec is not None:
         return spec
-    return await sync_to_async(preferences_get, thread_sensitive=False)(user_id)
+    return await db_read_in_thread(preferences_get)(user_id)

@@ -45,7 +45,9 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, connection, transaction
+from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
+
+from llmhub.db import connection_heal
 
 if TYPE_CHECKING:
     from usage.services import UsageEntry
@@ -259,7 +261,7 @@ class UsageWriter:
                 if not self._pending or self._stopping.is_set():
                     continue
                 try:
-                    close_old_connections()
+                    connection_heal()
                     self.flush(timeout=MAX_BACKOFF_SECONDS)
                     backoff = 0.0
                 except Exception as error:

@@ -1,4 +1,11 @@
 import pytest
+import redis
+from django.db import InterfaceError, OperationalError
+from django.test import Client
+from django.urls import path
+from rest_framework.views import APIView
+
+from llmhub import urls
 
 
 @pytest.mark.parametrize("path", ["/api/models/a%2fb/extra/", "/api/no-such-route/"])
@@ -12,3 +19,50 @@ def test_it_keeps_the_html_404_for_pages(client, db):
     response = client.get("/no-such-page/")
     assert response.status_code == 404
     assert response["Content-Type"].startswith("text/html")
+
+
+# A dependency that does not answer is a 503 the client may retry, never a bare 500: whichever renderer answers.
+def _database_gone(request):
+    raise OperationalError("the connection is closed")
+
+
+def _redis_gone(request):
+    raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+
+class _DatabaseGoneApi(APIView):
+    permission_classes = []
+
+    def get(self, request):
+        raise InterfaceError("connection already closed")
+
+
+urlpatterns = [
+    path("api/outage/django/", _database_gone),
+    path("api/outage/redis/", _redis_gone),
+    path("api/outage/drf/", _DatabaseGoneApi.as_view()),
+    path("outage/page/", _database_gone),
+    *urls.urlpatterns,
+]
+handler500 = urls.server_error
+
+
+@pytest.mark.urls("llmhub.tests.test_error_pages")
+@pytest.mark.parametrize(("path", "code"), [("/api/outage/django/", "database_unavailable"),
+                                            ("/api/outage/redis/", "cache_unavailable"),
+                                            ("/api/outage/drf/", "database_unavailable")])
+def test_it_answers_503_with_retry_after_when_a_dependency_is_down(db, path, code):
+    response = Client(raise_request_exception=False).get(path)
+
+    assert response.status_code == 503
+    assert int(response["Retry-After"]) >= 1
+    assert response.json()["error"]["code"] == code
+
+
+@pytest.mark.urls("llmhub.tests.test_error_pages")
+def test_it_answers_a_page_503_with_retry_after_when_the_database_is_down(db):
+    response = Client(raise_request_exception=False).get("/outage/page/")
+
+    assert response.status_code == 503
+    assert int(response["Retry-After"]) >= 1
+    assert "unavailable" in response.content.decode()

@@ -1,20 +1,17 @@
 import asyncio
-import os
-import select
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from cryptography.fernet import Fernet
 from django.conf import settings as django_settings
 from django.db import OperationalError, connection
 
+from llmhub.testing import ServerProcess, production_env, uvicorn_command
 from usage import writer as writer_module
 from usage.models import UsageLog
 from usage.services import usage_flush, usage_record
@@ -132,19 +129,8 @@ def migrated_database(tmp_path_factory) -> Path:
 
 
 def _production_env(database: Path) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items()
-           if name not in ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DJANGO_SETTINGS_MODULE")}
-    return env | {
-        "DJANGO_SETTINGS_MODULE": "llmhub.settings",
-        "DATABASE_URL": f"sqlite:///{database}",
-        "DJANGO_SECRET_KEY": "usage-exit-test-secret-key-0123456789-0123456789-0123456789",
-        "LLMHUB_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
-        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
-        "DJANGO_SECURE_SSL_REDIRECT": "false",
-        "LLMHUB_USAGE_FLUSH_INTERVAL_SECONDS": "3600",
-        "LLMHUB_USAGE_BATCH_SIZE": "100000",
-        "PROBE_ROWS": str(PROBE_ROWS),
-    }
+    return production_env(database_url=f"sqlite:///{database}", LLMHUB_USAGE_FLUSH_INTERVAL_SECONDS="3600",
+                          LLMHUB_USAGE_BATCH_SIZE="100000", PROBE_ROWS=str(PROBE_ROWS))
 
 
 @pytest.fixture
@@ -170,33 +156,17 @@ def test_it_writes_the_queued_rows_when_the_process_exits_normally(database) -> 
 # One worker: uvicorn drains, then re-raises SIGTERM into the handler usage installed at start-up. Several
 # workers: each worker's uvicorn sends the ASGI lifespan shutdown after draining.
 @pytest.mark.parametrize(("workers", "lifespan"), [(1, "off"), (2, "on")])
-def test_it_writes_the_queued_rows_when_uvicorn_gets_sigterm(database, workers, lifespan) -> None:
-    command = [sys.executable, "-m", "uvicorn", "usage.tests.shutdown_probe:application", "--host", "127.0.0.1",
-               "--port", "0", "--workers", str(workers), "--lifespan", lifespan, "--no-access-log"]
-    server = subprocess.Popen(command, cwd=django_settings.BASE_DIR, env=_production_env(database),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        output = _output_until(server, lambda text: text.count("queued ") == workers and "Uvicorn running on" in text)
+def test_it_writes_the_queued_rows_when_uvicorn_gets_sigterm(database, workers, lifespan, tmp_path) -> None:
+    command = uvicorn_command("usage.tests.shutdown_probe:application", workers=workers, lifespan=lifespan)
+    with ServerProcess(command, env=_production_env(database), log=tmp_path / "uvicorn.log") as server:
+        output = server.wait_output(lambda text: text.count("queued ") == workers and "Uvicorn running on" in text)
         assert _rows(database) == (0, 0), output  # everything is still in memory
 
-        server.send_signal(signal.SIGTERM)
-        output += server.communicate(timeout=60)[0]
-    finally:
-        server.kill()
+        server.signal(signal.SIGTERM)
+        server.process.wait(timeout=60)
 
-    assert server.returncode in (0, -signal.SIGTERM), output
-    assert _rows(database) == (PROBE_ROWS * workers, PROBE_ROWS * workers), output
-
-
-def _output_until(process: subprocess.Popen, done, *, timeout: float = 60.0) -> str:
-    output, deadline = "", time.monotonic() + timeout
-    while not done(output):
-        ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        line = process.stdout.readline() if ready else ""
-        if not line:
-            raise AssertionError(f"the server did not start:\n{output}")
-        output += line
-    return output
+    assert server.process.returncode in (0, -signal.SIGTERM), server.output()
+    assert _rows(database) == (PROBE_ROWS * workers, PROBE_ROWS * workers), server.output()
 
 
 @pytest.mark.services
