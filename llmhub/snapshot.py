@@ -1,4 +1,5 @@
-"""Process-local snapshots of database state, invalidated through a version token in the shared cache.
+"""Process-local snapshots of database state, invalidated through a version token every process sees
+(llmhub.versions: the shared cache with Redis, files beside the SQLite database without).
 
 The hot path must not query the database once warm: it reads an immutable snapshot kept in process
 memory. A change bumps the token (signals call `invalidate`), which this process sees at once and
@@ -7,14 +8,14 @@ other processes see within `REGISTRY_CACHE_CHECK_SECONDS`.
 
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.cache import cache
 from django.db import transaction
+
+from llmhub.versions import version_bump, version_get
 
 T = TypeVar("T")
 
@@ -39,10 +40,7 @@ class LocalSnapshot(Generic[T]):
         if value is not None:
             return value
         with self._lock:
-            version = cache.get(self._key)
-            if version is None:
-                cache.add(self._key, uuid.uuid4().hex, timeout=None)
-                version = cache.get(self._key)
+            version = version_get(self._key)
             if self._value is None or version != self._version:
                 # The version is read before building, so a change committed meanwhile still
                 # triggers a rebuild at the next check.
@@ -65,6 +63,6 @@ class LocalSnapshot(Generic[T]):
             transaction.on_commit(self._drop)
 
     def _drop(self) -> None:
-        cache.set(self._key, uuid.uuid4().hex, timeout=None)
+        version_bump(self._key)
         with self._lock:
             self._value = None
