@@ -132,13 +132,6 @@ elif EMBEDDED_WORKER:
                           "LOCATION": str(VAR_DIR / "cache")}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "llmhub"}}
-# The snapshots' version tokens (llmhub/versions.py) must be seen by every process: with Redis they live in the
-# cache; without it, whose cache is per process, in files beside the SQLite database (like its -wal and -shm).
-_SNAPSHOT_VERSIONS_DIR = "" if REDIS_URL else env.str(
-    "LLMHUB_SNAPSHOT_VERSIONS_DIR",
-    default=f"{DATABASES['default']['NAME']}-versions" if DATABASES["default"]["ENGINE"].endswith("sqlite3")
-    else str(VAR_DIR / "snapshot-versions"),
-)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
@@ -243,8 +236,11 @@ LLMHUB = {
     # How often a process re-checks the shared registry version (seconds); changes made in the same
     # process are seen at once.
     "REGISTRY_CACHE_CHECK_SECONDS": env.float("LLMHUB_REGISTRY_CACHE_CHECK_SECONDS", default=1.0),
-    # Folder of the snapshots' version tokens when there is no Redis; empty: they live in the shared cache.
-    "SNAPSHOT_VERSIONS_DIR": _SNAPSHOT_VERSIONS_DIR,
+    # The snapshots' version tokens (llmhub/versions.py) must be seen by every process: with Redis they live in
+    # the cache; without it, whose cache is per process, in files: by default beside the SQLite database in use
+    # (`<database>-versions`, like its -wal and -shm), else var/snapshot-versions.
+    "SNAPSHOT_VERSIONS": "cache" if REDIS_URL else "files",
+    "SNAPSHOT_VERSIONS_DIR": env.str("LLMHUB_SNAPSHOT_VERSIONS_DIR", default=""),
     # Hosts ("host" or "host:port") that users' base URLs may reach over http and on private addresses
     # (registry/ssrf.py); embedded, the local simulated upstream on port 9100.
     "SSRF_ALLOWLIST": env.list("LLMHUB_SSRF_ALLOWLIST", default=["127.0.0.1:9100", "localhost:9100"] if EMBEDDED else []),

@@ -1,9 +1,10 @@
 """Version tokens of the process-local snapshots (llmhub.snapshot), kept where every process sees them.
 
 A token is an opaque string; a change replaces it with a new random one. With Redis the tokens live in the
-shared cache. Without it the cache is per-process memory, so the tokens live in one small file per snapshot
-in a folder beside the SQLite database (`LLMHUB["SNAPSHOT_VERSIONS_DIR"]`): every process on the machine
-reads the same files. A reader costs one open and read of a few bytes, once per check interval.
+shared cache. Without it the cache is per-process memory, so the tokens live in one small file per snapshot,
+by default in a folder beside the SQLite database (`LLMHUB["SNAPSHOT_VERSIONS_DIR"]`): every process on the
+machine using that database reads the same files. A check costs one open and read of 32 bytes (microseconds),
+once per check interval.
 """
 
 import functools
@@ -19,7 +20,7 @@ _NAME = re.compile(r"[A-Za-z0-9:._-]+")
 
 def version_get(key: str) -> str:
     """The current token of `key`, created on first use."""
-    path = _file(settings.LLMHUB["SNAPSHOT_VERSIONS_DIR"], key)
+    path = _file(key)
     if path is None:
         version = cache.get(key)
         if version is None:
@@ -36,20 +37,28 @@ def version_get(key: str) -> str:
 
 def version_bump(key: str) -> None:
     """Replaces the token of `key`: every process rebuilds its snapshot at its next check."""
-    path = _file(settings.LLMHUB["SNAPSHOT_VERSIONS_DIR"], key)
+    path = _file(key)
     if path is None:
         cache.set(key, uuid.uuid4().hex, timeout=None)
     else:
         _write(path)
 
 
-@functools.lru_cache(maxsize=64)
-def _file(folder: str, key: str) -> str | None:
+def _file(key: str) -> str | None:
     """The token's file; None when the tokens live in the cache."""
-    if not folder:
+    if settings.LLMHUB["SNAPSHOT_VERSIONS"] == "cache":
         return None
+    # Read at each call: a test run swaps in its own database, and with it its own tokens.
+    database = settings.DATABASES["default"]
+    return _path(settings.LLMHUB["SNAPSHOT_VERSIONS_DIR"], database["ENGINE"], str(database["NAME"]), key)
+
+
+@functools.lru_cache(maxsize=64)
+def _path(folder: str, engine: str, database: str, key: str) -> str:
     if not _NAME.fullmatch(key):
         raise ValueError(f"Invalid snapshot version key {key!r}.")
+    if not folder:
+        folder = f"{database}-versions" if engine.endswith("sqlite3") else str(settings.VAR_DIR / "snapshot-versions")
     return os.path.join(folder, key)
 
 

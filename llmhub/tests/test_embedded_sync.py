@@ -124,6 +124,8 @@ def hub(request, tmp_path_factory) -> Iterator[Hub]:
     folder = tmp_path_factory.mktemp(f"sync-{request.param}")
     hub = Hub(env=_environment(request.param, folder), folder=folder)
     hub.manage("migrate", "--noinput", "-v0")
+    if request.param == "redis":
+        hub.manage("collectstatic", "--noinput", "-v0")  # production admin pages link the hashed names
     # The app processes and the other process start side by side; the apps read nothing before their first request.
     logs = [folder / f"worker-{number}.log" for number in (1, 2)]
     servers = [_serve(hub.env, log) for log in logs]
