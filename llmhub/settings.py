@@ -24,8 +24,8 @@ DATABASE_URL = env.str("DATABASE_URL", default="")
 # Production is whatever is not the embedded default: a real database or a real Redis.
 EMBEDDED = not (DATABASE_URL or REDIS_URL)
 # `make run` sets this: a Celery worker with embedded beat runs beside the app. With no Redis its broker is
-# a folder under var/ (no server to install) and the cache a folder too, so app and worker share snapshot
-# versions; tasks then leave the app's process.
+# a folder under var/ (no server to install); app and worker share the snapshots' version tokens through files
+# beside the database (llmhub/versions.py), as every embedded process does. Tasks then leave the app's process.
 EMBEDDED_WORKER = env.bool("LLMHUB_EMBEDDED_WORKER", default=False) and not REDIS_URL
 
 _LOCAL_SECRET_KEY = "llmhub-local-only-insecure-secret-key-do-not-use-in-production"
@@ -127,9 +127,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
-elif EMBEDDED_WORKER:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-                          "LOCATION": str(VAR_DIR / "cache")}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "llmhub"}}
 
