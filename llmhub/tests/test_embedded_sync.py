@@ -3,7 +3,8 @@
 
 Two app processes (uvicorn, on ports of their own) share one SQLite file. The changes come from separate `manage.py`
 processes (load_models, revoke_api_key, a `save()` in a shell, admin's change form) and from admin in one of the two
-app processes; each must be seen by both within 2 s of the changing process's end.
+app processes; each must be seen by both within 2 s of the change returning. Before llmhub/versions.py, the embedded
+version tokens lived in each process's own memory cache and no app process ever saw another's change.
 """
 
 import json
