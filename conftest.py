@@ -1,4 +1,5 @@
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -36,6 +37,16 @@ def _fresh_snapshots() -> Iterator[None]:
     yield
     registry_snapshot.invalidate()
     api_key_snapshot.invalidate()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _snapshot_versions_removed() -> Iterator[None]:
+    # Without Redis the snapshots' version tokens are files beside the database (llmhub/versions.py): the test
+    # database's go with it.
+    yield
+    test_database = settings.DATABASES["default"].get("TEST", {}).get("NAME")
+    if test_database and settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        shutil.rmtree(f"{test_database}-versions", ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

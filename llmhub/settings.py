@@ -24,8 +24,8 @@ DATABASE_URL = env.str("DATABASE_URL", default="")
 # Production is whatever is not the embedded default: a real database or a real Redis.
 EMBEDDED = not (DATABASE_URL or REDIS_URL)
 # `make run` sets this: a Celery worker with embedded beat runs beside the app. With no Redis its broker is
-# a folder under var/ (no server to install) and the cache a folder too, so app and worker share snapshot
-# versions; tasks then leave the app's process.
+# a folder under var/ (no server to install); app and worker share the snapshots' version tokens through files
+# beside the database (llmhub/versions.py), as every embedded process does. Tasks then leave the app's process.
 EMBEDDED_WORKER = env.bool("LLMHUB_EMBEDDED_WORKER", default=False) and not REDIS_URL
 
 _LOCAL_SECRET_KEY = "llmhub-local-only-insecure-secret-key-do-not-use-in-production"
@@ -134,9 +134,6 @@ if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
                           "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5,
                                       "retry": Retry(NoBackoff(), 1)}}}
-elif EMBEDDED_WORKER:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-                          "LOCATION": str(VAR_DIR / "cache")}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "llmhub"}}
 
@@ -246,6 +243,11 @@ LLMHUB = {
     # While the shared cache (Redis) is unreachable, the snapshots serve from memory; one older than this is
     # rebuilt from the database, so a change made meanwhile is seen within this bound.
     "SNAPSHOT_MAX_STALE_SECONDS": env.float("LLMHUB_SNAPSHOT_MAX_STALE_SECONDS", default=30.0),
+    # The snapshots' version tokens (llmhub/versions.py) must be seen by every process: with Redis they live in
+    # the cache; without it, whose cache is per process, in files: by default beside the SQLite database in use
+    # (`<database>-versions`, like its -wal and -shm), else var/snapshot-versions.
+    "SNAPSHOT_VERSIONS": "cache" if REDIS_URL else "files",
+    "SNAPSHOT_VERSIONS_DIR": env.str("LLMHUB_SNAPSHOT_VERSIONS_DIR", default=""),
     # Hosts ("host" or "host:port") that users' base URLs may reach over http and on private addresses
     # (registry/ssrf.py); embedded, the local simulated upstream on port 9100.
     "SSRF_ALLOWLIST": env.list("LLMHUB_SSRF_ALLOWLIST", default=["127.0.0.1:9100", "localhost:9100"] if EMBEDDED else []),

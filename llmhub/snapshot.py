@@ -1,4 +1,5 @@
-"""Process-local snapshots of database state, invalidated through a version token in the shared cache.
+"""Process-local snapshots of database state, invalidated through a version token every process sees
+(llmhub.versions: the shared cache with Redis, files beside the SQLite database without).
 
 The hot path must not query the database once warm: it reads an immutable snapshot kept in process
 memory. A change bumps the token (signals call `invalidate`), which this process sees at once and
@@ -14,16 +15,15 @@ sent once it answers again, and a process that lost the cache rebuilds its snaps
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.cache import cache
 from django.db import transaction
 
 from llmhub.db import CONNECTION_ERRORS, db_read
+from llmhub.versions import version_bump, version_get
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +63,10 @@ class LocalSnapshot(Generic[T]):
         try:
             now = time.monotonic()
             try:
-                version = cache.get(self._key)
-                if version is None or self._bump_pending:
-                    if self._bump_pending:
-                        cache.set(self._key, uuid.uuid4().hex, timeout=None)
-                    else:
-                        cache.add(self._key, uuid.uuid4().hex, timeout=None)
-                    version = cache.get(self._key)
+                if self._bump_pending:
+                    version_bump(self._key)
                     self._bump_pending = False
+                version = version_get(self._key)
             except Exception as error:  # whatever the cache's client raises when its server is away
                 return self._serve_unversioned(now, error)
             if self._unreachable_since is not None:
@@ -126,7 +122,7 @@ class LocalSnapshot(Generic[T]):
 
     def _drop(self) -> None:
         try:
-            cache.set(self._key, uuid.uuid4().hex, timeout=None)
+            version_bump(self._key)
         except Exception as error:  # the cache is away: other processes see the change past the staleness bound
             self._bump_pending = True
             logger.warning("snapshot %s: invalidation not shared (%s); sent when the cache answers again",

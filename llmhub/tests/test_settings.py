@@ -33,6 +33,7 @@ print(json.dumps({
     "BROKER": settings.CELERY_BROKER_URL,
     "ALLOWED_HOSTS": settings.ALLOWED_HOSTS,
     "SSL_REDIRECT": settings.SECURE_SSL_REDIRECT,
+    "VERSIONS": settings.LLMHUB["SNAPSHOT_VERSIONS"],
 }))
 """
 
@@ -77,6 +78,7 @@ def test_it_runs_production_on_postgresql_redis_and_real_workers():
     assert shown["BROKER"] == PRODUCTION["REDIS_URL"]
     assert shown["ALLOWED_HOSTS"] == ["llmhub.example.com"]
     assert shown["SSL_REDIRECT"] is True
+    assert shown["VERSIONS"] == "cache"  # the snapshots' version tokens live in Redis
 
 
 def test_it_runs_embedded_with_nothing_set():
@@ -88,6 +90,8 @@ def test_it_runs_embedded_with_nothing_set():
     assert shown["CACHE"] == "django.core.cache.backends.locmem.LocMemCache"
     assert shown["EAGER"] is True
     assert shown["BROKER"] == "memory://"
+    # The cache is per process: the snapshots' version tokens live in files every process reads.
+    assert shown["VERSIONS"] == "files"
 
 
 def test_it_reports_an_empty_allowed_hosts_in_production():

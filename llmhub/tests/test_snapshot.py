@@ -34,7 +34,8 @@ class Source:
 
 @pytest.fixture
 def checked_every_time(settings) -> None:
-    settings.LLMHUB = {**settings.LLMHUB, "REGISTRY_CACHE_CHECK_SECONDS": 0,
+    # The version tokens in the shared cache, as in production (embedded, they are files: llmhub/versions.py).
+    settings.LLMHUB = {**settings.LLMHUB, "REGISTRY_CACHE_CHECK_SECONDS": 0, "SNAPSHOT_VERSIONS": "cache",
                        "SNAPSHOT_MAX_STALE_SECONDS": MAX_STALE_SECONDS}
 
 

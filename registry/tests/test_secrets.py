@@ -398,3 +398,42 @@ def test_it_refuses_to_create_a_key_for_an_unknown_user(db):
     with pytest.raises(CommandError, match="No user named"):
         call_command("create_api_key", "--user", "nobody", stdout=io.StringIO())
     assert ApiKey.objects.count() == 0
+
+
+def test_it_revokes_a_key_by_its_prefix_and_refuses_it_at_once(registry, make_user, api_key_for):
+    user = make_user("dave", tier="pro")
+    kept = api_key_for(user)
+    client, kept_client = APIClient(), APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_for(user)}")
+    kept_client.credentials(HTTP_AUTHORIZATION=f"Bearer {kept}")
+    assert client.get("/api/models/").status_code == 200
+    revoked = ApiKey.objects.exclude(prefix=kept[:10]).get(user=user)
+    out = io.StringIO()
+
+    call_command("revoke_api_key", revoked.prefix, stdout=out)
+
+    assert f"Revoked the API key {revoked.prefix}" in out.getvalue()
+    assert kept not in out.getvalue()
+    revoked.refresh_from_db()
+    assert revoked.revoked_at is not None
+    assert client.get("/api/models/").status_code == 401
+    assert kept_client.get("/api/models/").status_code == 200
+
+
+@pytest.mark.parametrize("case", ["unknown", "already_revoked", "ambiguous"])
+def test_it_refuses_to_revoke_a_key_it_cannot_tell_apart(registry, make_user, api_key_for, case):
+    user = make_user("erin", tier="pro")
+    api_key_for(user)
+    first = ApiKey.objects.get(user=user)
+    if case == "already_revoked":
+        call_command("revoke_api_key", first.prefix, stdout=io.StringIO())
+    elif case == "ambiguous":
+        api_key_for(user)
+        ApiKey.objects.exclude(pk=first.pk).update(prefix=first.prefix)
+    prefix = "lh-nothing" if case == "unknown" else first.prefix
+    before = list(ApiKey.objects.order_by("pk").values_list("pk", "revoked_at"))
+
+    with pytest.raises(CommandError, match="No active API key" if case != "ambiguous" else "Several active"):
+        call_command("revoke_api_key", prefix, stdout=io.StringIO())
+
+    assert list(ApiKey.objects.order_by("pk").values_list("pk", "revoked_at")) == before

@@ -1,0 +1,85 @@
+"""Version tokens of the process-local snapshots (llmhub.snapshot), kept where every process sees them.
+
+A token is an opaque string; a change replaces it with a new random one. With Redis the tokens live in the
+shared cache. Without it the cache is per-process memory, so the tokens live in one small file per snapshot,
+by default in a folder beside the SQLite database (`LLMHUB["SNAPSHOT_VERSIONS_DIR"]`): every process on the
+machine using that database reads the same files. A check costs one open and read of 32 bytes (microseconds),
+once per check interval.
+"""
+
+import functools
+import os
+import re
+import uuid
+
+from django.conf import settings
+from django.core.cache import cache
+
+_NAME = re.compile(r"[A-Za-z0-9:._-]+")
+
+
+def version_get(key: str) -> str:
+    """The current token of `key`, created on first use."""
+    path = _file(key)
+    if path is None:
+        version = cache.get(key)
+        if version is None:
+            cache.add(key, uuid.uuid4().hex, timeout=None)
+            version = cache.get(key)
+        return version
+    try:
+        return _read(path)
+    except FileNotFoundError:
+        # Two first readers may both create it: the later token wins, which costs one rebuild at most.
+        _write(path)
+        return _read(path)
+
+
+def version_bump(key: str) -> None:
+    """Replaces the token of `key`: every process rebuilds its snapshot at its next check."""
+    path = _file(key)
+    if path is None:
+        cache.set(key, uuid.uuid4().hex, timeout=None)
+    else:
+        _write(path)
+
+
+def _file(key: str) -> str | None:
+    """The token's file; None when the tokens live in the cache."""
+    if settings.LLMHUB["SNAPSHOT_VERSIONS"] == "cache":
+        return None
+    # Read at each call: a test run swaps in its own database, and with it its own tokens.
+    database = settings.DATABASES["default"]
+    return _path(settings.LLMHUB["SNAPSHOT_VERSIONS_DIR"], database["ENGINE"], str(database["NAME"]), key)
+
+
+@functools.lru_cache(maxsize=64)
+def _path(folder: str, engine: str, database: str, key: str) -> str:
+    if not _NAME.fullmatch(key):
+        raise ValueError(f"Invalid snapshot version key {key!r}.")
+    if not folder:
+        folder = f"{database}-versions" if engine.endswith("sqlite3") else str(settings.VAR_DIR / "snapshot-versions")
+    return os.path.join(folder, key)
+
+
+def _read(path: str) -> str:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(descriptor, 64).decode()
+    finally:
+        os.close(descriptor)
+
+
+def _write(path: str) -> None:
+    # Overwritten in place, always 32 bytes: cheaper than a rename (ext4 flushes a file renamed over another).
+    # A reader that caught a write halfway sees a token that is neither old nor new, which costs one extra
+    # rebuild, never a missed change: any token it reads after the write is the new one.
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(descriptor, uuid.uuid4().hex.encode(), 0)
+    finally:
+        os.close(descriptor)
