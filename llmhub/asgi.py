@@ -3,7 +3,11 @@
 import gc
 import os
 
-from django.core.asgi import get_asgi_application
+from llmhub import memory
+
+memory.tracing_start()  # only with LLMHUB_TRACEMALLOC set (a `make soak` diagnostic)
+
+from django.core.asgi import get_asgi_application  # noqa: E402
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmhub.settings")
 
@@ -18,6 +22,7 @@ from usage.writer import asgi_lifespan  # noqa: E402
 # `make bench` measured the p99 at concurrency 16 about halved.
 gc.collect()
 gc.freeze()
+memory.tracing_mark()
 
 
 async def _lifespan(scope, receive, send) -> None:
