@@ -320,7 +320,7 @@ def connect() -> None:
     """Flush on the exits that skip `atexit` (SIGTERM left at its default, Celery's forked workers); follow
     settings changed by tests."""
     from celery.signals import worker_process_shutdown
-    from django.test.signals import setting_changed
+    from django.core.signals import setting_changed
 
     worker_process_shutdown.connect(_flush_before_worker_exit, dispatch_uid="usage-writer-flush")
     setting_changed.connect(_options_reload, dispatch_uid="usage-writer-options")
