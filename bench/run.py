@@ -334,7 +334,8 @@ def _simulator_start(processes: Processes, pinning: Pinning, env: dict[str, str]
     return f"http://127.0.0.1:{port}/v1"
 
 
-def _hub_start(processes: Processes, pinning: Pinning, env: dict[str, str], api_key: str, log: Path) -> Target:
+def _hub_start(processes: Processes, pinning: Pinning, env: dict[str, str], api_key: str, log: Path,
+               timeout: float = 60) -> Target:
     """One uvicorn process serving llmhub as `make serve` does; returns once it has answered a request."""
     port = _free_port()
     hub = Target("llmhub", f"http://127.0.0.1:{port}/v1", api_key, "demo", SLOW_MODEL)
@@ -343,7 +344,7 @@ def _hub_start(processes: Processes, pinning: Pinning, env: dict[str, str], api_
         [*pinning.app, str(VENV_BIN / "uvicorn"), "llmhub.asgi:application", "--host", "127.0.0.1", "--port",
          str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--lifespan", "on"],
         env=env, log=log)
-    hub.startup_s = _wait_first_answer(hub, spawned, timeout=60)
+    hub.startup_s = _wait_first_answer(hub, spawned, timeout=timeout)
     return hub
 
 

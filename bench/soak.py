@@ -13,9 +13,10 @@ drift of 5% or more after warm-up (RSS at the end against RSS at SOAK_WARMUP_SEC
 database connections still growing (the maximum over the last half of the run above the maximum until then,
 plus 10% and 2). The tables are written into bench/RESULTS.md between `<!-- soak:MODE -->` markers.
 
-SOAK_TRACEMALLOC=N runs the app with LLMHUB_TRACEMALLOC=N (llmhub/memory.py) and asks it for a report (SIGUSR2)
-at the start of the load, at the end of warm-up and at the end: var/soak-tracemalloc-MODE.txt. Its RSS figures
-then include tracemalloc's own overhead.
+SOAK_MEMORY_REPORT=N runs the app with LLMHUB_MEMORY_REPORT=N (llmhub/memory.py) and asks it for a report
+(SIGUSR2) after the first answer, at the end of warm-up and at the end: var/soak-memory-MODE.txt. N = 0: how the
+memory splits (glibc, CPython's allocator, the rest), at no cost; N > 0: also tracemalloc from the first report on,
+whose own overhead the RSS figures then include.
 """
 
 import argparse
@@ -162,11 +163,11 @@ def _growing(values: list[tuple[float, int]], warmup_s: float) -> bool:
 
 
 def soak(mode: str, *, database_url: str, redis_url: str, seconds: int, warmup_s: int, every_s: int,
-         connections: int, stream_connections: int, tracemalloc_frames: int) -> Outcome:
+         connections: int, stream_connections: int, memory_report: int | None) -> Outcome:
     pinning = _pinning()
     processes = Processes()
     sqlite_path = str(VAR / "soak.sqlite3")
-    report_file = VAR / f"soak-tracemalloc-{mode}.txt"
+    report_file = VAR / f"soak-memory-{mode}.txt"
     try:
         sim_url = _simulator_start(processes, pinning, _app_env(""), VAR / f"soak-sim-{mode}.log")
         env = _app_env(sim_url) | {"LLMHUB_SQLITE_PATH": sqlite_path}
@@ -177,22 +178,23 @@ def soak(mode: str, *, database_url: str, redis_url: str, seconds: int, warmup_s
                     "DJANGO_SECRET_KEY": "soak-only-secret-key-0123456789-0123456789-0123456789-abcdef",
                     "LLMHUB_ENCRYPTION_KEYS": "c29hay1vbmx5LWVuY3J5cHRpb24ta2V5LTAxMjM0NTY=",
                     "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost", "DJANGO_SECURE_SSL_REDIRECT": "false"}
-        if tracemalloc_frames:
+        if memory_report is not None:
             report_file.unlink(missing_ok=True)
-            env |= {"LLMHUB_TRACEMALLOC": str(tracemalloc_frames), "LLMHUB_TRACEMALLOC_FILE": str(report_file)}
+            env |= {"LLMHUB_MEMORY_REPORT": str(memory_report), "LLMHUB_MEMORY_REPORT_FILE": str(report_file)}
         api_key = _database_setup(env)
-        hub = _hub_start(processes, pinning, env, api_key, VAR / f"soak-app-{mode}.log")
+        hub = _hub_start(processes, pinning, env, api_key, VAR / f"soak-app-{mode}.log",
+                         timeout=120)
         pid = hub.process.pid
         print(f"{mode}: llmhub pid {pid} answered {hub.startup_s:.2f} s after spawn; load for {seconds} s "
               f"({connections} plain + {stream_connections} streaming connections), warm-up {warmup_s} s",
               file=sys.stderr)
 
         def report(label: str) -> None:
-            if tracemalloc_frames:
-                print(f"{mode}: tracemalloc report ({label})", file=sys.stderr)
+            if memory_report is not None:
+                print(f"{mode}: memory report ({label})", file=sys.stderr)
                 os.kill(pid, signal.SIGUSR2)
 
-        report("start of the load")
+        report("first answer")
         load = Load(pinning)
         loads = {}
         for name, stream, count in (("non-streaming", False, connections), ("streaming", True, stream_connections)):
@@ -209,7 +211,7 @@ def soak(mode: str, *, database_url: str, redis_url: str, seconds: int, warmup_s
             process.wait(timeout=120)
             results[name] = next(json.loads(line) for line in log.read_text().splitlines() if line.startswith("{"))
         report("end of the load")
-        if tracemalloc_frames:  # the app writes its reports itself, each taking seconds
+        if memory_report is not None:  # the app writes its reports itself, with tracemalloc each taking seconds
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline and (not report_file.exists()
                                                    or report_file.read_text().count("== report") < 3):
@@ -319,7 +321,9 @@ def main() -> None:
     cli.add_argument("--every", type=int, default=_env_int("SOAK_SAMPLE_SECONDS", 5))
     cli.add_argument("--connections", type=int, default=_env_int("SOAK_CONNECTIONS", 24))
     cli.add_argument("--stream-connections", type=int, default=_env_int("SOAK_STREAM_CONNECTIONS", 8))
-    cli.add_argument("--tracemalloc", type=int, default=_env_int("SOAK_TRACEMALLOC", 0), metavar="FRAMES")
+    cli.add_argument("--memory-report", type=int, default=None if os.environ.get("SOAK_MEMORY_REPORT", "") == ""
+                     else int(os.environ["SOAK_MEMORY_REPORT"]), metavar="FRAMES",
+                     help="reports from the app (0: without tracemalloc)")
     cli.add_argument("--no-write", action="store_true", help="leave bench/RESULTS.md alone")
     arguments = cli.parse_args()
     modes = ["embedded", "production"] if arguments.mode == "both" else [arguments.mode]
@@ -333,14 +337,14 @@ def main() -> None:
         outcome = soak(mode, database_url=arguments.database_url, redis_url=arguments.redis_url,
                        seconds=arguments.seconds, warmup_s=arguments.warmup, every_s=arguments.every,
                        connections=arguments.connections, stream_connections=arguments.stream_connections,
-                       tracemalloc_frames=arguments.tracemalloc)
+                       memory_report=arguments.memory_report)
         settings = ("SQLite, local-memory cache" if mode == "embedded" else
                     f"PostgreSQL {_redacted(arguments.database_url)}, Redis {_redacted(arguments.redis_url)}")
         text = markdown(outcome, every_s=max(arguments.every, 30), settings=settings)
         header = (f"`make soak` {started.strftime('%Y-%m-%d %H:%M')} UTC, {arguments.seconds} s, warm-up "
                   f"{arguments.warmup} s, sampled every {arguments.every} s"
-                  + (f", **tracemalloc on ({arguments.tracemalloc} frames): RSS includes its overhead**"
-                     if arguments.tracemalloc else "")
+                  + (f", **tracemalloc on ({arguments.memory_report} frames): RSS includes its overhead**"
+                     if arguments.memory_report else "")
                   + f"; {_machine()}; {', '.join(f'{k} {v}' for k, v in _versions().items() if k != 'wrk')}")
         print("\n" + header + "\n\n" + text)
         if not arguments.no_write:
