@@ -216,7 +216,8 @@ def soak(mode: str, *, database_url: str, redis_url: str, seconds: int, warmup_s
             while time.monotonic() < deadline and (not report_file.exists()
                                                    or report_file.read_text().count("== report") < 3):
                 time.sleep(1)
-        peak = _status(pid)["VmHWM"] / 1024
+        # VmHWM is updated lazily: a sample may have seen a little more.
+        peak = max(_status(pid)["VmHWM"] / 1024, *(sample.rss_mb for sample in samples))
         log_errors = sum(1 for line in (VAR / f"soak-app-{mode}.log").read_text().splitlines()
                          if "Traceback" in line or " ERROR " in line)
         outcome = Outcome(mode, samples, results, hub.startup_s, peak, warmup_s, log_errors, [])

@@ -13,8 +13,9 @@ from typing import Generic, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.cache import cache
 from django.db import transaction
+
+from llmhub.cache import cache
 
 T = TypeVar("T")
 
