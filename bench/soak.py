@@ -36,6 +36,7 @@ from bench import run
 from bench.run import (
     ROOT,
     VAR,
+    CpuAccount,
     Load,
     Processes,
     _app_env,
@@ -140,6 +141,7 @@ class Outcome:
     peak_rss_mb: float
     warmup_s: float
     log_errors: int
+    others_cpu: float  # share of the machine's CPU that other processes used meanwhile
     failures: list[str]
 
     def sample_at(self, seconds: float) -> Sample:
@@ -202,9 +204,11 @@ def soak(mode: str, *, database_url: str, redis_url: str, seconds: int, warmup_s
                 log = VAR / f"soak-load-{mode}-{name}.log"
                 loads[name] = (processes.start(load.loadgen_command(hub, stream=stream, connections=count,
                                                                     seconds=seconds), env=dict(os.environ), log=log), log)
+        account = CpuAccount(processes)
         database = DatabaseConnections(env.get("DATABASE_URL", ""), sqlite_path)
         samples = _sample(pid, database, sim_url, seconds=seconds, every_s=every_s, mode=mode,
                           on_warm=lambda: report("end of warm-up"), warmup_s=warmup_s)
+        others = account.others_share()
         database.close()
         results = {}
         for name, (process, log) in loads.items():
@@ -220,7 +224,7 @@ def soak(mode: str, *, database_url: str, redis_url: str, seconds: int, warmup_s
         peak = max(_status(pid)["VmHWM"] / 1024, *(sample.rss_mb for sample in samples))
         log_errors = sum(1 for line in (VAR / f"soak-app-{mode}.log").read_text().splitlines()
                          if "Traceback" in line or " ERROR " in line)
-        outcome = Outcome(mode, samples, results, hub.startup_s, peak, warmup_s, log_errors, [])
+        outcome = Outcome(mode, samples, results, hub.startup_s, peak, warmup_s, log_errors, others, [])
         _judge(outcome)
         return outcome
     finally:
@@ -296,7 +300,7 @@ def markdown(outcome: Outcome, *, every_s: int, settings: str) -> str:
         f"{min(s.threads for s in after)}–{max(s.threads for s in after)} after warm-up",
         *load_lines,
         f"- start-up (spawn to first answer) {outcome.startup_s:.2f} s; tracebacks/ERROR lines in the app's log: "
-        f"{outcome.log_errors}",
+        f"{outcome.log_errors}; other processes used {outcome.others_cpu:.0%} of the machine's CPU meanwhile",
         f"- verdict: {verdict}", "", *lines, ""])
 
 
