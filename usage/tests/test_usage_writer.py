@@ -1,4 +1,5 @@
 import asyncio
+import gc
 import os
 import select
 import shutil
@@ -14,6 +15,7 @@ import pytest
 from cryptography.fernet import Fernet
 from django.conf import settings as django_settings
 from django.db import OperationalError, connection
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from usage import writer as writer_module
 from usage.models import UsageLog
@@ -53,6 +55,21 @@ def test_it_writes_at_once_when_a_batch_is_full(flush_interval, make_entry) -> N
     usage_record(make_entry())
 
     assert wait_until(lambda: UsageLog.objects.count() == 10, timeout=5)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_no_debug_log_of_its_batches(flush_interval, make_entry, settings) -> None:
+    # With DEBUG on (the embedded default) Django keeps each connection's last 9,000 queries until the request cycle
+    # resets them; the writer's thread has none, so every batch stayed in memory (`make soak`: RSS crept ~0.3 MB/min).
+    settings.DEBUG = True
+    flush_interval(0.02)
+    for written in range(1, 6):
+        usage_record(make_entry())
+        assert wait_until(lambda written=written: UsageLog.objects.count() == written)
+
+    logged_inserts = [query for wrapper in gc.get_objects() if isinstance(wrapper, BaseDatabaseWrapper)
+                      for query in wrapper.queries_log if query["sql"].startswith("1 times: INSERT INTO")]
+    assert len(logged_inserts) <= 1  # at most the last batch, cleared before the next
 
 
 @pytest.mark.django_db(transaction=True)
