@@ -5,8 +5,8 @@ the simulated upstream and one uvicorn process serving llmhub as `make serve` do
 then drives `/v1/chat/completions` for SOAK_SECONDS (240) with bench/loadgen.py: SOAK_CONNECTIONS (24)
 keep-alive connections non-streaming and SOAK_STREAM_CONNECTIONS (8) streaming, closed loop. Every
 SOAK_SAMPLE_SECONDS (5) it samples the app process: RSS (anonymous and file-backed), its open file
-descriptors, its database connections (PostgreSQL: pg_stat_activity for the database; SQLite: descriptors
-open on the database files), threads, and the requests the upstream answered meanwhile.
+descriptors, its database connections (PostgreSQL: its backends in pg_stat_activity; SQLite: descriptors
+open on the database file), threads, and the requests the upstream answered meanwhile.
 
 Prints a table per mode and the verdict: it fails (exit 1) on any non-2xx answer or connection error, an RSS
 drift of 5% or more after warm-up (RSS at the end against RSS at SOAK_WARMUP_SECONDS (60)), or descriptors or
@@ -110,15 +110,28 @@ class DatabaseConnections:
 
             self.postgres = psycopg.connect(database_url, autocommit=True)
 
-    def count(self, pid: int, descriptors: list[str]) -> int:
+    def count(self, descriptors: list[str]) -> int:
         if self.postgres is None:
             return sum(1 for target in descriptors if target == self.sqlite_path)
+        # The app's backends only (another client of the same database is not the app's): matched by the
+        # client port of each of its TCP sockets.
         return self.postgres.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                     "AND pid <> pg_backend_pid()").fetchone()[0]
+                                     "AND client_port = ANY(%s)", (_local_ports(descriptors),)).fetchone()[0]
 
     def close(self) -> None:
         if self.postgres is not None:
             self.postgres.close()
+
+
+def _local_ports(descriptors: list[str]) -> list[int]:
+    inodes = {target[8:-1] for target in descriptors if target.startswith("socket:[")}
+    ports = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def _postgres_database_ensure(database_url: str) -> None:
@@ -184,8 +197,7 @@ def soak(mode: str, *, database_url: str, redis_url: str, seconds: int, warmup_s
             report_file.unlink(missing_ok=True)
             env |= {"LLMHUB_MEMORY_REPORT": str(memory_report), "LLMHUB_MEMORY_REPORT_FILE": str(report_file)}
         api_key = _database_setup(env)
-        hub = _hub_start(processes, pinning, env, api_key, VAR / f"soak-app-{mode}.log",
-                         timeout=120)
+        hub = _hub_start(processes, pinning, env, api_key, VAR / f"soak-app-{mode}.log", timeout=120)
         pid = hub.process.pid
         print(f"{mode}: llmhub pid {pid} answered {hub.startup_s:.2f} s after spawn; load for {seconds} s "
               f"({connections} plain + {stream_connections} streaming connections), warm-up {warmup_s} s",
@@ -206,7 +218,7 @@ def soak(mode: str, *, database_url: str, redis_url: str, seconds: int, warmup_s
                                                                     seconds=seconds), env=dict(os.environ), log=log), log)
         account = CpuAccount(processes)
         database = DatabaseConnections(env.get("DATABASE_URL", ""), sqlite_path)
-        samples = _sample(pid, database, sim_url, seconds=seconds, every_s=every_s, mode=mode,
+        samples = _sample(pid, database, sim_url, seconds=seconds, every_s=every_s,
                           on_warm=lambda: report("end of warm-up"), warmup_s=warmup_s)
         others = account.others_share()
         database.close()
@@ -231,8 +243,8 @@ def soak(mode: str, *, database_url: str, redis_url: str, seconds: int, warmup_s
         processes.stop_all()
 
 
-def _sample(pid: int, database: DatabaseConnections, sim_url: str, *, seconds: int, every_s: int, mode: str,
-            on_warm, warmup_s: int) -> list[Sample]:
+def _sample(pid: int, database: DatabaseConnections, sim_url: str, *, seconds: int, every_s: int, on_warm,
+            warmup_s: int) -> list[Sample]:
     samples: list[Sample] = []
     started = time.monotonic()
     upstream_before, at_before = _upstream_total(sim_url), 0.0
@@ -247,7 +259,7 @@ def _sample(pid: int, database: DatabaseConnections, sim_url: str, *, seconds: i
         rps = (upstream - upstream_before) / (at - at_before) if at > at_before else 0.0
         upstream_before, at_before = upstream, at
         sample = Sample(at, status["VmRSS"] / 1024, status["RssAnon"] / 1024, status["RssFile"] / 1024,
-                        len(descriptors), database.count(pid, descriptors), status["Threads"], rps)
+                        len(descriptors), database.count(descriptors), status["Threads"], rps)
         samples.append(sample)
         print(f"{at:6.0f} {sample.rss_mb:7.1f} {sample.anon_mb:6.1f} {sample.file_mb:6.1f} {sample.fds:4d} "
               f"{sample.db_connections:3d} {sample.threads:4d} {rps:14.0f}", file=sys.stderr)
@@ -256,7 +268,7 @@ def _sample(pid: int, database: DatabaseConnections, sim_url: str, *, seconds: i
             on_warm()
         if at >= seconds:
             return samples
-        time.sleep(max(0.0, min(every_s * (len(samples)) - (time.monotonic() - started), seconds - at + 0.2)))
+        time.sleep(max(0.0, min(every_s * len(samples) - (time.monotonic() - started), seconds - at + 0.2)))
 
 
 def _judge(outcome: Outcome) -> None:
