@@ -11,13 +11,14 @@ export LLMHUB_SIMULATOR_URL ?= http://127.0.0.1:$(SIM_PORT)/v1
 CI_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 CI_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: help venv migrate setup run serve simulator test test-embedded test-services lint bench bench-peers clean
+.PHONY: help venv migrate setup run serve simulator test test-embedded test-services lint bench bench-peers soak clean
 
 help:
 	@echo "make run    set up everything and serve llmhub on http://$(HOST):$(PORT) (with the simulated upstream)"
 	@echo "make test   run the test suite (CI=true also runs it on the real PostgreSQL and Redis)"
 	@echo "make serve  serve the app under uvicorn (WEB_CONCURRENCY workers)"
 	@echo "make bench  benchmark the hub against the simulated upstream"
+	@echo "make soak   sustained load (SOAK_SECONDS), embedded and production: memory, connections, descriptors"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -111,3 +112,14 @@ bench-tools:
 	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null 2>&1 \
 		|| { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null 2>&1; } \
 		|| echo "wrk could not be installed: bench/loadgen.py drives the non-streaming runs too"
+
+# `make soak`: SOAK_SECONDS of load through one `make serve`-style process, embedded then production (the
+# PostgreSQL database, created if missing, and the Redis database below; use your own). Samples RSS, database
+# connections and descriptors; fails on errors, RSS drift >= 5% after warm-up, or growing connections.
+# Writes its tables into bench/RESULTS.md. Knobs: see bench/soak.py (SOAK_MODE=embedded|production|both).
+SOAK_SECONDS ?= 240
+SOAK_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/llmhub_soak
+SOAK_REDIS_URL ?= redis://127.0.0.1:6379/14
+
+soak: venv
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_DATABASE_URL=$(SOAK_DATABASE_URL) SOAK_REDIS_URL=$(SOAK_REDIS_URL) $(PY) -m bench.soak

@@ -88,6 +88,7 @@ class Processes:
         self.started: list[subprocess.Popen] = []
 
     def start(self, command: list[str], *, env: dict[str, str], log: Path) -> subprocess.Popen:
+        log.parent.mkdir(exist_ok=True)
         with open(log, "wb") as output:
             process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
                                        start_new_session=True, preexec_fn=_child_setup)
@@ -275,15 +276,21 @@ class Load:
                 # nothing at all. bench/loadgen.py lets them finish.
                 result = None
         if result is None:
-            command = [*self.pinning.rest, str(VENV_BIN / "python"), "-m", "bench.loadgen", url,
-                       "--body-file", str(body_file), "--header", f"Authorization: Bearer {target.api_key}",
-                       "--connections", str(connections), "--duration", str(seconds)]
-            result = _run_json(command)
+            result = _run_json(self.loadgen_command(target, stream=stream, connections=connections, seconds=seconds,
+                                                    slow=slow))
             result["tool"] = "loadgen"
         if cpu_before is not None and result["requests"]:
             cpu = _tree_cpu_seconds(target.process.pid) - cpu_before
             result["app_cpu_ms_per_request"] = cpu * 1000 / result["requests"]
         return result
+
+    def loadgen_command(self, target: Target, *, stream: bool, connections: int, seconds: float,
+                        slow: bool = False) -> list[str]:
+        """bench/loadgen.py driving `target` (it prints one JSON line when done)."""
+        return [*self.pinning.rest, str(VENV_BIN / "python"), "-m", "bench.loadgen", target.url + "/chat/completions",
+                "--body-file", str(self._body_file(target.body(stream=stream, slow=slow))),
+                "--header", f"Authorization: Bearer {target.api_key}",
+                "--connections", str(connections), "--duration", str(seconds)]
 
     def _wrk(self, url: str, body_file: Path, api_key: str, connections: int, seconds: float) -> dict:
         threads = max(1, min(connections, self.pinning.load_cpus))
@@ -311,9 +318,34 @@ def _app_env(sim_url: str) -> dict[str, str]:
 
 
 def _database_setup(env: dict[str, str]) -> str:
-    for suffix in ("", "-wal", "-shm"):
-        (VAR / f"bench.sqlite3{suffix}").unlink(missing_ok=True)
+    """Prepares the database `env` names (a SQLite file is started afresh); returns a top-tier API key."""
+    if not env.get("DATABASE_URL"):
+        for suffix in ("", "-wal", "-shm"):
+            Path(env["LLMHUB_SQLITE_PATH"] + suffix).unlink(missing_ok=True)
     return _run_json([str(VENV_BIN / "python"), "-m", "bench.setup_db"], env=env)["api_key"]
+
+
+def _simulator_start(processes: Processes, pinning: Pinning, env: dict[str, str], log: Path) -> str:
+    """Starts the simulated upstream on a free port; returns its base URL (ending in /v1)."""
+    port = _free_port()
+    processes.start([*pinning.rest, str(VENV_BIN / "python"), "-m", "generation.simulator", "--port", str(port)],
+                    env=env, log=log)
+    _wait_http(f"http://127.0.0.1:{port}")
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def _hub_start(processes: Processes, pinning: Pinning, env: dict[str, str], api_key: str, log: Path,
+               timeout: float = 60) -> Target:
+    """One uvicorn process serving llmhub as `make serve` does; returns once it has answered a request."""
+    port = _free_port()
+    hub = Target("llmhub", f"http://127.0.0.1:{port}/v1", api_key, "demo", SLOW_MODEL)
+    spawned = time.perf_counter()
+    hub.process = processes.start(
+        [*pinning.app, str(VENV_BIN / "uvicorn"), "llmhub.asgi:application", "--host", "127.0.0.1", "--port",
+         str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--lifespan", "on"],
+        env=env, log=log)
+    hub.startup_s = _wait_first_answer(hub, spawned, timeout=timeout)
+    return hub
 
 
 def _wait_http(url: str, timeout: float = 20.0) -> None:
@@ -589,24 +621,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     try:
-        sim_port, app_port = _free_port(), _free_port()
-        sim_url = f"http://127.0.0.1:{sim_port}/v1"
+        sim_url = _simulator_start(processes, pinning, _app_env(""), VAR / "bench-sim.log")
         env = _app_env(sim_url)
-        print(f"set-up: database var/bench.sqlite3, simulator :{sim_port}, llmhub :{app_port}; {pinning.description}",
-              file=sys.stderr)
+        print(f"set-up: database var/bench.sqlite3, simulator {sim_url}; {pinning.description}", file=sys.stderr)
         api_key = _database_setup(env)
-        processes.start([*pinning.rest, str(VENV_BIN / "python"), "-m", "generation.simulator", "--port", str(sim_port)],
-                        env=env, log=VAR / "bench-sim.log")
-        _wait_http(f"http://127.0.0.1:{sim_port}")
-
         direct = Target("direct", sim_url, SIM_KEY, "demo", "demo@latency=1000")
-        hub = Target("llmhub", f"http://127.0.0.1:{app_port}/v1", api_key, "demo", SLOW_MODEL)
-        spawned = time.perf_counter()
-        hub.process = processes.start(
-            [*pinning.app, str(VENV_BIN / "uvicorn"), "llmhub.asgi:application", "--host", "127.0.0.1", "--port",
-             str(app_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--lifespan", "on"],
-            env=env, log=VAR / "bench-app.log")
-        hub.startup_s = _wait_first_answer(hub, spawned, timeout=60)
+        hub = _hub_start(processes, pinning, env, api_key, VAR / "bench-app.log")
         targets = [direct, hub]
         if arguments.peers:
             peer = _litellm_start(processes, pinning, sim_url)

@@ -1,8 +1,9 @@
 """Prepares the throwaway benchmark database: migrate, load the registry fixture, add `bench-slow`
 (the simulated upstream with 1000 ms of latency), and create a top-tier user with an API key.
 
-Run as `python -m bench.setup_db` with LLMHUB_SQLITE_PATH and LLMHUB_SIMULATOR_URL set; prints the
-raw API key as JSON on the last line.
+Run as `python -m bench.setup_db` with LLMHUB_SQLITE_PATH (or DATABASE_URL) and LLMHUB_SIMULATOR_URL set;
+prints the raw API key as JSON on the last line. Running it again on the same database changes nothing but
+adds a key.
 """
 
 import json
@@ -27,12 +28,13 @@ def main() -> None:
     call_command("migrate", interactive=False, verbosity=0)
     call_command("load_models", verbosity=0)
     # The hub sends the registry's upstream name, so the slow upstream is a model of its own.
-    slow = LLMModel.objects.create(
-        public_id=SLOW_MODEL_ID, display_name="Benchmark: simulated upstream, 1000 ms",
-        upstream_model=SLOW_UPSTREAM_MODEL, provider=Provider.objects.get(slug="local"),
-    )
+    slow, _ = LLMModel.objects.update_or_create(public_id=SLOW_MODEL_ID, defaults={
+        "display_name": "Benchmark: simulated upstream, 1000 ms", "upstream_model": SLOW_UPSTREAM_MODEL,
+        "provider": Provider.objects.get(slug="local"),
+    })
     slow.allowed_tiers.set(Tier.objects.all())
-    user = get_user_model().objects.create_user(username="bench")
+    # A database kept between runs (`make soak`'s PostgreSQL) already has the user.
+    user, _ = get_user_model().objects.get_or_create(username="bench")
     user_tier_set(user=user, tier_slug=TOP_TIER)
     _, raw_key = api_key_create(user=user, name="bench")
     print(json.dumps({"api_key": raw_key}))

@@ -11,6 +11,7 @@ django_application = get_asgi_application()
 
 from generation import openai_compat  # noqa: E402  (needs the app registry ready)
 from generation.client import clients_close  # noqa: E402
+from llmhub import memory  # noqa: E402
 from usage.writer import asgi_lifespan  # noqa: E402
 
 # Everything imported so far (Django, the SDK's models) lives as long as the process. Frozen, it leaves the
@@ -18,6 +19,7 @@ from usage.writer import asgi_lifespan  # noqa: E402
 # `make bench` measured the p99 at concurrency 16 about halved.
 gc.collect()
 gc.freeze()
+memory.report_install()  # only with LLMHUB_MEMORY_REPORT set (a `make soak` diagnostic)
 
 
 async def _lifespan(scope, receive, send) -> None:

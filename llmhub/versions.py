@@ -13,7 +13,8 @@ import re
 import uuid
 
 from django.conf import settings
-from django.core.cache import cache
+
+from llmhub.cache import cache
 
 _NAME = re.compile(r"[A-Za-z0-9:._-]+")
 

@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from registry import openapi  # noqa: F401  (registers the API key scheme with drf-spectacular)
 from registry.authentication import request_tier
 from registry.model_tests import model_test_start
 from registry.models import LLMModel, UserLLMConfig

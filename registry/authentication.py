@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
@@ -117,12 +116,3 @@ class ApiKeyAuthentication(BaseAuthentication):
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="llmhub"'
 
-
-class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
-    """Describes hub API keys in the OpenAPI schema (drf-spectacular finds it by `target_class`)."""
-
-    target_class = ApiKeyAuthentication
-    name = "hubApiKey"
-
-    def get_security_definition(self, auto_schema) -> dict[str, str]:
-        return {"type": "http", "scheme": "bearer", "description": "A hub API key: `Authorization: Bearer lh-…`."}

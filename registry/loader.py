@@ -15,7 +15,6 @@ from typing import Any
 
 from django.conf import settings
 from django.utils.text import slugify
-from jsonschema import Draft202012Validator
 
 SCHEMA_PATH = Path(settings.BASE_DIR) / "fixtures" / "llm_models.schema.json"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -116,6 +115,9 @@ def _resolve_key(raw: str | None, provider_slug: str, environ: Mapping[str, str]
 
 
 def _schema_problems(data: Any) -> list[str]:
+    # Imported here: only `load_models` validates, and jsonschema costs every app process about 5 MB.
+    from jsonschema import Draft202012Validator
+
     schema = json.loads(SCHEMA_PATH.read_text())
     errors = sorted(Draft202012Validator(schema).iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     return [f"{_path(error.absolute_path)}: {error.message}" for error in errors]

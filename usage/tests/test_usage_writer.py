@@ -1,4 +1,5 @@
 import asyncio
+import gc
 import shutil
 import signal
 import sqlite3
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings as django_settings
 from django.db import OperationalError, connection
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from llmhub.testing import ServerProcess, production_env, uvicorn_command
 from usage import writer as writer_module
@@ -50,6 +52,22 @@ def test_it_writes_at_once_when_a_batch_is_full(flush_interval, make_entry) -> N
     usage_record(make_entry())
 
     assert wait_until(lambda: UsageLog.objects.count() == 10, timeout=5)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_no_debug_log_of_its_batches(flush_interval, make_entry, settings) -> None:
+    # With DEBUG on (the embedded default) Django keeps each connection's last 9,000 queries until the request cycle
+    # resets them; the writer's thread has none, so every batch stayed in memory (`make soak`: RSS crept ~0.3 MB/min).
+    settings.DEBUG = True
+    flush_interval(0.02)
+    for written in range(1, 6):
+        usage_record(make_entry())
+        assert wait_until(lambda written=written: UsageLog.objects.count() == written)
+
+    # Per connection (earlier tests' threads may have left theirs): at most the last batch, cleared before the next.
+    batches_kept = [sum(query["sql"].startswith("1 times: INSERT INTO") for query in wrapper.queries_log)
+                    for wrapper in gc.get_objects() if isinstance(wrapper, BaseDatabaseWrapper)]
+    assert max(batches_kept) <= 1
 
 
 @pytest.mark.django_db(transaction=True)
