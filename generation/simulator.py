@@ -24,6 +24,7 @@ fault, the later one wins (table, then suffix, then header). Grammar: comma-sepa
     usage=KIND       the reported usage is garbage: ``negative`` (prompt_tokens -50), ``text`` (completion_tokens
                      "n/a"), ``fraction`` (prompt_tokens 12.5), ``huge`` (prompt_tokens 10**12), ``absent`` (none)
     content=number   the answer's ``content`` is the number 5 (in every delta when streaming)
+    after=N          the other faults spare the model's first N requests (as counted by ``/_sim/stats``)
     nostream, nojson, notools   the model lacks that feature: using it is a 400
 
 Control endpoints (no auth): ``GET /_sim/stats``, ``POST /_sim/faults {"model", "fault"}`` (an empty
@@ -124,10 +125,11 @@ class Faults:
     notools: bool = False
     usage: str = ""
     content: str = ""
+    after: int = 0
 
 
 NO_FAULTS = Faults()
-_VALUED_FAULTS = {"latency", "chunk_delay", "status", "ratelimit", "drop", "huge"}
+_VALUED_FAULTS = {"latency", "chunk_delay", "status", "ratelimit", "drop", "huge", "after"}
 _FLAG_FAULTS = {"hang", "malformed", "html", "nostream", "nojson", "notools"}
 # Garbage an upstream may report, by fault value: what replaces the reply's usage (None: no usage at all).
 _BAD_USAGE: dict[str, Callable[[dict[str, int]], dict[str, Any] | None]] = {
@@ -140,7 +142,7 @@ _BAD_USAGE: dict[str, Callable[[dict[str, int]], dict[str, Any] | None]] = {
 _WORD_FAULTS = {"usage": set(_BAD_USAGE), "content": {"number"}}
 _FAULT_GRAMMAR = (
     "latency=MS, chunk_delay=MS, status=CODE, 429=SECONDS, drop=N, huge=BYTES, hang, malformed, html, nostream, nojson, "
-    f"notools, usage={'|'.join(_BAD_USAGE)}, content=number"
+    f"notools, usage={'|'.join(_BAD_USAGE)}, content=number, after=N"
 )
 
 
@@ -370,6 +372,8 @@ class Simulator:
             raise SimulatedError(404, message, code="model_not_found", param="model")
         specs = tuple(spec for spec in (self._fault_table.get(base_model), suffix, fault_header) if spec)
         faults = parse_faults(specs) if specs else NO_FAULTS
+        if faults.after >= self._requests[base_model]:
+            faults = NO_FAULTS
 
         if faults.hang:
             return await _wait_for_disconnect(receive)

@@ -327,6 +327,14 @@ def test_it_answers_content_that_is_not_a_string(upstream: SimulatedUpstream) ->
     assert b'"content":5' in streamed
 
 
+def test_it_spares_the_first_requests_of_an_after_fault(upstream: SimulatedUpstream) -> None:
+    upstream.set_fault("demo", "status=500,after=2")
+
+    assert [chat(upstream).choices[0].message.content for _ in range(2)] == [HELLO_REPLY] * 2
+    with pytest.raises(openai.InternalServerError):
+        chat(upstream)
+
+
 def test_it_refuses_features_the_model_lacks(upstream: SimulatedUpstream) -> None:
     upstream.set_fault("demo", "nostream,nojson,notools")
 
