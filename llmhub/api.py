@@ -1,5 +1,6 @@
 """One error shape for every /api endpoint: {"error": {"code", "message", ...extra}}."""
 
+import logging
 from typing import Any
 
 from django.conf import settings
@@ -11,6 +12,8 @@ from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from llmhub.errors import ApplicationError
+
+logger = logging.getLogger(__name__)
 
 
 def error_body(*, code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -38,7 +41,11 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
     if not isinstance(exc, exceptions.APIException):
-        return None
+        # Unforeseen: the API's JSON 500, also with DEBUG on (whose HTML page would show the frames' values).
+        request = context.get("request")
+        logger.error("Internal Server Error: %s", getattr(request, "path", "?"), exc_info=exc)
+        set_rollback()
+        return Response(error_body(code="internal_error", message="Internal error."), status=500)
 
     headers = {}
     if getattr(exc, "auth_header", None):
