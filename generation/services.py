@@ -369,13 +369,13 @@ async def completion_usage(run: _Run, model: ModelSpec, body: dict[str, Any], co
 
 def error_classified(error: BaseException) -> tuple[int, str]:
     """(HTTP status, error type) of a request that ended with `error`: a cancelled one (its client went away)
-    is 499 "client_closed"; anything unforeseen is 500 "internal_error", never a client's fault."""
+    is 499 "client_disconnected"; anything unforeseen is 500 "internal_error", never a client's fault."""
     if isinstance(error, ApplicationError):
         return error.status, error.code
     if isinstance(error, client.UpstreamError):
         return error.status, error.kind
     if isinstance(error, asyncio.CancelledError):
-        return 499, "client_closed"
+        return 499, "client_disconnected"
     return 500, "internal_error"
 
 

@@ -19,6 +19,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
+from generation.client import UpstreamMisconfigured
 from llmhub.crypto import secret_decrypt
 from llmhub.errors import ApplicationError, ConfigurationError, NotFound
 from registry.connectivity import CheckResult, model_check
@@ -172,6 +173,9 @@ def model_test_execute(*, test_id: int) -> None:
         return
     except ConfigurationError:
         _finish(test_id, error="key unreadable")  # encrypted with a key this server no longer has
+        return
+    except UpstreamMisconfigured:
+        _finish(test_id, error="key or headers invalid")  # characters HTTP cannot carry, stored before they were refused
         return
     except ModelTest.DoesNotExist:
         return  # its model was deleted meanwhile
