@@ -84,5 +84,5 @@ class GenerateApi(CallerAPIView):
         outcome = await services.generate(caller=request.caller, registry=request.registry,
                                           prompt=params.pop("prompt", None), messages=params.pop("messages", None),
                                           model_id=params.pop("model", None), provider=params.pop("provider", None),
-                                          preferred_id=request.preferences.preferred_for("generation"), **params)
+                                          preferred_ids=request.preferences.preferred_order("generation"), **params)
         return Response(GenerateOutputSerializer(outcome).data)

@@ -133,6 +133,19 @@ class _Upstream:
 _upstreams: dict[tuple, _Upstream] = {}
 
 
+def header_value_valid(value: str) -> bool:
+    """Whether HTTP can carry `value` in a header as it is: printable ASCII (no CR, LF or other control
+    characters, which would also let a value inject headers)."""
+    return value.isascii() and value.isprintable()
+
+
+def _headers_checked(model: ModelSpec, headers: dict[str, str]) -> None:
+    # Keys and headers are checked when saved; one stored before (or through another path) must fail as the
+    # model's misconfiguration, not as an error of ours.
+    if not all(header_value_valid(value) for value in headers.values()):
+        raise UpstreamMisconfigured("The model's key or headers contain characters HTTP headers cannot carry.")
+
+
 def _client_key(model: ModelSpec, loop: asyncio.AbstractEventLoop) -> tuple:
     key_digest = hashlib.sha256(model.api_key.encode()).hexdigest()
     # The timeouts are the client's too (its transport's read timeout): a changed one needs a new client.
@@ -151,6 +164,7 @@ def _upstream_for(model: ModelSpec) -> _Upstream:
                                  default_headers=dict(model.headers), http_client=http)
         headers = {**model.headers, "Authorization": f"Bearer {api_key}", "Content-Type": "application/json",
                    "Accept": "application/json"}
+        _headers_checked(model, headers)  # once per pooled upstream, not per request
         timeout = httpx2.Timeout(model.timeout, connect=model.connect_timeout)
         upstream = _Upstream(sdk=sdk, http=http, url=model.base_url + "/chat/completions", headers=headers,
                              extensions={"timeout": timeout.as_dict()})
@@ -261,9 +275,20 @@ async def chat_completion(model: ModelSpec, body: dict[str, Any], *, timeout: fl
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise UpstreamBadResponse("The upstream answered with something that is not JSON.") from None
-    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not all(
+            _choice_valid(choice) for choice in data["choices"]):
         raise UpstreamBadResponse("The upstream answered with an unexpected JSON shape.")
     return Completion(raw=raw, data=data, latency_ms=(time.perf_counter() - started) * 1000)
+
+
+def _choice_valid(choice: Any) -> bool:
+    """A choice whose message, if any, is an object whose content, if any, is text."""
+    if not isinstance(choice, dict):
+        return False
+    message = choice.get("message")
+    if message is None:
+        return True
+    return isinstance(message, dict) and isinstance(message.get("content"), str | None)
 
 
 async def chat_completion_stream(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float,
@@ -318,7 +343,9 @@ def _error_body_dropped(response: httpx2.Response) -> None:
 
 def probe_client(model: ModelSpec, *, timeout: float, max_response_bytes: int) -> openai.OpenAI:
     """A one-off sync SDK client for connectivity checks (use it as a context manager): no retries, no
-    redirects; a user's endpoint goes through the SSRF-safe client (connect-time address checks, size cap)."""
+    redirects; a user's endpoint goes through the SSRF-safe client (connect-time address checks, size cap).
+    Raises UpstreamMisconfigured for a key or header HTTP cannot carry."""
+    _headers_checked(model, {**model.headers, "Authorization": f"Bearer {model.api_key or 'missing-key'}"})
     http_timeout = httpx2.Timeout(timeout, connect=min(model.connect_timeout, timeout))
     if model.owner_id is not None:
         from registry.ssrf import safe_sync_http_client

@@ -164,14 +164,14 @@ async def _chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     registry = await registry_snapshot.aget()
     caller = await _caller(principal, registry)
     model_id = body.pop("model", None)
-    preferred_id = None if model_id else (await apreferences_get(caller.user_id)).preferred_for("generation")
+    preferred_ids = () if model_id else (await apreferences_get(caller.user_id)).preferred_order("generation")
     if not body.get("stream"):
         outcome = await services.chat(caller=caller, registry=registry, body=body, endpoint="v1.chat_completions",
-                                      model_id=model_id, preferred_id=preferred_id)
+                                      model_id=model_id, preferred_ids=preferred_ids)
         await _respond(send, 200, outcome.raw, _meta_headers(outcome.request_id, outcome.model, len(outcome.attempts)))
         return
     stream = await services.chat_stream(caller=caller, registry=registry, body=body, endpoint="v1.chat_completions",
-                                        model_id=model_id, preferred_id=preferred_id)
+                                        model_id=model_id, preferred_ids=preferred_ids)
     await _send_stream(stream, receive, send)
 
 

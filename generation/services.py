@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -102,8 +102,9 @@ def request_id_new() -> str:
 
 
 def model_resolve(*, caller: Caller, registry: Registry, model_id: str | None = None,
-                  provider: str | None = None, preferred_id: str | None = None) -> ModelSpec:
-    """The explicit model, else the legacy provider's model, else the user's preference, else the tier default.
+                  provider: str | None = None, preferred_ids: Sequence[str] = ()) -> ModelSpec:
+    """The explicit model, else the legacy provider's model, else the first of the user's preferences (in order:
+    the task's default, their default) they may still use, else the tier default.
 
     An explicit model above the caller's tier is refused (403) before any upstream is called.
     """
@@ -113,7 +114,7 @@ def model_resolve(*, caller: Caller, registry: Registry, model_id: str | None = 
         return model
     if provider:
         return _legacy_provider_model(caller=caller, registry=registry, provider=provider)
-    if preferred_id:
+    for preferred_id in preferred_ids:
         model = registry.own_models(caller.user_id).get(preferred_id) or registry.models.get(preferred_id)
         if model is not None and model.enabled and model.allows(caller.tier):
             return model
@@ -134,11 +135,29 @@ def _legacy_provider_model(*, caller: Caller, registry: Registry, provider: str)
     raise NotFound(f"No model of provider '{provider}' is available to your tier.", code="model_not_found")
 
 
+# More tokens than any request could use: an upstream reporting this is reporting nonsense (and the log's
+# columns could not hold it).
+MAX_REPORTED_TOKENS = 2**31 - 1
+
+
+def _token_count(value: Any) -> int | None:
+    return value if type(value) is int and 0 <= value <= MAX_REPORTED_TOKENS else None
+
+
 def usage_from(data: dict[str, Any] | None) -> tuple[int, int] | None:
+    """The (prompt, completion) tokens an upstream reported, or None when it reported none or nonsense (negative,
+    fractional, not numbers, absurdly large): the caller then counts locally. Never raises."""
     usage = (data or {}).get("usage")
-    if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
-        return usage["prompt_tokens"], int(usage.get("completion_tokens") or 0)
-    return None
+    if not isinstance(usage, dict):
+        return None
+    completion = usage.get("completion_tokens")
+    prompt, completion = _token_count(usage.get("prompt_tokens")), _token_count(0 if completion is None else completion)
+    return None if prompt is None or completion is None else (prompt, completion)
+
+
+def usage_garbled(data: dict[str, Any] | None) -> bool:
+    """Whether the upstream reported a usage that `usage_from` refuses (as opposed to none at all)."""
+    return (data or {}).get("usage") is not None and usage_from(data) is None
 
 
 def estimated_input(body: dict[str, Any]) -> int:
@@ -153,17 +172,23 @@ def _note_failure(model: ModelSpec, error: client.UpstreamError) -> None:
         health_note(model, ok=False)
 
 
-def _failure(attempts: list[Attempt], last: client.UpstreamError | None, candidates: list[str]) -> GenerationFailed:
+def _failure(attempts: list[Attempt], last: client.UpstreamError | None, candidates: list[str], *,
+             since: int = 0, out_of_time: bool = False) -> GenerationFailed:
+    """The error for a call no candidate answered; `attempts[since:]` are this call's (a translation makes
+    several calls in one request, the error lists every attempt)."""
     retry_after = earliest_retry(model_keys=candidates, cooled_until=_cooled_until, now=time.monotonic())
     if last is None:
         if retry_after is not None:
             return GenerationFailed("Every model for this request is rate limited.", status=429, code="rate_limited",
                                     attempts=attempts, retry_after=retry_after)
+        if out_of_time:
+            return GenerationFailed("The request ran out of time.", status=504, code="upstream_timeout",
+                                    attempts=attempts)
         return GenerationFailed("No model could be tried in time.", status=503, code="no_model_available",
                                 attempts=attempts)
     if not last.retryable:
         return GenerationFailed(last.message, status=last.status, code=last.kind, attempts=attempts)
-    if all(a.outcome == client.UpstreamRateLimited.kind for a in attempts):
+    if all(a.outcome == client.UpstreamRateLimited.kind for a in attempts[since:]):
         return GenerationFailed("Every model for this request is rate limited.", status=429, code="rate_limited",
                                 attempts=attempts, retry_after=retry_after or last.retry_after)
     if isinstance(last, client.UpstreamTimeout):
@@ -186,6 +211,8 @@ class _Run:
     attempts: list[Attempt] = field(default_factory=list)
     reservation: Reservation | None = None
     cost: Decimal = Decimal(0)
+    # What each answer cost, at the prices of the model that gave it (a translation gets one answer per piece).
+    charges: list[tuple[ModelSpec, Usage]] = field(default_factory=list)
 
     def remaining(self) -> float:
         return self.deadline - time.perf_counter()
@@ -194,15 +221,33 @@ class _Run:
         """The primary and its fallbacks, cooling down or not (for the Retry-After of a 429)."""
         return [self.primary.key, *self.primary.fallbacks]
 
+    def charge(self, model: ModelSpec, usage: Usage) -> None:
+        """Bills one answer at its own model's prices (for requests answered in several parts)."""
+        self.charges.append((model, usage))
+
+    def charged(self) -> Decimal:
+        return sum((usage_cost(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                               input_price_per_million=model.input_price_per_million,
+                               output_price_per_million=model.output_price_per_million)
+                    for model, usage in self.charges), Decimal(0))
+
+    def answered_by(self) -> list[str]:
+        """The models that answered, in order, once each."""
+        return list(dict.fromkeys(model.id for model, _ in self.charges))
+
+    def demote(self, model: ModelSpec) -> None:
+        """A model that just failed is tried last by this request's later calls (a translation's next pieces)."""
+        if self.candidates and self.candidates[-1] is not model:
+            self.candidates = [candidate for candidate in self.candidates if candidate is not model] + [model]
+
     def record(self, *, model: ModelSpec | None, usage: Usage, status: str, http_status: int, error_type: str = "",
                streamed: bool = False, ttft_ms: float | None = None) -> Decimal:
-        cost = Decimal(0) if model is None else usage_cost(
-            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-            input_price_per_million=model.input_price_per_million,
-            output_price_per_million=model.output_price_per_million)
+        if not self.charges and model is not None:
+            self.charge(model, usage)
+        cost = self.charged()
         usage_record(UsageEntry(
             request_id=self.request_id, user_id=self.caller.user_id, api_key_id=self.caller.api_key_id,
-            endpoint=self.endpoint, requested_model=self.requested, answered_model=model.id if model else "",
+            endpoint=self.endpoint, requested_model=self.requested, answered_model=",".join(self.answered_by()),
             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, tokens_estimated=usage.estimated,
             cost=cost, latency_ms=(time.perf_counter() - self.started) * 1000, ttft_ms=ttft_ms, status=status,
             http_status=http_status, error_type=error_type, attempts=len(self.attempts), streamed=streamed,
@@ -230,9 +275,9 @@ async def usage_counted(body: dict[str, Any], answer: str) -> Usage:
 
 
 async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
-                 model_id: str | None, provider: str | None, preferred_id: str | None) -> _Run:
+                    model_id: str | None, provider: str | None, preferred_ids: Sequence[str]) -> _Run:
     primary = model_resolve(caller=caller, registry=registry, model_id=model_id, provider=provider,
-                            preferred_id=preferred_id)
+                            preferred_ids=preferred_ids)
     candidates = candidate_models(primary=primary, registry=registry, tier=caller.tier,
                                   cooled_until=_cooled_until, now=time.monotonic(), unhealthy=unhealthy_keys())
     run = _Run(caller=caller, endpoint=endpoint, requested=model_id or provider or primary.id, primary=primary,
@@ -249,11 +294,15 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
 async def _first_answer(run: _Run, call: Callable[[ModelSpec, float], Awaitable[T]], *,
                         latency_ms: Callable[[T], float]) -> tuple[ModelSpec, T]:
     """Walks the candidates, calling `call(model, seconds left)`, until one answers; raises GenerationFailed
-    when none does. A final error (the request itself is wrong, or a model is misconfigured) stops the walk."""
+    when none does. A final error (the request itself is wrong, or a model is misconfigured) stops the walk.
+    A model that fails is demoted for the rest of the request (a hanging one must not cost every piece of a
+    translation its whole timeout)."""
     last: client.UpstreamError | None = None
-    for model in run.candidates:
+    since, out_of_time = len(run.attempts), False
+    for model in list(run.candidates):
         remaining = run.remaining()
         if remaining <= 0:
+            out_of_time = True
             break
         attempt_started = time.perf_counter()
         try:
@@ -266,11 +315,12 @@ async def _first_answer(run: _Run, call: Callable[[ModelSpec, float], Awaitable[
             _note_failure(model, error)
             if not error.retryable:
                 break
+            run.demote(model)
             continue
         run.attempts.append(Attempt(model.id, "ok", latency_ms(answer)))
         health_note(model, ok=True)
         return model, answer
-    raise _failure(run.attempts, last, run.tried_keys())
+    raise _failure(run.attempts, last, run.tried_keys(), since=since, out_of_time=out_of_time)
 
 
 async def complete(run: _Run, body: dict[str, Any]) -> tuple[ModelSpec, client.Completion]:
@@ -283,18 +333,15 @@ async def complete(run: _Run, body: dict[str, Any]) -> tuple[ModelSpec, client.C
 
 
 async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
-               model_id: str | None = None, provider: str | None = None, preferred_id: str | None = None) -> ChatOutcome:
+               model_id: str | None = None, provider: str | None = None,
+               preferred_ids: Sequence[str] = ()) -> ChatOutcome:
     """One non-streaming chat completion request, with fallback, settled and logged exactly once."""
     run = await start_run(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
-                       provider=provider, preferred_id=preferred_id)
+                          provider=provider, preferred_ids=preferred_ids)
     usage, model, error = Usage(), None, None
     try:
         model, completion = await complete(run, body)
-        counted = usage_from(completion.data)
-        if counted is None:
-            usage = await usage_counted(body, completion_text(completion.data))
-        else:
-            usage = Usage(*counted)
+        usage = await completion_usage(run, model, body, completion)
     except BaseException as failure:  # a cancelled request (client gone) is settled and logged too
         error = failure
         raise
@@ -305,21 +352,46 @@ async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endp
                        latency_ms=(time.perf_counter() - run.started) * 1000)
 
 
+async def completion_usage(run: _Run, model: ModelSpec, body: dict[str, Any], completion: client.Completion) -> Usage:
+    """The usage of one completion: the upstream's, or counted locally when it reported none or nonsense (the
+    answer passed on then carries the local count instead of the nonsense)."""
+    counted = usage_from(completion.data)
+    if counted is not None:
+        return Usage(*counted)
+    usage = await usage_counted(body, completion_text(completion.data))
+    if usage_garbled(completion.data):
+        logger.warning("request %s: model %s reported an unusable usage; counted locally", run.request_id, model.id)
+        completion.data["usage"] = {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
+                                    "total_tokens": usage.input_tokens + usage.output_tokens}
+        completion.raw = orjson.dumps(completion.data)
+    return usage
+
+
+def error_classified(error: BaseException) -> tuple[int, str]:
+    """(HTTP status, error type) of a request that ended with `error`: a cancelled one (its client went away)
+    is 499 "client_disconnected"; anything unforeseen is 500 "internal_error", never a client's fault."""
+    if isinstance(error, ApplicationError):
+        return error.status, error.code
+    if isinstance(error, client.UpstreamError):
+        return error.status, error.kind
+    if isinstance(error, asyncio.CancelledError):
+        return 499, "client_disconnected"
+    return 500, "internal_error"
+
+
 async def run_finish(run: _Run, *, model: ModelSpec | None, usage: Usage, error: BaseException | None,
                      status: str | None = None, error_type: str | None = None, streamed: bool = False,
                      ttft_ms: float | None = None) -> None:
     """Settles the reservation and writes the request's one usage row (even if settling fails).
 
-    `status` and `error_type` default from `error`: "ok", or "error" with its HTTP status and code (a
-    cancelled request, whose client went away, is logged as 499)."""
+    `status` and `error_type` default from `error`: "ok", or "error" with its HTTP status and type (see
+    `error_classified`)."""
     try:
         await quota_settle(reservation=run.reservation, used_tokens=usage.input_tokens + usage.output_tokens)
     finally:
-        if error_type is None:
-            error_type = getattr(error, "code", type(error).__name__) if error else ""
-        run.record(model=model, usage=usage, status=status or ("error" if error else "ok"),
-                   http_status=getattr(error, "status", 499) if error else 200, error_type=error_type,
-                   streamed=streamed, ttft_ms=ttft_ms)
+        http_status, error_kind = error_classified(error) if error else (200, "")
+        run.record(model=model, usage=usage, status=status or ("error" if error else "ok"), http_status=http_status,
+                   error_type=error_kind if error_type is None else error_type, streamed=streamed, ttft_ms=ttft_ms)
 
 
 def completion_text(data: dict[str, Any]) -> str:
@@ -331,8 +403,10 @@ class ChatStream:
     """A streaming request whose upstream has answered 2xx. Iterate `events()` for SSE bytes to send;
     it settles and logs exactly once, however the stream ends (done, upstream break, client gone).
 
-    Events are passed on as they came, but each is checked: an event that is not JSON, or an upstream
-    that stops before `data: [DONE]`, ends the stream with an error event rather than a silent truncation."""
+    Events are passed on as they came, but each is checked: an event that is not JSON, content that is not
+    text, or an upstream that stops before `data: [DONE]`, ends the stream with an error event rather than a
+    silent truncation; a usage that makes no sense is left out (and counted locally). Whatever happens, the
+    stream ends with `data: [DONE]` or an error event."""
 
     def __init__(self, run: _Run, model: ModelSpec, handle: client.StreamHandle, body: dict[str, Any],
                  client_wants_usage: bool) -> None:
@@ -347,7 +421,7 @@ class ChatStream:
         self._broken: client.UpstreamError | None = None
 
     async def events(self) -> AsyncIterator[bytes]:
-        status, error_type = "partial", "client_disconnected"
+        status, error_type, failure = "partial", "client_disconnected", None
         buffer = b""
         chunks = self.handle.chunks()
         try:
@@ -375,18 +449,24 @@ class ChatStream:
             yield b"data: " + orjson.dumps({"error": {
                 "message": f"The upstream stream broke: {error.message}", "type": "server_error",
                 "param": None, "code": error.kind}}) + b"\n\n"
+        except Exception as error:  # a bug of ours, or an upstream oddity nobody foresaw: still a clean end
+            failure, error_type = error, None
+            logger.exception("request %s: stream from %s failed unexpectedly", self.request_id, self.model.id)
+            yield b"data: " + orjson.dumps({"error": {
+                "message": "Internal error.", "type": "server_error", "param": None, "code": "internal_error"}}) + b"\n\n"
         finally:
             # Shielded: a client that went away cancels this generator, but the upstream must still be
             # closed and the request settled and logged.
-            await asyncio.shield(self._finish(chunks, status=status, error_type=error_type))
+            await asyncio.shield(self._finish(chunks, status=status, error_type=error_type, failure=failure))
 
-    async def _finish(self, chunks: AsyncIterator[bytes], *, status: str, error_type: str) -> None:
+    async def _finish(self, chunks: AsyncIterator[bytes], *, status: str, error_type: str | None,
+                      failure: Exception | None) -> None:
         try:
             await chunks.aclose()  # also when left early, after [DONE]
             await self.handle.close()  # in case the chunks were never started
         finally:
             self.usage = self.usage or await usage_counted(self.body, "".join(self._text))
-            await run_finish(self.run, model=self.model, usage=self.usage, error=None, status=status,
+            await run_finish(self.run, model=self.model, usage=self.usage, error=failure, status=status,
                              error_type=error_type, streamed=True, ttft_ms=self.ttft_ms)
 
     def _pass(self, event: bytes) -> bytes:
@@ -407,25 +487,37 @@ class ChatStream:
         if not isinstance(data, dict):
             self._broken = client.UpstreamBadResponse("The upstream sent an event of an unexpected shape.")
             return b""
-        counted = usage_from(data)
-        if counted is not None:
-            self.usage = Usage(*counted)
-            if not data.get("choices") and not self.client_wants_usage:
-                return b""
+        texts = []
         for choice in data.get("choices") or ():
-            if isinstance(choice, dict):
-                self._text.append((choice.get("delta") or {}).get("content") or "")
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            content = delta.get("content") if isinstance(delta, dict) else None
+            if content is not None and not isinstance(content, str):
+                self._broken = client.UpstreamBadResponse("The upstream sent content that is not text.")
+                return b""
+            texts.append(content or "")
+        self._text.extend(texts)
+        if data.get("usage") is not None:
+            counted = usage_from(data)
+            if counted is None:  # nonsense: counted locally at the end, and not passed on
+                logger.warning("request %s: model %s streamed an unusable usage; counted locally",
+                               self.request_id, self.model.id)
+                del data["usage"]
+                event = b"data: " + orjson.dumps(data)
+            else:
+                self.usage = Usage(*counted)
+            if not data.get("choices") and (counted is None or not self.client_wants_usage):
+                return b""
         return event + b"\n\n"
 
 
 
 async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
                       model_id: str | None = None, provider: str | None = None,
-                      preferred_id: str | None = None) -> ChatStream:
+                      preferred_ids: Sequence[str] = ()) -> ChatStream:
     """Opens a streaming request, falling back while no byte has been sent. Raises GenerationFailed
     (logged) when every candidate fails before streaming."""
     run = await start_run(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
-                       provider=provider, preferred_id=preferred_id)
+                          provider=provider, preferred_ids=preferred_ids)
     client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     upstream = {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
 
@@ -444,14 +536,14 @@ async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any
 
 async def generate(*, caller: Caller, registry: Registry, prompt: str | None = None,
                    messages: list[dict[str, Any]] | None = None, model_id: str | None = None,
-                   provider: str | None = None, preferred_id: str | None = None, endpoint: str = "api.generate",
+                   provider: str | None = None, preferred_ids: Sequence[str] = (), endpoint: str = "api.generate",
                    **params: Any) -> ChatOutcome:
     """Generates text from a prompt or messages. `provider` is the legacy way of choosing a model."""
     if messages is None:
         messages = [{"role": "user", "content": prompt or ""}]
     body = {"messages": messages, **{k: v for k, v in params.items() if v is not None}}
     return await chat(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
-                      provider=provider, preferred_id=preferred_id)
+                      provider=provider, preferred_ids=preferred_ids)
 
 
 def cooldowns_reset() -> None:

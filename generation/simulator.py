@@ -21,6 +21,10 @@ fault, the later one wins (table, then suffix, then header). Grammar: comma-sepa
     malformed        200 with a body that is not valid JSON (a non-JSON event when streaming)
     html             200 with an HTML page
     huge=BYTES       200 with a valid body padded to about BYTES bytes
+    usage=KIND       the reported usage is garbage: ``negative`` (prompt_tokens -50), ``text`` (completion_tokens
+                     "n/a"), ``fraction`` (prompt_tokens 12.5), ``huge`` (prompt_tokens 10**12), ``absent`` (none)
+    content=number   the answer's ``content`` is the number 5 (in every delta when streaming)
+    after=N          the other faults spare the model's first N requests (as counted by ``/_sim/stats``)
     nostream, nojson, notools   the model lacks that feature: using it is a 400
 
 Control endpoints (no auth): ``GET /_sim/stats``, ``POST /_sim/faults {"model", "fault"}`` (an empty
@@ -119,20 +123,33 @@ class Faults:
     nostream: bool = False
     nojson: bool = False
     notools: bool = False
+    usage: str = ""
+    content: str = ""
+    after: int = 0
 
 
 NO_FAULTS = Faults()
-_VALUED_FAULTS = {"latency", "chunk_delay", "status", "ratelimit", "drop", "huge"}
+_VALUED_FAULTS = {"latency", "chunk_delay", "status", "ratelimit", "drop", "huge", "after"}
 _FLAG_FAULTS = {"hang", "malformed", "html", "nostream", "nojson", "notools"}
+# Garbage an upstream may report, by fault value: what replaces the reply's usage (None: no usage at all).
+_BAD_USAGE: dict[str, Callable[[dict[str, int]], dict[str, Any] | None]] = {
+    "negative": lambda usage: {**usage, "prompt_tokens": -50},
+    "text": lambda usage: {**usage, "completion_tokens": "n/a"},
+    "fraction": lambda usage: {**usage, "prompt_tokens": 12.5},
+    "huge": lambda usage: {**usage, "prompt_tokens": 10**12},
+    "absent": lambda usage: None,
+}
+_WORD_FAULTS = {"usage": set(_BAD_USAGE), "content": {"number"}}
 _FAULT_GRAMMAR = (
-    "latency=MS, chunk_delay=MS, status=CODE, 429=SECONDS, drop=N, huge=BYTES, hang, malformed, html, nostream, nojson, notools"
+    "latency=MS, chunk_delay=MS, status=CODE, 429=SECONDS, drop=N, huge=BYTES, hang, malformed, html, nostream, nojson, "
+    f"notools, usage={'|'.join(_BAD_USAGE)}, content=number, after=N"
 )
 
 
 @lru_cache(maxsize=1024)
 def parse_faults(specs: tuple[str, ...]) -> Faults:
     """Merge fault specs in order (later wins); cached because benchmarks repeat the same few specs."""
-    fields: dict[str, int | bool] = {}
+    fields: dict[str, int | bool | str] = {}
     for token in ",".join(specs).split(","):
         name, has_value, value = token.strip().partition("=")
         name = "ratelimit" if name == "429" else name
@@ -140,6 +157,8 @@ def parse_faults(specs: tuple[str, ...]) -> Faults:
             fields[name] = True
         elif name in _VALUED_FAULTS and value.isdigit():
             fields[name] = int(value)
+        elif value in _WORD_FAULTS.get(name, ()):
+            fields[name] = value
         elif name:
             raise SimulatedError(400, f"Unknown simulator fault {token.strip()!r}; expected {_FAULT_GRAMMAR}.")
     if not 400 <= fields.get("status", 400) <= 599:
@@ -148,10 +167,10 @@ def parse_faults(specs: tuple[str, ...]) -> Faults:
 
 
 class Reply(NamedTuple):
-    content: str | None
+    content: Any
     tool_call: dict[str, Any] | None
     finish_reason: str
-    usage: dict[str, int]
+    usage: dict[str, Any] | None
 
 
 def _text(content: Any) -> str:
@@ -208,6 +227,15 @@ def _reply(request: dict[str, Any], base_model: str, call_number: int, padding: 
         "total_tokens": prompt_tokens + completion_tokens,
     }
     return Reply(content, None, finish_reason, usage)
+
+
+def _garbled(reply: Reply, faults: Faults) -> Reply:
+    """The reply with the garbage the `usage=` and `content=` faults ask for."""
+    if faults.usage:
+        reply = reply._replace(usage=_BAD_USAGE[faults.usage](reply.usage))
+    if faults.content == "number" and reply.content is not None:
+        reply = reply._replace(content=5)
+    return reply
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -344,6 +372,8 @@ class Simulator:
             raise SimulatedError(404, message, code="model_not_found", param="model")
         specs = tuple(spec for spec in (self._fault_table.get(base_model), suffix, fault_header) if spec)
         faults = parse_faults(specs) if specs else NO_FAULTS
+        if faults.after >= self._requests[base_model]:
+            faults = NO_FAULTS
 
         if faults.hang:
             return await _wait_for_disconnect(receive)
@@ -363,7 +393,7 @@ class Simulator:
             return await _cut_connection(send, receive)
 
         call_number = next(self._call_numbers)
-        reply = _reply(request, base_model, call_number, faults.huge)
+        reply = _garbled(_reply(request, base_model, call_number, faults.huge), faults)
         message: dict[str, Any] = {"role": "assistant", "content": reply.content}
         if reply.tool_call:
             message["tool_calls"] = [reply.tool_call]
@@ -373,15 +403,16 @@ class Simulator:
             "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}],
-            "usage": reply.usage,
         }
+        if reply.usage is not None:
+            completion["usage"] = reply.usage
         await _send_body(send, 200, orjson.dumps(completion))
 
     async def _stream(
         self, request: dict[str, Any], model: str, base_model: str, faults: Faults, send: Send, receive: Receive
     ) -> None:
         call_number = next(self._call_numbers)
-        reply = _reply(request, base_model, call_number, faults.huge)
+        reply = _garbled(_reply(request, base_model, call_number, faults.huge), faults)
         envelope = {
             "id": f"chatcmpl-sim-{call_number}",
             "object": "chat.completion.chunk",
@@ -397,7 +428,8 @@ class Simulator:
             deltas = [{"role": "assistant", "content": None}, {"tool_calls": [{"index": 0, **reply.tool_call}]}]
         else:
             deltas = [{"role": "assistant", "content": ""}]
-            deltas += [{"content": piece} for piece in _PIECES.findall(reply.content or "")]
+            pieces = _PIECES.findall(reply.content or "") if isinstance(reply.content, str) else [reply.content]
+            deltas += [{"content": piece} for piece in pieces]
 
         await send(_EVENT_STREAM_START)
         await _sleep_ms(faults.latency)
@@ -413,7 +445,7 @@ class Simulator:
             return await _cut_connection(send, receive)
         await _sleep_ms(faults.chunk_delay)
         tail = chunk({}, reply.finish_reason)
-        if (request.get("stream_options") or {}).get("include_usage"):
+        if (request.get("stream_options") or {}).get("include_usage") and reply.usage is not None:
             tail += b"data: " + orjson.dumps({**envelope, "choices": [], "usage": reply.usage}) + b"\n\n"
         await send({"type": "http.response.body", "body": tail + _DONE})
 

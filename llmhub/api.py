@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
+logger = logging.getLogger(__name__)
+
 
 def error_body(*, code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
@@ -60,7 +62,11 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
     if not isinstance(exc, exceptions.APIException):
-        return None
+        # Unforeseen: the API's JSON 500, also with DEBUG on (whose HTML page would show the frames' values).
+        request = context.get("request")
+        logger.error("Internal Server Error: %s", getattr(request, "path", "?"), exc_info=exc)
+        set_rollback()
+        return Response(error_body(code="internal_error", message="Internal error."), status=500)
 
     headers = {}
     if getattr(exc, "auth_header", None):

@@ -56,6 +56,9 @@ for _position, _key in enumerate(ENCRYPTION_KEYS, start=1):
 DEBUG = env.bool("DJANGO_DEBUG", default=EMBEDDED)
 if DEBUG and not EMBEDDED:
     raise ImproperlyConfigured("DJANGO_DEBUG cannot be on in production.")
+# The DEBUG page and the 500 e-mails never show a secret (a stored key in a frame, an Authorization header).
+DEFAULT_EXCEPTION_REPORTER = "llmhub.error_reports.SecretsHiddenReporter"
+DEFAULT_EXCEPTION_REPORTER_FILTER = "llmhub.error_reports.SecretsFilter"
 
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"] if EMBEDDED else [])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])

@@ -39,7 +39,7 @@ from pages.selectors import (
 from registry.apis import caller_default_model
 from registry.authentication import user_tier_get
 from registry.health import model_status_of
-from registry.model_tests import QueueUnavailable, model_test_start
+from registry.model_tests import model_test_start
 from registry.models import ModelTest
 from registry.selectors import (
     apreferences_get,
@@ -205,7 +205,7 @@ def model_tests(request: HttpRequest, kind: str, model_id: str) -> HttpResponse:
     if request.method == "POST":
         try:
             test = model_test_start(**{field: target}, requested_by=request.user)
-        except QueueUnavailable as error:
+        except ApplicationError as error:  # the queue is down, or the model was deleted while it was tested
             return _json_error(error)
         return JsonResponse(_test_payload(test), status=202)
     health = model_status_of(target)
@@ -250,14 +250,14 @@ async def playground_stream(request: HttpRequest) -> HttpResponse:
             result = await translation.translate(
                 caller=caller, registry=registry, text=params["text"], target_language=params["target_language"],
                 source_language=params.get("source_language"), model_id=params.get("model"),
-                preferred_id=preferences.preferred_for("translation"))
+                preferred_ids=preferences.preferred_order("translation"), endpoint="pages.playground")
             events = playground.translation_events(result)
         else:
             params = _validated(GenerateInputSerializer, request.POST, ("prompt", "model"))
             stream = await generation.chat_stream(
                 caller=caller, registry=registry, body={"messages": [{"role": "user", "content": params["prompt"]}]},
                 endpoint="pages.playground", model_id=params.get("model"),
-                preferred_id=preferences.preferred_for("generation"))
+                preferred_ids=preferences.preferred_order("generation"))
             events = playground.chat_events(stream)
     except serializers.ValidationError as error:
         return JsonResponse(error_body(code="invalid", message="Invalid input.", fields=error.detail), status=400)

@@ -19,8 +19,9 @@ from django.db import DatabaseError, transaction
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
+from generation.client import UpstreamMisconfigured
 from llmhub.crypto import secret_decrypt
-from llmhub.errors import ConfigurationError, ServiceUnavailable
+from llmhub.errors import ConfigurationError, NotFound, ServiceUnavailable
 from registry.connectivity import CheckResult, model_check
 from registry.health import health_record_test
 from registry.models import LLMModel, ModelTest, UserLLMConfig
@@ -73,7 +74,8 @@ def model_test_start(*, llm_model: LLMModel | None = None, user_model: UserLLMCo
 
     Raises QueueUnavailable (503, "queue_unavailable") when the broker cannot take it; the test is then
     recorded as failed. Inside a transaction (with a real broker) the test is enqueued once it commits, so
-    a worker never looks for a row it cannot see yet.
+    a worker never looks for a row it cannot see yet. Raises NotFound (404, "model_not_found") when the model
+    was deleted, its tests with it, while the test ran in-process (tasks run eagerly).
     """
     if (llm_model is None) == (user_model is None):
         raise ValueError("model_test_start() takes exactly one of llm_model and user_model")
@@ -84,7 +86,10 @@ def model_test_start(*, llm_model: LLMModel | None = None, user_model: UserLLMCo
         transaction.on_commit(lambda: _enqueue_after_commit(test.pk))
     else:
         _enqueue_or_fail(test.pk)
-    test.refresh_from_db()
+    try:
+        test.refresh_from_db()
+    except ModelTest.DoesNotExist:
+        raise NotFound("The model was deleted while it was being tested.", code="model_not_found") from None
     return test
 
 
@@ -167,6 +172,9 @@ def model_test_execute(*, test_id: int) -> None:
         return
     except ConfigurationError:
         _finish(test_id, error="key unreadable")  # encrypted with a key this server no longer has
+        return
+    except UpstreamMisconfigured:
+        _finish(test_id, error="key or headers invalid")  # characters HTTP cannot carry, stored before they were refused
         return
     except ModelTest.DoesNotExist:
         return  # its model was deleted meanwhile

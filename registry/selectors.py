@@ -253,9 +253,11 @@ class PreferencesSpec:
     task_defaults: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     favourites: tuple[str, ...] = ()
 
-    def preferred_for(self, task: str) -> str | None:
-        """The model to use for `task` when a request names none: its task default, else the default."""
-        return self.task_defaults.get(task) or self.default_model or None
+    def preferred_order(self, task: str) -> tuple[str, ...]:
+        """The models to use for `task` when a request names none, the first usable one wins: its task default,
+        then the default (the tier's comes after them)."""
+        return tuple(dict.fromkeys(model_id for model_id in (self.task_defaults.get(task), self.default_model)
+                                   if model_id))
 
 
 NO_PREFERENCES = PreferencesSpec()

@@ -6,6 +6,7 @@ models a user may use). An API key is write-only: outputs say whether one is set
 
 from typing import Any
 
+from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -16,6 +17,14 @@ from registry.selectors import CAPABILITIES, ModelSpec, PreferencesSpec, registr
 
 MODEL_ID_MAX_LENGTH = UserLLMConfig._meta.get_field("slug").max_length
 API_KEY_MAX_LENGTH = 1000
+
+
+# Sent in an HTTP header (`Authorization: Bearer <key>`): printable ASCII only. A CR or LF would end the header
+# (and could inject another), other characters cannot be sent at all: every call would fail.
+header_value_validator = RegexValidator(
+    r"\A[\x20-\x7e]*\Z", code="invalid_characters",
+    message="Only printable ASCII characters are allowed (no line breaks, tabs or other characters "
+            "an HTTP header cannot carry).")
 
 
 def _default(name: str) -> Any:
@@ -99,7 +108,8 @@ class UserModelInputSerializer(StrictSerializer):
     base_url = serializers.URLField(max_length=UserLLMConfig._meta.get_field("base_url").max_length,
                                     help_text="e.g. https://api.example.com/v1")
     api_key = serializers.CharField(max_length=API_KEY_MAX_LENGTH, write_only=True, style={"input_type": "password"},
-                                    help_text="Write-only: stored encrypted, never shown again.")
+                                    validators=[header_value_validator],
+                                    help_text="Write-only: stored encrypted, never shown again. Printable ASCII.")
     enabled = serializers.BooleanField(default=_default("enabled"))
     capabilities = CapabilitiesSerializer(default=lambda: {name: _default(f"supports_{name}") for name in CAPABILITIES})
     context_window = serializers.IntegerField(min_value=1, max_value=100_000_000, default=_default("context_window"))
@@ -116,7 +126,7 @@ class UserModelUpdateInputSerializer(UserModelInputSerializer):
     id = serializers.SlugField(source="slug", max_length=MODEL_ID_MAX_LENGTH, required=False,
                                help_text="A model's id cannot change; accepted when it is the current one.")
     api_key = serializers.CharField(max_length=API_KEY_MAX_LENGTH, write_only=True, required=False,
-                                    style={"input_type": "password"},
+                                    style={"input_type": "password"}, validators=[header_value_validator],
                                     help_text="Write-only. Leave it out to keep the stored key; required with a new "
                                               "base URL.")
 

@@ -23,6 +23,8 @@ class TranslateOutputSerializer(GenerateOutputSerializer):
     source_language = serializers.CharField(allow_null=True)
     target_language = serializers.CharField()
     pieces = serializers.IntegerField()
+    answered_by = serializers.ListField(child=serializers.CharField(),
+                                        help_text="The model that answered each piece, in order.")
 
 
 class TranslateApi(CallerAPIView):
@@ -39,5 +41,5 @@ class TranslateApi(CallerAPIView):
             caller=request.caller, registry=request.registry, text=params["text"],
             target_language=params["target_language"], source_language=params.get("source_language"),
             model_id=params.get("model"), provider=params.get("provider"),
-            preferred_id=request.preferences.preferred_for("translation"))
+            preferred_ids=request.preferences.preferred_order("translation"))
         return Response(TranslateOutputSerializer(result).data)

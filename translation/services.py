@@ -1,18 +1,22 @@
 """Translation on top of generation's pipeline: same registry, access checks and fallback.
 
 A text longer than the model's context is split at paragraph boundaries, each piece translated in
-order, and the pieces rejoined; the whole translation is one request with one usage row.
+order, and the pieces rejoined; the whole translation is one request with one usage row. Each piece is
+billed at the prices of the model that answered it (a fallback may answer some pieces); the row names every
+model that answered. When a piece fails on every model, the pieces translated before it are returned in the
+error (`partial_text`) and billed, the row's status is "partial"; nothing after it is attempted.
 """
 
 import asyncio
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import langcodes
 
 from generation import services as generation
-from generation.services import Caller, Usage
+from generation.services import Caller, GenerationFailed, Usage
 from llmhub.errors import ApplicationError
 from registry.selectors import ModelSpec, Registry
 from usage.services import tokens_count_text
@@ -32,6 +36,23 @@ class InvalidLanguage(ApplicationError):
     code = "invalid_language"
 
 
+def _incomplete(failure: GenerationFailed, *, piece: int, pieces: int, done: list[str], answered_by: list[str],
+                usage: Usage, cost: object) -> GenerationFailed:
+    """The failure of piece `piece` (from 0) of a text in several: what happened, and the pieces translated before
+    it, which are billed."""
+    reason = failure.message[:1].lower() + failure.message[1:]
+    translated = f"The {len(done)} piece{'s' if len(done) != 1 else ''} translated before it " \
+                 f"{'are' if len(done) != 1 else 'is'} in partial_text (and billed)." if done else "Nothing was billed."
+    incomplete = GenerationFailed(f"Piece {piece + 1} of {pieces} could not be translated: {reason} {translated}",
+                                  status=failure.status, code=failure.code, attempts=failure.attempts,
+                                  retry_after=failure.retry_after)
+    incomplete.extra.update(pieces=pieces, pieces_translated=len(done), partial_text="\n\n".join(done),
+                            answered_by=answered_by, cost=f"{cost}", usage={
+                                "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+                                "estimated": usage.estimated})
+    return incomplete
+
+
 @dataclass(slots=True)
 class Translation:
     request_id: str
@@ -40,6 +61,7 @@ class Translation:
     source_language: str | None
     target_language: str
     pieces: int
+    answered_by: list[str]  # the model that answered each piece, in order
     attempts: list[generation.Attempt]
     usage: Usage
     cost: object
@@ -128,7 +150,7 @@ def _messages(piece: str, *, target: str, source: str | None) -> list[dict[str, 
 
 async def translate(*, caller: Caller, registry: Registry, text: str, target_language: str,
                     source_language: str | None = None, model_id: str | None = None, provider: str | None = None,
-                    preferred_id: str | None = None) -> Translation:
+                    preferred_ids: Sequence[str] = (), endpoint: str = "api.translate") -> Translation:
     target = language_validate(target_language, field="target_language")
     source = language_validate(source_language, field="source_language") if source_language else None
     if not isinstance(text, str) or not text.strip():
@@ -136,31 +158,38 @@ async def translate(*, caller: Caller, registry: Registry, text: str, target_lan
         raise ApplicationError(message, code="invalid", extra={"fields": {"text": [message]}})
 
     run = await generation.start_run(caller=caller, registry=registry, body={"messages": [{"content": text}]},
-                                     endpoint="api.translate", model_id=model_id, provider=provider,
-                                     preferred_id=preferred_id)
-    usage, model, error = Usage(), None, None
+                                     endpoint=endpoint, model_id=model_id, provider=provider,
+                                     preferred_ids=preferred_ids)
+    usage, model, error, answered_by, results = Usage(), None, None, [], []
     try:
         # Counting a long text's tokens takes a while: not on the event loop.
         pieces = await asyncio.to_thread(text_split, text,
                                          max_tokens=max(64, int(run.primary.context_window * _PIECE_SHARE)))
-        results = []
-        for piece in pieces:
+        for index, piece in enumerate(pieces):
             body = {"messages": _messages(piece, target=target, source=source)}
-            model, completion = await generation.complete(run, body)
-            counted = generation.usage_from(completion.data)
-            piece_usage = Usage(*counted) if counted else await generation.usage_counted(
-                body, generation.completion_text(completion.data))
+            try:
+                model, completion = await generation.complete(run, body)
+            except GenerationFailed as failure:
+                if len(pieces) == 1:
+                    raise
+                raise _incomplete(failure, piece=index, pieces=len(pieces), done=results, answered_by=answered_by,
+                                  usage=usage, cost=run.charged()) from None
+            piece_usage = await generation.completion_usage(run, model, body, completion)
+            run.charge(model, piece_usage)
             usage = Usage(usage.input_tokens + piece_usage.input_tokens,
                           usage.output_tokens + piece_usage.output_tokens, usage.estimated or piece_usage.estimated)
             results.append(generation.completion_text(completion.data).strip())
+            answered_by.append(model.id)
     except BaseException as failure:
         error = failure
         raise
     finally:
-        await asyncio.shield(generation.run_finish(run, model=model, usage=usage, error=error))
+        # Pieces already translated are billed whatever happens next (and returned in the error).
+        status = "partial" if error is not None and results else None
+        await asyncio.shield(generation.run_finish(run, model=model, usage=usage, error=error, status=status))
     return Translation(request_id=run.request_id, text="\n\n".join(results), model=model, source_language=source,
-                       target_language=target, pieces=len(pieces), attempts=run.attempts, usage=usage,
-                       cost=run.cost, latency_ms=(time.perf_counter() - run.started) * 1000)
+                       target_language=target, pieces=len(pieces), answered_by=answered_by, attempts=run.attempts,
+                       usage=usage, cost=run.cost, latency_ms=(time.perf_counter() - run.started) * 1000)
 
 
 def legacy_arguments(data: dict) -> dict:

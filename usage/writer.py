@@ -19,9 +19,10 @@ What is guaranteed:
   with `--lifespan on`), which writes the queue at `lifespan.shutdown`, after the drain. Celery's forked
   worker processes, which skip `atexit`, write it on `worker_process_shutdown`.
 - A row the database refuses for good (a string too long, a user deleted meanwhile) never blocks the
-  queue: strings are cut to their column's length, a deleted user or key becomes NULL (as
-  `on_delete=SET_NULL` would have made it), and a row still refused is dropped with an error log naming
-  its request_id.
+  queue: strings are cut to their column's length, counts out of their column's range (a negative token
+  count) are brought into it with a warning, a deleted user or key becomes NULL (as `on_delete=SET_NULL`
+  would have made it), and a row still refused is dropped with an error log naming its request_id (never
+  silently: the one-by-one retry does not use SQLite's INSERT OR IGNORE, which hides CHECK failures).
 - Not guaranteed: a process killed without running its exit handlers (SIGKILL, OOM kill, a power cut)
   loses the rows it had not written yet: at most one flush interval's worth (0.25 s by default), or
   everything queued during a database outage.
@@ -40,6 +41,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from decimal import Decimal
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -102,7 +104,29 @@ def _row_fields(entry: UsageEntry) -> dict:
     fields = {name: getattr(entry, name) for name in entry.__slots__}
     for name, max_length in _string_limits().items():
         fields[name] = fields[name][:max_length]
+    for name, (low, high) in _number_ranges().items():
+        value = fields[name]
+        # Only numbers: a value of another type is the database's to refuse (and the row logged as dropped).
+        if isinstance(value, int | Decimal) and not low <= value <= high:
+            fields[name] = min(max(value, low), high)
+            logger.warning("usage row %s: %s=%s out of range, stored as %s", entry.request_id, name, value,
+                           fields[name])
     return fields
+
+
+@functools.cache
+def _number_ranges() -> dict[str, tuple]:
+    # A CHECK constraint (PositiveIntegerField) or the column's size would refuse the whole row for one count.
+    from usage.models import UsageLog
+
+    ranges = {}
+    for field in UsageLog._meta.concrete_fields:
+        kind = field.get_internal_type()
+        if kind in ("PositiveIntegerField", "PositiveSmallIntegerField"):
+            ranges[field.name] = (0, 2**31 - 1 if kind == "PositiveIntegerField" else 2**15 - 1)
+        elif kind == "DecimalField":
+            ranges[field.name] = (Decimal(0), Decimal(10) ** (field.max_digits - field.decimal_places) - 1)
+    return ranges
 
 
 @functools.cache
@@ -121,7 +145,6 @@ def _rows_insert_one_by_one(rows: list) -> None:
     from django.contrib.auth import get_user_model
 
     from registry.models import ApiKey
-    from usage.models import UsageLog
 
     for attribute, model in (("user_id", get_user_model()), ("api_key_id", ApiKey)):
         ids = {getattr(row, attribute) for row in rows} - {None}
@@ -129,10 +152,14 @@ def _rows_insert_one_by_one(rows: list) -> None:
         for row in rows:
             if getattr(row, attribute) not in existing:
                 setattr(row, attribute, None)
+    columns, sql = _insert_statement()
     for row in rows:
         try:
-            with transaction.atomic():
-                UsageLog.objects.bulk_create([row], ignore_conflicts=True)
+            # The same ON CONFLICT (request_id) statement: bulk_create(ignore_conflicts=True) is SQLite's
+            # INSERT OR IGNORE, which would drop a row failing a CHECK constraint without a word.
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(sql, [field.get_db_prep_save(getattr(row, field.attname), connection)
+                                     for field in columns])
         except REFUSED as error:
             logger.error("usage row %s refused by the database and dropped: %s", row.request_id, error)
 

@@ -133,3 +133,57 @@ def test_it_is_in_the_openapi_schema(live_hub):
     response = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
     assert {"text", "model", "attempts", "usage", "cost", "latency_ms"} <= set(
         schema["components"]["schemas"][response]["properties"])
+
+
+# --- What an upstream reports is checked (issue 16, item 14) -------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["negative", "text", "fraction", "huge", "absent"])
+def test_it_counts_locally_when_the_upstream_reports_garbage_usage(generate, simulated_upstream, kind):
+    simulated_upstream.set_fault("demo", f"usage={kind}")
+
+    response = generate({"prompt": "hello hub", "model": "demo"})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["text"] == "Simulated reply from demo: hello hub"
+    usage = body["usage"]
+    assert usage["estimated"] is True and 0 < usage["input_tokens"] < 100 and 0 < usage["output_tokens"] < 100
+    assert 0 < float(body["cost"]) < 0.001
+    [row] = usage_rows(1)
+    assert (row.status, row.http_status, row.error_type, row.tokens_estimated) == ("ok", 200, "", True)
+    assert (row.input_tokens, row.output_tokens, str(row.cost)) == (usage["input_tokens"], usage["output_tokens"],
+                                                                    body["cost"])
+
+
+def test_it_falls_back_when_the_answer_is_not_text_and_fails_with_502_when_none_is(generate, simulated_upstream):
+    simulated_upstream.set_fault("demo", "content=number")
+
+    response = generate({"prompt": "hello hub", "model": "demo"})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == "demo-backup"
+    assert [attempt["outcome"] for attempt in response.json()["attempts"]] == ["bad_response", "ok"]
+
+    simulated_upstream.set_fault("demo-backup", "content=number")
+    response = generate({"prompt": "hello hub", "model": "demo"})
+
+    assert response.status_code == 502 and response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["code"] == "upstream_failed"
+    assert [(row.status, row.http_status) for row in usage_rows(2)] == [("ok", 200), ("error", 502)]
+
+
+def test_it_answers_an_unexpected_error_with_a_json_500_and_logs_it_as_500(generate, monkeypatch, settings):
+    settings.DEBUG = True  # as embedded: /api/ still answers JSON, never the HTML debug page
+    # The transport library failing in a way nobody planned for (not llmhub's code: the SDK's HTTP client).
+    async def broken_send(self, request, **kwargs):
+        raise RuntimeError("unplanned failure inside the HTTP client")
+
+    monkeypatch.setattr(httpx2.AsyncClient, "send", broken_send)
+
+    response = generate({"prompt": "hello hub", "model": "demo"})
+
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"error": {"code": "internal_error", "message": "Internal error."}}
+    [row] = usage_rows(1)
+    assert (row.status, row.http_status, row.error_type) == ("error", 500, "internal_error")

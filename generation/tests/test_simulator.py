@@ -300,6 +300,41 @@ def test_it_pads_a_huge_but_valid_body(upstream: SimulatedUpstream) -> None:
     assert completion.choices[0].message.content.startswith(HELLO_REPLY + " xxx")
 
 
+def raw_completion(upstream: SimulatedUpstream, model: str, **options: Any) -> dict:
+    return make_client(upstream).chat.completions.with_raw_response.create(model=model, messages=HELLO,
+                                                                          **options).http_response.json()
+
+
+@pytest.mark.parametrize(("kind", "expected"), [
+    ("negative", {"prompt_tokens": -50}), ("text", {"completion_tokens": "n/a"}), ("fraction", {"prompt_tokens": 12.5}),
+    ("huge", {"prompt_tokens": 10**12}),
+])
+def test_it_reports_the_garbage_usage_asked_for(upstream: SimulatedUpstream, kind: str, expected: dict) -> None:
+    usage = raw_completion(upstream, f"demo@usage={kind}")["usage"]
+
+    assert usage == {**usage, **expected}
+    assert "usage" not in raw_completion(upstream, "demo@usage=absent")
+    streamed = make_client(upstream).chat.completions.with_raw_response.create(
+        model="demo@usage=absent", messages=HELLO, stream=True, stream_options={"include_usage": True}).http_response
+    text = streamed.read().decode()
+    assert '"usage"' not in text and text.endswith("data: [DONE]\n\n")
+
+
+def test_it_answers_content_that_is_not_a_string(upstream: SimulatedUpstream) -> None:
+    assert raw_completion(upstream, "demo@content=number")["choices"][0]["message"]["content"] == 5
+    streamed = make_client(upstream).chat.completions.with_raw_response.create(
+        model="demo@content=number", messages=HELLO, stream=True).http_response.read()
+    assert b'"content":5' in streamed
+
+
+def test_it_spares_the_first_requests_of_an_after_fault(upstream: SimulatedUpstream) -> None:
+    upstream.set_fault("demo", "status=500,after=2")
+
+    assert [chat(upstream).choices[0].message.content for _ in range(2)] == [HELLO_REPLY] * 2
+    with pytest.raises(openai.InternalServerError):
+        chat(upstream)
+
+
 def test_it_refuses_features_the_model_lacks(upstream: SimulatedUpstream) -> None:
     upstream.set_fault("demo", "nostream,nojson,notools")
 
@@ -322,6 +357,8 @@ def test_it_rejects_unknown_fault_tokens(upstream: SimulatedUpstream) -> None:
     assert "latency=fast" in raised.value.message
     with pytest.raises(ValueError, match="explode"):
         upstream.set_fault("demo", "explode")
+    with pytest.raises(ValueError, match="usage=lots"):
+        upstream.set_fault("demo", "usage=lots")
 
 
 def test_it_keeps_persistent_faults_until_cleared_or_reset(upstream: SimulatedUpstream) -> None:

@@ -183,3 +183,43 @@ def test_it_applies_a_changed_provider_timeout_to_the_pooled_client(sdk, setting
 
     stream = sdk.chat.completions.create(model="demo", messages=MESSAGES, stream=True, max_tokens=1)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Simulated"  # 1.2 s gaps: fine
+
+
+# --- What an upstream streams is checked (issue 16, item 14) -------------------------------------------------
+
+def stream_events(live_hub: str, api_key: str, model: str, **body) -> list[bytes]:
+    response = httpx2.post(f"{live_hub}/v1/chat/completions", headers={"Authorization": f"Bearer {api_key}"},
+                           json={"model": model, "messages": MESSAGES, "stream": True, **body}, timeout=10)
+    assert response.status_code == 200, response.text
+    return [event for event in response.content.split(b"\n\n") if event]
+
+
+@pytest.mark.parametrize("kind", ["negative", "text", "fraction", "huge", "absent"])
+def test_it_counts_a_stream_locally_when_the_upstream_reports_garbage_usage(live_hub, api_key, simulated_upstream,
+                                                                            kind):
+    simulated_upstream.set_fault("demo", f"usage={kind}")
+
+    events = stream_events(live_hub, api_key, "demo", stream_options={"include_usage": True})
+
+    assert events[-1] == b"data: [DONE]"
+    payloads = [orjson.loads(event.removeprefix(b"data: ")) for event in events[:-1]]
+    assert "".join(choice["delta"].get("content") or "" for payload in payloads
+                   for choice in payload["choices"]) == REPLY.format("demo")
+    assert all("error" not in payload for payload in payloads)
+    assert all(usage["prompt_tokens"] >= 0 and isinstance(usage["completion_tokens"], int) for usage in
+               (payload["usage"] for payload in payloads if payload.get("usage")))  # no garbage passed on
+    [row] = usage_rows(1)
+    assert (row.status, row.error_type, row.tokens_estimated) == ("ok", "", True)
+    assert 0 < row.input_tokens < 100 and 0 < row.output_tokens < 100 and row.cost > 0
+
+
+def test_it_ends_a_stream_whose_content_is_not_text_with_an_error_event(live_hub, api_key, simulated_upstream):
+    simulated_upstream.set_fault("demo", "content=number")
+
+    events = stream_events(live_hub, api_key, "demo")
+
+    assert b'"content":5' not in b"".join(events)  # never passed on
+    last = orjson.loads(events[-1].removeprefix(b"data: "))
+    assert last["error"]["code"] == "bad_response"
+    [row] = usage_rows(1)
+    assert (row.status, row.error_type, row.streamed) == ("partial", "bad_response", True)

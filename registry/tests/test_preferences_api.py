@@ -112,7 +112,7 @@ def test_it_is_read_without_a_query_once_warm(client, user, django_assert_num_qu
 
     with django_assert_num_queries(0):
         assert client.get("/api/preferences/").json()["default_model"] == "demo-backup"
-        assert preferences_get(user.pk).preferred_for("generation") == "demo-backup"
+        assert preferences_get(user.pk).preferred_order("generation") == ("demo-backup",)
         # The async read of a warm memo does not even wait: the coroutine finishes on its first step.
         step = apreferences_get(user.pk)
         with pytest.raises(StopIteration) as finished:
@@ -194,3 +194,20 @@ def test_it_falls_back_to_the_tier_default_when_a_preference_is_no_longer_allowe
     user_tier_set(user=user, tier_slug="free")
 
     assert set(answered_by(live_hub, headers).values()) == {"demo"}
+
+
+def test_it_uses_the_users_default_when_the_task_default_cannot_be_used(live_hub, live_user, settings,
+                                                                         simulated_upstream):
+    # "Task default, else your default, else the tier's" (issue 16, item 13): a disabled task default falls to the
+    # user's own default, not past it to the tier's.
+    settings.LLMHUB = {**settings.LLMHUB, "SSRF_ALLOWLIST": [f"127.0.0.1:{simulated_upstream.port}"]}
+    user, headers = live_user
+    for slug in ("px", "py"):
+        own_model(user, slug, base_url=simulated_upstream.base_url)
+    set_preferences(live_hub, headers, default_model="py", task_defaults={"generation": "px", "translation": "px"})
+    assert set(answered_by(live_hub, headers).values()) == {"px"}
+
+    disabled = httpx2.patch(f"{live_hub}/api/models/px/", json={"enabled": False}, headers=headers)
+    assert disabled.status_code == 200, disabled.text
+
+    assert set(answered_by(live_hub, headers).values()) == {"py"}

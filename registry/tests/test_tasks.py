@@ -150,6 +150,19 @@ def test_it_reports_a_rejected_key_and_marks_the_model_down(registry, make_user,
     assert key not in stored and "Incorrect API key" not in stored
 
 
+@pytest.mark.parametrize("key", ["sk-planted\r\nX-Injected: 1", "sk-plantéd-key-0123"])
+def test_it_reports_a_key_http_cannot_carry_without_calling_the_upstream(registry, make_user, simulated_upstream,
+                                                                       allow_local, key):
+    # Saving such a key is refused now (issue 16, item 15); one stored before is a failed test, not a crash.
+    model = user_model(make_user(), base_url=simulated_upstream.base_url, key=key)
+    simulated_upstream.reset()
+
+    test = finished(model_test_start(user_model=model))
+
+    assert (test.state, test.error) == ("failed", "key or headers invalid")
+    assert simulated_upstream.stats() == {}
+
+
 def test_it_marks_an_unreachable_host_down_within_the_time_limit(registry, make_user, allow_local, closed_port):
     allow_local(closed_port)
     owner = make_user()

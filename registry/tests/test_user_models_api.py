@@ -347,6 +347,10 @@ INVALID = [
     ("model too long", {"model": "m" * 201}, "model"),
     ("url too long", {"base_url": "https://example.com/" + "p" * 500}, "base_url"),
     ("key too long", {"api_key": CANARY + "k" * 1000}, "api_key"),
+    ("key with a line break", {"api_key": CANARY + "\r\nX-Injected: 1"}, "api_key"),
+    ("key with a newline", {"api_key": "sk-abc\ndef"}, "api_key"),
+    ("key with a tab inside", {"api_key": "sk-abc\tdef"}, "api_key"),
+    ("key with non-ascii characters", {"api_key": "sk-ключ-1234567890"}, "api_key"),
     ("context too large", {"context_window": 10**12}, "context_window"),
     ("context zero", {"context_window": 0}, "context_window"),
     ("price too large", {"input_price_per_million": "12345678.5"}, "input_price_per_million"),
@@ -390,6 +394,8 @@ def test_it_refuses_an_id_the_owner_already_has(mine, owner, client_of, allow_si
     ("patch", {"id": "renamed"}, "id"),
     ("patch", {"api_key_encrypted": "x"}, "api_key_encrypted"),
     ("patch", {"display_name": "n" * 201}, "display_name"),
+    ("patch", {"api_key": "sk-abc\r\ndef"}, "api_key"),
+    ("patch", {"api_key": "sk-clé"}, "api_key"),
     ("put", {"display_name": "Only a name"}, "base_url"),
 ])
 def test_it_refuses_an_invalid_update_and_changes_nothing(mine, owner, client_of, method, changes, field):
@@ -528,3 +534,64 @@ def test_it_serves_an_own_model_to_its_owner_only(live_hub, live_own_model, simu
     assert [row.answered_model for row in usage_rows(3)] == ["my-sim"] * 3  # the history stays
     with pytest.raises(openai.NotFoundError):
         owner_sdk.chat.completions.create(model="my-sim", messages=messages)
+
+
+@pytest.mark.parametrize("planted", ["sk-planted\r\nX-Injected: 1", "sk-plantéd-key-0123"])
+def test_it_answers_a_key_http_cannot_carry_as_a_misconfigured_model_not_a_500(live_hub, make_user, api_key_for,
+                                                                             allow_simulator, simulated_upstream,
+                                                                             planted):
+    # A key stored before save-time checks existed (or by another path): each call is a clean, logged 502.
+    from registry.services import secret_assign
+
+    owner = make_user("owner", tier="free")
+    model = UserLLMConfig(owner=owner, slug="planted", display_name="Planted", upstream_model="demo",
+                          base_url=allow_simulator)
+    secret_assign(model, planted)
+    model.save()
+    headers = {"Authorization": f"Bearer {api_key_for(owner)}"}
+
+    generated = httpx2.post(f"{live_hub}/api/generate/", json={"model": "planted", "prompt": "hi"}, headers=headers,
+                            timeout=10)
+    chat = httpx2.post(f"{live_hub}/v1/chat/completions", json={"model": "planted", "stream": True,
+                                                                 "messages": [{"role": "user", "content": "hi"}]},
+                       headers=headers, timeout=10)
+
+    for response in (generated, chat):
+        assert response.status_code == 502, response.text
+        assert response.headers["content-type"] == "application/json"
+        assert response.json()["error"]["code"] == "misconfigured"
+        assert planted not in response.text
+    assert simulated_upstream.stats()["demo"] == 0
+    assert [(row.status, row.http_status, row.error_type) for row in usage_rows(2)] == [
+        ("error", 502, "misconfigured")] * 2
+
+
+# --- A model deleted while its test runs (issue 16, item 16) -------------------------------------------------
+
+def test_it_ends_a_running_test_cleanly_when_its_model_is_deleted(live_hub, make_user, api_key_for, allow_simulator,
+                                                                   simulated_upstream):
+    import threading
+
+    owner = make_user("owner", tier="free")
+    headers = {"Authorization": f"Bearer {api_key_for(owner)}"}
+    created = httpx2.post(f"{live_hub}/api/models/", json=payload(allow_simulator), headers=headers)
+    assert created.status_code == 201, created.text
+    simulated_upstream.set_fault("demo-backup", "latency=1500")  # the test's first check is still waiting
+    answers = []
+    test_request = threading.Thread(target=lambda: answers.append(
+        httpx2.post(f"{live_hub}/api/models/mine/test", headers=headers, timeout=60)))
+    test_request.start()
+    deadline = time.monotonic() + 10
+    while not ModelTest.objects.filter(state=ModelTest.State.RUNNING).exists():
+        assert time.monotonic() < deadline, "the test never started running"
+        time.sleep(0.02)
+
+    deleted = APIClient(headers=headers).delete("/api/models/mine/")  # served beside the running test
+    test_request.join(timeout=60)
+
+    assert deleted.status_code == 204
+    [answer] = answers
+    assert answer.status_code == 404, answer.text
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json()["error"]["code"] == "model_not_found"
+    assert not UserLLMConfig.objects.exists() and not ModelTest.objects.exists()

@@ -2,6 +2,7 @@
 the user message: "Simulated reply from <model>: <text>"."""
 
 import re
+from decimal import Decimal
 
 import httpx2
 import pytest
@@ -152,3 +153,116 @@ def test_it_is_in_the_openapi_schema(live_hub):
     schema = httpx2.get(f"{live_hub}/api/schema/", params={"format": "json"}, timeout=10).json()
 
     assert schema["paths"]["/api/translate/"]["post"]["operationId"] == "translate"
+
+
+# --- Chunks billed at their own model's price, failures mid-text (issue 16, items 11 and 12) -----------------
+
+def small_context(public_id: str = "demo", context_window: int = 200) -> None:
+    from registry.models import LLMModel
+
+    model = LLMModel.objects.get(public_id=public_id)
+    model.context_window = context_window
+    model.save()
+
+
+def expected_bill(text: str, *, target: str = "fr") -> tuple[list[str], int, int, Decimal]:
+    """Who answered each piece of a translation of the simulator's echoes, and the exact bill: each piece's tokens
+    (the simulator counts words) at the prices of the model that answered it."""
+    from registry.selectors import registry_get
+    from translation.services import _messages
+    from usage.services import usage_cost
+
+    models, input_tokens, output_tokens, cost = [], 0, 0, Decimal(0)
+    for reply in text.split("\n\n"):
+        model_id, _, piece = reply.removeprefix("Simulated reply from ").partition(": ")
+        prompt = sum(len(message["content"].split()) for message in _messages(piece, target=target, source=None))
+        completion = len(reply.split())
+        model = registry_get().models[model_id]
+        models.append(model_id)
+        input_tokens, output_tokens = input_tokens + prompt, output_tokens + completion
+        cost += usage_cost(input_tokens=prompt, output_tokens=completion,
+                           input_price_per_million=model.input_price_per_million,
+                           output_price_per_million=model.output_price_per_million)
+    return models, input_tokens, output_tokens, cost
+
+
+def test_it_bills_each_piece_at_the_price_of_the_model_that_answered_it(translate, simulated_upstream):
+    small_context()
+    text = "\n\n".join(f"Paragraph {n} " + "word " * 40 for n in range(4))
+    simulated_upstream.set_fault("demo", "status=500,after=1")  # demo answers the first piece only
+
+    response = translate({"text": text, "target_language": "fr"})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    models, input_tokens, output_tokens, cost = expected_bill(body["text"])
+    assert body["pieces"] == 4 and models == ["demo", "demo-backup", "demo-backup", "demo-backup"]
+    assert body["answered_by"] == models
+    assert body["usage"] == {"input_tokens": input_tokens, "output_tokens": output_tokens, "estimated": False}
+    assert Decimal(body["cost"]) == cost
+    [row] = usage_rows(1)
+    assert (row.answered_model, row.cost, row.input_tokens, row.output_tokens, row.status) == (
+        "demo,demo-backup", cost, input_tokens, output_tokens, "ok")
+
+
+def test_it_returns_and_bills_the_pieces_done_when_a_middle_piece_fails_on_every_model(translate, simulated_upstream):
+    small_context()
+    text = "\n\n".join(f"Paragraph {n} " + "word " * 40 for n in range(3))
+    simulated_upstream.set_fault("demo", "status=500,after=1")
+    simulated_upstream.set_fault("demo-backup", "status=500")
+
+    response = translate({"text": text, "target_language": "fr"})
+
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert error["code"] == "upstream_failed"
+    assert error["message"] == "Piece 2 of 3 could not be translated: every model failed. " \
+                               "The 1 piece translated before it is in partial_text (and billed)."
+    assert (error["pieces"], error["pieces_translated"]) == (3, 1)
+    assert error["partial_text"].startswith("Simulated reply from demo: Paragraph 0 ")
+    models, input_tokens, output_tokens, cost = expected_bill(error["partial_text"])
+    assert error["answered_by"] == models == ["demo"] and Decimal(error["cost"]) == cost > 0
+    [row] = usage_rows(1)
+    assert (row.status, row.http_status, row.error_type, row.answered_model) == (
+        "partial", 502, "upstream_failed", "demo")
+    assert (row.cost, row.input_tokens, row.output_tokens) == (cost, input_tokens, output_tokens)
+
+
+def test_it_stops_trying_first_a_model_that_just_timed_out(translate, simulated_upstream, settings):
+    # With `demo` hanging, every piece used to wait the whole timeout on it again; the deadline then ended the
+    # request with "Every model timed out." although demo-backup answered each piece at once.
+    from registry.models import Provider
+
+    small_context()
+    Provider.objects.filter(slug="local").update(timeout_seconds=1)
+    settings.LLMHUB = {**settings.LLMHUB, "GENERATION_DEADLINE_SECONDS": 4}
+    simulated_upstream.set_fault("demo", "hang")
+    text = "\n\n".join(f"Paragraph {n} " + "word " * 40 for n in range(6))
+
+    response = translate({"text": text, "target_language": "fr"})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["answered_by"] == ["demo-backup"] * 6
+    assert simulated_upstream.stats() == {"demo": 1, "demo-backup": 6}
+    assert [(a["model"], a["outcome"]) for a in body["attempts"]][:2] == [("demo", "timeout"), ("demo-backup", "ok")]
+
+
+def test_it_says_how_far_it_got_when_the_deadline_ends_a_translation(translate, simulated_upstream, settings):
+    small_context()
+    settings.LLMHUB = {**settings.LLMHUB, "GENERATION_DEADLINE_SECONDS": 2.6}
+    simulated_upstream.set_fault("demo", "latency=1000")
+    simulated_upstream.set_fault("demo-backup", "latency=1000")
+    text = "\n\n".join(f"Paragraph {n} " + "word " * 40 for n in range(6))
+
+    response = translate({"text": text, "target_language": "fr"})
+
+    assert response.status_code == 504, response.text
+    error = response.json()["error"]
+    done = error["pieces_translated"]
+    assert error["code"] == "upstream_timeout" and 1 <= done < 6
+    assert error["message"].startswith(f"Piece {done + 1} of 6 could not be translated: ")
+    assert "time" in error["message"]
+    assert error["partial_text"].count("Simulated reply from demo:") == done
+    [row] = usage_rows(1)
+    assert (row.status, row.http_status, row.answered_model) == ("partial", 504, "demo")

@@ -199,3 +199,17 @@ def test_it_totals_a_users_usage(writer_paused, make_user, make_entry) -> None:
         "requests": 2, "input_tokens": 30, "output_tokens": 3, "cost": Decimal("0.2500000001")}
     assert usage_totals(user_id=make_user("carol", tier=None).pk) == {"requests": 0, "input_tokens": 0, "output_tokens": 0,
                                                           "cost": Decimal(0)}
+
+
+@pytest.mark.django_db
+def test_it_keeps_a_row_whose_values_the_database_would_refuse(writer_paused, make_entry, caplog) -> None:
+    # Negative or oversized counts break the table's CHECK constraints; SQLite's INSERT OR IGNORE dropped such a
+    # row without a word (issue 16, item 14). The row is kept, its values brought into range, and it is said.
+    entry = make_entry(input_tokens=-50, output_tokens=10**12, attempts=-1, cost=Decimal("-0.5"), latency_ms=-3.0)
+
+    usage_record(entry)
+    usage_flush()
+
+    row = UsageLog.objects.get(request_id=entry.request_id)
+    assert (row.input_tokens, row.output_tokens, row.attempts, row.cost) == (0, 2**31 - 1, 0, 0)
+    assert entry.request_id in caplog.text
