@@ -231,8 +231,9 @@ CELERY_BEAT_SCHEDULE = {
 CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule"))
 
 LLMHUB = {
-    # Path of the model registry fixture loaded by `load_models` and `make run`.
-    "MODELS_FILE": env.str("LLMHUB_MODELS_FILE", default=str(BASE_DIR / "fixtures" / "llm_models.json")),
+    # The registry file `load_models` (and `make run`) reads; empty: fixtures/llm_models.json. A path named here that
+    # does not exist is an error (never the legacy OPENAI_* fallback).
+    "MODELS_FILE": env.str("LLMHUB_MODELS_FILE", default=""),
     # How often a process re-checks the shared registry version (seconds); changes made in the same
     # process are seen at once.
     "REGISTRY_CACHE_CHECK_SECONDS": env.float("LLMHUB_REGISTRY_CACHE_CHECK_SECONDS", default=1.0),
