@@ -69,7 +69,7 @@ test-services: venv browser
 	DATABASE_URL=$(CI_DATABASE_URL) REDIS_URL=$(CI_REDIS_URL) LLMHUB_REQUIRE_SERVICES=true \
 	DJANGO_SECRET_KEY=ci-only-secret-key-0123456789-0123456789-0123456789-abcdef \
 	LLMHUB_ENCRYPTION_KEYS=Y2ktb25seS1lbmNyeXB0aW9uLWtleS0wMTIzNDU2Nzg= \
-	DJANGO_SECURE_SSL_REDIRECT=false \
+	DJANGO_SECURE_SSL_REDIRECT=false DJANGO_ALLOWED_HOSTS=127.0.0.1,localhost \
 	$(PY) -m pytest -q
 
 # The browser tests (pages/tests/test_browser.py) drive Debian's Chromium through Playwright's Python package; it is
