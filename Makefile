@@ -48,14 +48,35 @@ serve: venv
 # The simulated upstream runs beside the app so the demo models answer with no keys and no internet, and a
 # Celery worker with embedded beat runs the periodic model tests. LLMHUB_EMBEDDED_WORKER=true takes tasks out
 # of the app's process; with no REDIS_URL their broker is a folder under var/broker (no server to install).
-run: setup
+# Both ports are checked first: a simulator that cannot bind its port (9100 is also node_exporter's) would leave
+# every demo model failing behind a running app. `ports-free` runs before anything is set up or started.
+run: ports-free setup
 	@echo "llmhub on http://$(HOST):$(PORT)/  (admin: /admin/, API: /api/models/, docs: /api/docs/)"
 	@mkdir -p var/broker/queue var/broker/control var/broker/processed
 	@$(PY) manage.py simulate_upstream --host 127.0.0.1 --port $(SIM_PORT) & sim=$$!; \
+	trap 'kill $$sim 2>/dev/null' EXIT INT TERM; \
+	until $(PORT_OPEN) 127.0.0.1 $(SIM_PORT); do \
+		kill -0 $$sim 2>/dev/null || { echo "The simulated upstream did not start on port $(SIM_PORT): stopping."; exit 1; }; \
+		sleep 0.2; \
+	done; \
 	LLMHUB_EMBEDDED_WORKER=true $(VENV)/bin/celery -A llmhub worker --beat --pool=threads --concurrency=2 \
 		--without-gossip --without-mingle --without-heartbeat -l warning & worker=$$!; \
 	trap 'kill $$sim $$worker 2>/dev/null' EXIT INT TERM; \
 	LLMHUB_EMBEDDED_WORKER=true $(MAKE) --no-print-directory serve
+
+# `$(PORT_FREE) HOST PORT` fails when something already listens there; `$(PORT_OPEN) HOST PORT` succeeds once
+# something accepts connections there.
+PORT_FREE = $(PYTHON) -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], int(sys.argv[2])))'
+PORT_OPEN = $(PYTHON) -c 'import socket, sys; sys.exit(socket.socket().connect_ex((sys.argv[1], int(sys.argv[2]))))'
+define port_free
+@$(PORT_FREE) $(1) $(2) 2>/dev/null || { echo "make run: port $(2) (the $(3), $(4)) is already in use on $(1): stop what \
+listens there, or choose another port: make run $(4)=<free port>"; exit 1; }
+endef
+
+.PHONY: ports-free
+ports-free:
+	$(call port_free,$(HOST),$(PORT),app,PORT)
+	$(call port_free,127.0.0.1,$(SIM_PORT),simulated upstream,SIM_PORT)
 
 test: test-embedded
 ifeq ($(CI),true)
@@ -70,7 +91,7 @@ test-services: venv browser
 	DATABASE_URL=$(CI_DATABASE_URL) REDIS_URL=$(CI_REDIS_URL) LLMHUB_REQUIRE_SERVICES=true \
 	DJANGO_SECRET_KEY=ci-only-secret-key-0123456789-0123456789-0123456789-abcdef \
 	LLMHUB_ENCRYPTION_KEYS=Y2ktb25seS1lbmNyeXB0aW9uLWtleS0wMTIzNDU2Nzg= \
-	DJANGO_SECURE_SSL_REDIRECT=false \
+	DJANGO_SECURE_SSL_REDIRECT=false DJANGO_ALLOWED_HOSTS=127.0.0.1,localhost \
 	$(PY) -m pytest -q
 
 # The browser tests (pages/tests/test_browser.py) drive Debian's Chromium through Playwright's Python package; it is

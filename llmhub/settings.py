@@ -7,6 +7,7 @@ safe default for.
 """
 
 import os
+import sys
 from pathlib import Path
 
 import environ
@@ -28,9 +29,14 @@ EMBEDDED = not (DATABASE_URL or REDIS_URL)
 # beside the database (llmhub/versions.py), as every embedded process does. Tasks then leave the app's process.
 EMBEDDED_WORKER = env.bool("LLMHUB_EMBEDDED_WORKER", default=False) and not REDIS_URL
 
+# `manage.py generate_encryption_key` makes the key production needs: the refusals below name it, so it runs
+# where they would stop everything else (it prints a key and reads nothing).
+_GENERATING_A_KEY = sys.argv[1:2] == ["generate_encryption_key"]
+_REFUSE_UNSAFE = not EMBEDDED and not _GENERATING_A_KEY
+
 _LOCAL_SECRET_KEY = "llmhub-local-only-insecure-secret-key-do-not-use-in-production"
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default=_LOCAL_SECRET_KEY if EMBEDDED else "")
-if not EMBEDDED and (not SECRET_KEY or SECRET_KEY == _LOCAL_SECRET_KEY or len(SECRET_KEY) < 50):
+if _REFUSE_UNSAFE and (not SECRET_KEY or SECRET_KEY == _LOCAL_SECRET_KEY or len(SECRET_KEY) < 50):
     raise ImproperlyConfigured(
         "DJANGO_SECRET_KEY must be set to a random string of at least 50 characters in production "
         "(DATABASE_URL or REDIS_URL is set)."
@@ -38,12 +44,12 @@ if not EMBEDDED and (not SECRET_KEY or SECRET_KEY == _LOCAL_SECRET_KEY or len(SE
 
 # Fernet keys for API keys at rest, newest first. Embedded mode derives one from SECRET_KEY.
 ENCRYPTION_KEYS = env.list("LLMHUB_ENCRYPTION_KEYS", default=[])
-if not EMBEDDED and not ENCRYPTION_KEYS:
+if _REFUSE_UNSAFE and not ENCRYPTION_KEYS:
     raise ImproperlyConfigured(
         "LLMHUB_ENCRYPTION_KEYS must be set in production: generate one with "
         "`python manage.py generate_encryption_key`."
     )
-for _position, _key in enumerate(ENCRYPTION_KEYS, start=1):
+for _position, _key in enumerate(ENCRYPTION_KEYS if not _GENERATING_A_KEY else [], start=1):
     try:
         Fernet(_key)
     except ValueError:
@@ -60,7 +66,14 @@ if DEBUG and not EMBEDDED:
 DEFAULT_EXCEPTION_REPORTER = "llmhub.error_reports.SecretsHiddenReporter"
 DEFAULT_EXCEPTION_REPORTER_FILTER = "llmhub.error_reports.SecretsFilter"
 
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"] if EMBEDDED else [])
+ALLOWED_HOSTS = [host for host in env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"]
+                                           if EMBEDDED else []) if host.strip()]
+if _REFUSE_UNSAFE and not ALLOWED_HOSTS:
+    # Django would answer every request 400; /v1 checks the same list (llmhub/asgi.py).
+    raise ImproperlyConfigured(
+        "DJANGO_ALLOWED_HOSTS must name the host names llmhub is served under in production, comma-separated "
+        "(e.g. llmhub.example.com)."
+    )
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
@@ -238,8 +251,9 @@ CELERY_BEAT_SCHEDULE = {
 CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule"))
 
 LLMHUB = {
-    # Path of the model registry fixture loaded by `load_models` and `make run`.
-    "MODELS_FILE": env.str("LLMHUB_MODELS_FILE", default=str(BASE_DIR / "fixtures" / "llm_models.json")),
+    # The registry file `load_models` (and `make run`) reads; empty: fixtures/llm_models.json. A path named here that
+    # does not exist is an error (never the legacy OPENAI_* fallback).
+    "MODELS_FILE": env.str("LLMHUB_MODELS_FILE", default=""),
     # How often a process re-checks the shared registry version (seconds); changes made in the same
     # process are seen at once.
     "REGISTRY_CACHE_CHECK_SECONDS": env.float("LLMHUB_REGISTRY_CACHE_CHECK_SECONDS", default=1.0),

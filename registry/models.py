@@ -1,5 +1,5 @@
 from django.conf import settings
-from django.core.validators import MinValueValidator
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
 
@@ -60,7 +60,11 @@ class Provider(StoredKey):
 
 
 class LLMModel(StoredKey, ModelTraits):
-    public_id = models.SlugField(max_length=100, unique=True, help_text="Stable id used by the API, e.g. gpt-5-pro.")
+    # The registry file's id rule (fixtures/llm_models.schema.json): a slug that may hold dots, as `deepseek-v3.2`.
+    public_id = models.CharField(max_length=100, unique=True, validators=[RegexValidator(
+        r"^[a-z0-9][a-z0-9._-]*\Z",
+        "Use lower-case letters, digits, dots, dashes and underscores, starting with a letter or digit.",
+    )], help_text="Stable id used by the API, e.g. gpt-5-pro or gpt-4.1.")
     display_name = models.CharField(max_length=200)
     upstream_model = models.CharField(max_length=200, help_text="Model name sent to the upstream.")
     provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")

@@ -12,7 +12,15 @@ from llmhub.crypto import secret_decrypt
 from llmhub.db import db_read_in_thread
 from llmhub.errors import ConfigurationError, NotFound, TierRequired
 from llmhub.snapshot import LocalSnapshot
-from registry.models import LLMModel, ModelTest, Tier, UserLLMConfig, UserModelPreferences
+from registry.models import (
+    LLMModel,
+    ModelFallback,
+    ModelTest,
+    Provider,
+    Tier,
+    UserLLMConfig,
+    UserModelPreferences,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -107,29 +115,50 @@ def _traits(row: LLMModel | UserLLMConfig) -> dict:
 
 
 def _registry_build() -> Registry:
-    tiers = {tier.slug: TierSpec(tier.slug, tier.name, tier.rank) for tier in Tier.objects.all()}
-    tier_default_ids = dict(
-        Tier.objects.filter(default_model__isnull=False).values_list("slug", "default_model__public_id")
-    )
+    # Every query reads whole tables: prefetching by id would send one parameter per model, which SQLite refuses
+    # for a large registry ("Expression tree is too large"). Their number and size do not grow with the models.
+    tier_rows = list(Tier.objects.all())
+    tiers = {tier.slug: TierSpec(tier.slug, tier.name, tier.rank) for tier in tier_rows}
+    tier_by_pk = {tier.pk: tiers[tier.slug] for tier in tier_rows}
+    providers = {provider.pk: provider for provider in Provider.objects.all()}
+    rows = list(LLMModel.objects.all())
+    public_ids = {row.pk: row.public_id for row in rows}
+    tier_default_ids = {tier.slug: public_ids[tier.default_model_id] for tier in tier_rows
+                        if tier.default_model_id in public_ids}
+    allowed_by_model: dict[int, list[TierSpec]] = {}
+    for model_pk, tier_pk in LLMModel.allowed_tiers.through.objects.values_list("llmmodel_id", "tier_id"):
+        allowed_by_model.setdefault(model_pk, []).append(tier_by_pk[tier_pk])
+    fallbacks_by_model: dict[int, list[str]] = {}
+    for model_pk, fallback_pk in ModelFallback.objects.order_by("model_id", "position", "pk").values_list(
+            "model_id", "fallback_id"):
+        fallbacks_by_model.setdefault(model_pk, []).append(public_ids[fallback_pk])
+
+    decrypted: dict[str, str] = {}  # most models share their provider's key: decrypted once
+
+    def key_of(token: str, model: str) -> str:
+        if token not in decrypted:
+            decrypted[token] = key = _key_or_blank(token, model=model)
+            return key
+        return decrypted[token]
+
     models: dict[str, ModelSpec] = {}
     default_model_id = None
-    queryset = LLMModel.objects.select_related("provider").prefetch_related("allowed_tiers", "fallback_links__fallback")
-    for row in queryset:
-        provider = row.provider
-        allowed = sorted((tiers[tier.slug] for tier in row.allowed_tiers.all()), key=lambda tier: tier.rank)
+    for row in rows:
+        provider = providers[row.provider_id]
+        allowed = sorted(allowed_by_model.get(row.pk, ()), key=lambda tier: tier.rank)
         models[row.public_id] = ModelSpec(
             **_traits(row),
             id=row.public_id,
             provider=provider.slug,
             provider_name=provider.display_name,
             base_url=(row.base_url or provider.base_url).rstrip("/"),
-            api_key=_key_or_blank(row.api_key_encrypted or provider.api_key_encrypted, model=row.public_id),
+            api_key=key_of(row.api_key_encrypted or provider.api_key_encrypted, row.public_id),
             timeout=provider.timeout_seconds,
             connect_timeout=provider.connect_timeout_seconds,
             headers=dict(provider.extra_headers or {}),
             allowed_tiers=tuple(tier.slug for tier in allowed),
             required_tier=allowed[0] if allowed else None,
-            fallbacks=tuple(link.fallback.public_id for link in row.fallback_links.all()),
+            fallbacks=tuple(fallbacks_by_model.get(row.pk, ())),
         )
         if row.is_default:
             default_model_id = row.public_id

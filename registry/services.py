@@ -4,19 +4,23 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import Min
 from django.utils import timezone
 
 from llmhub.crypto import secret_decrypt, secret_encrypt, secret_last4, secret_rotate
 from llmhub.errors import ApplicationError, ConfigurationError
 from registry.loader import (
+    DEFAULT_MODELS_FILE,
     RegistryFile,
+    RegistryFileInvalid,
+    RegistryFileMissing,
     TierEntry,
     registry_file_from_legacy_env,
     registry_file_read,
@@ -50,13 +54,35 @@ API_KEY_PREFIX = "lh-"
 
 @dataclass
 class SyncReport:
+    """What a load changed: tiers, providers and models counted once each, whatever changed about them (fields,
+    key, allowed tiers, fallbacks, defaults); `disabled` are the models that left the file."""
+
     created: int = 0
     updated: int = 0
     unchanged: int = 0
     disabled: int = 0
+    source: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return ", ".join(f"{name} {count}" for name, count in asdict(self).items())
+        return f"created {self.created}, updated {self.updated}, unchanged {self.unchanged}, disabled {self.disabled}"
+
+
+class _Changes:
+    """Each entity's fate in one load: created, updated or unchanged (a later change upgrades unchanged)."""
+
+    def __init__(self) -> None:
+        self.states: dict[tuple[str, str], str] = {}
+
+    def record(self, kind: str, key: str, state: str) -> None:
+        current = self.states.get((kind, key))
+        if current is None or (current == "unchanged" and state == "updated"):
+            self.states[(kind, key)] = state
+
+    def count(self, report: SyncReport) -> SyncReport:
+        states = list(self.states.values())
+        report.created, report.updated, report.unchanged = (states.count(s) for s in ("created", "updated", "unchanged"))
+        return report
 
 
 def _assign(instance: Any, values: dict[str, Any]) -> bool:
@@ -80,7 +106,9 @@ def secret_assign(instance: Provider | LLMModel | UserLLMConfig, plain: str) -> 
     return True
 
 
-def _upsert(model_class: type, lookup: dict[str, Any], values: dict[str, Any], key: str | None, report: SyncReport):
+def _upsert(model_class: type, lookup: dict[str, Any], values: dict[str, Any], key: str | None,
+            changes: _Changes, kind: str) -> Any:
+    """`key` None keeps the stored key: a file that gives none never erases one entered in admin."""
     instance = model_class.objects.filter(**lookup).first()
     created = instance is None
     instance = instance or model_class(**lookup)
@@ -89,74 +117,140 @@ def _upsert(model_class: type, lookup: dict[str, Any], values: dict[str, Any], k
         changed = secret_assign(instance, key) or changed
     if created or changed:
         instance.save()
-    if created:
-        report.created += 1
-    elif changed:
-        report.updated += 1
-    else:
-        report.unchanged += 1
-    return instance, created
+    changes.record(kind, next(iter(lookup.values())), "created" if created else "updated" if changed else "unchanged")
+    return instance
 
 
-@transaction.atomic
-def registry_sync(*, spec: RegistryFile) -> SyncReport:
-    """Upserts a validated registry file. Models that left the file are disabled, never deleted."""
-    report = SyncReport()
+def _key_kept(instance: Provider | LLMModel, *, path: str, reason: str, warnings: list[str]) -> None:
+    if instance.api_key_encrypted:
+        warnings.append(f"{path}: the file gives no key ({reason}); keeping the stored key")
+
+
+def _redirect_refused_problem(path: str, **check: Any) -> str | None:
+    """A stored key the file does not replace must not follow a new base URL (as in admin)."""
+    try:
+        secret_redirect_check(**check, new_key_given=False)
+    except ConfigurationError as error:
+        return f"{path}: {error.message}"
+    return None
+
+
+def _tier_ranks_clear(entries: list[TierEntry]) -> None:
+    """Parks the tiers whose rank changes below every rank in use, so that ranks can be swapped or shifted in one
+    load without meeting the unique constraint half-way."""
+    stored = dict(Tier.objects.filter(slug__in=[entry.slug for entry in entries]).values_list("slug", "rank"))
+    moving = [entry.slug for entry in entries if entry.slug in stored and stored[entry.slug] != entry.rank]
+    if not moving:
+        return
+    floor = min(Tier.objects.aggregate(lowest=Min("rank"))["lowest"], *(entry.rank for entry in entries))
+    for offset, slug in enumerate(moving, start=1):
+        Tier.objects.filter(slug=slug).update(rank=floor - offset)
+
+
+def _tiers_sync(spec: RegistryFile, changes: _Changes) -> dict[str, Tier]:
+    _tier_ranks_clear(spec.tiers)
     tiers = {
         entry.slug: _upsert(Tier, {"slug": entry.slug},
-                            {"name": entry.name, "rank": entry.rank, "description": entry.description}, None, report)[0]
+                            {"name": entry.name, "rank": entry.rank, "description": entry.description},
+                            None, changes, "tier")
         for entry in spec.tiers
     }
     tiers.update({tier.slug: tier for tier in Tier.objects.exclude(slug__in=tiers)})
-    providers = {
-        entry.slug: _upsert(Provider, {"slug": entry.slug}, {
+    return tiers
+
+
+def _providers_sync(spec: RegistryFile, changes: _Changes, warnings: list[str], problems: list[str]) -> dict[str, Provider]:
+    providers: dict[str, Provider] = {}
+    for entry in spec.providers:
+        path = f"provider_configs.{entry.slug}"
+        stored = Provider.objects.filter(slug=entry.slug).first()
+        if stored is not None and entry.api_key is None:
+            problem = _redirect_refused_problem(f"{path}.base_url", instance=stored, base_url=entry.base_url)
+            if problem:
+                problems.append(problem)
+                continue
+            _key_kept(stored, path=f"{path}.api_key", reason=entry.no_key_reason, warnings=warnings)
+        providers[entry.slug] = _upsert(Provider, {"slug": entry.slug}, {
             "display_name": entry.display_name, "base_url": entry.base_url,
             "timeout_seconds": entry.timeout_seconds, "connect_timeout_seconds": entry.connect_timeout_seconds,
             "extra_headers": entry.extra_headers,
-        }, entry.api_key, report)[0]
-        for entry in spec.providers
-    }
-    providers.update({p.slug: p for p in Provider.objects.exclude(slug__in=providers)})
+        }, entry.api_key, changes, "provider")
+    providers.update({p.slug: p for p in Provider.objects.exclude(slug__in=[e.slug for e in spec.providers])})
+    return providers
 
+
+def _models_sync(spec: RegistryFile, tiers: dict[str, Tier], providers: dict[str, Provider], changes: _Changes,
+                 warnings: list[str], problems: list[str]) -> dict[str, LLMModel]:
     models: dict[str, LLMModel] = {}
-    for entry in spec.models:
-        model, created = _upsert(LLMModel, {"public_id": entry.public_id}, {
+    for index, entry in enumerate(spec.models):
+        path = f"models[{index}]"
+        provider = providers.get(entry.provider)
+        if provider is None:
+            continue  # its provider was refused above
+        stored = LLMModel.objects.filter(public_id=entry.public_id).first()
+        if stored is not None and entry.api_key is None:
+            problem = _redirect_refused_problem(f"{path}.base_url", instance=stored, base_url=entry.base_url,
+                                                provider=provider)
+            if problem:
+                problems.append(problem)
+                continue
+            _key_kept(stored, path=f"{path}.api_key", reason=entry.no_key_reason, warnings=warnings)
+        model = _upsert(LLMModel, {"public_id": entry.public_id}, {
             "display_name": entry.display_name, "upstream_model": entry.upstream_model,
-            "provider_id": providers[entry.provider].pk, "base_url": entry.base_url, "enabled": entry.enabled,
+            "provider_id": provider.pk, "base_url": entry.base_url, "enabled": entry.enabled,
             "supports_streaming": entry.supports_streaming, "supports_json_mode": entry.supports_json_mode,
             "supports_tools": entry.supports_tools, "supports_vision": entry.supports_vision,
             "context_window": entry.context_window, "input_price_per_million": entry.input_price_per_million,
             "output_price_per_million": entry.output_price_per_million, "from_fixture": True,
-        }, entry.api_key, report)
+        }, entry.api_key, changes, "model")
         wanted_tiers = {tiers[slug].pk for slug in entry.allowed_tiers}
         if set(model.allowed_tiers.values_list("pk", flat=True)) != wanted_tiers:
             model.allowed_tiers.set(wanted_tiers)
-            if not created:
-                report.updated += 1
+            changes.record("model", entry.public_id, "updated")
         models[entry.public_id] = model
 
     for entry in spec.models:
-        model = models[entry.public_id]
+        model = models.get(entry.public_id)
+        if model is None or any(fallback_id not in models for fallback_id in entry.fallbacks):
+            continue
         wanted = [models[fallback_id].pk for fallback_id in entry.fallbacks]
         if list(model.fallback_links.values_list("fallback_id", flat=True)) != wanted:
             model_fallbacks_set(model=model, fallbacks=[models[fallback_id] for fallback_id in entry.fallbacks])
-
-    report.disabled = (
-        LLMModel.objects.filter(from_fixture=True, enabled=True).exclude(public_id__in=models).update(enabled=False)
-    )
-    _defaults_set(spec=spec, tiers=tiers, models=models)
-    # Bulk updates above send no signals.
-    registry_snapshot.invalidate()
-    return report
+            changes.record("model", entry.public_id, "updated")
+    return models
 
 
-def _defaults_set(*, spec: RegistryFile, tiers: dict[str, Tier], models: dict[str, LLMModel]) -> None:
+def _defaults_sync(spec: RegistryFile, models: dict[str, LLMModel], changes: _Changes) -> None:
     default = models.get(spec.default_model) if spec.default_model else None
     if default is not None and not default.is_default:
+        for public_id in LLMModel.objects.filter(is_default=True).values_list("public_id", flat=True):
+            changes.record("model", public_id, "updated")
         LLMModel.objects.filter(is_default=True).update(is_default=False)
         LLMModel.objects.filter(pk=default.pk).update(is_default=True)
+        changes.record("model", default.public_id, "updated")
     for slug, model_id in spec.tier_defaults.items():
-        Tier.objects.filter(slug=slug).exclude(default_model=models[model_id]).update(default_model=models[model_id])
+        if Tier.objects.filter(slug=slug).exclude(default_model=models[model_id]).update(default_model=models[model_id]):
+            changes.record("tier", slug, "updated")
+
+
+@transaction.atomic
+def registry_sync(*, spec: RegistryFile) -> SyncReport:
+    """Upserts a validated registry file, all or nothing. Models that left the file are disabled, never deleted.
+    A key the file does not give (absent, or naming unset variables) leaves the stored key alone, with a warning;
+    a file that would send such a stored key to a new base URL is refused."""
+    changes, warnings, problems = _Changes(), list(spec.warnings), []
+    tiers = _tiers_sync(spec, changes)
+    providers = _providers_sync(spec, changes, warnings, problems)
+    models = _models_sync(spec, tiers, providers, changes, warnings, problems)
+    if problems:
+        raise RegistryFileInvalid(problems)  # rolls the transaction back
+    disabled = (
+        LLMModel.objects.filter(from_fixture=True, enabled=True).exclude(public_id__in=models).update(enabled=False)
+    )
+    _defaults_sync(spec, models, changes)
+    # Bulk updates above send no signals.
+    registry_snapshot.invalidate()
+    return changes.count(SyncReport(disabled=disabled, warnings=warnings))
 
 
 def model_fallbacks_set(*, model: LLMModel, fallbacks: list[LLMModel]) -> None:
@@ -166,15 +260,26 @@ def model_fallbacks_set(*, model: LLMModel, fallbacks: list[LLMModel]) -> None:
     )
 
 
-def registry_load(*, path: Path | None) -> SyncReport:
-    """Loads the fixture at `path`; with no file there, the legacy OPENAI_* variables give one model."""
+def registry_load(*, path: Path | None, default_path: Path = DEFAULT_MODELS_FILE) -> SyncReport:
+    """Loads the registry file at `path`. A path that was named and does not exist is an error that changes
+    nothing. With none named, `default_path`; only when that is absent too, the legacy OPENAI_* variables give one
+    model (and a warning says so)."""
     known_tiers = [TierEntry(t.slug, t.name, t.rank, t.description) for t in Tier.objects.all()]
-    if path is not None and path.exists():
-        spec = registry_file_read(path, known_tiers=known_tiers)
-    else:
-        logger.info("No registry file at %s: configuring the legacy OPENAI_* model.", path)
-        spec = registry_file_from_legacy_env(known_tiers=known_tiers)
-    return registry_sync(spec=spec)
+    if path is not None and not path.exists():
+        raise RegistryFileMissing(path)
+    source = path or default_path
+    if source.exists():
+        report = registry_sync(spec=registry_file_read(source, known_tiers=known_tiers))
+        report.source = str(source)
+        return report
+    warning = (f"No registry file was named and there is none at {default_path}: configured one model for every "
+               "tier from the legacy OPENAI_* variables (OPENAI_API_KEY, OPENAI_BASE_URL, LLM_MODEL).")
+    logger.warning(warning)
+    spec = registry_file_from_legacy_env(known_tiers=known_tiers)
+    spec.warnings.insert(0, warning)
+    report = registry_sync(spec=spec)
+    report.source = "the legacy OPENAI_* variables"
+    return report
 
 
 def user_tier_resolve(*, user: AbstractBaseUser) -> TierSpec:

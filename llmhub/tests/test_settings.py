@@ -94,11 +94,15 @@ def test_it_runs_embedded_with_nothing_set():
     assert shown["VERSIONS"] == "files"
 
 
-def test_it_reports_an_empty_allowed_hosts_in_production():
-    result = run(["manage.py", "check", "--deploy", "--fail-level", "WARNING"], production(DJANGO_ALLOWED_HOSTS=None))
+def test_it_generates_an_encryption_key_in_production_before_any_key_is_set():
+    """Issue 16: the error that names `generate_encryption_key` came from settings the command itself could not load."""
+    env = production(DJANGO_SECRET_KEY=None, LLMHUB_ENCRYPTION_KEYS=None, DJANGO_ALLOWED_HOSTS=None)
 
-    assert result.returncode != 0
-    assert "ALLOWED_HOSTS" in result.stdout + result.stderr
+    result = run(["manage.py", "generate_encryption_key"], env)
+
+    assert result.returncode == 0, result.stderr
+    assert Fernet(result.stdout.strip().encode())
+    assert run(["manage.py", "check"], env).returncode != 0  # everything else is still refused
 
 
 @pytest.mark.parametrize(("changes", "variable"), [
@@ -110,6 +114,8 @@ def test_it_reports_an_empty_allowed_hosts_in_production():
     ({"LLMHUB_ENCRYPTION_KEYS": ""}, "LLMHUB_ENCRYPTION_KEYS"),
     ({"LLMHUB_ENCRYPTION_KEYS": "not-a-fernet-key"}, "LLMHUB_ENCRYPTION_KEYS"),
     ({"DJANGO_DEBUG": "true"}, "DJANGO_DEBUG"),
+    ({"DJANGO_ALLOWED_HOSTS": None}, "DJANGO_ALLOWED_HOSTS"),
+    ({"DJANGO_ALLOWED_HOSTS": " , "}, "DJANGO_ALLOWED_HOSTS"),
     ({"DATABASE_URL": None, "DJANGO_SECRET_KEY": ""}, "DJANGO_SECRET_KEY"),  # REDIS_URL alone is production too
 ])
 def test_it_refuses_to_start_in_production_without_a_safe_setting(changes, variable):

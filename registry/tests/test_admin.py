@@ -124,6 +124,19 @@ def test_it_lets_the_admin_edit_a_model_and_keeps_its_key_when_the_field_is_blan
     assert spec.api_key == "sk-admin-edit-key-123456"
 
 
+@pytest.mark.parametrize(("public_id", "accepted"), [("deepseek-v3.2", True), ("gpt 4.1", False), ("-x", False)])
+def test_it_lets_the_admin_save_a_model_id_with_dots_as_the_fixture_does(demo_client, public_id, accepted):
+    model = LLMModel.objects.get(public_id="deepseek-v3.2")
+
+    response = admin_post(demo_client, change_url(model), public_id=public_id, display_name="DeepSeek, edited")
+
+    assert response.status_code == (302 if accepted else 200), response.context and response.context["adminform"].form.errors
+    model.refresh_from_db()
+    assert (model.display_name == "DeepSeek, edited") is accepted
+    if not accepted:
+        assert "public_id" in response.context["adminform"].form.errors
+
+
 def test_it_lets_the_admin_edit_a_models_fallbacks(demo_client):
     model = LLMModel.objects.get(public_id="demo-pro")
     backup = LLMModel.objects.get(public_id="demo-backup")

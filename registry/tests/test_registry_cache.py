@@ -60,6 +60,33 @@ def test_it_builds_the_snapshot_with_as_many_queries_however_many_models_there_a
     assert build_queries() == few
 
 
+def test_it_builds_the_snapshot_of_13500_models_with_fallbacks_with_queries_that_do_not_grow(
+        registry, make_user, client_for):
+    """Issue 16: prefetching 13,500 models' fallbacks and tiers by id failed on SQLite ("Expression tree is too
+    large"), and every request answered 500."""
+    few = build_queries()
+    local, tiers = Provider.objects.get(slug="local"), list(Tier.objects.all())
+    created = LLMModel.objects.bulk_create(
+        LLMModel(public_id=f"bulk-{number}", display_name=f"Bulk {number}", upstream_model="demo", provider=local)
+        for number in range(13_500)
+    )
+    Through = LLMModel.allowed_tiers.through
+    Through.objects.bulk_create((Through(llmmodel_id=model.pk, tier_id=tiers[0].pk) for model in created),
+                                batch_size=2000)
+    ModelFallback.objects.bulk_create((ModelFallback(model=model, fallback=created[index - 1])
+                                       for index, model in enumerate(created)), batch_size=2000)
+
+    registry_snapshot.invalidate()
+    with CaptureQueriesContext(connection) as captured:
+        built = registry_get()
+
+    assert built.models["bulk-1"].fallbacks == ("bulk-0",)
+    assert built.models["bulk-0"].allowed_tiers == (tiers[0].slug,)
+    assert len(captured) == few
+    assert max(len(query["sql"]) for query in captured) < 2000
+    assert client_for(make_user()).get("/api/models/").status_code == 200
+
+
 @pytest.mark.parametrize("auth", ["api_key", "session"])
 def test_it_answers_a_warm_model_list_without_a_query(registry, make_user, client_for, django_assert_num_queries, auth):
     user = make_user(tier="pro")
