@@ -76,6 +76,7 @@ class ChatOutcome:
     usage: Usage
     cost: Decimal
     latency_ms: float
+    quota: Reservation | None = None  # its rate-limit headers go on the response
 
     @property
     def text(self) -> str:
@@ -240,9 +241,10 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
     run.deadline = run.started + _config("GENERATION_DEADLINE_SECONDS")
     logger.info("request %s: model %s for user %s (tier %s), candidates %s", run.request_id, primary.id,
                 caller.user_id, caller.tier.slug, [m.id for m in candidates])
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-    run.reservation = await quota_reserve(user_id=caller.user_id, model_id=primary.id,
-                                          tokens=tokens_estimate_messages(body.get("messages") or []) + int(max_tokens))
+    run.reservation = await quota_reserve(
+        request_id=run.request_id, user_id=caller.user_id, api_key_id=caller.api_key_id, tier_slug=caller.tier.slug,
+        model=primary, candidates=candidates, prompt_tokens=tokens_estimate_messages(body.get("messages") or []),
+        max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"))
     return run
 
 
@@ -302,7 +304,7 @@ async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endp
         await asyncio.shield(run_finish(run, model=model, usage=usage, error=error))  # even when cancelled
     return ChatOutcome(request_id=run.request_id, model=model, raw=completion.raw, data=completion.data,
                        attempts=run.attempts, usage=usage, cost=run.cost,
-                       latency_ms=(time.perf_counter() - run.started) * 1000)
+                       latency_ms=(time.perf_counter() - run.started) * 1000, quota=run.reservation)
 
 
 async def run_finish(run: _Run, *, model: ModelSpec | None, usage: Usage, error: BaseException | None,
@@ -313,7 +315,8 @@ async def run_finish(run: _Run, *, model: ModelSpec | None, usage: Usage, error:
     `status` and `error_type` default from `error`: "ok", or "error" with its HTTP status and code (a
     cancelled request, whose client went away, is logged as 499)."""
     try:
-        await quota_settle(reservation=run.reservation, used_tokens=usage.input_tokens + usage.output_tokens)
+        await quota_settle(reservation=run.reservation, model=model, input_tokens=usage.input_tokens,
+                           output_tokens=usage.output_tokens)
     finally:
         if error_type is None:
             error_type = getattr(error, "code", type(error).__name__) if error else ""

@@ -17,6 +17,8 @@ from django.conf import settings
 from django.utils.text import slugify
 from jsonschema import Draft202012Validator
 
+from registry.limits import LimitSpec, tiers_quota_parse
+
 SCHEMA_PATH = Path(settings.BASE_DIR) / "fixtures" / "llm_models.schema.json"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -37,6 +39,9 @@ class TierEntry:
     name: str
     rank: int
     description: str = ""
+    limits: list[LimitSpec] = field(default_factory=list)
+    max_own_models: int | None = None
+    own_models_metered: bool = False
 
 
 @dataclass
@@ -196,6 +201,8 @@ def registry_file_parse(
                 problems.append(f"models[{index}].fallbacks[{position}]: a model cannot fall back to itself")
             elif fallback not in model_ids:
                 problems.append(f'models[{index}].fallbacks[{position}]: unknown model "{fallback}"')
+
+    problems += tiers_quota_parse(data, tiers, model_ids=model_ids)
 
     default = data.get("default_model")
     default_model, tier_defaults = (default, {}) if isinstance(default, str) or default is None else (

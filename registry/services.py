@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from llmhub.crypto import secret_decrypt, secret_encrypt, secret_last4, secret_rotate
 from llmhub.errors import ApplicationError, ConfigurationError
+from registry.limits import limits_build, limits_get, tier_limits_set
 from registry.loader import (
     RegistryFile,
     TierEntry,
@@ -104,9 +105,14 @@ def registry_sync(*, spec: RegistryFile) -> SyncReport:
     report = SyncReport()
     tiers = {
         entry.slug: _upsert(Tier, {"slug": entry.slug},
-                            {"name": entry.name, "rank": entry.rank, "description": entry.description}, None, report)[0]
+                            {"name": entry.name, "rank": entry.rank, "description": entry.description,
+                             "max_own_models": entry.max_own_models, "own_models_metered": entry.own_models_metered},
+                            None, report)[0]
         for entry in spec.tiers
     }
+    for entry in spec.tiers:
+        if tier_limits_set(tier=tiers[entry.slug], limits=entry.limits):
+            report.updated += 1
     tiers.update({tier.slug: tier for tier in Tier.objects.exclude(slug__in=tiers)})
     providers = {
         entry.slug: _upsert(Provider, {"slug": entry.slug}, {
@@ -168,7 +174,10 @@ def model_fallbacks_set(*, model: LLMModel, fallbacks: list[LLMModel]) -> None:
 
 def registry_load(*, path: Path | None) -> SyncReport:
     """Loads the fixture at `path`; with no file there, the legacy OPENAI_* variables give one model."""
-    known_tiers = [TierEntry(t.slug, t.name, t.rank, t.description) for t in Tier.objects.all()]
+    # As they stand (limits included): the legacy path re-syncs the known tiers and must not lose what admin set.
+    limits = limits_build()
+    known_tiers = [TierEntry(t.slug, t.name, t.rank, t.description, list(limits.tier(t.slug).limits), t.max_own_models,
+                             t.own_models_metered) for t in Tier.objects.all()]
     if path is not None and path.exists():
         spec = registry_file_read(path, known_tiers=known_tiers)
     else:
@@ -335,10 +344,21 @@ def user_model_create(*, owner: AbstractBaseUser, slug: str, display_name: str, 
     secret_assign(model, _key_checked(api_key))
     try:
         with transaction.atomic():
+            _own_models_cap_check(owner=owner)
             model.save()
     except IntegrityError:
         raise field_error("id", f"You already have a model '{slug}'.", code="name_taken") from None
     return model
+
+
+def _own_models_cap_check(*, owner: AbstractBaseUser) -> None:
+    """The owner's tier caps how many models of their own they may add (`max_own_models`). Their profile row is
+    locked first, so two concurrent adds cannot both take the last place."""
+    UserProfile.objects.select_for_update().filter(user=owner).first()
+    cap = limits_get().tier(user_tier_resolve(user=owner).slug).max_own_models
+    if cap is not None and UserLLMConfig.objects.filter(owner=owner).count() >= cap:
+        raise ApplicationError(f"Your tier allows at most {cap} models of your own: delete one to add another.",
+                               status=403, code="max_own_models_reached", extra={"max_own_models": cap})
 
 
 USER_MODEL_UPDATABLE = frozenset({"display_name", "upstream_model", "base_url", "api_key", "enabled", "capabilities",
