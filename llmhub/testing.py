@@ -7,7 +7,9 @@ its control endpoints rather than by reaching into its state.
 
 import http.client
 import json
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -123,3 +125,45 @@ def simulated_upstream() -> Iterator[SimulatedUpstream]:
     """One simulator for the whole session; tests that fault it or count on it call `.reset()` first."""
     with SimulatedUpstream() as upstream:
         yield upstream
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port (never the shared one), which a test may stop and start
+    again on the same port to play an outage."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen | None = None
+
+    def start(self) -> Self:
+        self._process = subprocess.Popen(  # noqa: S603  (our own arguments)
+            [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.directory],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline or self._process.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+
+@pytest.fixture(scope="session")
+def private_redis(tmp_path_factory) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(str(tmp_path_factory.mktemp("redis"))).start()
+    yield server
+    server.stop()

@@ -141,13 +141,16 @@ class RedisQuotaBackend(QuotaBackend):
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            from redis.asyncio import Redis
+            from redis.asyncio import BlockingConnectionPool, Redis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
 
-            # No retries and short timeouts: a decision fails within the caller's deadline rather than hanging.
-            redis = Redis.from_url(self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
-                                   retry=Retry(NoBackoff(), 0), health_check_interval=0)
+            # No retries and short timeouts: a decision fails within the caller's deadline rather than hanging. A
+            # bounded pool that requests wait for: a burst shares a few connections instead of opening hundreds.
+            pool = BlockingConnectionPool.from_url(
+                self.url, max_connections=settings.LLMHUB["QUOTA_REDIS_MAX_CONNECTIONS"], timeout=self.timeout,
+                socket_timeout=self.timeout, socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 0))
+            redis = Redis(connection_pool=pool)
             client = (redis, redis.register_script(_RESERVE), redis.register_script(_SETTLE))
             self._clients[loop] = client
         return client
@@ -174,9 +177,10 @@ class RedisQuotaBackend(QuotaBackend):
         from redis.exceptions import RedisError
 
         try:
-            return await script(keys=keys, args=args)
-        except (RedisError, OSError) as error:
-            raise QuotaBackendError(str(error)) from error
+            async with asyncio.timeout(self.timeout):  # connecting and answering, together
+                return await script(keys=keys, args=args)
+        except (RedisError, OSError, TimeoutError) as error:
+            raise QuotaBackendError(type(error).__name__) from error
 
     async def counters(self, keys: list[str]) -> dict[str, dict[str, int]]:
         redis, _, _ = self._client()
@@ -219,7 +223,7 @@ class DatabaseQuotaBackend(QuotaBackend):
         except DatabaseError as error:
             # A connection that broke is not reused: the next decision opens a new one.
             await sync_to_async(connection.close, thread_sensitive=False)()
-            raise QuotaBackendError(str(error)) from error
+            raise QuotaBackendError(type(error).__name__) from error
 
     def _reserve(self, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
         now = time.time()

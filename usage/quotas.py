@@ -6,13 +6,13 @@ prices among the models that may answer. Either every counter takes its share or
 gets 429. `quota_settle` (called in a `finally`, whatever happened) replaces the reservation by what was
 actually used. Two back ends do the atomic step (usage/quota_backends.py): one Redis Lua script per
 decision in production, a conditional UPDATE on the database when embedded. Reservations expire on their own
-(QUOTA_HOLD_SECONDS), so a crashed process leaks nothing. Quotas fail closed: a back end that does not
-answer within QUOTA_TIMEOUT_SECONDS gives 503 with Retry-After, never "unlimited".
+(QUOTA_HOLD_SECONDS), so a crashed process leaks nothing. Quotas fail closed: a back end that cannot decide
+(Redis unreachable or silent for QUOTA_TIMEOUT_SECONDS, a database error) gives 503 with Retry-After, never
+"unlimited".
 
 Periods are calendar-aligned in TIME_ZONE: a day limit resets at local midnight, a month limit on the 1st.
 """
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -177,10 +177,9 @@ async def quota_reserve(*, request_id: str, user_id: int | None, api_key_id: int
 
 async def _decide(request_id: str, charges: tuple[Charge, ...]) -> Decision:
     try:
-        async with asyncio.timeout(_config("QUOTA_TIMEOUT_SECONDS")):
-            return await quota_backend().reserve(request_id=request_id, charges=charges,
-                                                 hold_seconds=_config("QUOTA_HOLD_SECONDS"))
-    except (QuotaBackendError, TimeoutError) as error:
+        return await quota_backend().reserve(request_id=request_id, charges=charges,
+                                             hold_seconds=_config("QUOTA_HOLD_SECONDS"))
+    except QuotaBackendError as error:
         logger.error("quota back end unavailable (%s): request %s refused with 503", type(error).__name__, request_id)
         raise QuotaUnavailable() from None
 
@@ -222,10 +221,9 @@ async def quota_settle(*, reservation: Reservation | None, model: ModelSpec | No
     actual = tuple(_reserved_amount(applied.spec.metric, tokens=tokens, cost_units=cost_units)
                    for applied in reservation.applied)
     try:
-        async with asyncio.timeout(_config("QUOTA_TIMEOUT_SECONDS") * 2):
-            await quota_backend().settle(request_id=reservation.request_id, charges=reservation.charges, actual=actual,
-                                         hold_seconds=_config("QUOTA_HOLD_SECONDS"))
-    except (QuotaBackendError, TimeoutError) as error:
+        await quota_backend().settle(request_id=reservation.request_id, charges=reservation.charges, actual=actual,
+                                     hold_seconds=_config("QUOTA_HOLD_SECONDS"))
+    except QuotaBackendError as error:
         logger.error("request %s: quota not settled (%s); its hold expires by itself; unrecorded usage: %s",
                      reservation.request_id, type(error).__name__, dict(zip([c.key for c in reservation.charges],
                                                                               actual, strict=True)))
