@@ -145,10 +145,12 @@ class RedisQuotaBackend(QuotaBackend):
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
 
-            # No retries and short timeouts: a decision fails within the caller's deadline rather than hanging. A
-            # bounded pool that requests wait for: a burst shares a few connections instead of opening hundreds.
+            # No retries, and short timeouts on connecting and on waiting for Redis's answer: a Redis that is down
+            # or silent fails the decision quickly. A burst waits for one of a few pooled connections (no timeout:
+            # each is freed within the socket timeouts) rather than opening hundreds; the wait is local queueing,
+            # not Redis being unreachable, so it must not turn a busy moment into 503s.
             pool = BlockingConnectionPool.from_url(
-                self.url, max_connections=settings.LLMHUB["QUOTA_REDIS_MAX_CONNECTIONS"], timeout=self.timeout,
+                self.url, max_connections=settings.LLMHUB["QUOTA_REDIS_MAX_CONNECTIONS"], timeout=None,
                 socket_timeout=self.timeout, socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 0))
             redis = Redis(connection_pool=pool)
             client = (redis, redis.register_script(_RESERVE), redis.register_script(_SETTLE))
@@ -177,8 +179,7 @@ class RedisQuotaBackend(QuotaBackend):
         from redis.exceptions import RedisError
 
         try:
-            async with asyncio.timeout(self.timeout):  # connecting and answering, together
-                return await script(keys=keys, args=args)
+            return await script(keys=keys, args=args)
         except (RedisError, OSError, TimeoutError) as error:
             raise QuotaBackendError(type(error).__name__) from error
 

@@ -180,7 +180,7 @@ async def _decide(request_id: str, charges: tuple[Charge, ...]) -> Decision:
         return await quota_backend().reserve(request_id=request_id, charges=charges,
                                              hold_seconds=_config("QUOTA_HOLD_SECONDS"))
     except QuotaBackendError as error:
-        logger.error("quota back end unavailable (%s): request %s refused with 503", type(error).__name__, request_id)
+        logger.error("quota back end unavailable (%s): request %s refused with 503", error, request_id)
         raise QuotaUnavailable() from None
 
 
@@ -260,3 +260,21 @@ def _rate_headers(reservation: Reservation, now: float) -> dict[str, str]:
         headers[f"x-ratelimit-remaining-{metric}"] = str(remaining)
         headers[f"x-ratelimit-reset-{metric}"] = _duration(reset)
     return headers
+
+
+async def quota_status(*, user_id: int, api_key_id: int | None, tier_slug: str) -> list[dict]:
+    """Every limit of the user (and of the key, when given) with its current period: `used` (settled), `held`
+    (reservations in flight), `refused` (requests it refused this period), `holds` (reservations not settled)
+    and `resets_at` (epoch seconds). For pages and the usage API; it asks the back end, never the usage log."""
+    limits = await limits_snapshot.aget()
+    owner = [AppliedLimit("user", spec) for spec in limits.owner_limits(tier_slug=tier_slug, user_id=user_id)]
+    own_key = [AppliedLimit("key", spec) for spec in limits.keys.get(api_key_id, ()) if spec.limit is not None]
+    now = time.time()
+    rows = []
+    for applied in owner + own_key:
+        window = period_window(applied.spec.period, now)
+        rows.append((applied, window, _counter_key(user_id=user_id, api_key_id=api_key_id, applied=applied,
+                                                   window=window)))
+    counters = await quota_backend().counters([key for _, _, key in rows]) if rows else {}
+    return [{**applied.spec.as_dict(), "scope": applied.scope, "units": applied.spec.units, **counters[key],
+             "resets_at": window.end} for applied, window, key in rows]
