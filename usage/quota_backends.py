@@ -14,14 +14,15 @@ periodic sweep, gives its amount back first.
 import asyncio
 import logging
 import time
-import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, partial
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections, transaction
+
+from usage.redis_client import RedisClient, RedisUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -129,66 +130,41 @@ return 1
 
 
 class RedisQuotaBackend(QuotaBackend):
-    """Counters in Redis; one client per event loop (a redis.asyncio connection belongs to the loop that made it).
-    A client reconnects by itself after Redis restarts, and re-sends a script Redis forgot (NOSCRIPT)."""
+    """Counters in Redis, through usage.redis_client (pipelined, one connection per event loop, reconnecting by
+    itself after Redis restarts and sending a script again when Redis forgot it)."""
 
     def __init__(self, url: str, *, timeout: float) -> None:
-        self.url = url
-        self.timeout = timeout
-        self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    def _client(self):
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            from redis.asyncio import BlockingConnectionPool, Redis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-
-            # No retries, and short timeouts on connecting and on waiting for Redis's answer: a Redis that is down
-            # or silent fails the decision quickly. A burst waits for one of a few pooled connections (no timeout:
-            # each is freed within the socket timeouts) rather than opening hundreds; the wait is local queueing,
-            # not Redis being unreachable, so it must not turn a busy moment into 503s.
-            pool = BlockingConnectionPool.from_url(
-                self.url, max_connections=settings.LLMHUB["QUOTA_REDIS_MAX_CONNECTIONS"], timeout=None,
-                socket_timeout=self.timeout, socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 0))
-            redis = Redis(connection_pool=pool)
-            client = (redis, redis.register_script(_RESERVE), redis.register_script(_SETTLE))
-            self._clients[loop] = client
-        return client
+        self.client = RedisClient(url, timeout=timeout)
 
     async def reserve(self, *, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
-        _, reserve, _ = self._client()
         args: list = [request_id, int(hold_seconds * 1000)]
         for charge in charges:
             args += [charge.limit, charge.amount, int(charge.window_end * 1000)]
-        reply = await self._run(reserve, [charge.key for charge in charges], args)
+        reply = await self._script(_RESERVE, [charge.key for charge in charges], args)
         refused = int(reply[0])
-        return Decision(refused=None if refused < 0 else refused, used=tuple(int(v) for v in reply[1::2]),
-                        held=tuple(int(v) for v in reply[2::2]))
+        return Decision(refused=None if refused < 0 else refused, used=tuple(reply[1::2]), held=tuple(reply[2::2]))
 
     async def settle(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
                      hold_seconds: float) -> None:
-        _, _, settle = self._client()
         args: list = [request_id, int(hold_seconds * 1000)]
         for charge, amount in zip(charges, actual, strict=True):
             args += [amount, int(charge.window_end * 1000)]
-        await self._run(settle, [charge.key for charge in charges], args)
+        await self._script(_SETTLE, [charge.key for charge in charges], args)
 
-    async def _run(self, script, keys: list[str], args: list):
-        from redis.exceptions import RedisError
-
+    async def _script(self, source: str, keys: list[str], args: list):
         try:
-            return await script(keys=keys, args=args)
-        except (RedisError, OSError, TimeoutError) as error:
-            raise QuotaBackendError(type(error).__name__) from error
+            return await self.client.script(source, keys, args)
+        except RedisUnavailable as error:
+            raise QuotaBackendError(str(error)) from error
 
     async def counters(self, keys: list[str]) -> dict[str, dict[str, int]]:
-        redis, _, _ = self._client()
         result = {}
         for key in keys:
-            values = await redis.hgetall(key)
-            fields = {name.decode(): int(value) for name, value in values.items()}
+            try:
+                reply = await self.client.call("HGETALL", key)
+            except RedisUnavailable as error:
+                raise QuotaBackendError(str(error)) from error
+            fields = {reply[i].decode(): int(reply[i + 1]) for i in range(0, len(reply), 2)}
             result[key] = {"used": fields.get("used", 0), "held": fields.get("held", 0),
                            "refused": fields.get("refused", 0),
                            "holds": sum(1 for name in fields if name.startswith("h:"))}
@@ -207,74 +183,96 @@ class DatabaseQuotaBackend(QuotaBackend):
 
     def __init__(self) -> None:
         self._swept_at = 0.0
+        # One thread of its own: decisions of this process queue there in order (no lock waits between them, a warm
+        # connection), and a hop costs half of asgiref's.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quota-db")
 
     async def reserve(self, *, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
         return await self._in_thread(self._reserve, request_id, charges, hold_seconds)
 
     async def settle(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
                      hold_seconds: float) -> None:
-        await self._in_thread(self._settle, request_id, charges, actual)
+        # Queued, not awaited: the quota thread runs it before any later decision or read of this process (it takes
+        # work in order), so nothing sees the reservation unsettled; the response need not wait for the commit.
+        # Work still queued at exit is run before the interpreter ends (ThreadPoolExecutor joins its threads).
+        done = self._thread.submit(self._guarded, self._settle, (request_id, charges, actual))
+        done.add_done_callback(partial(_settle_failed, request_id=request_id))
 
     async def counters(self, keys: list[str]) -> dict[str, dict[str, int]]:
         return await self._in_thread(self._counters, keys)
 
     async def _in_thread(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._guarded, function, args)
+
+    @staticmethod
+    def _guarded(function, args):
+        db = connections[DEFAULT_DB_ALIAS]  # once: each access through the `connection` proxy costs a lookup
         try:
-            return await sync_to_async(function, thread_sensitive=False)(*args)
+            with db.wrap_database_errors:
+                db.ensure_connection()
+                with transaction.atomic(using=DEFAULT_DB_ALIAS):
+                    # The backend's own cursor, without Django's debug wrapper (DEBUG is on when embedded): the
+                    # statements below are the whole decision and the budget is a fraction of a millisecond.
+                    return function(db.create_cursor(), *args)
         except DatabaseError as error:
-            # A connection that broke is not reused: the next decision opens a new one.
-            await sync_to_async(connection.close, thread_sensitive=False)()
+            db.close()  # a connection that broke is not reused: the next decision opens a new one
             raise QuotaBackendError(type(error).__name__) from error
 
-    def _reserve(self, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
+    # The conditional UPDATE: the counter takes the amount only while used + held + amount <= limit (a counter
+    # not there yet is created with it, if it fits); a row comes back exactly when it did. One statement per
+    # counter, atomic on SQLite and on PostgreSQL (ON CONFLICT locks the row and re-checks on its latest version).
+    _TAKE = ("INSERT INTO usage_quotacounter (key, used, held, refused, window_end) SELECT %s, 0, %s, 0, %s WHERE %s <= %s "
+             "ON CONFLICT (key) DO UPDATE SET held = usage_quotacounter.held + excluded.held "
+             "WHERE usage_quotacounter.used + usage_quotacounter.held + excluded.held <= %s "
+             "RETURNING used, held")
+
+    def _reserve(self, cursor, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
         now = time.time()
         if now - self._swept_at > _SWEEP_EVERY_SECONDS:
             self._swept_at = now
-            self._sweep(now, hold_seconds)
-        order = sorted(range(len(charges)), key=lambda index: charges[index].key)
+            self._sweep(cursor, now)
+        state: dict[str, tuple[int, int]] = {}
         refused = None
-        with transaction.atomic(), connection.cursor() as cursor:
-            for index in order:
-                charge = charges[index]
-                cursor.execute(
-                    "INSERT INTO usage_quotacounter (key, used, held, refused, window_end) VALUES (%s, 0, 0, 0, %s) "
-                    "ON CONFLICT (key) DO NOTHING", [charge.key, _datetime(charge.window_end + hold_seconds)])
-            taken = []
-            for index in order:
-                if not self._take(cursor, charges[index], now):
-                    refused = index
-                    break
-                taken.append(index)
-            if refused is not None:
-                for index in taken:
-                    cursor.execute("UPDATE usage_quotacounter SET held = held - %s WHERE key = %s",
-                                   [charges[index].amount, charges[index].key])
-                cursor.execute("UPDATE usage_quotacounter SET refused = refused + 1 WHERE key = %s",
-                               [charges[refused].key])
-            else:
-                expires = _datetime(now + hold_seconds)
-                for charge in charges:
-                    if charge.amount:
-                        cursor.execute("INSERT INTO usage_quotahold (request_id, key, amount, expires_at) "
-                                       "VALUES (%s, %s, %s, %s)", [request_id, charge.key, charge.amount, expires])
-            state = self._state(cursor, [charge.key for charge in charges])
-        return Decision(refused=refused, used=tuple(state[c.key][0] for c in charges),
-                        held=tuple(state[c.key][1] for c in charges))
+        for index in sorted(range(len(charges)), key=lambda index: charges[index].key):  # one lock order
+            charge = charges[index]
+            taken = self._take(cursor, charge, hold_seconds)
+            if taken is None and self._reclaim(cursor, charge.key, now):
+                taken = self._take(cursor, charge, hold_seconds)
+            if taken is None:
+                refused = index
+                break
+            state[charge.key] = taken
+        if refused is None:
+            expires = _datetime(now + hold_seconds)
+            holds = [(request_id, charge.key, charge.amount, expires) for charge in charges if charge.amount]
+            if holds:
+                marks = ", ".join(["(%s, %s, %s, %s)"] * len(holds))
+                cursor.execute(f"INSERT INTO usage_quotahold (request_id, key, amount, expires_at) VALUES {marks}",  # noqa: S608
+                               [value for hold in holds for value in hold])
+        else:
+            for key, _ in state.items():  # give back what the counters before it took
+                amount = next(charge.amount for charge in charges if charge.key == key)
+                cursor.execute("UPDATE usage_quotacounter SET held = held - %s WHERE key = %s", [amount, key])
+            charge = charges[refused]
+            cursor.execute("INSERT INTO usage_quotacounter (key, used, held, refused, window_end) VALUES (%s, 0, 0, 1, %s) "
+                           "ON CONFLICT (key) DO UPDATE SET refused = usage_quotacounter.refused + 1",
+                           [charge.key, _datetime(charge.window_end + hold_seconds)])
+            marks = ", ".join(["%s"] * len(charges))
+            cursor.execute(f"SELECT key, used, held FROM usage_quotacounter WHERE key IN ({marks})",  # noqa: S608
+                           [charge.key for charge in charges])
+            state = {key: (used, held) for key, used, held in cursor.fetchall()}
+        return Decision(refused=refused, used=tuple(state.get(c.key, (0, 0))[0] for c in charges),
+                        held=tuple(state.get(c.key, (0, 0))[1] for c in charges))
 
-    def _take(self, cursor, charge: Charge, now: float) -> bool:
-        update = "UPDATE usage_quotacounter SET held = held + %s WHERE key = %s AND used + held + %s <= %s"
-        params = [charge.amount, charge.key, charge.amount, charge.limit]
-        cursor.execute(update, params)
-        if cursor.rowcount == 1:
-            return True
-        # Reservations of crashed processes expire: give them back before refusing.
-        if self._reclaim(cursor, charge.key, now):
-            cursor.execute(update, params)
-            return cursor.rowcount == 1
-        return False
+    def _take(self, cursor, charge: Charge, hold_seconds: float) -> tuple[int, int] | None:
+        cursor.execute(self._TAKE, [charge.key, charge.amount, _datetime(charge.window_end + hold_seconds),
+                                    charge.amount, charge.limit, charge.limit])
+        row = cursor.fetchone()
+        return None if row is None else (row[0], row[1])
 
     @staticmethod
     def _reclaim(cursor, key: str, now: float) -> int:
+        """Gives back the counter's reservations that expired (their process crashed); returns how much."""
         cursor.execute("DELETE FROM usage_quotahold WHERE key = %s AND expires_at < %s RETURNING amount",
                        [key, _datetime(now)])
         amount = sum(row[0] for row in cursor.fetchall())
@@ -283,38 +281,35 @@ class DatabaseQuotaBackend(QuotaBackend):
         return amount
 
     @staticmethod
-    def _state(cursor, keys: list[str]) -> dict[str, tuple[int, int]]:
-        marks = ", ".join(["%s"] * len(keys))
-        cursor.execute(f"SELECT key, used, held FROM usage_quotacounter WHERE key IN ({marks})", keys)  # noqa: S608
-        return {key: (used, held) for key, used, held in cursor.fetchall()}
+    def _settle(cursor, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...]) -> None:
+        cursor.execute("DELETE FROM usage_quotahold WHERE request_id = %s RETURNING key, amount", [request_id])
+        held = dict(cursor.fetchall())  # a reservation that expired meanwhile was given back already
+        for charge, amount in sorted(zip(charges, actual, strict=True), key=lambda pair: pair[0].key):
+            cursor.execute("UPDATE usage_quotacounter SET used = used + %s, held = held - %s WHERE key = %s",
+                           [amount, held.get(charge.key, 0), charge.key])
 
-    def _settle(self, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...]) -> None:
-        with transaction.atomic(), connection.cursor() as cursor:
-            for charge, amount in sorted(zip(charges, actual, strict=True), key=lambda pair: pair[0].key):
-                cursor.execute("DELETE FROM usage_quotahold WHERE request_id = %s AND key = %s RETURNING amount",
-                               [request_id, charge.key])
-                held = sum(row[0] for row in cursor.fetchall())
-                cursor.execute("UPDATE usage_quotacounter SET used = used + %s, held = held - %s WHERE key = %s",
-                               [amount, held, charge.key])
-
-    def _sweep(self, now: float, hold_seconds: float) -> None:
+    def _sweep(self, cursor, now: float) -> None:
         """Gives back every expired reservation, and drops counters whose period (plus the hold time) is over."""
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("SELECT DISTINCT key FROM usage_quotahold WHERE expires_at < %s", [_datetime(now)])
-            for (key,) in sorted(cursor.fetchall()):
-                self._reclaim(cursor, key, now)
-            cursor.execute("DELETE FROM usage_quotacounter WHERE window_end < %s", [_datetime(now)])
+        cursor.execute("SELECT DISTINCT key FROM usage_quotahold WHERE expires_at < %s", [_datetime(now)])
+        for (key,) in sorted(cursor.fetchall()):
+            self._reclaim(cursor, key, now)
+        cursor.execute("DELETE FROM usage_quotacounter WHERE window_end < %s", [_datetime(now)])
 
     @staticmethod
-    def _counters(keys: list[str]) -> dict[str, dict[str, int]]:
-        with connection.cursor() as cursor:
-            result = {}
-            for key in keys:
-                cursor.execute("SELECT used, held, refused FROM usage_quotacounter WHERE key = %s", [key])
-                row = cursor.fetchone() or (0, 0, 0)
-                cursor.execute("SELECT COUNT(*) FROM usage_quotahold WHERE key = %s", [key])
-                result[key] = {"used": row[0], "held": row[1], "refused": row[2], "holds": cursor.fetchone()[0]}
+    def _counters(cursor, keys: list[str]) -> dict[str, dict[str, int]]:
+        result = {}
+        for key in keys:
+            cursor.execute("SELECT used, held, refused FROM usage_quotacounter WHERE key = %s", [key])
+            row = cursor.fetchone() or (0, 0, 0)
+            cursor.execute("SELECT COUNT(*) FROM usage_quotahold WHERE key = %s", [key])
+            result[key] = {"used": row[0], "held": row[1], "refused": row[2], "holds": cursor.fetchone()[0]}
         return result
+
+
+def _settle_failed(done, *, request_id: str) -> None:
+    if done.exception() is not None:
+        logger.error("request %s: quota not settled (%s); its reservation expires by itself", request_id,
+                     done.exception())
 
 
 def _datetime(epoch: float):
