@@ -23,6 +23,11 @@ COST_UNITS = 10**10
 _MAX_COST_DECIMALS = 6
 
 
+def decimal_text(value: Decimal) -> str:
+    """10 → "10", 5.00 → "5", 0.0010 → "0.001" (never "1E+1")."""
+    return format(value.normalize(), "f")
+
+
 @dataclass(frozen=True, slots=True)
 class LimitSpec:
     metric: str
@@ -41,7 +46,7 @@ class LimitSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "period": self.period, "model": self.model or None,
-                "limit": str(self.limit.normalize()) if self.metric == "cost" else int(self.limit)}
+                "limit": decimal_text(self.limit) if self.metric == "cost" else int(self.limit)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +230,6 @@ def api_key_limits_problems(*, owner_limits: Iterable[LimitSpec], key_limits: It
             if (bound.metric, bound.period) == (spec.metric, spec.period) and bound.model in ("", spec.model) \
                     and spec.limit > bound.limit:
                 scope = f" of {bound.model}" if bound.model else ""
-                problems.append(f"{spec.metric} per {spec.period}: {spec.limit.normalize()} is above the owner's "
-                                f"limit{scope} of {bound.limit.normalize()}.")
+                problems.append(f"{spec.metric} per {spec.period}: {decimal_text(spec.limit)} is above the owner's "
+                                f"limit{scope} of {decimal_text(bound.limit)}.")
     return problems

@@ -266,4 +266,5 @@ class QuotaLimit(models.Model):
 
     def __str__(self) -> str:
         scope = f" of {self.model}" if self.model else ""
-        return f"{self.metric}{scope} per {self.period}: {'unlimited' if self.limit is None else self.limit.normalize()}"
+        value = "unlimited" if self.limit is None else format(self.limit.normalize(), "f")
+        return f"{self.metric}{scope} per {self.period}: {value}"
