@@ -61,7 +61,8 @@ class QuotaUnavailable(ApplicationError):
 @dataclass(frozen=True, slots=True)
 class Window:
     tag: str  # the period's start in local time, part of the counter's key
-    end: float  # epoch seconds
+    start: float  # epoch seconds
+    end: float
 
 
 @cache
@@ -69,39 +70,35 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
-_windows: dict[str, Window] = {}
+_windows: dict[tuple[str, str], Window] = {}
 
 
 def period_window(period: str, now: float | None = None) -> Window:
-    """The calendar period (minute, hour, day, month of TIME_ZONE) that `now` falls in."""
+    """The calendar period (minute, hour, day, month of TIME_ZONE) that `now` falls in (memoised until it ends)."""
     now = time.time() if now is None else now
-    window = _windows.get(period)
-    if window is not None and now < window.end and now >= window.end - _MAX_SPAN[period]:
-        return window
-    window = _window_compute(period, now)
-    _windows[period] = window
+    memo_key = (period, settings.TIME_ZONE)
+    window = _windows.get(memo_key)
+    if window is None or not window.start <= now < window.end:
+        window = _windows[memo_key] = _window_compute(period, now)
     return window
-
-
-_MAX_SPAN = {"minute": 60, "hour": 3600, "day": 25 * 3600, "month": 31 * 86400}
 
 
 def _window_compute(period: str, now: float) -> Window:
     zone = _zone(settings.TIME_ZONE)
     local = datetime.fromtimestamp(now, zone)
-    if period == "minute":
-        start = local.replace(second=0, microsecond=0)
-        return Window(start.strftime("%Y%m%d%H%M"), start.timestamp() + 60)
-    if period == "hour":
-        start = local.replace(minute=0, second=0, microsecond=0)
-        return Window(start.strftime("%Y%m%d%H"), start.timestamp() + 3600)
+    if period in ("minute", "hour"):  # fixed lengths: computed in absolute time, so DST cannot stretch them
+        start = local.replace(second=0, microsecond=0) if period == "minute" else local.replace(minute=0, second=0,
+                                                                                               microsecond=0)
+        tag = start.strftime("%Y%m%d%H%M" if period == "minute" else "%Y%m%d%H")
+        return Window(tag, start.timestamp(), start.timestamp() + (60 if period == "minute" else 3600))
     if period == "day":
         start = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        end = (start + timedelta(days=1)).replace(hour=0)  # wall-clock midnight, whatever DST did
-        return Window(start.strftime("%Y%m%d"), datetime(end.year, end.month, end.day, tzinfo=zone).timestamp())
+        following = start.date() + timedelta(days=1)
+        end = datetime(following.year, following.month, following.day, tzinfo=zone)  # local midnight, whatever DST did
+        return Window(start.strftime("%Y%m%d"), start.timestamp(), end.timestamp())
     start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     year, month = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
-    return Window(start.strftime("%Y%m"), datetime(year, month, 1, tzinfo=zone).timestamp())
+    return Window(start.strftime("%Y%m"), start.timestamp(), datetime(year, month, 1, tzinfo=zone).timestamp())
 
 
 # --- Reservations -------------------------------------------------------------------------------------------
