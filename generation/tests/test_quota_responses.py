@@ -254,9 +254,10 @@ def test_it_answers_exactly_50_of_200_across_two_uvicorn_processes(registry, use
         responses = burst([f"http://127.0.0.1:{port}/v1/chat/completions" for port in ports], key, 200,
                           {"model": "demo", "messages": MESSAGES})
 
+        # Each process decided half of the requests against the one counter in Redis (every answer, 200 or 429,
+        # carries the headers of its decision); which process got the 50 places is a matter of timing.
         assert_exactly_50_of_200(responses)
-        served_by = {response.url.port for response in responses if response.status_code == 200}
-        assert served_by == set(ports)  # both processes answered some
+        assert sorted(response.url.port for response in responses) == sorted(ports * 100)
         deadline = time.monotonic() + 10
         while UsageLog.objects.count() < 50 and time.monotonic() < deadline:
             time.sleep(0.05)
