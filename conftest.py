@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from registry.limits import limits_snapshot
 from registry.selectors import api_key_snapshot, registry_snapshot
 
 pytest_plugins = ["llmhub.testing"]  # the simulated_upstream fixture
@@ -32,11 +33,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _fresh_snapshots() -> Iterator[None]:
     # Each test's database is rolled back afterwards: in-memory snapshots must not outlive it.
     cache.clear()
-    registry_snapshot.invalidate()
-    api_key_snapshot.invalidate()
+    snapshots = (registry_snapshot, api_key_snapshot, limits_snapshot)
+    for snapshot in snapshots:
+        snapshot.invalidate()
     yield
-    registry_snapshot.invalidate()
-    api_key_snapshot.invalidate()
+    for snapshot in snapshots:
+        snapshot.invalidate()
 
 
 @pytest.fixture(scope="session", autouse=True)

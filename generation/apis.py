@@ -25,6 +25,11 @@ class CallerAPIView(APIView):
         request.preferences = preferences_get(request.user.pk)
 
 
+def quota_headers(reservation) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers of the request's quota reservation (none when no limit applies)."""
+    return reservation.headers() if reservation is not None else {}
+
+
 class AttemptSerializer(serializers.Serializer):
     model = serializers.CharField()
     outcome = serializers.CharField()
@@ -85,4 +90,4 @@ class GenerateApi(CallerAPIView):
                                           prompt=params.pop("prompt", None), messages=params.pop("messages", None),
                                           model_id=params.pop("model", None), provider=params.pop("provider", None),
                                           preferred_ids=request.preferences.preferred_order("generation"), **params)
-        return Response(GenerateOutputSerializer(outcome).data)
+        return Response(GenerateOutputSerializer(outcome).data, headers=quota_headers(outcome.quota))

@@ -60,8 +60,12 @@ async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[byt
     await send({"type": "http.response.body", "body": body})
 
 
+def _encoded(headers: dict[str, str] | None) -> list[tuple[bytes, bytes]]:
+    return [(name.encode(), value.encode()) for name, value in (headers or {}).items()]
+
+
 async def _respond_error(send: Send, error: ApplicationError) -> None:
-    headers = []
+    headers = _encoded(getattr(error, "headers", None))  # a quota refusal's x-ratelimit-* headers
     retry_after = getattr(error, "retry_after", None)
     if error.status == 429 or retry_after is not None:
         headers.append((b"retry-after", str(max(1, round(retry_after or 1))).encode()))
@@ -149,9 +153,9 @@ async def _caller(principal: Principal, registry) -> Caller:
     return Caller(user_id=principal.user.pk, api_key_id=principal.api_key_id, tier=await aprincipal_tier(principal, registry))
 
 
-def _meta_headers(request_id: str, model: ModelSpec, attempts: int) -> list[tuple[bytes, bytes]]:
+def _meta_headers(request_id: str, model: ModelSpec, attempts: int, quota) -> list[tuple[bytes, bytes]]:
     return [(b"x-request-id", request_id.encode()), (b"x-llmhub-model", model.id.encode()),
-            (b"x-llmhub-attempts", str(attempts).encode())]
+            (b"x-llmhub-attempts", str(attempts).encode()), *_encoded(quota.headers() if quota else None)]
 
 
 async def _chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
@@ -168,7 +172,8 @@ async def _chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     if not body.get("stream"):
         outcome = await services.chat(caller=caller, registry=registry, body=body, endpoint="v1.chat_completions",
                                       model_id=model_id, preferred_ids=preferred_ids)
-        await _respond(send, 200, outcome.raw, _meta_headers(outcome.request_id, outcome.model, len(outcome.attempts)))
+        await _respond(send, 200, outcome.raw, _meta_headers(outcome.request_id, outcome.model, len(outcome.attempts),
+                                                           outcome.quota))
         return
     stream = await services.chat_stream(caller=caller, registry=registry, body=body, endpoint="v1.chat_completions",
                                         model_id=model_id, preferred_ids=preferred_ids)
@@ -181,7 +186,8 @@ async def _send_stream(stream: services.ChatStream, receive: Receive, send: Send
     async def pump() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"), *_meta_headers(stream.request_id, stream.model, len(stream.attempts))]})
+            (b"x-accel-buffering", b"no"), *_meta_headers(stream.request_id, stream.model, len(stream.attempts),
+                                               stream.run.reservation)]})
         events = stream.events()
         try:
             async for chunk in events:

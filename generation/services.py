@@ -76,6 +76,7 @@ class ChatOutcome:
     usage: Usage
     cost: Decimal
     latency_ms: float
+    quota: Reservation | None = None  # its rate-limit headers go on the response
 
     @property
     def text(self) -> str:
@@ -242,8 +243,7 @@ class _Run:
 
     def record(self, *, model: ModelSpec | None, usage: Usage, status: str, http_status: int, error_type: str = "",
                streamed: bool = False, ttft_ms: float | None = None) -> Decimal:
-        if not self.charges and model is not None:
-            self.charge(model, usage)
+        """Writes the request's usage row, billed at `charges` (`run_finish` charges a single answer first)."""
         cost = self.charged()
         usage_record(UsageEntry(
             request_id=self.request_id, user_id=self.caller.user_id, api_key_id=self.caller.api_key_id,
@@ -285,9 +285,10 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
     run.deadline = run.started + _config("GENERATION_DEADLINE_SECONDS")
     logger.info("request %s: model %s for user %s (tier %s), candidates %s", run.request_id, primary.id,
                 caller.user_id, caller.tier.slug, [m.id for m in candidates])
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-    run.reservation = await quota_reserve(user_id=caller.user_id, model_id=primary.id,
-                                          tokens=tokens_estimate_messages(body.get("messages") or []) + int(max_tokens))
+    run.reservation = await quota_reserve(
+        request_id=run.request_id, user_id=caller.user_id, api_key_id=caller.api_key_id, tier_slug=caller.tier.slug,
+        model=primary, candidates=candidates, prompt_tokens=tokens_estimate_messages(body.get("messages") or []),
+        max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"))
     return run
 
 
@@ -349,7 +350,7 @@ async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endp
         await asyncio.shield(run_finish(run, model=model, usage=usage, error=error))  # even when cancelled
     return ChatOutcome(request_id=run.request_id, model=model, raw=completion.raw, data=completion.data,
                        attempts=run.attempts, usage=usage, cost=run.cost,
-                       latency_ms=(time.perf_counter() - run.started) * 1000)
+                       latency_ms=(time.perf_counter() - run.started) * 1000, quota=run.reservation)
 
 
 async def completion_usage(run: _Run, model: ModelSpec, body: dict[str, Any], completion: client.Completion) -> Usage:
@@ -386,8 +387,11 @@ async def run_finish(run: _Run, *, model: ModelSpec | None, usage: Usage, error:
 
     `status` and `error_type` default from `error`: "ok", or "error" with its HTTP status and type (see
     `error_classified`)."""
+    if not run.charges and model is not None:
+        run.charge(model, usage)
     try:
-        await quota_settle(reservation=run.reservation, used_tokens=usage.input_tokens + usage.output_tokens)
+        await quota_settle(reservation=run.reservation, model=model, input_tokens=usage.input_tokens,
+                           output_tokens=usage.output_tokens, cost=run.charged())
     finally:
         http_status, error_kind = error_classified(error) if error else (200, "")
         run.record(model=model, usage=usage, status=status or ("error" if error else "ok"), http_status=http_status,

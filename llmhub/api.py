@@ -50,7 +50,9 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, ApplicationError):
         set_rollback()
         retry_after = getattr(exc, "retry_after", None)
-        headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
+        headers = dict(getattr(exc, "headers", None) or {})  # e.g. a quota refusal's x-ratelimit-* headers
+        if retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(retry_after)))
         return Response(error_body(code=exc.code, message=exc.message, **exc.extra), status=exc.status, headers=headers)
     if isinstance(exc, RequestDataTooBig):
         # Raised by Django while DRF reads the body; unhandled it would be Django's bare 400 page.

@@ -300,6 +300,15 @@ LLMHUB = {
     # A tested plain chat slower than this makes the model degraded; a test reads at most this much per answer.
     "MODEL_TEST_SLOW_MS": env.float("LLMHUB_MODEL_TEST_SLOW_MS", default=5000.0),
     "MODEL_TEST_MAX_RESPONSE_BYTES": env.int("LLMHUB_MODEL_TEST_MAX_RESPONSE_BYTES", default=1024 * 1024),
+    # Quotas (usage/quotas.py): counters in this Redis, else in the database (embedded). A decision the back end
+    # cannot make within the timeout is a 503 (fail closed). A reservation never settled (a crashed process)
+    # is given back after QUOTA_HOLD_SECONDS; it must outlast the longest request.
+    "QUOTA_REDIS_URL": env.str("LLMHUB_QUOTA_REDIS_URL", default=REDIS_URL),
+    "QUOTA_TIMEOUT_SECONDS": env.float("LLMHUB_QUOTA_TIMEOUT_SECONDS", default=0.8),
+    "QUOTA_HOLD_SECONDS": env.float("LLMHUB_QUOTA_HOLD_SECONDS", default=900.0),
+    "QUOTA_REDIS_MAX_CONNECTIONS": env.int("LLMHUB_QUOTA_REDIS_MAX_CONNECTIONS", default=32),
+    # Retry-After of a token or cost refusal caused only by reservations in flight (they settle within seconds).
+    "QUOTA_IN_FLIGHT_RETRY_SECONDS": env.int("LLMHUB_QUOTA_IN_FLIGHT_RETRY_SECONDS", default=2),
 }
 
 LOGGING = {

@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -229,3 +230,32 @@ class ServerProcess:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None) -> None:
         self.stop()
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port (never the shared one), which a test may stop and start
+    again on the same port (empty) to play an outage."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process = ServerProcess([shutil.which("redis-server") or "redis-server", "--port", str(self.port),
+                                       "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
+                                      log=Path(folder) / f"redis-{self.port}.log")
+        self._starts = 0
+
+    def start(self) -> Self:
+        self._starts += 1
+        self._process.start()
+        self._process.wait_output(lambda text: text.count("Ready to accept connections") == self._starts, timeout=20)
+        return self
+
+    def stop(self) -> None:
+        self._process.stop(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def private_redis(tmp_path_factory) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(str(tmp_path_factory.mktemp("redis"))).start()
+    yield server
+    server.stop()

@@ -8,14 +8,26 @@ from django.template.response import TemplateResponse
 
 from llmhub.errors import ConfigurationError
 from registry.health import model_status_of
+from registry.limits import LimitSpec, api_key_limits_problems, limit_problems, limits_build
 from registry.model_tests import QueueUnavailable, model_test_start
-from registry.models import ApiKey, LLMModel, ModelFallback, ModelTest, Provider, Tier, UserLLMConfig, UserProfile
+from registry.models import (
+    ApiKey,
+    LLMModel,
+    ModelFallback,
+    ModelTest,
+    Provider,
+    QuotaLimit,
+    Tier,
+    UserLLMConfig,
+    UserProfile,
+)
 from registry.services import (
     api_key_create,
     api_key_revoke,
     llm_models_set_enabled,
     secret_assign,
     secret_redirect_check,
+    user_tier_resolve,
 )
 
 User = get_user_model()
@@ -77,9 +89,75 @@ class ProviderForm(SecretKeyForm):
         return headers
 
 
+class QuotaLimitForm(forms.ModelForm):
+    """Whole numbers for requests and tokens; a blank limit only where the inline allows lifting one."""
+
+    lifting_allowed = False
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        metric = cleaned.get("metric")
+        if metric and "limit" not in self.errors:
+            _, problems = limit_problems(metric=metric, limit=cleaned.get("limit"), where="limit",
+                                         lifting_allowed=self.lifting_allowed)
+            for problem in problems:
+                self.add_error("limit", problem.removeprefix("limit: ").capitalize() + ".")
+        return cleaned
+
+
+class LiftingQuotaLimitForm(QuotaLimitForm):
+    lifting_allowed = True
+
+
+class QuotaLimitInline(admin.TabularInline):
+    model = QuotaLimit
+    form = QuotaLimitForm
+    extra = 0
+    fields = ("metric", "period", "limit", "model")
+    verbose_name = "quota limit"
+    verbose_name_plural = "quota limits (periods are calendar-aligned in TIME_ZONE; no limits = unlimited)"
+
+
+class TierQuotaLimitInline(QuotaLimitInline):
+    fk_name = "tier"
+
+
+class UserQuotaLimitInline(QuotaLimitInline):
+    """Overrides of the user's tier limits: same metric, period and model replaces it; a blank limit lifts it."""
+
+    fk_name = "user"
+    form = LiftingQuotaLimitForm
+    verbose_name_plural = "quota overrides (replace the tier's limit of the same metric, period and model; " \
+                          "a blank limit lifts it)"
+
+
+class ApiKeyQuotaLimitFormSet(forms.BaseInlineFormSet):
+    def clean(self) -> None:
+        super().clean()
+        if any(self.errors) or self.instance.pk is None:
+            return
+        wanted = [LimitSpec(form.cleaned_data["metric"], form.cleaned_data["period"], form.cleaned_data.get("limit"),
+                            form.cleaned_data.get("model") or "")
+                  for form in self.forms if form.cleaned_data and not form.cleaned_data.get("DELETE")]
+        owner = self.instance.user
+        owner_limits = limits_build().owner_limits(tier_slug=user_tier_resolve(user=owner).slug, user_id=owner.pk)
+        problems = api_key_limits_problems(owner_limits=owner_limits, key_limits=wanted)
+        if problems:
+            raise forms.ValidationError(["A key's limits cannot be above its owner's.", *problems])
+
+
+class ApiKeyQuotaLimitInline(QuotaLimitInline):
+    """The key's own limits, counted per key, on top of its owner's."""
+
+    fk_name = "api_key"
+    formset = ApiKeyQuotaLimitFormSet
+    verbose_name_plural = "the key's own quota limits (counted per key; never above its owner's)"
+
+
 @admin.register(Tier)
 class TierAdmin(admin.ModelAdmin):
-    list_display = ("name", "slug", "rank", "default_model")
+    list_display = ("name", "slug", "rank", "default_model", "max_own_models")
+    inlines = (TierQuotaLimitInline,)
     search_fields = ("slug", "name")
     ordering = ("rank",)
 
@@ -217,6 +295,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
     readonly_fields = ("prefix", "created_at", "revoked_at")
     actions = ("revoke_keys",)
     autocomplete_fields = ("user",)
+    inlines = (ApiKeyQuotaLimitInline,)
+
+    def get_inlines(self, request: HttpRequest, obj=None):
+        return self.inlines if obj is not None else ()
 
     def get_form(self, request: HttpRequest, obj=None, **kwargs):
         if obj is None:
@@ -265,7 +347,7 @@ admin.site.unregister(User)
 
 @admin.register(User)
 class LLMHubUserAdmin(UserAdmin):
-    inlines = (UserProfileInline,)
+    inlines = (UserProfileInline, UserQuotaLimitInline)
     list_filter = (*UserAdmin.list_filter, "llm_profile__tier")
 
 

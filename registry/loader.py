@@ -15,6 +15,8 @@ from typing import Any
 
 from django.conf import settings
 
+from registry.limits import LimitSpec, tiers_quota_parse
+
 SCHEMA_PATH = Path(settings.BASE_DIR) / "fixtures" / "llm_models.schema.json"
 DEFAULT_MODELS_FILE = Path(settings.BASE_DIR) / "fixtures" / "llm_models.json"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -46,6 +48,9 @@ class TierEntry:
     name: str
     rank: int
     description: str = ""
+    limits: list[LimitSpec] = field(default_factory=list)
+    max_own_models: int | None = None
+    own_models_metered: bool = False
 
 
 @dataclass
@@ -249,6 +254,7 @@ def _models_parse(data: Any, *, providers: list[ProviderEntry], tier_slugs: set[
     return models
 
 
+
 def _defaults_parse(data: Any, *, models: list[ModelEntry], tiers: list[TierEntry], problems: list[str],
                     warnings: list[str]) -> tuple[str | None, dict[str, str]]:
     """The global and per-tier defaults. A default must be able to serve: a disabled one, or a tier's default
@@ -312,6 +318,7 @@ def registry_file_parse(
     providers = _providers_parse(data, environ=environ, problems=problems)
     models = _models_parse(data, providers=providers, tier_slugs={t.slug for t in tiers or known_tiers},
                            environ=environ, problems=problems)
+    problems += tiers_quota_parse(data, tiers, model_ids={model.public_id for model in models})
     default_model, tier_defaults = _defaults_parse(data, models=models, tiers=tiers or list(known_tiers),
                                                    problems=problems, warnings=warnings)
     if problems:

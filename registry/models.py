@@ -36,6 +36,12 @@ class Tier(models.Model):
     default_model = models.ForeignKey(
         "LLMModel", null=True, blank=True, on_delete=models.SET_NULL, related_name="default_for_tiers"
     )
+    max_own_models = models.PositiveIntegerField(
+        null=True, blank=True, help_text="How many models of their own a member may add; blank = no cap."
+    )
+    own_models_metered = models.BooleanField(
+        default=False, help_text="Users' own models count toward token and cost limits too (requests always count)."
+    )
 
     class Meta:
         ordering = ["rank"]
@@ -219,3 +225,50 @@ class ModelHealth(models.Model):
     last_live_failure_at = models.DateTimeField(null=True)
     last_live_success_at = models.DateTimeField(null=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+
+class QuotaLimit(models.Model):
+    """One limit of a tier, of one user (overriding their tier's limit of the same metric, period and model), or
+    of one hub API key (on top of its owner's; never above them). Enforced by usage.quotas."""
+
+    class Metric(models.TextChoices):
+        REQUESTS = "requests"
+        TOKENS = "tokens"
+        COST = "cost"
+
+    class Period(models.TextChoices):
+        MINUTE = "minute"
+        HOUR = "hour"
+        DAY = "day"
+        MONTH = "month"
+
+    tier = models.ForeignKey(Tier, null=True, blank=True, on_delete=models.CASCADE, related_name="limits")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+                             related_name="llm_limits")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="limits")
+    metric = models.CharField(max_length=16, choices=Metric.choices)
+    period = models.CharField(max_length=16, choices=Period.choices)
+    limit = models.DecimalField(
+        max_digits=20, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)],
+        help_text="Requests or tokens (whole numbers), or cost in the models' price currency. Blank (user overrides "
+                  "only) lifts the tier's limit of the same metric, period and model.",
+    )
+    model = models.CharField(max_length=100, blank=True, help_text="A model id to limit only that model; blank = all.")
+
+    class Meta:
+        ordering = ["metric", "period", "model"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(tier__isnull=False, user__isnull=True, api_key__isnull=True)
+                | models.Q(tier__isnull=True, user__isnull=False, api_key__isnull=True)
+                | models.Q(tier__isnull=True, user__isnull=True, api_key__isnull=False),
+                name="quota_limit_has_one_owner",
+            ),
+            *(models.UniqueConstraint(fields=[owner, "metric", "period", "model"], condition=models.Q(
+                **{f"{owner}__isnull": False}), name=f"unique_{owner}_quota_limit") for owner in ("tier", "user", "api_key")),
+        ]
+
+    def __str__(self) -> str:
+        scope = f" of {self.model}" if self.model else ""
+        value = "unlimited" if self.limit is None else format(self.limit.normalize(), "f")
+        return f"{self.metric}{scope} per {self.period}: {value}"

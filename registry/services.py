@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from llmhub.crypto import secret_decrypt, secret_encrypt, secret_last4, secret_rotate
 from llmhub.errors import ApplicationError, ConfigurationError
+from registry.limits import limits_build, limits_get, tier_limits_set
 from registry.loader import (
     DEFAULT_MODELS_FILE,
     RegistryFile,
@@ -151,10 +152,14 @@ def _tiers_sync(spec: RegistryFile, changes: _Changes) -> dict[str, Tier]:
     _tier_ranks_clear(spec.tiers)
     tiers = {
         entry.slug: _upsert(Tier, {"slug": entry.slug},
-                            {"name": entry.name, "rank": entry.rank, "description": entry.description},
+                            {"name": entry.name, "rank": entry.rank, "description": entry.description,
+                             "max_own_models": entry.max_own_models, "own_models_metered": entry.own_models_metered},
                             None, changes, "tier")
         for entry in spec.tiers
     }
+    for entry in spec.tiers:
+        if tier_limits_set(tier=tiers[entry.slug], limits=entry.limits):
+            changes.record("tier", entry.slug, "updated")
     tiers.update({tier.slug: tier for tier in Tier.objects.exclude(slug__in=tiers)})
     return tiers
 
@@ -264,9 +269,12 @@ def registry_load(*, path: Path | None, default_path: Path = DEFAULT_MODELS_FILE
     """Loads the registry file at `path`. A path that was named and does not exist is an error that changes
     nothing. With none named, `default_path`; only when that is absent too, the legacy OPENAI_* variables give one
     model (and a warning says so)."""
-    known_tiers = [TierEntry(t.slug, t.name, t.rank, t.description) for t in Tier.objects.all()]
     if path is not None and not path.exists():
         raise RegistryFileMissing(path)
+    # As they stand (limits included): the legacy path re-syncs the known tiers and must not lose what admin set.
+    limits = limits_build()
+    known_tiers = [TierEntry(t.slug, t.name, t.rank, t.description, list(limits.tier(t.slug).limits), t.max_own_models,
+                             t.own_models_metered) for t in Tier.objects.all()]
     source = path or default_path
     if source.exists():
         report = registry_sync(spec=registry_file_read(source, known_tiers=known_tiers))
@@ -440,10 +448,21 @@ def user_model_create(*, owner: AbstractBaseUser, slug: str, display_name: str, 
     secret_assign(model, _key_checked(api_key))
     try:
         with transaction.atomic():
+            _own_models_cap_check(owner=owner)
             model.save()
     except IntegrityError:
         raise field_error("id", f"You already have a model '{slug}'.", code="name_taken") from None
     return model
+
+
+def _own_models_cap_check(*, owner: AbstractBaseUser) -> None:
+    """The owner's tier caps how many models of their own they may add (`max_own_models`). Their profile row is
+    locked first, so two concurrent adds cannot both take the last place."""
+    UserProfile.objects.select_for_update().filter(user=owner).first()
+    cap = limits_get().tier(user_tier_resolve(user=owner).slug).max_own_models
+    if cap is not None and UserLLMConfig.objects.filter(owner=owner).count() >= cap:
+        raise ApplicationError(f"Your tier allows at most {cap} models of your own: delete one to add another.",
+                               status=403, code="max_own_models_reached", extra={"max_own_models": cap})
 
 
 USER_MODEL_UPDATABLE = frozenset({"display_name", "upstream_model", "base_url", "api_key", "enabled", "capabilities",

@@ -3,7 +3,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from generation.apis import CallerAPIView, GenerateOutputSerializer
+from generation.apis import CallerAPIView, GenerateOutputSerializer, quota_headers
 from llmhub.api import StrictSerializer
 from translation import services
 
@@ -42,4 +42,4 @@ class TranslateApi(CallerAPIView):
             target_language=params["target_language"], source_language=params.get("source_language"),
             model_id=params.get("model"), provider=params.get("provider"),
             preferred_ids=request.preferences.preferred_order("translation"))
-        return Response(TranslateOutputSerializer(result).data)
+        return Response(TranslateOutputSerializer(result).data, headers=quota_headers(result.quota))

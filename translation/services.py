@@ -66,6 +66,7 @@ class Translation:
     usage: Usage
     cost: object
     latency_ms: float
+    quota: object = None  # the usage.quotas reservation, whose rate-limit headers go on the response
 
 
 def language_validate(code: str, *, field: str) -> str:
@@ -189,7 +190,8 @@ async def translate(*, caller: Caller, registry: Registry, text: str, target_lan
         await asyncio.shield(generation.run_finish(run, model=model, usage=usage, error=error, status=status))
     return Translation(request_id=run.request_id, text="\n\n".join(results), model=model, source_language=source,
                        target_language=target, pieces=len(pieces), answered_by=answered_by, attempts=run.attempts,
-                       usage=usage, cost=run.cost, latency_ms=(time.perf_counter() - run.started) * 1000)
+                       usage=usage, cost=run.cost, latency_ms=(time.perf_counter() - run.started) * 1000,
+                       quota=run.reservation)
 
 
 def legacy_arguments(data: dict) -> dict:

@@ -41,3 +41,29 @@ class UsageLog(models.Model):
 
     def __str__(self) -> str:
         return self.request_id
+
+
+class QuotaCounter(models.Model):
+    """The embedded quota back end's counter of one limit in one period window (production keeps it in Redis).
+
+    Amounts are integers: requests, tokens, or cost in units of 1e-10 (the usage log's precision). `held` is
+    what requests in flight reserved; `refused` counts the requests this counter refused."""
+
+    key = models.CharField(max_length=255, unique=True)
+    used = models.BigIntegerField(default=0)
+    held = models.BigIntegerField(default=0)
+    refused = models.BigIntegerField(default=0)
+    window_end = models.DateTimeField(db_index=True)
+
+
+class QuotaHold(models.Model):
+    """A reservation of one request on one counter, until it is settled (or expires: a crashed process leaks nothing)."""
+
+    request_id = models.CharField(max_length=64)
+    key = models.CharField(max_length=255)
+    amount = models.BigIntegerField()
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["request_id", "key"], name="unique_quota_hold")]
+        indexes = [models.Index(fields=["key", "expires_at"], name="quota_hold_key_expiry_idx")]

@@ -1,22 +1,280 @@
-"""The quota seam of the request pipeline: reserve before the upstream call, settle after it.
+"""Exact quotas: reserve the worst case before the upstream call, settle to the actual usage after it.
 
-Quotas are not enforced yet: a reservation always succeeds. Exact quotas (one atomic step in Redis or
-a conditional UPDATE) replace these two functions without reshaping the pipeline.
+`quota_reserve` decides a request in ONE atomic step over every limit that applies to it (registry.limits):
+1 request; the estimated prompt tokens plus `max_tokens` (or the output cap); the cost of that at the highest
+prices among the models that may answer. Either every counter takes its share or none does, and the request
+gets 429. `quota_settle` (called in a `finally`, whatever happened) replaces the reservation by what was
+actually used. Two back ends do the atomic step (usage/quota_backends.py): one Redis Lua script per
+decision in production, a conditional UPDATE on the database when embedded. Reservations expire on their own
+(QUOTA_HOLD_SECONDS), so a crashed process leaks nothing. Quotas fail closed: a back end that cannot decide
+(Redis unreachable or silent for QUOTA_TIMEOUT_SECONDS, a database error) gives 503 with Retry-After, never
+"unlimited".
+
+Periods are calendar-aligned in TIME_ZONE: a day limit resets at local midnight, a month limit on the 1st.
 """
 
-from dataclasses import dataclass
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from functools import cache
+from zoneinfo import ZoneInfo
 
+from django.conf import settings
+
+from llmhub.errors import ApplicationError
+from registry.limits import COST_UNITS, AppliedLimit, limits_snapshot
+from registry.selectors import ModelSpec
+from usage.quota_backends import Charge, Decision, QuotaBackendError, quota_backend
+from usage.services import usage_cost
+
+logger = logging.getLogger(__name__)
+
+HEADER_METRICS = ("requests", "tokens")
+
+
+class QuotaExceeded(ApplicationError):
+    """429: one limit has no room for this request. `code` names it, e.g. "requests_per_day"."""
+
+    status = 429
+
+    def __init__(self, message: str, *, code: str, retry_after: float, headers: dict[str, str], extra: dict) -> None:
+        super().__init__(message, code=code, extra=extra)
+        self.retry_after = retry_after
+        self.headers = headers
+
+
+class QuotaUnavailable(ApplicationError):
+    """503: the quota back end cannot decide (quotas fail closed)."""
+
+    status = 503
+    code = "quota_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("Quotas cannot be checked right now; try again in a moment.")
+        self.retry_after = 1
+
+
+# --- Periods ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    tag: str  # the period's start in local time, part of the counter's key
+    start: float  # epoch seconds
+    end: float
+
+
+@cache
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+_windows: dict[tuple[str, str], Window] = {}
+
+
+def period_window(period: str, now: float | None = None) -> Window:
+    """The calendar period (minute, hour, day, month of TIME_ZONE) that `now` falls in (memoised until it ends)."""
+    now = time.time() if now is None else now
+    memo_key = (period, settings.TIME_ZONE)
+    window = _windows.get(memo_key)
+    if window is None or not window.start <= now < window.end:
+        window = _windows[memo_key] = _window_compute(period, now)
+    return window
+
+
+def _window_compute(period: str, now: float) -> Window:
+    zone = _zone(settings.TIME_ZONE)
+    local = datetime.fromtimestamp(now, zone)
+    if period in ("minute", "hour"):  # fixed lengths: computed in absolute time, so DST cannot stretch them
+        start = local.replace(second=0, microsecond=0) if period == "minute" else local.replace(minute=0, second=0,
+                                                                                               microsecond=0)
+        tag = start.strftime("%Y%m%d%H%M" if period == "minute" else "%Y%m%d%H")
+        return Window(tag, start.timestamp(), start.timestamp() + (60 if period == "minute" else 3600))
+    if period == "day":
+        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        following = start.date() + timedelta(days=1)
+        end = datetime(following.year, following.month, following.day, tzinfo=zone)  # local midnight, whatever DST did
+        return Window(start.strftime("%Y%m%d"), start.timestamp(), end.timestamp())
+    start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    year, month = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
+    return Window(start.strftime("%Y%m"), start.timestamp(), datetime(year, month, 1, tzinfo=zone).timestamp())
+
+
+# --- Reservations -------------------------------------------------------------------------------------------
 
 @dataclass(slots=True)
 class Reservation:
-    user_id: int | None
-    model_id: str
-    tokens: int
+    """What one request holds. `charges` is empty when no limit applies (nothing to settle)."""
+
+    request_id: str
+    charges: tuple[Charge, ...] = ()
+    applied: tuple[AppliedLimit, ...] = ()
+    used: tuple[int, ...] = ()  # each counter's settled usage and reservations in flight, right after the decision
+    held: tuple[int, ...] = ()
+    settled: bool = False
+    rate_headers: dict[str, str] = field(default_factory=dict)
+
+    def headers(self) -> dict[str, str]:
+        return self.rate_headers
 
 
-async def quota_reserve(*, user_id: int | None, model_id: str, tokens: int) -> Reservation:
-    return Reservation(user_id=user_id, model_id=model_id, tokens=tokens)
+def _config(name: str):
+    return settings.LLMHUB[name]
 
 
-async def quota_settle(*, reservation: Reservation, used_tokens: int) -> None:
-    return None
+def _counter_key(*, user_id: int, api_key_id: int | None, applied: AppliedLimit, window: Window) -> str:
+    spec = applied.spec
+    owner = f"{{u:{user_id}}}" + (f":k:{api_key_id}" if applied.scope == "key" else "")
+    return f"llmhub:q:{owner}:{spec.metric}:{spec.period}:{spec.model or '*'}:{window.tag}"
+
+
+def _reserved_amount(metric: str, *, tokens: int, cost_units: int) -> int:
+    return 1 if metric == "requests" else tokens if metric == "tokens" else cost_units
+
+
+def _cost_units(cost: Decimal) -> int:
+    return int(cost * COST_UNITS)
+
+
+async def quota_reserve(*, request_id: str, user_id: int | None, api_key_id: int | None, tier_slug: str,
+                        model: ModelSpec, candidates: list[ModelSpec] | tuple[ModelSpec, ...] = (),
+                        prompt_tokens: int, max_tokens: int | None) -> Reservation:
+    """Reserves the worst case of one request on every limit that applies, atomically; raises QuotaExceeded (429)
+    when one has no room, QuotaUnavailable (503) when the back end cannot decide. Limits come from the in-memory
+    snapshot: no query once warm."""
+    if user_id is None:
+        return Reservation(request_id)
+    limits = await limits_snapshot.aget()
+    applied = limits.applying(tier_slug=tier_slug, user_id=user_id, api_key_id=api_key_id, model_id=model.id,
+                              owned=model.owned)
+    if not applied:
+        return Reservation(request_id)
+    output = max_tokens or min(_config("MAX_OUTPUT_TOKENS"), model.context_window)
+    tokens = prompt_tokens + output
+    priced = candidates or (model,)
+    cost_units = _cost_units(usage_cost(
+        input_tokens=prompt_tokens, output_tokens=output,
+        input_price_per_million=max(m.input_price_per_million for m in priced),
+        output_price_per_million=max(m.output_price_per_million for m in priced)))
+    now = time.time()
+    charges = []
+    for limit in applied:
+        window = period_window(limit.spec.period, now)
+        charges.append(Charge(key=_counter_key(user_id=user_id, api_key_id=api_key_id, applied=limit, window=window),
+                              limit=limit.spec.units, window_end=window.end,
+                              amount=_reserved_amount(limit.spec.metric, tokens=tokens, cost_units=cost_units)))
+    decision = await _decide(request_id, tuple(charges))
+    reservation = Reservation(request_id, tuple(charges), applied, decision.used, decision.held)
+    reservation.rate_headers = _rate_headers(reservation, now)
+    if decision.refused is not None:
+        raise _exceeded(reservation, decision.refused, now)
+    return reservation
+
+
+async def _decide(request_id: str, charges: tuple[Charge, ...]) -> Decision:
+    try:
+        return await quota_backend().reserve(request_id=request_id, charges=charges,
+                                             hold_seconds=_config("QUOTA_HOLD_SECONDS"))
+    except QuotaBackendError as error:
+        logger.error("quota back end unavailable (%s): request %s refused with 503", error, request_id)
+        raise QuotaUnavailable() from None
+
+
+def _exceeded(reservation: Reservation, index: int, now: float) -> QuotaExceeded:
+    charge, spec = reservation.charges[index], reservation.applied[index].spec
+    until_reset = max(1, round(charge.window_end - now))
+    # When only reservations in flight stand in the way of tokens or cost, they settle within seconds. Requests
+    # never free up before the period ends (a reserved request is a request).
+    retry_after = until_reset
+    if spec.metric != "requests" and reservation.used[index] + charge.amount <= charge.limit:
+        retry_after = min(until_reset, _config("QUOTA_IN_FLIGHT_RETRY_SECONDS"))
+    scope = " of this API key" if reservation.applied[index].scope == "key" else ""
+    model = f" of {spec.model}" if spec.model else ""
+    what = {"requests": "requests", "tokens": "tokens", "cost": "spending"}[spec.metric]
+    message = f"Quota exceeded: the limit{scope} of {spec.as_dict()['limit']} {what}{model} per {spec.period} is used up."
+    if charge.amount > charge.limit:
+        message = f"This request needs more than the limit{scope} of {spec.as_dict()['limit']} {what}{model} " \
+                  f"per {spec.period} (lower max_tokens)."
+    return QuotaExceeded(message, code=f"{spec.metric}_per_{spec.period}", retry_after=retry_after,
+                         headers=reservation.rate_headers,
+                         extra={"limit": {**spec.as_dict(), "scope": reservation.applied[index].scope},
+                                "retry_after": retry_after})
+
+
+async def quota_settle(*, reservation: Reservation | None, model: ModelSpec | None, input_tokens: int,
+                       output_tokens: int, cost: Decimal | None = None) -> None:
+    """Replaces the reservation by the actual usage: 1 request, the tokens used, their cost at the answering
+    model's prices (0 when no model answered; an own model's cost only when its tier meters own models), or
+    `cost` when the answer came in parts from several models (a translation's pieces, each at its own prices).
+    Never raises: a back end that cannot settle is logged, and the hold expires by itself."""
+    if reservation is None or not reservation.charges or reservation.settled:
+        return
+    reservation.settled = True
+    tokens = input_tokens + output_tokens
+    if cost is None:
+        cost = Decimal(0) if model is None else usage_cost(
+            input_tokens=input_tokens, output_tokens=output_tokens,
+            input_price_per_million=model.input_price_per_million,
+            output_price_per_million=model.output_price_per_million)
+    cost_units = _cost_units(cost)
+    actual = tuple(_reserved_amount(applied.spec.metric, tokens=tokens, cost_units=cost_units)
+                   for applied in reservation.applied)
+    try:
+        await quota_backend().settle(request_id=reservation.request_id, charges=reservation.charges, actual=actual,
+                                     hold_seconds=_config("QUOTA_HOLD_SECONDS"))
+    except QuotaBackendError as error:
+        logger.error("request %s: quota not settled (%s); its hold expires by itself; unrecorded usage: %s",
+                     reservation.request_id, type(error).__name__, dict(zip([c.key for c in reservation.charges],
+                                                                              actual, strict=True)))
+
+
+# --- OpenAI's rate-limit headers ------------------------------------------------------------------------------
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: "1s", "6m0s", "2h3m4s"."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{seconds}s"
+    return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
+
+
+def _rate_headers(reservation: Reservation, now: float) -> dict[str, str]:
+    """x-ratelimit-{limit,remaining,reset}-{requests,tokens} of the tightest limit of each metric (the one with
+    the least room left; the shorter period on a tie)."""
+    tightest: dict[str, tuple[int, float, int, float]] = {}
+    for charge, applied, used, held in zip(reservation.charges, reservation.applied, reservation.used, reservation.held,
+                                           strict=True):
+        metric = applied.spec.metric
+        if metric not in HEADER_METRICS:
+            continue
+        remaining = max(0, charge.limit - used - held)
+        candidate = (remaining, charge.window_end, charge.limit, charge.window_end - now)
+        if metric not in tightest or candidate[:2] < tightest[metric][:2]:
+            tightest[metric] = candidate
+    headers = {}
+    for metric, (remaining, _, limit, reset) in tightest.items():
+        headers[f"x-ratelimit-limit-{metric}"] = str(limit)
+        headers[f"x-ratelimit-remaining-{metric}"] = str(remaining)
+        headers[f"x-ratelimit-reset-{metric}"] = _duration(reset)
+    return headers
+
+
+async def quota_status(*, user_id: int, api_key_id: int | None, tier_slug: str) -> list[dict]:
+    """Every limit of the user (and of the key, when given) with its current period: `used` (settled), `held`
+    (reservations in flight), `refused` (requests it refused this period), `holds` (reservations not settled)
+    and `resets_at` (epoch seconds). For pages and the usage API; it asks the back end, never the usage log."""
+    limits = await limits_snapshot.aget()
+    owner = [AppliedLimit("user", spec) for spec in limits.owner_limits(tier_slug=tier_slug, user_id=user_id)]
+    own_key = [AppliedLimit("key", spec) for spec in limits.keys.get(api_key_id, ()) if spec.limit is not None]
+    now = time.time()
+    rows = []
+    for applied in owner + own_key:
+        window = period_window(applied.spec.period, now)
+        rows.append((applied, window, _counter_key(user_id=user_id, api_key_id=api_key_id, applied=applied,
+                                                   window=window)))
+    counters = await quota_backend().counters([key for _, _, key in rows]) if rows else {}
+    return [{**applied.spec.as_dict(), "scope": applied.scope, "units": applied.spec.units, **counters[key],
+             "resets_at": window.end} for applied, window, key in rows]

@@ -5,12 +5,10 @@ server is stopped and started again. No bare 500, no restart needed, one usage r
 import contextlib
 import http.client
 import itertools
-import shutil
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import orjson
 import psycopg
@@ -19,7 +17,7 @@ from django.db import connection
 from psycopg import sql
 
 from conftest import usage_rows
-from llmhub.testing import ServerProcess, database_url, free_port, production_env, uvicorn_command
+from llmhub.testing import PrivateRedis, ServerProcess, database_url, free_port, production_env, uvicorn_command
 from registry.models import LLMModel
 from registry.services import api_key_create, llm_models_set_enabled
 from usage.models import UsageLog
@@ -28,26 +26,6 @@ pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 MAX_STALE_SECONDS = 3.0
 CHECK_SECONDS = 0.5
-
-
-class RedisServer:
-    """A private redis-server on a spare port, which the test may stop and start again (same port, empty)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process = ServerProcess([shutil.which("redis-server") or "redis-server", "--port", str(self.port),
-                                       "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                                      log=folder / f"redis-{self.port}.log")
-        self._starts = 0
-
-    def start(self) -> None:
-        self._starts += 1
-        self._process.start()
-        self._process.wait_output(lambda text: text.count("Ready to accept connections") == self._starts, timeout=20)
-
-    def stop(self) -> None:
-        self._process.stop(timeout=10)
 
 
 @dataclass(frozen=True)
@@ -148,7 +126,7 @@ class Traffic:
 
 @dataclass
 class Hub:
-    redis: RedisServer
+    redis: PrivateRedis
     apps: list[ServerProcess]
     ports: list[int]
     key: str
@@ -172,7 +150,7 @@ class Hub:
 
 @pytest.fixture
 def hub(registry, make_user, api_key_for, settings, tmp_path, simulated_upstream) -> Iterator[Hub]:
-    redis = RedisServer(tmp_path)
+    redis = PrivateRedis(tmp_path)
     redis.start()
     # This process changes the registry as admin would in a third process: its invalidations go to the apps' Redis.
     settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": redis.url}}

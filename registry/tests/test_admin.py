@@ -264,7 +264,7 @@ def test_it_does_not_let_the_admin_hand_a_key_to_another_user(demo_client, make_
     api_key = ApiKey.objects.get(user=owner)
 
     html = demo_client.get(change_url(api_key)).content.decode()
-    response = demo_client.post(change_url(api_key), {"user": other.pk, "name": "renamed"})
+    response = admin_post(demo_client, change_url(api_key), user=other.pk, name="renamed")  # with the limits inline
 
     assert 'name="user"' not in html
     assert response.status_code == 302

@@ -266,3 +266,23 @@ def test_it_says_how_far_it_got_when_the_deadline_ends_a_translation(translate, 
     assert error["partial_text"].count("Simulated reply from demo:") == done
     [row] = usage_rows(1)
     assert (row.status, row.http_status, row.answered_model) == ("partial", 504, "demo")
+
+
+def test_it_settles_a_cost_quota_at_each_pieces_own_price(translate, simulated_upstream, free_user):
+    import asyncio
+
+    from registry.models import QuotaLimit, Tier
+    from usage.quotas import COST_UNITS, quota_status
+
+    QuotaLimit.objects.create(tier=Tier.objects.get(slug="free"), metric="cost", period="day", limit=Decimal("100"))
+    small_context()
+    text = "\n\n".join(f"Paragraph {n} " + "word " * 40 for n in range(4))
+    simulated_upstream.set_fault("demo", "status=500,after=1")  # demo answers the first piece only
+
+    response = translate({"text": text, "target_language": "fr"})
+
+    assert response.status_code == 200, response.text
+    [row] = usage_rows(1)
+    [cost_limit] = asyncio.run(quota_status(user_id=free_user.pk, api_key_id=None, tier_slug="free"))
+    assert row.answered_model == "demo,demo-backup"
+    assert (Decimal(cost_limit["used"]) / COST_UNITS, cost_limit["held"]) == (row.cost, 0), cost_limit

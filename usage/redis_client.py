@@ -1,0 +1,131 @@
+"""A small pipelined Redis client for the quota hot path: one connection per event loop, many requests in flight
+on it (Redis answers in order), replies parsed by hiredis.
+
+redis-py's asyncio client costs about 0.2 ms a command in Python (a pool checkout, a lock, its parser); the quota
+budget is 0.3 ms for a whole request. This one writes the command and awaits a future that the protocol resolves
+when the reply arrives: about 0.07 ms on loopback. It only does what quotas need: commands, scripts (EVALSHA, and
+EVAL once after Redis forgot the script), a timeout per call; a connection that fails or times out is dropped and
+the next call opens a new one (so service resumes by itself when Redis is back).
+"""
+
+import asyncio
+import collections
+import hashlib
+import ssl
+import weakref
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+
+
+class RedisUnavailable(Exception):
+    """No answer from Redis (refused, reset, timed out) or an error reply."""
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self._reader = hiredis.Reader()
+        self._waiting: collections.deque[asyncio.Future] = collections.deque()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while (reply := self._reader.gets()) is not False:
+            future = self._waiting.popleft()
+            if not future.done():  # its caller may have given up (timeout): the reply is dropped
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(RedisUnavailable("the connection to Redis was lost"))
+
+    def send(self, packed: bytes) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        self.transport.write(packed)
+        return future
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class RedisClient:
+    """`await client.call("HGETALL", key)`, `await client.script(source, keys, args)`. Safe to share across event
+    loops (each loop gets its own connection)."""
+
+    def __init__(self, url: str, *, timeout: float) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"Unsupported Redis URL scheme {parts.scheme!r}: use redis:// or rediss://")
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 6379
+        self.db = int(parts.path.strip("/") or 0)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self.ssl = ssl.create_default_context() if parts.scheme == "rediss" else None
+        self.timeout = timeout
+        self._connections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._connecting: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._shas: dict[str, str] = {}
+
+    async def call(self, *args: str | int | bytes):
+        connection = self._connections.get(asyncio.get_running_loop())
+        if connection is None or connection.lost:
+            connection = await self._connect()
+        future = connection.send(hiredis.pack_command(args))
+        try:
+            async with asyncio.timeout(self.timeout):
+                reply = await future
+        except TimeoutError:
+            connection.close()  # a silent Redis: later calls open a new connection
+            raise RedisUnavailable(f"no answer from Redis within {self.timeout} s") from None
+        if isinstance(reply, hiredis.ReplyError):
+            raise RedisUnavailable(f"Redis refused the command: {reply}")
+        return reply
+
+    async def script(self, source: str, keys: list[str], args: list):
+        sha = self._shas.get(source) or self._shas.setdefault(source, hashlib.sha1(source.encode()).hexdigest())  # noqa: S324
+        try:
+            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+        except RedisUnavailable as error:
+            if "NOSCRIPT" not in str(error):
+                raise
+        return await self.call("EVAL", source, len(keys), *keys, *args)  # Redis restarted: it loads the script again
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        pending = self._connecting.get(loop)
+        if pending is None:  # one connection attempt at a time per loop; the others wait for it
+            pending = self._connecting[loop] = loop.create_task(self._open(loop))
+            pending.add_done_callback(lambda _: self._connecting.pop(loop, None))
+        return await asyncio.shield(pending)
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
+        connection = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                _, connection = await loop.create_connection(_Protocol, self.host, self.port, ssl=self.ssl)
+                setup = []
+                if self.password is not None:
+                    auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
+                    setup.append(connection.send(hiredis.pack_command(auth)))
+                if self.db:
+                    setup.append(connection.send(hiredis.pack_command(("SELECT", self.db))))
+                for reply in [await future for future in setup]:
+                    if isinstance(reply, hiredis.ReplyError):
+                        raise RedisUnavailable(f"Redis refused the connection set-up: {reply}")
+        except (OSError, TimeoutError, RedisUnavailable) as error:
+            if connection is not None:
+                connection.close()
+            if isinstance(error, RedisUnavailable):
+                raise
+            raise RedisUnavailable(f"cannot connect to Redis: {type(error).__name__}") from None
+        self._connections[loop] = connection
+        return connection

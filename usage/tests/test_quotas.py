@@ -1,0 +1,243 @@
+"""usage.quotas: reserve → settle, exact under concurrency, on both back ends (the database and Redis).
+
+In the embedded run "redis" is a private redis-server; in the services run it is the real one (REDIS_URL), and
+"database" is PostgreSQL."""
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from registry.limits import limits_snapshot
+from registry.models import ApiKey, QuotaLimit, Tier
+from usage.quota_backends import quota_backend
+from usage.quotas import QuotaExceeded, QuotaUnavailable, period_window, quota_reserve, quota_settle
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(params=["database", "redis"])
+def backend(request, settings, private_redis) -> str:
+    url = (os.environ.get("REDIS_URL") or private_redis.url) if request.param == "redis" else ""
+    settings.LLMHUB = {**settings.LLMHUB, "QUOTA_REDIS_URL": url}
+    if url:
+        import redis
+
+        redis.Redis.from_url(url).flushdb()
+    return request.param
+
+
+@pytest.fixture
+def user(registry, make_user):
+    return make_user("quota-user", tier="free")
+
+
+def limit(*, tier: str | None = "free", metric: str = "requests", period: str = "day", value="50", model: str = "",
+          **owner) -> QuotaLimit:
+    owner = owner or {"tier": Tier.objects.get(slug=tier)}
+    return QuotaLimit.objects.create(metric=metric, period=period, limit=Decimal(value), model=model, **owner)
+
+
+def reserve(user, registry, *, model: str = "demo", prompt_tokens: int = 10, max_tokens: int | None = 90,
+            request_id: str | None = None, api_key_id: int | None = None, owned_model=None):
+    spec = owned_model or registry.models[model]
+    return quota_reserve(request_id=request_id or f"req-{time.monotonic_ns()}", user_id=user.pk, api_key_id=api_key_id,
+                         tier_slug="free", model=spec, candidates=[spec], prompt_tokens=prompt_tokens,
+                         max_tokens=max_tokens)
+
+
+def counters(reservation) -> list[dict[str, int]]:
+    keys = [charge.key for charge in reservation.charges]
+    found = asyncio.run(quota_backend().counters(keys))
+    return [found[key] for key in keys]
+
+
+def test_it_admits_exactly_the_limit_of_200_concurrent_requests(backend, registry, user):
+    limit(value="50")
+
+    async def run():
+        return await asyncio.gather(*(reserve(user, registry) for _ in range(200)), return_exceptions=True)
+
+    outcomes = asyncio.run(run())
+    admitted = [outcome for outcome in outcomes if not isinstance(outcome, Exception)]
+    refused = [outcome for outcome in outcomes if isinstance(outcome, QuotaExceeded)]
+    assert (len(admitted), len(refused)) == (50, 150)
+    assert all(error.code == "requests_per_day" and error.retry_after >= 1 for error in refused)
+    assert all(error.headers["x-ratelimit-remaining-requests"] == "0" for error in refused)
+    assert all(error.headers["x-ratelimit-limit-requests"] == "50" for error in refused)
+
+    async def settle_all():
+        await asyncio.gather(*(quota_settle(reservation=r, model=registry.models["demo"], input_tokens=10,
+                                            output_tokens=5) for r in admitted))
+
+    asyncio.run(settle_all())
+    assert counters(admitted[0]) == [{"used": 50, "held": 0, "refused": 150, "holds": 0}]
+
+
+def test_it_never_admits_more_tokens_than_the_limit(backend, registry, user):
+    limit(metric="tokens", value="10000")
+
+    async def run():
+        return await asyncio.gather(*(reserve(user, registry, prompt_tokens=100, max_tokens=1000) for _ in range(100)),
+                                    return_exceptions=True)
+
+    outcomes = asyncio.run(run())
+    admitted = [outcome for outcome in outcomes if not isinstance(outcome, Exception)]
+    assert len(admitted) == 9  # 9 x 1,100 = 9,900; a tenth would be 11,000
+    assert all(isinstance(outcome, QuotaExceeded) and outcome.code == "tokens_per_day"
+               for outcome in outcomes if isinstance(outcome, Exception))
+    assert counters(admitted[0])[0]["held"] == 9 * 1100
+
+    async def settle_all():
+        await asyncio.gather(*(quota_settle(reservation=r, model=registry.models["demo"], input_tokens=100,
+                                            output_tokens=index * 10) for index, r in enumerate(admitted)))
+
+    asyncio.run(settle_all())
+    assert counters(admitted[0]) == [{"used": 9 * 100 + 10 * sum(range(9)), "held": 0, "refused": 91, "holds": 0}]
+
+
+def test_it_refuses_all_or_nothing_and_counts_cost_at_the_answering_models_prices(backend, registry, user):
+    limit(metric="requests", value="100")
+    limit(metric="cost", period="month", value="0.001")  # demo: 0.5 in / 1.5 out per million
+    first = asyncio.run(reserve(user, registry, prompt_tokens=100, max_tokens=500))  # 0.00005 + 0.00075
+    with pytest.raises(QuotaExceeded) as refused:
+        asyncio.run(reserve(user, registry, prompt_tokens=100, max_tokens=500))
+    assert refused.value.code == "cost_per_month"
+    assert refused.value.extra["limit"] == {"metric": "cost", "period": "month", "limit": "0.001", "model": None,
+                                            "scope": "user"}
+    assert refused.value.retry_after <= 2  # only a reservation in flight stands in the way
+    assert [c["used"] + c["held"] for c in counters(first)] == [1, 8_000_000]  # the refusal took no request
+
+    asyncio.run(quota_settle(reservation=first, model=registry.models["demo"], input_tokens=100, output_tokens=100))
+    assert [c["used"] for c in counters(first)] == [1, 2_000_000]  # 0.0002 in units of 1e-10
+    asyncio.run(reserve(user, registry, prompt_tokens=100, max_tokens=500))
+
+
+def test_it_gives_back_a_reservation_never_settled_once_it_expires(backend, registry, user, settings):
+    limit(value="1")
+    settings.LLMHUB = {**settings.LLMHUB, "QUOTA_HOLD_SECONDS": 0.3}
+    crashed = asyncio.run(reserve(user, registry))  # its process "crashes": no settle
+    with pytest.raises(QuotaExceeded):
+        asyncio.run(reserve(user, registry))
+    time.sleep(0.4)
+
+    again = asyncio.run(reserve(user, registry))
+
+    assert counters(again)[0]["held"] == 1 and counters(crashed)[0]["holds"] == 1
+    asyncio.run(quota_settle(reservation=again, model=None, input_tokens=0, output_tokens=0))
+    assert counters(again) == [{"used": 1, "held": 0, "refused": 1, "holds": 0}]
+
+
+def test_it_counts_a_keys_own_limits_per_key_on_top_of_its_owners(backend, registry, user, api_key_for):
+    limit(value="3")
+    api_key_for(user)
+    api_key_for(user)
+    first, second = ApiKey.objects.filter(user=user).order_by("pk")
+    limit(tier=None, value="1", api_key=first)
+
+    asyncio.run(reserve(user, registry, api_key_id=first.pk))
+    with pytest.raises(QuotaExceeded) as refused:
+        asyncio.run(reserve(user, registry, api_key_id=first.pk))
+    assert refused.value.extra["limit"]["scope"] == "key"
+    asyncio.run(reserve(user, registry, api_key_id=second.pk))
+    asyncio.run(reserve(user, registry))
+    with pytest.raises(QuotaExceeded) as refused:
+        asyncio.run(reserve(user, registry, api_key_id=second.pk))  # the owner's 3 are used up
+    assert refused.value.extra["limit"]["scope"] == "user"
+
+
+def test_it_applies_a_model_scoped_limit_to_that_model_only(backend, registry, user):
+    limit(value="1", model="demo")
+    asyncio.run(reserve(user, registry, model="demo"))
+    with pytest.raises(QuotaExceeded):
+        asyncio.run(reserve(user, registry, model="demo"))
+    assert asyncio.run(reserve(user, registry, model="demo-backup")).charges == ()
+
+
+def test_it_counts_requests_but_not_cost_on_own_models_unless_the_tier_meters_them(backend, registry, user):
+    import dataclasses
+
+    limit(value="10")
+    limit(metric="cost", value="0.000001")
+    own = dataclasses.replace(registry.models["demo"], owner_id=user.pk, id="mine")
+
+    reservation = asyncio.run(reserve(user, registry, owned_model=own))
+    assert [applied.spec.metric for applied in reservation.applied] == ["requests"]
+
+    Tier.objects.filter(slug="free").update(own_models_metered=True)
+    limits_snapshot.invalidate()
+    with pytest.raises(QuotaExceeded) as refused:
+        asyncio.run(reserve(user, registry, owned_model=own))
+    assert refused.value.code == "cost_per_day"
+
+
+def test_it_lets_a_user_override_or_lift_the_tier_limit(backend, registry, user):
+    limit(value="1")
+    limit(tier=None, value="2", user=user)
+    asyncio.run(reserve(user, registry))
+    asyncio.run(reserve(user, registry))
+    with pytest.raises(QuotaExceeded):
+        asyncio.run(reserve(user, registry))
+
+    QuotaLimit.objects.filter(user=user).update(limit=None)
+    limits_snapshot.invalidate()
+    assert asyncio.run(reserve(user, registry)).charges == ()  # lifted: unlimited
+
+
+def test_it_reads_limits_without_a_query_once_warm(registry, user, django_assert_num_queries):
+    limit(value="5")
+    limits_snapshot.get()
+    with django_assert_num_queries(0):
+        applied = limits_snapshot.get().applying(tier_slug="free", user_id=user.pk, api_key_id=None, model_id="demo",
+                                                 owned=False)
+    assert [(a.scope, a.spec.metric, a.spec.limit) for a in applied] == [("user", "requests", Decimal(5))]
+
+
+def _silent_server() -> tuple[socket.socket, int]:
+    """Accepts connections and never answers: a hung Redis."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    accepted = []
+    threading.Thread(target=lambda: accepted.extend(server.accept() for _ in iter(int, 1)), daemon=True).start()
+    return server, server.getsockname()[1]
+
+
+@pytest.mark.parametrize("failure", ["refused", "hung"])
+def test_it_fails_closed_within_a_second_when_redis_is_unreachable(registry, user, settings, failure):
+    limit(value="50")
+    if failure == "refused":
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()
+    else:
+        _hung, port = _silent_server()  # kept open for the whole test
+    settings.LLMHUB = {**settings.LLMHUB, "QUOTA_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+
+    started = time.monotonic()
+    with pytest.raises(QuotaUnavailable) as error:
+        asyncio.run(reserve(user, registry))
+
+    assert time.monotonic() - started < 1
+    assert (error.value.status, error.value.retry_after) == (503, 1)
+
+
+def test_it_aligns_periods_on_the_calendar_of_time_zone(settings):
+    settings.TIME_ZONE = "Europe/Paris"
+    from usage import quotas
+
+    quotas._windows.clear()
+    now = datetime(2026, 3, 29, 12, 30, 15, tzinfo=UTC).timestamp()  # the day Paris moves to summer time
+    day = period_window("day", now)
+    assert day.tag == "20260329"
+    assert day.end == datetime(2026, 3, 29, 22, 0, tzinfo=UTC).timestamp()  # local midnight, UTC+2 by then
+    assert period_window("month", now).end == datetime(2026, 3, 31, 22, 0, tzinfo=UTC).timestamp()
+    assert period_window("hour", now).end == datetime(2026, 3, 29, 13, 0, tzinfo=UTC).timestamp()
+    assert period_window("minute", now).tag == "202603291430"
+    quotas._windows.clear()
