@@ -1,5 +1,6 @@
 """usage/histograms.py: fixed log-scale bounds, merging by addition, percentiles within one bucket's error."""
 
+import itertools
 import math
 import random
 
@@ -28,9 +29,9 @@ def test_it_has_fixed_log_scale_bounds():
     assert BOUNDS[0] == 0.25
     assert BOUNDS[-1] == 2.0 ** 20
     assert 1.0 in BOUNDS and 1000 < BOUNDS[48] < 1100
-    for lower, upper in zip(BOUNDS, BOUNDS[1:], strict=False):
+    for lower, upper in itertools.pairwise(BOUNDS):
         assert upper / lower == pytest.approx(GROWTH)
-    assert RELATIVE_ERROR == pytest.approx(math.sqrt(GROWTH) - 1)
+    assert pytest.approx(math.sqrt(GROWTH) - 1) == RELATIVE_ERROR
 
 
 @pytest.mark.parametrize(("value", "index"), [
