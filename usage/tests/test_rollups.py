@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import OperationalError, connection, connections
 from django.db.models import Max
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from registry.services import api_key_create
 from usage.histograms import BOUNDS, RELATIVE_ERROR, bucket_index, histogram_of, histogram_percentile
@@ -316,3 +317,33 @@ def test_it_deletes_only_raw_rows_past_the_retention_and_keeps_their_roll_ups(ca
     assert usage_log_prune(now=later) == 1
     assert usage_log_prune(now=later) == 0
     assert UsageLog.objects.count() == len(rows) - len(past)
+
+
+def test_it_runs_as_beat_tasks_that_are_acknowledged_late(callers, settings):
+    from llmhub.celery import app
+    from usage import tasks
+
+    scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert {"usage.tasks.usage_rollups_update", "usage.tasks.usage_log_prune"} <= scheduled
+    assert all(app.tasks[name].acks_late for name in ("usage.tasks.usage_rollups_update", "usage.tasks.usage_log_prune"))
+    random_rows(callers, count=50, start=timezone.now() - timedelta(hours=5), hours=5)
+
+    tasks.usage_rollups_update.delay()
+    tasks.usage_log_prune.delay()
+
+    assert stored_buckets() == expected_buckets()
+    assert UsageLog.objects.count() == 50
+
+
+def test_it_shows_the_roll_ups_to_staff_read_only(callers, admin_client):
+    random_rows(callers, count=20)
+    usage_rollups_update(now=NOW)
+    rollup = UsageRollup.objects.first()
+
+    listing = admin_client.get("/admin/usage/usagerollup/")
+    detail = admin_client.get(f"/admin/usage/usagerollup/{rollup.pk}/change/")
+
+    assert listing.status_code == detail.status_code == 200
+    assert admin_client.get("/admin/usage/usagerollup/add/").status_code == 403
+    assert admin_client.post(f"/admin/usage/usagerollup/{rollup.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert UsageRollup.objects.filter(pk=rollup.pk).exists()
