@@ -43,13 +43,13 @@ def histogram_of(values_ms: Iterable[float]) -> list[int]:
 
 def histogram_merge(*histograms: Sequence[int]) -> list[int]:
     """The histogram of the union of the samples: counts added bucket by bucket."""
-    merged = histogram_empty()
     for counts in histograms:
         if len(counts) != BUCKETS:
             raise ValueError(f"a histogram has {BUCKETS} buckets, not {len(counts)}")
-        for index, count in enumerate(counts):
-            merged[index] += count
-    return merged
+    if not histograms:
+        return histogram_empty()
+    # Column by column: a day merges thousands of hourly histograms, and zip does the walking in C.
+    return [sum(column) for column in zip(*histograms, strict=True)]
 
 
 def histogram_percentile(counts: Sequence[int], quantile: float) -> float | None:

@@ -29,6 +29,7 @@ recomputes them, so no bucket is ever recomputed from a partly deleted day.
 import functools
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -42,7 +43,7 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Trunc
 from django.utils import timezone
 
-from usage.histograms import BOUNDS, BUCKETS, histogram_empty
+from usage.histograms import BOUNDS, BUCKETS, histogram_empty, histogram_merge
 from usage.models import UsageLog, UsageRollup, UsageRollupState
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ logger = logging.getLogger(__name__)
 # `requested_model` what was asked for (they differ after a fallback, or when the request named none).
 DIMENSIONS = ("user_id", "api_key_id", "requested_model", "answered_model", "tier", "endpoint", "status")
 # Log ids read per scan for touched hours; the state moves on after each chunk.
-SCAN_CHUNK_IDS = 200_000
+SCAN_CHUNK_IDS = 1_000_000
 # pg_advisory_xact_lock(namespace, day): the namespace keeps these locks apart from anyone else's.
 _LOCK_NAMESPACE = 0x75736167
 
@@ -101,13 +102,13 @@ def rollup_horizon(now: datetime) -> datetime:
 
 @dataclass(slots=True)
 class Totals:
+    """What a bucket counts, summed."""
+
     requests: int = 0
     errors: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost: Decimal = Decimal(0)
-    latency_histogram: list[int] = field(default_factory=histogram_empty)
-    ttft_histogram: list[int] = field(default_factory=histogram_empty)
 
     def add(self, other: "Totals") -> None:
         self.requests += other.requests
@@ -115,10 +116,17 @@ class Totals:
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.cost += other.cost
-        for mine, theirs in ((self.latency_histogram, other.latency_histogram),
-                             (self.ttft_histogram, other.ttft_histogram)):
-            for index, count in enumerate(theirs):
-                mine[index] += count
+
+
+MEASURES = ("requests", "errors", "input_tokens", "output_tokens", "cost")
+
+
+@dataclass(slots=True)
+class BucketTotals(Totals):
+    """A bucket's sums with its histograms."""
+
+    latency_histogram: list[int] = field(default_factory=histogram_empty)
+    ttft_histogram: list[int] = field(default_factory=histogram_empty)
 
 
 @functools.cache
@@ -146,17 +154,17 @@ def _bucket_expression(column: str) -> RawSQL:
     return RawSQL(*_bucket_sql(column), output_field=IntegerField())  # noqa: S611
 
 
-def _hour_totals(start: datetime) -> dict[tuple, Totals]:
+def _hour_totals(start: datetime) -> dict[tuple, BucketTotals]:
     """The raw rows of the hour starting at `start`, summed per bucket key: one statement, one snapshot."""
     groups = (UsageLog.objects.filter(created_at__gte=start, created_at__lt=_after(start, hours=1)).order_by()
               .values(*DIMENSIONS, latency_bucket=_bucket_expression("latency_ms"),
                       ttft_bucket=_bucket_expression("ttft_ms"))
               .annotate(requests=Count("pk"), input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"),
                         cost=Sum("cost")))
-    totals: dict[tuple, Totals] = {}
+    totals: dict[tuple, BucketTotals] = {}
     for group in groups:
         key = tuple(group[name] for name in DIMENSIONS)
-        bucket = totals.setdefault(key, Totals())
+        bucket = totals.setdefault(key, BucketTotals())
         requests = group["requests"]
         bucket.requests += requests
         if group["status"] == UsageLog.Status.ERROR:
@@ -170,17 +178,23 @@ def _hour_totals(start: datetime) -> dict[tuple, Totals]:
     return totals
 
 
-def _rollups_sum(rollups: Iterable[UsageRollup]) -> dict[tuple, Totals]:
-    totals: dict[tuple, Totals] = {}
-    for rollup in rollups:
-        totals.setdefault(tuple(getattr(rollup, name) for name in DIMENSIONS), Totals()).add(Totals(
-            requests=rollup.requests, errors=rollup.errors, input_tokens=rollup.input_tokens,
-            output_tokens=rollup.output_tokens, cost=rollup.cost, latency_histogram=list(rollup.latency_histogram),
-            ttft_histogram=list(rollup.ttft_histogram)))
-    return totals
+def _day_totals(start: datetime) -> dict[tuple, BucketTotals]:
+    """The hourly buckets of the day starting at `start`, summed per bucket key."""
+    hours = (UsageRollup.objects.filter(period=UsageRollup.Period.HOUR, bucket_start__gte=start,
+                                        bucket_start__lt=_after(start, days=1))
+             .values_list(*DIMENSIONS, *MEASURES, "latency_histogram", "ttft_histogram"))
+    grouped: dict[tuple, list[tuple]] = defaultdict(list)
+    for row in hours:
+        grouped[row[:len(DIMENSIONS)]].append(row[len(DIMENSIONS):])
+    return {
+        key: BucketTotals(*(sum(part[index] for part in parts) for index in range(len(MEASURES))),
+                          latency_histogram=histogram_merge(*(part[-2] for part in parts)),
+                          ttft_histogram=histogram_merge(*(part[-1] for part in parts)))
+        for key, parts in grouped.items()
+    }
 
 
-def _bucket_replace(*, period: str, start: datetime, totals: dict[tuple, Totals]) -> None:
+def _bucket_replace(*, period: str, start: datetime, totals: dict[tuple, BucketTotals]) -> None:
     """Upsert one bucket as a whole: its rows are deleted and written again, in the caller's transaction."""
     UsageRollup.objects.filter(period=period, bucket_start=start).delete()
     now = timezone.now()
@@ -203,9 +217,7 @@ def usage_day_recompute(*, day: date, hours: Iterable[datetime]) -> None:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_NAMESPACE, day.toordinal()])
         for hour in sorted(set(hours)):
             _bucket_replace(period=UsageRollup.Period.HOUR, start=hour, totals=_hour_totals(hour))
-        hourly = UsageRollup.objects.filter(period=UsageRollup.Period.HOUR, bucket_start__gte=start,
-                                            bucket_start__lt=_after(start, days=1))
-        _bucket_replace(period=UsageRollup.Period.DAY, start=start, totals=_rollups_sum(hourly))
+        _bucket_replace(period=UsageRollup.Period.DAY, start=start, totals=_day_totals(start))
 
 
 # --- The beat task's work -----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from usage.models import UsageLog, UsageRollup
-from usage.rollups import Totals, day_start, hour_floor, local_date
+from usage.rollups import MEASURES, Totals, day_start, hour_floor, local_date
 
 
 def usage_totals(*, user_id: int, since: datetime | None = None) -> dict:
@@ -37,13 +37,12 @@ def usage_summary(*, user_id: int, now: datetime | None = None) -> dict:
     month_first = today.replace(day=1)
     daily = {day: Totals() for day in {*days, *(month_first + timedelta(days=n) for n in range(today.day))}}
 
-    measures = ("requests", "errors", "input_tokens", "output_tokens", "cost")
     rollups = UsageRollup.objects.filter(user_id=user_id).filter(
         Q(period=UsageRollup.Period.DAY, bucket_start__gte=day_start(min(daily)), bucket_start__lt=today_start)
         | Q(period=UsageRollup.Period.HOUR, bucket_start__gte=today_start, bucket_start__lt=hour_start))
     # Today's day bucket is left out: it already holds part of the current hour, which comes from the raw log.
-    for bucket_start, *values in rollups.values_list("bucket_start", *measures):
-        daily[local_date(bucket_start)].add(Totals(**dict(zip(measures, values, strict=True))))
+    for bucket_start, *values in rollups.values_list("bucket_start", *MEASURES):
+        daily[local_date(bucket_start)].add(Totals(*values))
     current = UsageLog.objects.filter(user_id=user_id, created_at__gte=hour_start).aggregate(
         requests=Count("id"), errors=Count("id", filter=Q(status=UsageLog.Status.ERROR)),
         input_tokens=Coalesce(Sum("input_tokens"), 0), output_tokens=Coalesce(Sum("output_tokens"), 0),

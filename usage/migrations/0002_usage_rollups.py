@@ -6,6 +6,17 @@ from django.conf import settings
 from django.db import migrations, models
 
 
+def rollup_mark_take(apps, schema_editor):
+    """Marks the log as it is now, so that the first roll-up run over an existing log can count it as rolled up
+    for good once it has scanned it (usage/rollups.py), rather than a second run having to scan it all again."""
+    from django.db.models import Max
+    from django.utils import timezone
+
+    top = apps.get_model("usage", "UsageLog").objects.aggregate(top=Max("pk"))["top"]
+    if top:
+        apps.get_model("usage", "UsageRollupState").objects.create(pk=1, mark_id=top, mark_at=timezone.now())
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -56,4 +67,5 @@ class Migration(migrations.Migration):
                 'indexes': [models.Index(fields=['period', 'bucket_start'], name='usage_rollup_bucket_idx'), models.Index(fields=['user', 'period', 'bucket_start'], name='usage_rollup_user_idx')],
             },
         ),
+        migrations.RunPython(rollup_mark_take, migrations.RunPython.noop),
     ]
