@@ -251,6 +251,7 @@ class _Run:
             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, tokens_estimated=usage.estimated,
             cost=cost, latency_ms=(time.perf_counter() - self.started) * 1000, ttft_ms=ttft_ms, status=status,
             http_status=http_status, error_type=error_type, attempts=len(self.attempts), streamed=streamed,
+            tier=self.caller.tier.slug,
         ))
         self.cost = cost
         return cost

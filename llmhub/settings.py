@@ -242,11 +242,21 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(VAR_DIR / "broker" / "control"),
         "processed_folder": str(VAR_DIR / "broker" / "processed"),
     }
+# Usage roll-ups (usage/rollups.py): how often the beat task recomputes the buckets touched since its last runs.
+USAGE_ROLLUP_INTERVAL_SECONDS = env.float("LLMHUB_USAGE_ROLLUP_INTERVAL_SECONDS", default=60.0)
+USAGE_RETENTION_DAYS = env.int("LLMHUB_USAGE_RETENTION_DAYS", default=90)
+if USAGE_RETENTION_DAYS < 2:
+    # The newest final day is the retention plus one: with less than 2 days, late rows of yesterday would be lost.
+    raise ImproperlyConfigured("LLMHUB_USAGE_RETENTION_DAYS must be at least 2.")
 CELERY_BEAT_SCHEDULE = {
     # Checks every minute which models are due a test (LLMHUB["MODEL_TEST_INTERVAL_SECONDS"]).
     "model-tests-schedule": {"task": "registry.tasks.model_tests_schedule", "schedule": 60.0,
                              "options": {"expires": 55}},
     "model-tests-reap": {"task": "registry.tasks.model_tests_reap", "schedule": 60.0, "options": {"expires": 55}},
+    # A run that could not start within the interval is dropped: the next one does its work.
+    "usage-rollups-update": {"task": "usage.tasks.usage_rollups_update", "schedule": USAGE_ROLLUP_INTERVAL_SECONDS,
+                             "options": {"expires": max(1.0, USAGE_ROLLUP_INTERVAL_SECONDS - 5)}},
+    "usage-log-prune": {"task": "usage.tasks.usage_log_prune", "schedule": 600.0, "options": {"expires": 590}},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule"))
 
@@ -273,6 +283,12 @@ LLMHUB = {
     # then written by usage_flush() and at exit only.
     "USAGE_FLUSH_INTERVAL_SECONDS": env.float("LLMHUB_USAGE_FLUSH_INTERVAL_SECONDS", default=0.25),
     "USAGE_BATCH_SIZE": env.int("LLMHUB_USAGE_BATCH_SIZE", default=500),
+    # Roll-ups and retention (usage/rollups.py): raw usage rows older than this many days (whole days in TIME_ZONE)
+    # are deleted, this many per transaction; the roll-ups stay. A log id counts as rolled up for good once a scan
+    # this many seconds after it was handed out has covered it.
+    "USAGE_RETENTION_DAYS": USAGE_RETENTION_DAYS,
+    "USAGE_RETENTION_BATCH_SIZE": env.int("LLMHUB_USAGE_RETENTION_BATCH_SIZE", default=5000),
+    "USAGE_ROLLUP_SETTLE_SECONDS": env.float("LLMHUB_USAGE_ROLLUP_SETTLE_SECONDS", default=30.0),
     # Total time one request may spend across its fallback attempts.
     "GENERATION_DEADLINE_SECONDS": env.float("LLMHUB_GENERATION_DEADLINE_SECONDS", default=120.0),
     # Streaming: time to the upstream's first byte, and the longest silence between two chunks.

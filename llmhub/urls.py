@@ -47,6 +47,7 @@ urlpatterns = [
     path("api/", include("registry.urls")),
     path("api/", include("generation.urls")),
     path("api/", include("translation.urls")),
+    path("api/", include("usage.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api-auth/", include("rest_framework.urls")),

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from usage.models import UsageLog
+from usage.models import UsageLog, UsageRollup
 
 
 class RecentValuesFilter(admin.SimpleListFilter):
@@ -52,4 +52,26 @@ class UsageLogAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: UsageLog | None = None) -> bool:
+        return False
+
+
+@admin.register(UsageRollup)
+class UsageRollupAdmin(admin.ModelAdmin):
+    """Roll-ups are recomputed by the beat task (usage/rollups.py): read-only here."""
+
+    list_display = ("bucket_start", "period", "user", "api_key", "tier", "endpoint", "answered_model", "status",
+                    "requests", "errors", "input_tokens", "output_tokens", "cost")
+    list_filter = ("period", "status", "tier", "endpoint", "answered_model")
+    list_select_related = ("user", "api_key")
+    ordering = ("-bucket_start",)
+    date_hierarchy = "bucket_start"
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: UsageRollup | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: UsageRollup | None = None) -> bool:
         return False

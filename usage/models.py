@@ -19,6 +19,7 @@ class UsageLog(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="usage_logs")
     api_key = models.ForeignKey("registry.ApiKey", null=True, on_delete=models.SET_NULL, related_name="usage_logs")
     endpoint = models.CharField(max_length=64, help_text='e.g. "v1.chat_completions", "api.generate", "api.translate".')
+    tier = models.CharField(max_length=50, blank=True, default="", help_text="The caller's tier (slug) at the time.")
     requested_model = models.CharField(max_length=100, blank=True)
     answered_model = models.CharField(max_length=100, blank=True, help_text="Blank when no model answered.")
     input_tokens = models.PositiveIntegerField(default=0)
@@ -67,3 +68,57 @@ class QuotaHold(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["request_id", "key"], name="unique_quota_hold")]
         indexes = [models.Index(fields=["key", "expires_at"], name="quota_hold_key_expiry_idx")]
+
+
+class UsageRollup(models.Model):
+    """The usage log summed per hour or per day (calendar-aligned in TIME_ZONE) and per user, API key, requested
+    model, answering model, tier, endpoint and status. Rows are recomputed from the log and replaced, never
+    incremented (usage/rollups.py); they outlive the raw rows, which retention deletes.
+
+    Latency and TTFT are fixed log-scale histograms (usage/histograms.py: a list of counts, the same bounds
+    everywhere), so buckets merge by addition and percentiles come out of any merge.
+    """
+
+    class Period(models.TextChoices):
+        HOUR = "hour", "Hour"
+        DAY = "day", "Day"
+
+    period = models.CharField(max_length=8, choices=Period.choices)
+    bucket_start = models.DateTimeField(help_text="The start of the hour or day, in TIME_ZONE.")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    api_key = models.ForeignKey("registry.ApiKey", null=True, on_delete=models.SET_NULL, related_name="+")
+    requested_model = models.CharField(max_length=100, blank=True)
+    answered_model = models.CharField(max_length=100, blank=True)
+    tier = models.CharField(max_length=50, blank=True)
+    endpoint = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=UsageLog.Status.choices)
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0, help_text='Requests with status "error".')
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=24, decimal_places=10, default=0)
+    latency_histogram = models.JSONField(help_text="Counts per bucket of usage/histograms.py (every request).")
+    ttft_histogram = models.JSONField(help_text="Counts per bucket of usage/histograms.py (requests with a TTFT).")
+    computed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["period", "bucket_start"], name="usage_rollup_bucket_idx"),
+            models.Index(fields=["user", "period", "bucket_start"], name="usage_rollup_user_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.period} {self.bucket_start:%Y-%m-%d %H:%M} user {self.user_id}"
+
+
+class UsageRollupState(models.Model):
+    """One row: how far the roll-ups have read the usage log, by row id (usage/rollups.py explains the marks)."""
+
+    rolled_up_id = models.BigIntegerField(
+        default=0, help_text="Every log row with an id up to this one is in the roll-ups for good.")
+    mark_id = models.BigIntegerField(default=0, help_text="The highest log id seen at mark_at.")
+    mark_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"rolled up to id {self.rolled_up_id}"

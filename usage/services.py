@@ -33,6 +33,7 @@ class UsageEntry:
     http_status: int
     user_id: int | None = None
     api_key_id: int | None = None
+    tier: str = ""
     requested_model: str = ""
     answered_model: str = ""
     input_tokens: int = 0
