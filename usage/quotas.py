@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 
 from llmhub.errors import ApplicationError
-from registry.limits import COST_UNITS, AppliedLimit, limits_snapshot
+from registry.limits import COST_UNITS, AppliedLimit, decimal_text, limits_snapshot
 from registry.selectors import ModelSpec
 from usage.quota_backends import Charge, Decision, QuotaBackendError, quota_backend
 from usage.services import usage_cost
@@ -278,3 +278,21 @@ async def quota_status(*, user_id: int, api_key_id: int | None, tier_slug: str) 
     counters = await quota_backend().counters([key for _, _, key in rows]) if rows else {}
     return [{**applied.spec.as_dict(), "scope": applied.scope, "units": applied.spec.units, **counters[key],
              "resets_at": window.end} for applied, window, key in rows]
+
+
+async def quota_remaining(*, user_id: int, api_key_id: int | None, tier_slug: str) -> list[dict]:
+    """Each limit of the caller with what it used and what is left this period (reservations in flight count as
+    used), in the limit's own units: requests, tokens, or cost in currency. QuotaUnavailable (503) when the back end
+    does not answer."""
+    try:
+        rows = await quota_status(user_id=user_id, api_key_id=api_key_id, tier_slug=tier_slug)
+    except QuotaBackendError:
+        raise QuotaUnavailable() from None
+
+    def amount(metric: str, units: int) -> int | str:
+        return decimal_text(Decimal(units) / COST_UNITS) if metric == "cost" else units
+
+    return [{"metric": row["metric"], "period": row["period"], "model": row["model"], "scope": row["scope"],
+             "limit": row["limit"], "used": amount(row["metric"], row["used"] + row["held"]),
+             "remaining": amount(row["metric"], max(0, row["units"] - row["used"] - row["held"])),
+             "resets_at": datetime.fromtimestamp(row["resets_at"], tz=ZoneInfo("UTC"))} for row in rows]

@@ -17,11 +17,22 @@ class UsageDaySerializer(UsageTotalsSerializer):
     date = serializers.DateField()
 
 
+class QuotaRemainingSerializer(serializers.Serializer):
+    metric = serializers.ChoiceField(choices=["requests", "tokens", "cost"])
+    period = serializers.ChoiceField(choices=["minute", "hour", "day", "month"])
+    model = serializers.CharField(allow_null=True, help_text="The model the limit is scoped to; null: every model.")
+    scope = serializers.ChoiceField(choices=["user", "key"], help_text="The user's limit or the API key's own.")
+    # Cost amounts are decimal strings (currency), requests and tokens integers.
+    limit = serializers.JSONField()
+    used = serializers.JSONField(help_text="Settled plus reserved by requests in flight.")
+    remaining = serializers.JSONField()
+    resets_at = serializers.DateTimeField()
+
+
 class UsageOutputSerializer(serializers.Serializer):
     time_zone = serializers.CharField(help_text="Days and months are calendar periods in this time zone.")
     today = UsagePeriodSerializer()
     month = UsagePeriodSerializer()
     last_30_days = UsageDaySerializer(many=True, help_text="Oldest first; the last is today.")
-    # QUOTAS: a placeholder for the remaining quota per limit (issue 8 item 2, usage/quotas.py, worktree `quotas`),
-    # which replaces this field with its own serializer; until then always [].
-    remaining_quota = serializers.ListField(child=serializers.DictField(), help_text="Remaining quota per limit.")
+    remaining_quota = QuotaRemainingSerializer(many=True, help_text="Each limit of the caller (its tier's, its own, "
+                                               "the API key's) this period; empty when none applies.")

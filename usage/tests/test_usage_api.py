@@ -175,3 +175,27 @@ def test_it_rolls_up_requests_made_through_the_hub_with_their_tier(live_hub, fre
     body = client_of(free_user).get("/api/usage/").json()
     assert body["today"]["requests"] == 4
     assert Decimal(body["today"]["cost"]) == raw["cost"]
+
+
+def test_it_answers_what_is_left_of_each_limit(live_hub, free_user, api_key_for):
+    from registry.models import QuotaLimit, Tier
+
+    QuotaLimit.objects.create(tier=Tier.objects.get(slug="free"), metric="requests", period="day", limit=5)
+    QuotaLimit.objects.create(tier=Tier.objects.get(slug="free"), metric="cost", period="month", limit=Decimal("2.5"))
+    key = api_key_for(free_user)
+    sdk = openai.OpenAI(base_url=f"{live_hub}/v1", api_key=key, max_retries=0)
+    for _ in range(2):
+        sdk.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+    usage_flush()
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    body = client.get("/api/usage/").json()
+
+    spent = sum(row.cost for row in UsageLog.objects.filter(user=free_user))
+    requests, cost = sorted(body["remaining_quota"], key=lambda row: row["metric"], reverse=True)
+    assert {name: requests[name] for name in ("metric", "period", "model", "scope", "limit", "used", "remaining")} == {
+        "metric": "requests", "period": "day", "model": None, "scope": "user", "limit": 5, "used": 2, "remaining": 3}
+    assert (cost["metric"], cost["period"], Decimal(cost["used"]), Decimal(cost["remaining"])) == (
+        "cost", "month", spent, Decimal("2.5") - spent)
+    assert cost["resets_at"] > requests["resets_at"]
