@@ -123,7 +123,8 @@ def chat_body_validate(data: Any) -> dict[str, Any]:
     if len(messages) > settings.LLMHUB["MAX_MESSAGES"]:
         raise BadRequest(f"At most {settings.LLMHUB['MAX_MESSAGES']} messages are accepted.", extra={"param": "messages"})
     for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
+        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(role, str) or role not in ROLES:  # a dict or list role is unhashable: never a 500
             raise BadRequest(f"messages[{index}] must be an object with a valid 'role'.",
                              extra={"param": f"messages[{index}]"})
         if not isinstance(message.get("content"), str | list | None):

@@ -74,7 +74,11 @@ def test_it_wants_either_a_prompt_or_messages(generate, simulated_upstream, payl
 @pytest.mark.parametrize("payload, field", [
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages"),
     ({"messages": [{"role": "user", "content": {"not": "text"}}]}, "messages"),
+    ({"messages": [{"role": {}, "content": "x"}]}, "messages"),  # an unhashable role was a 500 (schemathesis)
     ({"messages": []}, "messages"),
+    ({"prompt": "hi", "max_tokens": "5"}, "max_tokens"),  # JSON takes the schema's types: no coercion
+    ({"prompt": "hi", "temperature": True}, "temperature"),
+    ({"prompt": 5}, "prompt"),
     ({"prompt": ""}, "prompt"),
     ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
     ({"prompt": "hi", "temperature": 9}, "temperature"),

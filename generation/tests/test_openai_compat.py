@@ -112,6 +112,8 @@ def test_it_answers_429_with_retry_after_when_every_model_is_rate_limited(sdk, s
     {"model": "demo", "messages": []},
     {"model": "demo", "messages": "hello"},
     {"model": "demo", "messages": [{"role": "wizard", "content": "x"}]},
+    {"model": "demo", "messages": [{"role": {}, "content": "x"}]},  # unhashable: it was a 500 (schemathesis)
+    {"model": "demo", "messages": [{"role": ["user"], "content": "x"}]},
     {"model": "demo", "messages": MESSAGES, "max_tokens": 0},
     {"model": "demo", "messages": MESSAGES, "max_tokens": 10**9},
     {"model": "demo", "messages": MESSAGES, "stream": "yes"},
