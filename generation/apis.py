@@ -55,7 +55,7 @@ class MessagesField(serializers.ListField):
 class GenerateInputSerializer(StrictSerializer):
     exactly_one_of = ("prompt", "messages")
 
-    prompt = serializers.CharField(required=False, max_length=500_000)
+    prompt = serializers.CharField(required=False, max_length=500_000, trim_whitespace=False)  # sent as written
     messages = MessagesField(required=False, allow_empty=False)
     model = serializers.CharField(required=False, max_length=200, help_text="A model id; the default otherwise.")
     provider = serializers.CharField(required=False, max_length=100,

@@ -162,10 +162,10 @@ def _error_response(status: int) -> dict[str, Any]:
     return {"description": ERROR_STATUSES[status], "content": {"application/json": {"schema": _ERROR_REF}}}
 
 
-# Ours: no NUL character (DRF refuses it in any string); when blanks are refused, something other than whitespace
-# (DRF trims first).
-_NO_NUL = r"^[^\x00]*$"
-_NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
+# DRF refuses a NUL character in any string, and a blank one (after trimming) unless blanks are allowed. Stated as
+# `not` + an unanchored pattern rather than one anchored pattern: generators build long strings from these cheaply.
+_NO_NUL = {"pattern": r"\x00"}
+_NOT_BLANK = r"\S"
 
 
 class AutoSchema(openapi.AutoSchema):
@@ -228,4 +228,6 @@ class AutoSchema(openapi.AutoSchema):
             schema["pattern"] = rf"^{sign}(?:{digits}(?:\.\d{{0,{places}}})?|\.\d{{1,{places}}})$"
         elif isinstance(field, serializers.CharField) and schema.get("type") == "string" \
                 and not {"pattern", "format", "enum"} & set(schema):
-            schema["pattern"] = _NOT_BLANK if field.trim_whitespace and not field.allow_blank else _NO_NUL
+            schema["not"] = _NO_NUL
+            if field.trim_whitespace and not field.allow_blank:
+                schema["pattern"] = _NOT_BLANK
