@@ -6,7 +6,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from generation import services
-from generation.openai_compat import ROLES, BadRequest, chat_body_validate
+from generation.openai_compat import BadRequest, chat_body_validate
+from generation.openai_schema import messages_schema
 from llmhub.api import StrictSerializer, error_responses
 from registry.authentication import request_tier
 from registry.selectors import preferences_get, registry_get
@@ -39,15 +40,7 @@ class UsageSerializer(serializers.Serializer):
     estimated = serializers.BooleanField()
 
 
-MESSAGE_SCHEMA = {
-    "type": "object", "required": ["role"], "description": "A chat message, as OpenAI's Chat Completions API takes it.",
-    "properties": {"role": {"type": "string", "enum": sorted(ROLES)},
-                   "content": {"nullable": True, "oneOf": [{"type": "string"}, {"type": "array", "items": {}}]}},
-}
-
-
-@extend_schema_field({"type": "array", "items": MESSAGE_SCHEMA, "minItems": 1,
-                      "maxItems": settings.LLMHUB["MAX_MESSAGES"]})
+@extend_schema_field(messages_schema())
 class MessagesField(serializers.ListField):
     child = serializers.DictField()
 

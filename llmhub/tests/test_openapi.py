@@ -1,4 +1,5 @@
-"""The OpenAPI document tells the truth: schemathesis fuzzes every operation of `/api/schema/` against the live app
+"""The OpenAPI documents tell the truth: schemathesis fuzzes every operation of `/api/schema/` and `/v1/openapi.json`
+against the live app
 (ASGI on a real port, the registry loaded, the simulated upstream answering) as a top-tier user with a hub API key,
 with every check it has: no 5xx, every status and body documented and matching, schema-valid requests accepted,
 schema-invalid ones refused, and so on.
@@ -94,3 +95,10 @@ def test_it_answers_every_api_operation_as_its_schema_says(live_hub, fuzzer, sim
 
     assert not failures, f"{len(failures)} failures in {cases} cases:\n" + "\n".join(failures)
     assert cases > 100
+
+
+def test_it_answers_every_v1_operation_as_its_schema_says(live_hub, fuzzer, simulated_upstream):
+    failures, cases = fuzz(f"{live_hub}/v1/openapi.json", api_key=fuzzer, simulator_url=simulated_upstream.base_url)
+
+    assert not failures, f"{len(failures)} failures in {cases} cases:\n" + "\n".join(failures)
+    assert cases > 50
