@@ -19,7 +19,7 @@ from schemathesis.engine import events
 from schemathesis.hooks import GLOBAL_HOOK_DISPATCHER
 
 SEED = 13
-EXAMPLES = int(os.environ.get("SCHEMA_FUZZ_EXAMPLES", "15"))
+EXAMPLES = int(os.environ.get("SCHEMA_FUZZ_EXAMPLES", "10"))
 
 
 def _config(api_key: str) -> SchemathesisConfig:
