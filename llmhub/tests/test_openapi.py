@@ -1,8 +1,8 @@
 """The OpenAPI documents tell the truth: schemathesis fuzzes every operation of `/api/schema/` and `/v1/openapi.json`
-against the live app
-(ASGI on a real port, the registry loaded, the simulated upstream answering) as a top-tier user with a hub API key,
-with every check it has: no 5xx, every status and body documented and matching, schema-valid requests accepted,
-schema-invalid ones refused, and so on.
+against the live app (ASGI on a real port, the registry loaded, the simulated upstream answering) as a top-tier user
+with a hub API key, in every phase (examples, coverage, fuzzing, stateful) and with every check it has: no 5xx, every
+status and body documented and matching, schema-valid requests accepted, schema-invalid ones refused, and so on.
+The user is not staff: registry models stay read-only, and the test's database is emptied afterwards.
 
 Reproducible: a fixed seed and a bounded number of examples per operation (`SCHEMA_FUZZ_EXAMPLES`). A failure names
 the operation and prints a curl command that replays it.
@@ -26,7 +26,8 @@ def _config(api_key: str) -> SchemathesisConfig:
     return SchemathesisConfig.from_dict({
         "seed": SEED,
         "headers": {"Authorization": f"Bearer {api_key}"},
-        "generation": {"max-examples": EXAMPLES},
+        # No example database: a run replays nothing from an earlier one, so the seed alone decides the cases.
+        "generation": {"max-examples": EXAMPLES, "database": "none"},
         "request-timeout": 30,
         # A gateway's 502/504 report its upstream (documented, with `error.attempts`): the fixture's real providers
         # are unreachable here. Every other 5xx is still a failure, 500 above all.
@@ -44,8 +45,9 @@ def fuzzer(live_hub, make_user, api_key_for, settings, simulated_upstream):
 def realistic(case, *, simulator_url: str) -> None:
     """What no schema can state, because it depends on the world rather than the request's shape, made true in the
     schema-valid (positive) cases: a user's base URL must resolve to an address our servers may reach (here: the
-    simulated upstream, on the allowlist), and a language tag must be registered in BCP 47 ("jp" is well-formed but
-    no language). Negative cases are sent as generated."""
+    simulated upstream, on the allowlist), a language tag must be registered in BCP 47 ("jp" is well-formed but
+    no language), and a model's id in a PUT/PATCH body must be the one in its path. Negative cases are sent as
+    generated."""
     if case.meta is None or not case.meta.generation.mode.is_positive or not isinstance(case.body, dict):
         return
     if "base_url" in case.body:
