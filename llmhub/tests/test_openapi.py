@@ -88,6 +88,7 @@ def _run(schema) -> tuple[list[str], int]:
                     if check.failure_info is not None:
                         failures.append(f"{event.recorder.label} [{check.name}] {check.failure_info.failure.title}: "
                                         f"{check.failure_info.failure.message}\n    {check.failure_info.code_sample}")
+    print(f"{schema.location}: {cases} cases (seed {SEED}, {EXAMPLES} examples per operation)")
     return sorted(set(failures)), cases
 
 
