@@ -165,7 +165,9 @@ def _error_response(status: int) -> dict[str, Any]:
 # DRF refuses a NUL character in any string, and a blank one (after trimming) unless blanks are allowed. Stated as
 # `not` + an unanchored pattern rather than one anchored pattern: generators build long strings from these cheaply.
 _NO_NUL = {"pattern": r"\x00"}
-_NOT_BLANK = r"\S"
+# Python's str.strip() (DRF's trim) also takes \x1c-\x1f and \x85, which JSON Schema's (ECMA-262) \s does not;
+# ECMA's takes \ufeff, which Python's does not: a character neither counts as whitespace is required.
+_NOT_BLANK = r"[^\s\x1c-\x1f\x85\ufeff]"
 
 
 class AutoSchema(openapi.AutoSchema):
