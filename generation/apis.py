@@ -1,13 +1,14 @@
 from adrf.views import APIView
 from django.conf import settings
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from generation import services
 from generation.openai_compat import BadRequest, chat_body_validate
-from llmhub.api import StrictSerializer
+from generation.openai_schema import messages_schema
+from llmhub.api import StrictSerializer, error_responses
 from registry.authentication import request_tier
 from registry.selectors import preferences_get, registry_get
 
@@ -44,9 +45,16 @@ class UsageSerializer(serializers.Serializer):
     estimated = serializers.BooleanField()
 
 
+@extend_schema_field(messages_schema())
+class MessagesField(serializers.ListField):
+    child = serializers.DictField()
+
+
 class GenerateInputSerializer(StrictSerializer):
-    prompt = serializers.CharField(required=False, max_length=500_000)
-    messages = serializers.ListField(child=serializers.DictField(), required=False, allow_empty=False)
+    exactly_one_of = ("prompt", "messages")
+
+    prompt = serializers.CharField(required=False, max_length=500_000, trim_whitespace=False)  # sent as written
+    messages = MessagesField(required=False, allow_empty=False)
     model = serializers.CharField(required=False, max_length=200, help_text="A model id; the default otherwise.")
     provider = serializers.CharField(required=False, max_length=100,
                                      help_text="Legacy: a provider slug instead of a model id.")
@@ -59,11 +67,6 @@ class GenerateInputSerializer(StrictSerializer):
         except BadRequest as error:
             raise serializers.ValidationError(error.message) from None
         return messages
-
-    def validate(self, data: dict) -> dict:
-        if ("prompt" in data) == ("messages" in data):
-            raise serializers.ValidationError("Give either 'prompt' or 'messages'.")
-        return data
 
 
 class GenerateOutputSerializer(serializers.Serializer):
@@ -81,7 +84,8 @@ class GenerateApi(CallerAPIView):
 
     serializer_class = GenerateInputSerializer
 
-    @extend_schema(request=GenerateInputSerializer, responses=GenerateOutputSerializer, operation_id="generate")
+    @extend_schema(request=GenerateInputSerializer, operation_id="generate",
+                   responses={200: GenerateOutputSerializer, **error_responses(404, 429, 502, 504)})
     async def post(self, request: Request) -> Response:
         data = GenerateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

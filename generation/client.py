@@ -9,6 +9,7 @@ small typed set: retryable ones let the caller fall back to another model, final
 
 import asyncio
 import hashlib
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -226,7 +227,11 @@ def map_exception(error: BaseException) -> UpstreamError:
 
 
 def upstream_body(model: ModelSpec, body: dict[str, Any]) -> bytes:
-    return orjson.dumps({**body, "model": model.upstream_model})
+    body = {**body, "model": model.upstream_model}
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # an integer beyond 64 bits (valid JSON): the upstream judges it, as any other value
+        return json.dumps(body, ensure_ascii=False).encode()
 
 
 async def _open(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float) -> Any:

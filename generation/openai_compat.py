@@ -48,6 +48,11 @@ class BadRequest(ApplicationError):
     code = "invalid_request"
 
 
+class MethodNotAllowed(ApplicationError):
+    status = 405
+    code = "method_not_allowed"
+
+
 def error_payload(*, status: int, message: str, code: str, param: str | None = None) -> bytes:
     kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return orjson.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}})
@@ -69,6 +74,8 @@ async def _respond_error(send: Send, error: ApplicationError) -> None:
     retry_after = getattr(error, "retry_after", None)
     if error.status == 429 or retry_after is not None:
         headers.append((b"retry-after", str(max(1, round(retry_after or 1))).encode()))
+    if error.status == 405:
+        headers.append((b"allow", error.extra["allow"].encode()))
     await _respond(send, error.status, error_payload(status=error.status, message=error.message, code=error.code,
                                                      param=error.extra.get("param")), headers)
 
@@ -128,7 +135,8 @@ def chat_body_validate(data: Any) -> dict[str, Any]:
     if len(messages) > settings.LLMHUB["MAX_MESSAGES"]:
         raise BadRequest(f"At most {settings.LLMHUB['MAX_MESSAGES']} messages are accepted.", extra={"param": "messages"})
     for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
+        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(role, str) or role not in ROLES:  # a dict or list role is unhashable: never a 500
             raise BadRequest(f"messages[{index}] must be an object with a valid 'role'.",
                              extra={"param": f"messages[{index}]"})
         if not isinstance(message.get("content"), str | list | None):
@@ -233,19 +241,36 @@ async def _model_detail(scope: Scope, receive: Receive, send: Send, model_id: st
     await _respond(send, 200, orjson.dumps(_model_object(model)))
 
 
+async def _openapi(scope: Scope, receive: Receive, send: Send) -> None:
+    from generation.openai_schema import openapi_json  # it describes this module: imported once both exist
+
+    await _respond(send, 200, openapi_json())
+
+
+def _route(path: str) -> tuple[str, Callable[..., Awaitable[None]]] | None:
+    """The method a /v1 path takes and its handler (trailing slashes ignored), or None for an unknown path."""
+    if path == "/v1/chat/completions":
+        return "POST", _chat_completions
+    if path == "/v1/models":
+        return "GET", _models
+    if path.startswith("/v1/models/"):
+        model_id = path.removeprefix("/v1/models/")
+        return "GET", lambda scope, receive, send: _model_detail(scope, receive, send, model_id)
+    if path == "/v1/openapi.json":
+        return "GET", _openapi
+    return None
+
+
 async def application(scope: Scope, receive: Receive, send: Send) -> None:
     path, method = scope["path"].rstrip("/"), scope["method"]
     try:
-        if path == "/v1/chat/completions":
-            if method != "POST":
-                raise ApplicationError("Use POST.", status=405, code="method_not_allowed")
-            await _chat_completions(scope, receive, send)
-        elif path == "/v1/models" and method == "GET":
-            await _models(scope, receive, send)
-        elif path.startswith("/v1/models/") and method == "GET":
-            await _model_detail(scope, receive, send, path.removeprefix("/v1/models/"))
-        else:
+        route = _route(path)
+        if route is None:
             raise ApplicationError(f"Unknown route: {method} {scope['path']}", status=404, code="unknown_route")
+        allowed, handler = route
+        if method != allowed:
+            raise MethodNotAllowed(f"Use {allowed}.", extra={"allow": allowed})
+        await handler(scope, receive, send)
     except ApplicationError as error:
         await _respond_error(send, error)
     except asyncio.CancelledError:

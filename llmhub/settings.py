@@ -205,7 +205,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "llmhub.api.AutoSchema",
     "EXCEPTION_HANDLER": "llmhub.api.exception_handler",
     "DEFAULT_PAGINATION_CLASS": None,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
@@ -217,6 +217,8 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # The API is JSON: forms are for the browsable API's and the pages' own use, not a documented interface.
+    "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],
 }
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL",

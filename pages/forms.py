@@ -84,7 +84,8 @@ class SerializerForm:
     def __init__(self, serializer_class: type[serializers.Serializer], *, initial: Mapping[str, Any] | None = None,
                  post: QueryDict | None = None, exclude: tuple[str, ...] = (),
                  context: Mapping[str, Any] | None = None, labels: Mapping[str, str] | None = None) -> None:
-        self.serializer = serializer_class(context=dict(context or {}))
+        # html_form: the posted values are strings, converted by the serializer's fields (JSON takes exact types).
+        self.serializer = serializer_class(context={"html_form": True, **(context or {})})
         self.labels = dict(labels or {})
         self.fields = {name: field for name, field in self.serializer.fields.items() if name not in exclude}
         self.data = _from_post(self.fields, post) if post is not None else dict(initial or {})

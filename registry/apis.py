@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from llmhub.api import error_responses
 from registry import openapi  # noqa: F401  (registers the API key scheme with drf-spectacular)
 from registry.authentication import request_tier
 from registry.model_tests import model_test_start
@@ -97,7 +98,7 @@ class ModelListApi(APIView):
         }
         return Response(ModelListOutputSerializer(data, context={"default_model": default}).data)
 
-    @extend_schema(request=UserModelInputSerializer, responses={201: UserModelOutputSerializer},
+    @extend_schema(request=UserModelInputSerializer, responses={201: UserModelOutputSerializer, **error_responses(409)},
                    operation_id="models_create")
     def post(self, request: Request) -> Response:
         serializer = UserModelInputSerializer(data=request.data)
@@ -196,13 +197,13 @@ class PreferencesApi(APIView):
     def get(self, request: Request) -> Response:
         return Response(PreferencesOutputSerializer(preferences_get(request.user.pk)).data)
 
-    @extend_schema(request=PreferencesInputSerializer, responses=PreferencesOutputSerializer,
-                   operation_id="preferences_update")
+    @extend_schema(request=PreferencesInputSerializer, operation_id="preferences_update",
+                   responses={200: PreferencesOutputSerializer, **error_responses(404)})
     def put(self, request: Request) -> Response:
         return self._update(request, partial=False)
 
-    @extend_schema(request=PreferencesInputSerializer, responses=PreferencesOutputSerializer,
-                   operation_id="preferences_partial_update")
+    @extend_schema(request=PreferencesInputSerializer, operation_id="preferences_partial_update",
+                   responses={200: PreferencesOutputSerializer, **error_responses(404)})
     def patch(self, request: Request) -> Response:
         return self._update(request, partial=True)
 

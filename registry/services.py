@@ -406,9 +406,10 @@ def secret_redirect_check(*, instance: Provider | LLMModel, base_url: str, provi
 
 # --- Users' own models ----------------------------------------------------------------------------------
 
-def field_error(field: str, message: str, *, code: str) -> ApplicationError:
-    """A 400 about one input field, in the same `fields` shape as a serializer's errors."""
-    return ApplicationError(message, code=code, extra={"fields": {field: [message]}})
+def field_error(field: str, message: str, *, code: str, status: int = 400) -> ApplicationError:
+    """An error about one input field (a 400 unless said otherwise), in the same `fields` shape as a serializer's
+    errors."""
+    return ApplicationError(message, code=code, status=status, extra={"fields": {field: [message]}})
 
 
 def _safe_base_url(url: str) -> str:
@@ -438,7 +439,8 @@ def user_model_create(*, owner: AbstractBaseUser, slug: str, display_name: str, 
     """Adds a model of the owner's own: their endpoint, which our servers must be allowed to fetch (registry/ssrf.py),
     and their key, stored encrypted. Its id may be neither one of their other models' nor a registry model's."""
     if LLMModel.objects.filter(public_id=slug).exists():
-        raise field_error("id", f"'{slug}' is the id of a registry model: choose another.", code="name_taken")
+        raise field_error("id", f"'{slug}' is the id of a registry model: choose another.", code="name_taken",
+                          status=409)
     model = UserLLMConfig(
         owner=owner, slug=slug, display_name=display_name, upstream_model=upstream_model,
         base_url=_safe_base_url(base_url), enabled=enabled, context_window=context_window,
@@ -451,7 +453,7 @@ def user_model_create(*, owner: AbstractBaseUser, slug: str, display_name: str, 
             _own_models_cap_check(owner=owner)
             model.save()
     except IntegrityError:
-        raise field_error("id", f"You already have a model '{slug}'.", code="name_taken") from None
+        raise field_error("id", f"You already have a model '{slug}'.", code="name_taken", status=409) from None
     return model
 
 
@@ -518,29 +520,34 @@ def _preferences_forget(preferences: UserModelPreferences, model_id: str) -> boo
 
 # --- Preferences ----------------------------------------------------------------------------------------
 
-def _unusable(model_id: str, *, tier: TierSpec, registry: Registry, owner_id: int) -> str | None:
-    """Why the user may not use `model_id` (the same words a request naming it would get), or None."""
+def _unusable(model_id: str, *, tier: TierSpec, registry: Registry, owner_id: int) -> ApplicationError | None:
+    """Why the user may not use `model_id` (the error a request naming it would get: 404 or 403), or None."""
     try:
         check_model_access(tier, get_model_by_id(model_id, registry=registry, owner_id=owner_id))
     except ApplicationError as error:
-        return error.message
+        return error
     return None
 
 
 def preferences_update(*, user: AbstractBaseUser, data: Mapping[str, Any]) -> UserModelPreferences:
     """Sets the preferences given in `data`: `default_model` (a model id, "" for none), `task_defaults` (task type →
     model id; replaces the stored ones) and `favourites` (model ids). Every id must name a model the user may use
-    now (one of their own, or a registry model their tier allows); otherwise nothing is saved."""
+    now (one of their own, or a registry model their tier allows); otherwise nothing is saved, and the answer is
+    what a request naming the model would get: 404 when one does not exist, else 403."""
     tier, registry = user_tier_resolve(user=user), registry_get()
     task_defaults = {task: model_id for task, model_id in (data.get("task_defaults") or {}).items() if model_id}
     if unknown := set(task_defaults) - set(UserModelPreferences.TASK_TYPES):
         raise field_error("task_defaults", f"Unknown task types: {', '.join(sorted(unknown))}.", code="invalid")
     favourites = list(dict.fromkeys(data.get("favourites") or ()))
     errors: dict[str, Any] = {}
+    refusals: list[ApplicationError] = []
 
     def check(model_id: str) -> list[str] | None:
-        reason = _unusable(model_id, tier=tier, registry=registry, owner_id=user.pk)
-        return [reason] if reason else None
+        refusal = _unusable(model_id, tier=tier, registry=registry, owner_id=user.pk)
+        if refusal is None:
+            return None
+        refusals.append(refusal)
+        return [refusal.message]
 
     if data.get("default_model") and (reason := check(data["default_model"])):
         errors["default_model"] = reason
@@ -549,7 +556,9 @@ def preferences_update(*, user: AbstractBaseUser, data: Mapping[str, Any]) -> Us
     if favourite_errors := {str(index): reason for index, model_id in enumerate(favourites) if (reason := check(model_id))}:
         errors["favourites"] = favourite_errors
     if errors:
-        raise ApplicationError("Some preferences name models you may not use.", code="invalid", extra={"fields": errors})
+        worst = max(refusals, key=lambda refusal: refusal.status)  # 404 (does not exist) before 403 (tier)
+        raise ApplicationError("Some preferences name models you may not use.", code=worst.code, status=worst.status,
+                               extra={"fields": errors})
 
     values = {"default_model": data.get("default_model") or "", "task_defaults": task_defaults, "favourites": favourites}
     with transaction.atomic():

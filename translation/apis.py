@@ -4,7 +4,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from generation.apis import CallerAPIView, GenerateOutputSerializer, quota_headers
-from llmhub.api import StrictSerializer
+from llmhub.api import StrictSerializer, error_responses
 from translation import services
 
 
@@ -32,7 +32,8 @@ class TranslateApi(CallerAPIView):
 
     serializer_class = TranslateInputSerializer
 
-    @extend_schema(request=TranslateInputSerializer, responses=TranslateOutputSerializer, operation_id="translate")
+    @extend_schema(request=TranslateInputSerializer, operation_id="translate",
+                   responses={200: TranslateOutputSerializer, **error_responses(404, 429, 502, 504)})
     async def post(self, request: Request) -> Response:
         data = TranslateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

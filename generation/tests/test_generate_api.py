@@ -51,6 +51,13 @@ def test_it_generates_from_messages_with_the_tier_default(generate):
     assert response.json()["text"] == "Simulated reply from demo: what now"
 
 
+def test_it_forwards_an_integer_beyond_64_bits_rather_than_failing(generate):
+    # Valid JSON the upstream is to judge; serialising it for the upstream was a 500 (found by schemathesis).
+    response = generate({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "n": 2**70}]}]})
+
+    assert response.status_code == 200, response.text
+
+
 def test_it_refuses_an_unknown_field_and_names_it(generate, simulated_upstream):
     response = generate({"prompt": "hi", "api_base": "http://evil.example/v1"})
 
@@ -74,7 +81,11 @@ def test_it_wants_either_a_prompt_or_messages(generate, simulated_upstream, payl
 @pytest.mark.parametrize("payload, field", [
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages"),
     ({"messages": [{"role": "user", "content": {"not": "text"}}]}, "messages"),
+    ({"messages": [{"role": {}, "content": "x"}]}, "messages"),  # an unhashable role was a 500 (schemathesis)
     ({"messages": []}, "messages"),
+    ({"prompt": "hi", "max_tokens": "5"}, "max_tokens"),  # JSON takes the schema's types: no coercion
+    ({"prompt": "hi", "temperature": True}, "temperature"),
+    ({"prompt": 5}, "prompt"),
     ({"prompt": ""}, "prompt"),
     ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
     ({"prompt": "hi", "temperature": 9}, "temperature"),

@@ -112,6 +112,8 @@ def test_it_answers_429_with_retry_after_when_every_model_is_rate_limited(sdk, s
     {"model": "demo", "messages": []},
     {"model": "demo", "messages": "hello"},
     {"model": "demo", "messages": [{"role": "wizard", "content": "x"}]},
+    {"model": "demo", "messages": [{"role": {}, "content": "x"}]},  # unhashable: it was a 500 (schemathesis)
+    {"model": "demo", "messages": [{"role": ["user"], "content": "x"}]},
     {"model": "demo", "messages": MESSAGES, "max_tokens": 0},
     {"model": "demo", "messages": MESSAGES, "max_tokens": 10**9},
     {"model": "demo", "messages": MESSAGES, "stream": "yes"},
@@ -140,3 +142,25 @@ def test_it_refuses_a_huge_body_with_413_before_reading_it(live_hub, free_user, 
     response = httpx2.post(f"{live_hub}/v1/chat/completions", content=b"x" * (20 * 1024 * 1024),
                            headers={"Authorization": f"Bearer {api_key_for(free_user)}"}, timeout=30)
     assert response.status_code == 413
+
+
+def test_it_serves_its_openapi_document(live_hub):
+    response = httpx2.get(f"{live_hub}/v1/openapi.json")
+
+    assert response.status_code == 200
+    document = response.json()
+    assert set(document["paths"]) == {"/v1/models", "/v1/models/{model}", "/v1/chat/completions"}
+    assert document["components"]["schemas"]["ChatCompletionRequest"]["required"] == ["messages"]
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("GET", "/v1/chat/completions", "POST"), ("DELETE", "/v1/models", "GET"), ("POST", "/v1/models/demo", "GET"),
+])
+def test_it_answers_a_wrong_method_with_405_and_allow(live_hub, free_user, api_key_for, simulated_upstream,
+                                                      method, path, allowed):
+    response = httpx2.request(method, f"{live_hub}{path}", headers={"Authorization": f"Bearer {api_key_for(free_user)}"})
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    assert sum(simulated_upstream.stats().values()) == 0

@@ -334,7 +334,6 @@ UNSAFE_URLS = ["http://127.0.0.1/v1", "http://[::1]/v1", "http://169.254.169.254
 INVALID = [
     ("unknown field", {"apikey": "x"}, "apikey"),
     ("a field users may not set", {"owner": 1}, "owner"),
-    ("registry id", {"id": "demo"}, "id"),
     ("not a slug", {"id": "my model"}, "id"),
     ("malformed url", {"base_url": "not a url"}, "base_url"),
     ("url without host", {"base_url": "https:///v1"}, "base_url"),
@@ -382,10 +381,20 @@ def test_it_refuses_an_id_the_owner_already_has(mine, owner, client_of, allow_si
 
     response = client_of(owner).post("/api/models/", payload(allow_simulator, display_name="Again"), format="json")
 
-    assert response.status_code == 400
+    assert response.status_code == 409
     assert response.json()["error"] == {"code": "name_taken", "message": "You already have a model 'mine'.",
                                         "fields": {"id": ["You already have a model 'mine'."]}}
     assert UserLLMConfig.objects.count() == 1 and snapshot(mine) == before
+
+
+def test_it_refuses_a_registry_models_id_as_a_conflict(registry, owner, client_of, allow_simulator):
+    response = client_of(owner).post("/api/models/", payload(allow_simulator, id="demo"), format="json")
+
+    assert response.status_code == 409, response.content
+    assert response.json()["error"] == {"code": "name_taken",
+                                        "message": "'demo' is the id of a registry model: choose another.",
+                                        "fields": {"id": ["'demo' is the id of a registry model: choose another."]}}
+    assert not UserLLMConfig.objects.exists()
 
 
 @pytest.mark.parametrize(("method", "changes", "field"), [
