@@ -21,6 +21,7 @@ from registry.models import (
     UserLLMConfig,
     UserProfile,
 )
+from registry.serializers import header_name_validator, header_value_validator
 from registry.services import (
     api_key_create,
     api_key_revoke,
@@ -86,6 +87,9 @@ class ProviderForm(SecretKeyForm):
         headers = self.cleaned_data.get("extra_headers") or {}
         if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
             raise forms.ValidationError('Enter a JSON object of header names to string values, e.g. {"X-Team": "a"}.')
+        for name, value in headers.items():
+            header_name_validator(name)
+            header_value_validator(value)
         return headers
 
 

@@ -21,6 +21,10 @@ API_KEY_MAX_LENGTH = 1000
 
 # Sent in an HTTP header (`Authorization: Bearer <key>`): printable ASCII only. A CR or LF would end the header
 # (and could inject another), other characters cannot be sent at all: every call would fail.
+# An HTTP header's name is a token (RFC 9110); the fixture's JSON Schema states the same two rules.
+header_name_validator = RegexValidator(
+    r"\A[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z", code="invalid_header_name",
+    message="A header name is letters, digits and !#$%%&'*+.^_`|~- only (no spaces, no colon).")
 header_value_validator = RegexValidator(
     r"\A[\x20-\x7e]*\Z", code="invalid_characters",
     message="Only printable ASCII characters are allowed (no line breaks, tabs or other characters "

@@ -168,7 +168,9 @@ def test_it_lets_the_admin_add_a_model(demo_client):
 def test_it_refuses_extra_headers_that_are_not_a_mapping_of_strings(demo_client):
     provider = Provider.objects.get(slug="local")
 
-    for bad in ('"x-team: a"', '["x-team"]', '{"x-team": 1}'):
+    # Not a mapping of strings; then what an HTTP header cannot carry (a line break, non-ASCII, a bad name).
+    for bad in ('"x-team: a"', '["x-team"]', '{"x-team": 1}', '{"x-team": "a\\r\\nX-Evil: 1"}',
+                '{"x-team": "\u00e9quipe"}', '{"x team": "a"}', '{"": "a"}'):
         response = admin_post(demo_client, change_url(provider), extra_headers=bad)
         assert response.status_code == 200, bad
         assert "extra_headers" in response.context["adminform"].form.errors

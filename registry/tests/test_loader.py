@@ -60,6 +60,10 @@ def test_it_loads_the_shipped_fixture_with_tiers_providers_models_and_defaults(r
     (lambda d: d["default_model"]["tiers"].update(gold="demo"), 'default_model.tiers.gold: unknown tier "gold"'),
     (lambda d: d["tiers"][1].update(rank=0), "tiers[1].rank: duplicate rank 0"),
     (lambda d: d.update(colour="blue"), "(root): Additional properties are not allowed ('colour' was unexpected)"),
+    (lambda d: d["provider_configs"]["openai"].update(headers={"X-Team": "a\r\nX-Evil: 1"}),
+     "provider_configs.openai.headers.X-Team: 'a\\r\\nX-Evil: 1' does not match"),
+    (lambda d: d["provider_configs"]["openai"].update(headers={"X Team": "a"}),
+     "provider_configs.openai.headers: 'X Team' does not match"),
     (lambda d: d["provider_configs"]["openai"].update(base_url="${NO_SUCH_URL_VAR}"),
      'provider_configs.openai.base_url: environment variable "NO_SUCH_URL_VAR" is not set'),
 ])
