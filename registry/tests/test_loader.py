@@ -47,6 +47,21 @@ def test_it_loads_the_shipped_fixture_with_tiers_providers_models_and_defaults(r
     assert registry.tier_default_ids["pro"] == "demo-pro"
 
 
+def assert_refused(tmp_path, mutate, expected: str) -> str:
+    """`load_models` refuses the shipped fixture changed by `mutate`, saying `expected`, and changes nothing;
+    returns its message."""
+    data = fixture_data()
+    mutate(data)
+    before = db_state()
+
+    with pytest.raises(CommandError) as error:
+        load(write(tmp_path, data))
+
+    assert expected in str(error.value)
+    assert db_state() == before
+    return str(error.value)
+
+
 @pytest.mark.parametrize(("mutate", "expected"), [
     (lambda d: d["models"][2]["allowed_tiers"].append("gold"), 'models[2].allowed_tiers: unknown tier "gold"'),
     (lambda d: d["models"][1].update(provider="nowhere"), 'models[1].provider: unknown provider "nowhere"'),
@@ -68,16 +83,8 @@ def test_it_loads_the_shipped_fixture_with_tiers_providers_models_and_defaults(r
      'provider_configs.openai.base_url: environment variable "NO_SUCH_URL_VAR" is not set'),
 ])
 def test_it_refuses_an_invalid_file_whole_listing_the_problem_by_path(tmp_path, registry, mutate, expected):
-    data = fixture_data()
-    mutate(data)
-    before = db_state()
-
-    with pytest.raises(CommandError) as error:
-        call_command("load_models", str(write(tmp_path, data)))
-
-    assert expected in str(error.value)
-    assert "nothing was changed" in str(error.value)
-    assert db_state() == before
+    message = assert_refused(tmp_path, mutate, expected)
+    assert "nothing was changed" in message
 
 
 def test_it_lists_every_problem_not_just_the_first(tmp_path, db):
@@ -308,15 +315,7 @@ def test_it_derives_a_model_id_that_keeps_dots(tmp_path, registry, upstream, exp
     (lambda d: d["models"][0].update(id="x" * 101), "models[0].id: "),
 ])
 def test_it_refuses_a_model_whose_id_would_be_empty_clash_or_be_too_long(tmp_path, registry, mutate, expected):
-    data = fixture_data()
-    mutate(data)
-    before = db_state()
-
-    with pytest.raises(CommandError) as error:
-        load(write(tmp_path, data))
-
-    assert expected in str(error.value)
-    assert db_state() == before
+    assert_refused(tmp_path, mutate, expected)
 
 
 @pytest.mark.parametrize("mutate", [
@@ -356,15 +355,7 @@ def test_it_counts_a_model_changed_in_several_ways_once(tmp_path, registry):
      'default_model.tiers.free: model "demo-pro" is not available to tier "free" (it needs tier "pro" or higher)'),
 ])
 def test_it_refuses_defaults_that_cannot_serve_their_tier(tmp_path, registry, mutate, expected):
-    data = fixture_data()
-    mutate(data)
-    before = db_state()
-
-    with pytest.raises(CommandError) as error:
-        load(write(tmp_path, data))
-
-    assert expected in str(error.value)
-    assert db_state() == before
+    assert_refused(tmp_path, mutate, expected)
 
 
 def test_it_refuses_to_send_a_kept_key_to_a_new_base_url(tmp_path, registry, admin_client, monkeypatch):
