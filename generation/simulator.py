@@ -27,16 +27,24 @@ fault, the later one wins (table, then suffix, then header). Grammar: comma-sepa
     after=N          the other faults spare the model's first N requests (as counted by ``/_sim/stats``)
     nostream, nojson, notools   the model lacks that feature: using it is a 400
 
-Control endpoints (no auth): ``GET /_sim/stats``, ``POST /_sim/faults {"model", "fault"}`` (an empty
+``POST /v1/embeddings`` answers deterministic unit vectors (16 numbers, or ``dimensions``; floats or base64) for
+any model. A malformed request gets OpenAI's 400 (its error shape, `param` naming the field), never a crash.
+
+Control endpoints (no auth): ``GET /_sim/stats``, ``GET /_sim/last`` (the last request body per base model),
+``POST /_sim/faults {"model", "fault"}`` (an empty
 fault clears that model), ``DELETE /_sim/faults``, ``POST /_sim/models {"models": [...]}``,
 ``POST /_sim/reset`` (faults and counters).
 """
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import itertools
+import math
 import os
 import re
+import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -46,7 +54,7 @@ from typing import Any, NamedTuple
 import orjson
 import uvicorn
 
-DEFAULT_MODELS = ("demo", "demo-backup", "demo-pro", "demo-premium", "demo-translate")
+DEFAULT_MODELS = ("demo", "demo-backup", "demo-pro", "demo-premium", "demo-translate", "demo-embed")
 # Worker processes started by uvicorn cannot receive Python objects, so the model list travels by env.
 MODELS_ENV = "LLMHUB_SIMULATOR_MODELS"
 # Shared by run() and llmhub.testing so benchmarks and tests measure the same server.
@@ -229,6 +237,73 @@ def _reply(request: dict[str, Any], base_model: str, call_number: int, padding: 
     return Reply(content, None, finish_reason, usage)
 
 
+# OpenAI's types of the chat fields the simulator reads: a request that breaks them gets OpenAI's 400.
+_CHAT_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "response_format": (dict,), "stream_options": (dict,), "tools": (list,), "tool_choice": (str, dict),
+    "stream": (bool,), "max_tokens": (int,), "max_completion_tokens": (int,),
+}
+
+
+def _chat_request_check(request: dict[str, Any]) -> None:
+    for name, types in _CHAT_FIELD_TYPES.items():
+        value = request.get(name)
+        if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            raise SimulatedError(400, f"Invalid type for '{name}'.", code="invalid_type", param=name)
+    if isinstance(request.get("response_format"), dict) and request["response_format"].get("type") not in (
+            "text", "json_object", "json_schema"):
+        raise SimulatedError(400, "Invalid value for 'response_format.type'.", code="invalid_value",
+                             param="response_format.type")
+
+
+EMBEDDING_DIMENSIONS = 16  # the simulated model's native size; `dimensions` asks for another (up to 3072)
+
+
+def _embedding_inputs(value: Any) -> list[str]:
+    """Each input as text (token arrays as their numbers), as OpenAI accepts them: a string, strings, a token
+    array or token arrays, none empty."""
+    if isinstance(value, str) or (isinstance(value, list) and value and all(type(item) is int for item in value)):
+        value = [value]
+    if not isinstance(value, list) or not value or len(value) > 2048:
+        raise SimulatedError(400, "'input' must be a string, an array of strings or of token arrays (at most 2048).",
+                             param="input")
+    texts = []
+    for item in value:
+        if isinstance(item, list) and item and all(type(token) is int for token in item):
+            texts.append(" ".join(map(str, item)))
+        elif isinstance(item, str) and item:
+            texts.append(item)
+        else:
+            raise SimulatedError(400, "Each input must be a non-empty string or token array.", param="input")
+    return texts
+
+
+def embedding_vector(text: str, dimensions: int) -> list[float]:
+    """A deterministic unit vector for `text`: the same text always gives the same vector."""
+    raw = b"".join(hashlib.sha256(f"{index}:{text}".encode()).digest() for index in range(-(-dimensions // 8)))
+    values = [(number / 2**31) - 1.0 for number in struct.unpack(f"<{len(raw) // 4}I", raw)[:dimensions]]
+    norm = math.sqrt(sum(value * value for value in values)) or 1.0
+    return [value / norm for value in values]
+
+
+def embeddings_answer(request: dict[str, Any], model: str) -> dict[str, Any]:
+    texts = _embedding_inputs(request.get("input"))
+    dimensions = request.get("dimensions", EMBEDDING_DIMENSIONS)
+    if type(dimensions) is not int or not 1 <= dimensions <= 3072:
+        raise SimulatedError(400, "'dimensions' must be an integer from 1 to 3072.", param="dimensions")
+    encoding = request.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise SimulatedError(400, "'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
+    data = []
+    for index, text in enumerate(texts):
+        vector: Any = embedding_vector(text, dimensions)
+        if encoding == "base64":
+            vector = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+    tokens = sum(max(1, len(text.split())) for text in texts)
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
 def _garbled(reply: Reply, faults: Faults) -> Reply:
     """The reply with the garbage the `usage=` and `content=` faults ask for."""
     if faults.usage:
@@ -321,6 +396,8 @@ class Simulator:
         self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
             ("GET", "/v1/models"): self._list_models,
             ("POST", "/v1/chat/completions"): self._chat_completions,
+            ("POST", "/v1/embeddings"): self._embeddings,
+            ("GET", "/_sim/last"): self._last,
             ("GET", "/_sim/stats"): self._stats,
             ("POST", "/_sim/faults"): self._set_fault,
             ("DELETE", "/_sim/faults"): self._clear_faults,
@@ -331,6 +408,7 @@ class Simulator:
         self._models_body = b""
         self._fault_table: dict[str, str] = {}
         self._requests: dict[str, int] = {}
+        self._last_requests: dict[str, dict[str, Any]] = {}  # the last request body per base model
         self._call_numbers = itertools.count(1)
         self._register_models(models or DEFAULT_MODELS)
 
@@ -342,6 +420,10 @@ class Simulator:
             await route(scope, receive, send)
         except SimulatedError as error:
             await _send_body(send, error.status, error.body, headers=error.headers)
+        except (TypeError, KeyError, AttributeError, ValueError, IndexError) as error:
+            # A request shape nobody foresaw: OpenAI answers such a request with a 400, never a crash.
+            failure = SimulatedError(400, f"Invalid request: {type(error).__name__}.")
+            await _send_body(send, failure.status, failure.body)
 
     def _register_models(self, names: Sequence[str]) -> None:
         self._models.update(dict.fromkeys(names))
@@ -352,13 +434,14 @@ class Simulator:
         _check_auth(next((value for name, value in scope["headers"] if name == b"authorization"), None))
         await _send_body(send, 200, self._models_body)
 
-    async def _chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = await _read_json(receive)
+    def _accept(self, scope: Scope, request: dict[str, Any]) -> tuple[str, str, Faults]:
+        """(model, base model, faults) of a request to a model route, after its key and model are checked."""
         model = request.get("model")
         if not isinstance(model, str):
             raise SimulatedError(400, "`model` is required.", param="model")
         base_model, _, suffix = model.partition("@")
         self._requests[base_model] = self._requests.get(base_model, 0) + 1
+        self._last_requests[base_model] = request
 
         authorization = fault_header = None
         for name, value in scope["headers"]:
@@ -374,7 +457,12 @@ class Simulator:
         faults = parse_faults(specs) if specs else NO_FAULTS
         if faults.after >= self._requests[base_model]:
             faults = NO_FAULTS
+        return model, base_model, faults
 
+    async def _chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = await _read_json(receive)
+        model, base_model, faults = self._accept(scope, request)
+        _chat_request_check(request)
         if faults.hang:
             return await _wait_for_disconnect(receive)
         rejection = _fault_rejection(faults, request, base_model)
@@ -449,6 +537,26 @@ class Simulator:
             tail += b"data: " + orjson.dumps({**envelope, "choices": [], "usage": reply.usage}) + b"\n\n"
         await send({"type": "http.response.body", "body": tail + _DONE})
 
+    async def _embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = await _read_json(receive)
+        model, base_model, faults = self._accept(scope, request)
+        if faults.hang:
+            return await _wait_for_disconnect(receive)
+        await _sleep_ms(faults.latency)
+        rejection = _fault_rejection(faults, {}, base_model)
+        if rejection is not None:
+            raise rejection
+        if faults.html:
+            return await _send_body(send, 200, _HTML_PAGE, b"text/html; charset=utf-8")
+        if faults.malformed:
+            return await _send_body(send, 200, _MALFORMED_JSON)
+        if faults.drop is not None:
+            return await _cut_connection(send, receive)
+        await _send_body(send, 200, orjson.dumps(embeddings_answer(request, model)))
+
+    async def _last(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send_body(send, 200, orjson.dumps(self._last_requests))
+
     async def _stats(self, scope: Scope, receive: Receive, send: Send) -> None:
         payload = {"requests": self._requests, "total": sum(self._requests.values())}
         await _send_body(send, 200, orjson.dumps(payload))
@@ -479,6 +587,7 @@ class Simulator:
     async def _reset(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._fault_table.clear()
         self._requests.clear()
+        self._last_requests.clear()
         await _send_body(send, 200, orjson.dumps({"faults": {}, "requests": {}}))
 
 

@@ -110,8 +110,12 @@ class SimulatedUpstream(AsgiServer):
         """Chat-completion requests received per base model, counted before any fault applies."""
         return Counter(self._control("GET", "/_sim/stats")["requests"])
 
+    def last_request(self, model: str) -> dict[str, Any] | None:
+        """The body of the last request the simulator received for base model `model` (what the hub sent)."""
+        return self._control("GET", "/_sim/last").get(model)
+
     def reset(self) -> None:
-        """Clear faults and counters (models added at run time stay)."""
+        """Clear faults, counters and the last requests (models added at run time stay)."""
         self._control("POST", "/_sim/reset")
 
     def _control(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:

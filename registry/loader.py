@@ -16,6 +16,7 @@ from typing import Any
 from django.conf import settings
 
 from registry.limits import LimitSpec, tiers_quota_parse
+from registry.params import request_params_problems
 
 SCHEMA_PATH = Path(settings.BASE_DIR) / "fixtures" / "llm_models.schema.json"
 DEFAULT_MODELS_FILE = Path(settings.BASE_DIR) / "fixtures" / "llm_models.json"
@@ -86,6 +87,8 @@ class ModelEntry:
     output_price_per_million: Decimal = Decimal(0)
     fallbacks: list[str] = field(default_factory=list)
     no_key_reason: str = ""
+    kind: str = "chat"
+    request_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -239,7 +242,10 @@ def _models_parse(data: Any, *, providers: list[ProviderEntry], tier_slugs: set[
             input_price_per_million=Decimal(str(item.get("input_price_per_million", 0))),
             output_price_per_million=Decimal(str(item.get("output_price_per_million", 0))),
             fallbacks=list(item.get("fallbacks", [])),
+            kind=item.get("kind", "chat"),
+            request_params=dict(item.get("request_params", {})),
         ))
+        problems += request_params_problems(item.get("request_params", {}), where=f"{where}.request_params")
 
     model_ids = [m.public_id for m in models]
     for index, (model, item) in enumerate(zip(models, data["models"], strict=False)):
@@ -251,6 +257,9 @@ def _models_parse(data: Any, *, providers: list[ProviderEntry], tier_slugs: set[
                 problems.append(f"models[{index}].fallbacks[{position}]: a model cannot fall back to itself")
             elif fallback not in model_ids:
                 problems.append(f'models[{index}].fallbacks[{position}]: unknown model "{fallback}"')
+            elif (other := models[model_ids.index(fallback)]).kind != model.kind:
+                problems.append(f'models[{index}].fallbacks[{position}]: "{fallback}" is of kind {other.kind} and '
+                                f'"{model.public_id}" of kind {model.kind}: a fallback must be of the same kind')
     return models
 
 
@@ -280,6 +289,8 @@ def _defaults_parse(data: Any, *, models: list[ModelEntry], tiers: list[TierEntr
             return
         if not model.enabled:
             problems.append(f'{path}: model "{model_id}" is disabled')
+        if model.kind != "chat":
+            problems.append(f'{path}: model "{model_id}" is an {model.kind} model: a default must be a chat model')
         if tier_slug is None or tier_slug not in rank_of:
             return
         needed = required_tier(model)

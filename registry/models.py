@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
@@ -65,7 +66,20 @@ class Provider(StoredKey):
         return self.display_name
 
 
+def request_params_validate(value: object) -> None:
+    """The shape of a model's `request_params` (the registry file's JSON Schema says the same)."""
+    from registry.params import request_params_problems
+
+    problems = request_params_problems(value)
+    if problems:
+        raise ValidationError(problems)
+
+
 class LLMModel(StoredKey, ModelTraits):
+    class Kind(models.TextChoices):
+        CHAT = "chat"
+        EMBEDDING = "embedding"
+
     # The registry file's id rule (fixtures/llm_models.schema.json): a slug that may hold dots, as `deepseek-v3.2`.
     public_id = models.CharField(max_length=100, unique=True, validators=[RegexValidator(
         r"^[a-z0-9][a-z0-9._-]*\Z",
@@ -81,6 +95,12 @@ class LLMModel(StoredKey, ModelTraits):
     fallbacks = models.ManyToManyField(
         "self", through="ModelFallback", symmetrical=False, related_name="fallback_for", blank=True
     )
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CHAT,
+                            help_text="chat: /v1/chat/completions (and /v1/completions); embedding: /v1/embeddings.")
+    request_params = models.JSONField(
+        default=dict, blank=True, validators=[request_params_validate],
+        help_text='How requests are adapted to this model: {"unsupported": ["temperature"], '
+                  '"renamed": {"max_tokens": "max_completion_tokens"}, "on_unsupported": "drop" or "refuse"}.')
     from_fixture = models.BooleanField(default=False, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

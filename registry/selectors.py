@@ -21,6 +21,7 @@ from registry.models import (
     UserLLMConfig,
     UserModelPreferences,
 )
+from registry.params import NO_PARAMS, RequestParams, request_params_parse
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class ModelSpec:
     output_price_per_million: Decimal
     fallbacks: tuple[str, ...]
     owner_id: int | None = None
+    kind: str = "chat"  # or "embedding"
+    request_params: RequestParams = NO_PARAMS
 
     @property
     def key(self) -> str:
@@ -159,6 +162,8 @@ def _registry_build() -> Registry:
             allowed_tiers=tuple(tier.slug for tier in allowed),
             required_tier=allowed[0] if allowed else None,
             fallbacks=tuple(fallbacks_by_model.get(row.pk, ())),
+            kind=row.kind,
+            request_params=request_params_parse(row.request_params),
         )
         if row.is_default:
             default_model_id = row.public_id

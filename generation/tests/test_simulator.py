@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 
@@ -48,7 +49,8 @@ def chat(upstream: SimulatedUpstream, model: str = "demo", **options: Any) -> An
 def test_it_lists_the_default_models(upstream: SimulatedUpstream) -> None:
     models = make_client(upstream).models.list()
 
-    assert [model.id for model in models] == ["demo", "demo-backup", "demo-pro", "demo-premium", "demo-translate"]
+    assert [model.id for model in models] == ["demo", "demo-backup", "demo-pro", "demo-premium", "demo-translate",
+                                             "demo-embed"]
     assert {model.owned_by for model in models} == {"simulator"}
 
 
@@ -383,3 +385,41 @@ def test_it_counts_requests_per_base_model_before_faults(upstream: SimulatedUpst
     assert upstream.stats() == {"demo": 2, "demo-pro": 1}
     upstream.reset()
     assert upstream.stats() == {}
+
+
+def test_it_serves_deterministic_embeddings_as_floats_and_base64(upstream: SimulatedUpstream) -> None:
+    client = make_client(upstream)
+    first = client.embeddings.create(model="demo-embed", input=["hello", "world"])  # the SDK asks for base64
+    again = client.embeddings.create(model="demo-embed", input="hello", encoding_format="float", dimensions=32)
+
+    assert [len(item.embedding) for item in first.data] == [16, 16]
+    assert first.data[0].embedding != first.data[1].embedding
+    assert len(again.data[0].embedding) == 32
+    assert abs(sum(value * value for value in again.data[0].embedding) - 1) < 1e-6
+    assert client.embeddings.create(model="demo-embed", input=["hello"]).data[0].embedding == first.data[0].embedding
+    assert first.usage.prompt_tokens == first.usage.total_tokens == 2
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"model": "demo", "messages": HELLO, "response_format": "json"}, "response_format"),
+    ({"model": "demo", "messages": HELLO, "stream_options": 5}, "stream_options"),
+    ({"model": "demo", "messages": HELLO, "tools": {"a": 1}}, "tools"),
+    ({"model": "demo", "messages": HELLO, "response_format": {"type": "yaml"}}, "response_format.type"),
+    ({"model": "demo-embed", "input": ""}, "input"),
+    ({"model": "demo-embed", "input": "x", "dimensions": "8"}, "dimensions"),
+])
+def test_it_answers_malformed_requests_with_openais_400(upstream: SimulatedUpstream, body: dict, param: str) -> None:
+    path = "/v1/embeddings" if "input" in body else "/v1/chat/completions"
+    response = httpx2.post(upstream.root_url + path, json=body, headers={"Authorization": "Bearer sk-test"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+
+
+def test_it_never_crashes_on_a_shape_nobody_foresaw(upstream: SimulatedUpstream) -> None:
+    body = {"model": "demo", "messages": [{"role": "user", "content": [{"type": "text", "text": {"x": 1}}]}],
+            "tool_choice": {"function": 3}, "tools": [{"function": {"name": "f"}}]}
+    response = httpx2.post(upstream.root_url + "/v1/chat/completions", json=body,
+                           headers={"Authorization": "Bearer sk-test"})
+    assert response.status_code in (200, 400)
+    assert response.headers["content-type"] == "application/json"

@@ -45,6 +45,10 @@ def test_it_loads_the_shipped_fixture_with_tiers_providers_models_and_defaults(r
     assert registry.models["demo"].fallbacks == ("demo-backup",)
     assert registry.default_model_id == "demo"
     assert registry.tier_default_ids["pro"] == "demo-pro"
+    assert registry.models["demo-embed"].kind == "embedding" and registry.models["demo"].kind == "chat"
+    gpt = registry.models["gpt-5-pro"].request_params
+    assert "temperature" in gpt.unsupported and ("max_tokens", "max_completion_tokens") in gpt.renamed
+    assert not gpt.refuse
 
 
 def assert_refused(tmp_path, mutate, expected: str) -> str:
@@ -81,6 +85,14 @@ def assert_refused(tmp_path, mutate, expected: str) -> str:
      "provider_configs.openai.headers: 'X Team' does not match"),
     (lambda d: d["provider_configs"]["openai"].update(base_url="${NO_SUCH_URL_VAR}"),
      'provider_configs.openai.base_url: environment variable "NO_SUCH_URL_VAR" is not set'),
+    (lambda d: d["models"][4].update(kind="image"), "models[4].kind: 'image' is not one of ['chat', 'embedding']"),
+    (lambda d: d["models"][4].update(fallbacks=["demo-embed"]),
+     'models[4].fallbacks[0]: "demo-embed" is of kind embedding and "demo" of kind chat'),
+    (lambda d: d.update(default_model="demo-embed"), 'default_model: model "demo-embed" is an embedding model'),
+    (lambda d: d["models"][0].update(request_params={"on_unsupported": "ignore"}),
+     "models[0].request_params.on_unsupported: 'ignore' is not one of ['drop', 'refuse']"),
+    (lambda d: d["models"][0].update(request_params={"renamed": {"a": "b"}, "unsupported": ["b"]}),
+     'models[0].request_params.renamed: "b" is both a rename target and unsupported'),
 ])
 def test_it_refuses_an_invalid_file_whole_listing_the_problem_by_path(tmp_path, registry, mutate, expected):
     message = assert_refused(tmp_path, mutate, expected)
