@@ -10,6 +10,7 @@ small typed set: retryable ones let the caller fall back to another model, final
 import asyncio
 import hashlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -63,11 +64,21 @@ class UpstreamBadResponse(UpstreamError):
 
 
 class UpstreamRejected(UpstreamError):
-    """400 from the upstream: the request itself is wrong; another model would refuse it too."""
+    """400/422 from the upstream: the request itself is wrong; another model would refuse it too. Carries the
+    upstream's own message, param and code (scrubbed and capped, see `upstream_error_details`), so the client can
+    fix its request."""
 
     retryable = False
     kind = "bad_request"
     status = 400
+
+    def __init__(self, message: str, *, upstream_status: int | None = None, param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message, upstream_status=upstream_status)
+        self.param = param
+        self.code = code
+        if upstream_status == 422:
+            self.status = 422
 
 
 class UpstreamMisconfigured(UpstreamError):
@@ -211,6 +222,66 @@ def map_status_error(status: int, headers: Any = None) -> UpstreamError:
     return UpstreamUnavailable(f"The upstream failed (HTTP {status}).", upstream_status=status)
 
 
+UPSTREAM_ERROR_READ_BYTES = 64 * 1024
+UPSTREAM_MESSAGE_MAX = 500
+_CREDENTIALED_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@]+@")
+_SECRET_QUERY = re.compile(r"(?i)\b((?:api[_-]?key|key|token|access_token|secret|password|sig|signature)=)[^\s&\"']+")
+_SECRET_TOKEN = re.compile(r"(?i)\b(?:bearer\s+\S+|(?:sk|lh|pk|rk|ak)-[a-z0-9_\-]{6,}|[a-z0-9_\-+/=]{32,})")
+_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def upstream_text_scrub(text: str, *, secrets: tuple[str, ...] = (), limit: int = UPSTREAM_MESSAGE_MAX) -> str:
+    """`text` fit to show a client: the model's own key and anything that looks like a key or a credentialed URL
+    replaced by `[redacted]`, control characters dropped, at most `limit` characters."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    text = _CREDENTIALED_URL.sub(r"\1[redacted]@", text)
+    text = _SECRET_QUERY.sub(r"\1[redacted]", text)
+    text = _SECRET_TOKEN.sub("[redacted]", text)
+    text = "".join(char if char.isprintable() else " " for char in text).strip()
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def upstream_error_details(raw: bytes, *, secrets: tuple[str, ...] = ()) -> tuple[str, str | None, str | None]:
+    """(message, param, code) of an upstream's OpenAI-shaped error body, scrubbed; a generic message when it
+    gives none."""
+    try:
+        error = orjson.loads(raw).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        error = None
+    if isinstance(error, str):
+        error = {"message": error}
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str) or not error["message"].strip():
+        return "The upstream rejected the request.", None, None
+    message = "The upstream rejected the request: " + upstream_text_scrub(error["message"], secrets=secrets)
+    param = error.get("param")
+    param = upstream_text_scrub(param, secrets=secrets, limit=100) or None if isinstance(param, str) else None
+    code = error.get("code")
+    code = code if isinstance(code, str) and _CODE.fullmatch(code) and "[redacted]" not in \
+        upstream_text_scrub(code, secrets=secrets) else None
+    return message, param, code
+
+
+async def _rejection(model: ModelSpec, response: Any) -> UpstreamRejected:
+    """The upstream's 400/422 with its reason: its body read (at most UPSTREAM_ERROR_READ_BYTES, within 2 s)."""
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(2):
+            async for chunk in response.aiter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= UPSTREAM_ERROR_READ_BYTES:
+                    break
+    except (TimeoutError, httpx2.HTTPError, openai.APIError, OSError):
+        pass
+    finally:
+        await response.aclose()
+    secrets = (model.api_key, *model.headers.values())
+    message, param, code = upstream_error_details(b"".join(chunks)[:UPSTREAM_ERROR_READ_BYTES], secrets=secrets)
+    return UpstreamRejected(message, upstream_status=response.status_code, param=param, code=code)
+
+
 def map_exception(error: BaseException) -> UpstreamError:
     if isinstance(error, UpstreamError):
         return error
@@ -234,7 +305,7 @@ def upstream_body(model: ModelSpec, body: dict[str, Any]) -> bytes:
         return json.dumps(body, ensure_ascii=False).encode()
 
 
-async def _open(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float) -> Any:
+async def _open(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float, path: str | None = None) -> Any:
     """Sends the request and waits for the response headers (the first byte).
 
     The request goes out through the SDK client's own HTTP client, prepared once per upstream: the SDK's
@@ -242,10 +313,13 @@ async def _open(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: f
     the hub's time (py-spy, `make bench`), and does nothing a pass-through needs.
     """
     upstream = _upstream_for(model)
-    request = httpx2.Request("POST", upstream.url, headers=upstream.headers, content=upstream_body(model, body),
+    url = upstream.url if path is None else model.base_url + path
+    request = httpx2.Request("POST", url, headers=upstream.headers, content=upstream_body(model, body),
                              extensions=upstream.extensions)
     async with asyncio.timeout(first_byte_timeout):
         response = await upstream.http.send(request, stream=True)
+    if response.status_code in (400, 422):
+        raise await _rejection(model, response)
     if response.status_code >= 300:
         await response.aclose()
         raise map_status_error(response.status_code, response.headers)
@@ -282,6 +356,26 @@ async def chat_completion(model: ModelSpec, body: dict[str, Any], *, timeout: fl
         raise UpstreamBadResponse("The upstream answered with something that is not JSON.") from None
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not all(
             _choice_valid(choice) for choice in data["choices"]):
+        raise UpstreamBadResponse("The upstream answered with an unexpected JSON shape.")
+    return Completion(raw=raw, data=data, latency_ms=(time.perf_counter() - started) * 1000)
+
+
+async def embeddings(model: ModelSpec, body: dict[str, Any], *, timeout: float) -> Completion:
+    """An embeddings call (`POST /embeddings`); `timeout` bounds the whole call. The answer must be a list of
+    embeddings."""
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            response = await _open(model, body, first_byte_timeout=timeout, path="/embeddings")
+            raw = await _read_capped(response, timeout=timeout)
+    except (openai.APIError, httpx2.HTTPError, OSError, TimeoutError) as error:
+        raise map_exception(error) from error
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamBadResponse("The upstream answered with something that is not JSON.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list) or not all(
+            isinstance(item, dict) and isinstance(item.get("embedding"), list | str) for item in data["data"]):
         raise UpstreamBadResponse("The upstream answered with an unexpected JSON shape.")
     return Completion(raw=raw, data=data, latency_ms=(time.perf_counter() - started) * 1000)
 

@@ -16,7 +16,16 @@ import orjson
 from django.conf import settings
 
 from generation import services
-from generation.services import Caller, GenerationFailed
+from generation.adaptation import params_dropped
+from generation.embeddings import embeddings_body_validate, embeddings_create
+from generation.legacy_completions import (
+    chat_answer_to_completion,
+    chat_events_to_completion,
+    completion_request_to_chat,
+)
+from generation.openai_edge import cors_origin, is_preflight, preflight_answer, send_wrapped
+from generation.openai_validation import chat_fields_validate, message_validate
+from generation.services import Caller, GenerationFailed, request_id_bind, request_id_new
 from llmhub.api import unavailable_error
 from llmhub.errors import ApplicationError
 from registry.authentication import Principal, aapi_key_authenticate, aprincipal_tier
@@ -40,7 +49,8 @@ FORBIDDEN_FIELDS = frozenset({"api_key", "api_base", "base_url", "extra_headers"
                               "custom_llm_provider", "organization", "api_version", "deployment_id"})
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
-                404: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error"}
+                404: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error",
+                422: "invalid_request_error", 429: "rate_limit_error"}
 
 
 class BadRequest(ApplicationError):
@@ -53,9 +63,14 @@ class MethodNotAllowed(ApplicationError):
     code = "method_not_allowed"
 
 
-def error_payload(*, status: int, message: str, code: str, param: str | None = None) -> bytes:
+def error_payload(*, status: int, message: str, code: str, param: str | None = None,
+                  attempts: list[dict[str, Any]] | None = None) -> bytes:
+    """OpenAI's error shape; a gateway failure adds `attempts` (each model tried, its outcome and message)."""
     kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return orjson.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}})
+    error = {"message": message, "type": kind, "param": param, "code": code}
+    if attempts is not None:
+        error["attempts"] = attempts
+    return orjson.dumps({"error": error})
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:
@@ -76,8 +91,11 @@ async def _respond_error(send: Send, error: ApplicationError) -> None:
         headers.append((b"retry-after", str(max(1, round(retry_after or 1))).encode()))
     if error.status == 405:
         headers.append((b"allow", error.extra["allow"].encode()))
+    if error.status == 408:  # the rest of the body may never come: the connection cannot be reused
+        headers.append((b"connection", b"close"))
     await _respond(send, error.status, error_payload(status=error.status, message=error.message, code=error.code,
-                                                     param=error.extra.get("param")), headers)
+                                                     param=error.extra.get("param"),
+                                                     attempts=error.extra.get("attempts")), headers)
 
 
 def _header(scope: Scope, name: bytes) -> bytes:
@@ -88,10 +106,22 @@ def _header(scope: Scope, name: bytes) -> bytes:
 
 
 async def _read_body(scope: Scope, receive: Receive) -> bytes:
+    """The whole body, refused (413) past DATA_UPLOAD_MAX_MEMORY_SIZE, and (408) when it does not arrive within
+    BODY_TIMEOUT_SECONDS: a client sending fewer bytes than it declared must not hold the request open."""
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     declared = _header(scope, b"content-length")
     if declared.isdigit() and int(declared) > limit:
         raise ApplicationError(f"The request body is larger than {limit} bytes.", status=413, code="body_too_large")
+    seconds = settings.LLMHUB["BODY_TIMEOUT_SECONDS"]
+    try:
+        async with asyncio.timeout(seconds):
+            return await _receive_body(receive, limit)
+    except TimeoutError:
+        raise ApplicationError(f"The request body was not received within {seconds:g} seconds.", status=408,
+                               code="request_timeout") from None
+
+
+async def _receive_body(receive: Receive, limit: int) -> bytes:
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -142,6 +172,7 @@ def chat_body_validate(data: Any) -> dict[str, Any]:
         if not isinstance(message.get("content"), str | list | None):
             raise BadRequest(f"messages[{index}].content must be a string or a list of parts.",
                              extra={"param": f"messages[{index}].content"})
+        message_validate(index, message)
     for name in ("max_tokens", "max_completion_tokens"):
         value = data.get(name)
         if value is None:
@@ -150,10 +181,9 @@ def chat_body_validate(data: Any) -> dict[str, Any]:
             raise BadRequest(f"'{name}' must be a positive integer.", extra={"param": name})
         if value > settings.LLMHUB["MAX_OUTPUT_TOKENS"]:
             raise BadRequest(f"'{name}' may be at most {settings.LLMHUB['MAX_OUTPUT_TOKENS']}.", extra={"param": name})
-    if not isinstance(data.get("stream", False), bool):
+    if data.get("stream") is not None and not isinstance(data["stream"], bool):
         raise BadRequest("'stream' must be a boolean.", extra={"param": "stream"})
-    if data.get("stream_options") is not None and not isinstance(data["stream_options"], dict):
-        raise BadRequest("'stream_options' must be an object.", extra={"param": "stream_options"})
+    chat_fields_validate(data)  # OpenAI's types and ranges of the other fields the hub knows
     return data
 
 
@@ -161,42 +191,63 @@ async def _caller(principal: Principal, registry) -> Caller:
     return Caller(user_id=principal.user.pk, api_key_id=principal.api_key_id, tier=await aprincipal_tier(principal, registry))
 
 
-def _meta_headers(request_id: str, model: ModelSpec, attempts: int, quota) -> list[tuple[bytes, bytes]]:
-    return [(b"x-request-id", request_id.encode()), (b"x-llmhub-model", model.id.encode()),
-            (b"x-llmhub-attempts", str(attempts).encode()), *_encoded(quota.headers() if quota else None)]
+def _meta_headers(request_id: str, model: ModelSpec, attempts: int, quota,
+                  body: dict[str, Any] | None = None) -> list[tuple[bytes, bytes]]:
+    headers = [(b"x-request-id", request_id.encode()), (b"x-llmhub-model", model.id.encode()),
+               (b"x-llmhub-attempts", str(attempts).encode()), *_encoded(quota.headers() if quota else None)]
+    if body is not None and (dropped := params_dropped(model, body)):  # what the model does not accept
+        headers.append((b"x-llmhub-dropped-params", ",".join(dropped).encode()))
+    return headers
 
 
-async def _chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
-    principal = await _authenticate(scope)
+async def _json_body(scope: Scope, receive: Receive) -> Any:
     try:
-        data = orjson.loads(await _read_body(scope, receive))
+        return orjson.loads(await _read_body(scope, receive))
     except orjson.JSONDecodeError:
         raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
-    body = chat_body_validate(data)
+
+
+async def _chat_completions(scope: Scope, receive: Receive, send: Send, *, legacy: bool = False) -> None:
+    """/v1/chat/completions; with `legacy`, /v1/completions bridged onto it (a prompt in, a text_completion out)."""
+    principal = await _authenticate(scope)
+    data = await _json_body(scope, receive)
+    body = chat_body_validate(completion_request_to_chat(data) if legacy else data)
+    endpoint = "v1.completions" if legacy else "v1.chat_completions"
     registry = await registry_snapshot.aget()
     caller = await _caller(principal, registry)
     model_id = body.pop("model", None)
     preferred_ids = () if model_id else (await apreferences_get(caller.user_id)).preferred_order("generation")
     if not body.get("stream"):
-        outcome = await services.chat(caller=caller, registry=registry, body=body, endpoint="v1.chat_completions",
+        outcome = await services.chat(caller=caller, registry=registry, body=body, endpoint=endpoint,
                                       model_id=model_id, preferred_ids=preferred_ids)
-        await _respond(send, 200, outcome.raw, _meta_headers(outcome.request_id, outcome.model, len(outcome.attempts),
-                                                           outcome.quota))
+        await _respond(send, 200, chat_answer_to_completion(outcome.data) if legacy else outcome.raw,
+                       _meta_headers(outcome.request_id, outcome.model, len(outcome.attempts), outcome.quota, body))
         return
-    stream = await services.chat_stream(caller=caller, registry=registry, body=body, endpoint="v1.chat_completions",
+    stream = await services.chat_stream(caller=caller, registry=registry, body=body, endpoint=endpoint,
                                         model_id=model_id, preferred_ids=preferred_ids)
-    await _send_stream(stream, receive, send)
+    await _send_stream(stream, receive, send, body=body, legacy=legacy)
 
 
-async def _send_stream(stream: services.ChatStream, receive: Receive, send: Send) -> None:
+async def _embeddings(scope: Scope, receive: Receive, send: Send) -> None:
+    principal = await _authenticate(scope)
+    body, texts = embeddings_body_validate(await _json_body(scope, receive), forbidden=FORBIDDEN_FIELDS)
+    registry = await registry_snapshot.aget()
+    caller = await _caller(principal, registry)
+    outcome = await embeddings_create(caller=caller, registry=registry, body=body, texts=texts)
+    await _respond(send, 200, outcome.raw,
+                   _meta_headers(outcome.request_id, outcome.model, len(outcome.attempts), outcome.quota, body))
+
+
+async def _send_stream(stream: services.ChatStream, receive: Receive, send: Send, *, body: dict[str, Any],
+                       legacy: bool = False) -> None:
     """Streams SSE to the client; a client that goes away cancels the upstream call at once."""
 
     async def pump() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"), *_meta_headers(stream.request_id, stream.model, len(stream.attempts),
-                                               stream.run.reservation)]})
-        events = stream.events()
+                                               stream.run.reservation, body)]})
+        events = chat_events_to_completion(stream.events()) if legacy else stream.events()
         try:
             async for chunk in events:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -221,7 +272,7 @@ async def _send_stream(stream: services.ChatStream, receive: Receive, send: Send
 
 
 def _model_object(model: ModelSpec) -> dict[str, Any]:
-    return {"id": model.id, "object": "model", "created": 0, "owned_by": model.provider}
+    return {"id": model.id, "object": "model", "created": 0, "owned_by": model.provider, "kind": model.kind}
 
 
 async def _models(scope: Scope, receive: Receive, send: Send) -> None:
@@ -251,6 +302,10 @@ def _route(path: str) -> tuple[str, Callable[..., Awaitable[None]]] | None:
     """The method a /v1 path takes and its handler (trailing slashes ignored), or None for an unknown path."""
     if path == "/v1/chat/completions":
         return "POST", _chat_completions
+    if path == "/v1/embeddings":
+        return "POST", _embeddings
+    if path == "/v1/completions":
+        return "POST", lambda scope, receive, send: _chat_completions(scope, receive, send, legacy=True)
     if path == "/v1/models":
         return "GET", _models
     if path.startswith("/v1/models/"):
@@ -261,14 +316,23 @@ def _route(path: str) -> tuple[str, Callable[..., Awaitable[None]]] | None:
     return None
 
 
-async def application(scope: Scope, receive: Receive, send: Send) -> None:
+async def application(scope: Scope, receive: Receive, send: Send, *, mistaken: str | None = None) -> None:
+    """/v1. `mistaken`: the message of a path outside /v1 that a misconfigured client tried (a JSON 404)."""
     path, method = scope["path"].rstrip("/"), scope["method"]
+    request_id = request_id_new()
+    request_id_bind(request_id)  # the run takes it: the usage row, the headers and any error carry one id
+    origin = cors_origin(scope)
+    if method == "OPTIONS" and is_preflight(scope):
+        await preflight_answer(scope, send, origin, request_id)
+        return
+    send = send_wrapped(send, request_id=request_id, head=method == "HEAD", origin=origin)
     try:
-        route = _route(path)
+        route = None if mistaken else _route(path)
         if route is None:
-            raise ApplicationError(f"Unknown route: {method} {scope['path']}", status=404, code="unknown_route")
+            raise ApplicationError(mistaken or f"Unknown route: {method} {scope['path']}", status=404,
+                                   code="unknown_route")
         allowed, handler = route
-        if method != allowed:
+        if method != allowed and not (method == "HEAD" and allowed == "GET"):
             raise MethodNotAllowed(f"Use {allowed}.", extra={"allow": allowed})
         await handler(scope, receive, send)
     except ApplicationError as error:

@@ -9,6 +9,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ import orjson
 from django.conf import settings
 
 from generation import client
+from generation.adaptation import context_exceeded_error, parameter_refused_error, params_refused, request_adapt
 from generation.routing import candidate_models, earliest_retry
 from llmhub.errors import ApplicationError, NotFound
 from registry.health import health_note, unhealthy_keys
@@ -88,8 +90,11 @@ class GenerationFailed(ApplicationError):
     """Every candidate model failed (or the one that answered refused the request)."""
 
     def __init__(self, message: str, *, status: int, code: str, attempts: list[Attempt],
-                 retry_after: float | None = None) -> None:
-        super().__init__(message, status=status, code=code, extra={"attempts": [a.as_dict() for a in attempts]})
+                 retry_after: float | None = None, param: str | None = None) -> None:
+        extra: dict[str, Any] = {"attempts": [a.as_dict() for a in attempts]}
+        if param is not None:
+            extra["param"] = param
+        super().__init__(message, status=status, code=code, extra=extra)
         self.attempts = attempts
         self.retry_after = retry_after
 
@@ -100,6 +105,24 @@ def _config(name: str) -> Any:
 
 def request_id_new() -> str:
     return "req_" + uuid.uuid4().hex
+
+
+# The id a surface (/v1) gave the request it is answering, so its error responses and its usage row agree.
+_bound_request_id: ContextVar[str | None] = ContextVar("llmhub_request_id", default=None)
+
+
+def request_id_bind(request_id: str) -> None:
+    """The next run started in this context (this request) takes `request_id` as its id."""
+    _bound_request_id.set(request_id)
+
+
+def request_id_take() -> str:
+    """The id bound to this request, once (a second run gets an id of its own: usage rows' ids are unique)."""
+    bound = _bound_request_id.get()
+    if bound is None:
+        return request_id_new()
+    _bound_request_id.set(None)
+    return bound
 
 
 def model_resolve(*, caller: Caller, registry: Registry, model_id: str | None = None,
@@ -187,14 +210,26 @@ def _failure(attempts: list[Attempt], last: client.UpstreamError | None, candida
                                     attempts=attempts)
         return GenerationFailed("No model could be tried in time.", status=503, code="no_model_available",
                                 attempts=attempts)
+    if isinstance(last, client.UpstreamRejected):
+        return GenerationFailed(last.message, status=last.status, code=last.code or last.kind, attempts=attempts,
+                                param=last.param)
     if not last.retryable:
         return GenerationFailed(last.message, status=last.status, code=last.kind, attempts=attempts)
+    tried = attempts_described(attempts)
     if all(a.outcome == client.UpstreamRateLimited.kind for a in attempts[since:]):
-        return GenerationFailed("Every model for this request is rate limited.", status=429, code="rate_limited",
-                                attempts=attempts, retry_after=retry_after or last.retry_after)
+        return GenerationFailed(f"Every model for this request is rate limited: {tried}.", status=429,
+                                code="rate_limited", attempts=attempts, retry_after=retry_after or last.retry_after)
     if isinstance(last, client.UpstreamTimeout):
-        return GenerationFailed("Every model timed out.", status=504, code="upstream_timeout", attempts=attempts)
-    return GenerationFailed("Every model failed.", status=502, code="upstream_failed", attempts=attempts)
+        return GenerationFailed(f"Every model timed out: {tried}.", status=504, code="upstream_timeout",
+                                attempts=attempts)
+    return GenerationFailed(f"Every model failed: {tried}.", status=502, code="upstream_failed", attempts=attempts)
+
+
+def attempts_described(attempts: list[Attempt]) -> str:
+    """Each model tried and its outcome, for an error message: `demo (unavailable, HTTP 500), demo-backup
+    (timeout)`."""
+    return ", ".join(f"{a.model} ({a.outcome}{f', HTTP {a.upstream_status}' if a.upstream_status else ''})"
+                     for a in attempts)
 
 
 @dataclass(slots=True)
@@ -206,7 +241,7 @@ class _Run:
     requested: str
     primary: ModelSpec
     candidates: list[ModelSpec]
-    request_id: str = field(default_factory=request_id_new)
+    request_id: str = field(default_factory=request_id_take)
     started: float = field(default_factory=time.perf_counter)
     deadline: float = 0.0
     attempts: list[Attempt] = field(default_factory=list)
@@ -275,21 +310,73 @@ async def usage_counted(body: dict[str, Any], answer: str) -> Usage:
     return Usage(estimated_input(body), tokens_count_text(answer), True)
 
 
+class WrongModelKind(ApplicationError):
+    status = 400
+    code = "model_not_supported"
+
+
+def model_kind_check(model: ModelSpec, kind: str) -> None:
+    if model.kind != kind:
+        where = "/v1/embeddings" if model.kind == "embedding" else "/v1/chat/completions or /v1/completions"
+        raise WrongModelKind(f"The model '{model.id}' is a {model.kind} model: use it on {where}.",
+                             extra={"param": "model"})
+
+
+def candidates_admitted(primary: ModelSpec, candidates: list[ModelSpec], body: dict[str, Any], *,
+                        needed_tokens: int | None, context_param: str = "messages") -> tuple[list[ModelSpec],
+                                                                                          list[Attempt]]:
+    """The candidates that can take this request, and an attempt explaining each one skipped: a model whose
+    context window is smaller than `needed_tokens`, a fallback that refuses one of its parameters (the primary
+    refusing one is the client's 400, before any upstream call, as is no model having the window)."""
+    refused = params_refused(primary, body)
+    if refused is not None:
+        raise parameter_refused_error(primary, refused)
+    admitted, skipped = [], []
+    for model in candidates:
+        if model.kind != primary.kind:
+            continue
+        if needed_tokens is not None and needed_tokens > model.context_window:
+            skipped.append(Attempt(model.id, "context_length_exceeded", 0.0, None,
+                                   f"The request needs about {needed_tokens} tokens; the model's context window is "
+                                   f"{model.context_window}."))
+        elif model is not primary and (name := params_refused(model, body)) is not None:
+            skipped.append(Attempt(model.id, "unsupported_parameter", 0.0, None, f"The model refuses '{name}'."))
+        else:
+            admitted.append(model)
+    if not admitted and skipped and skipped[0].outcome == "context_length_exceeded":
+        largest = max((m for m in candidates if m.kind == primary.kind), key=lambda m: m.context_window)
+        raise context_exceeded_error(largest, needed_tokens, param=context_param)
+    return admitted, skipped
+
+
 async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
-                    model_id: str | None, provider: str | None, preferred_ids: Sequence[str]) -> _Run:
+                    model_id: str | None, provider: str | None, preferred_ids: Sequence[str], kind: str = "chat",
+                    fit_context: bool = False, prompt_tokens: int | None = None, context_tokens: int | None = None,
+                    output_tokens: int | None = None, context_param: str = "messages") -> _Run:
+    """Resolves, authorises and reserves a request. With `fit_context`, models whose window is too small for
+    the request (`context_tokens`, by default the estimated prompt plus max_tokens) are skipped (a 400
+    context_length_exceeded when none is left); a translation splits its text to fit instead."""
     primary = model_resolve(caller=caller, registry=registry, model_id=model_id, provider=provider,
                             preferred_ids=preferred_ids)
+    model_kind_check(primary, kind)
     candidates = candidate_models(primary=primary, registry=registry, tier=caller.tier,
                                   cooled_until=_cooled_until, now=time.monotonic(), unhealthy=unhealthy_keys())
+    if prompt_tokens is None:
+        prompt_tokens = tokens_estimate_messages(body.get("messages") or [])
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") if output_tokens is None \
+        else output_tokens
+    if fit_context and context_tokens is None:
+        context_tokens = prompt_tokens + (max_tokens or 0)
+    candidates, skipped = candidates_admitted(primary, candidates, body, context_param=context_param,
+                                              needed_tokens=context_tokens if fit_context else None)
     run = _Run(caller=caller, endpoint=endpoint, requested=model_id or provider or primary.id, primary=primary,
-               candidates=candidates)
+               candidates=candidates, attempts=skipped)
     run.deadline = run.started + _config("GENERATION_DEADLINE_SECONDS")
     logger.info("request %s: model %s for user %s (tier %s), candidates %s", run.request_id, primary.id,
                 caller.user_id, caller.tier.slug, [m.id for m in candidates])
     run.reservation = await quota_reserve(
         request_id=run.request_id, user_id=caller.user_id, api_key_id=caller.api_key_id, tier_slug=caller.tier.slug,
-        model=primary, candidates=candidates, prompt_tokens=tokens_estimate_messages(body.get("messages") or []),
-        max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"))
+        model=primary, candidates=candidates, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
     return run
 
 
@@ -329,7 +416,7 @@ async def complete(run: _Run, body: dict[str, Any]) -> tuple[ModelSpec, client.C
     """One non-streaming completion for the run, from the first candidate that answers."""
 
     def call(model: ModelSpec, remaining: float) -> Awaitable[client.Completion]:
-        return client.chat_completion(model, body, timeout=min(model.timeout, remaining))
+        return client.chat_completion(model, request_adapt(model, body), timeout=min(model.timeout, remaining))
 
     return await _first_answer(run, call, latency_ms=lambda completion: completion.latency_ms)
 
@@ -339,7 +426,7 @@ async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endp
                preferred_ids: Sequence[str] = ()) -> ChatOutcome:
     """One non-streaming chat completion request, with fallback, settled and logged exactly once."""
     run = await start_run(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
-                          provider=provider, preferred_ids=preferred_ids)
+                          provider=provider, preferred_ids=preferred_ids, fit_context=True)
     usage, model, error = Usage(), None, None
     try:
         model, completion = await complete(run, body)
@@ -522,13 +609,13 @@ async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any
     """Opens a streaming request, falling back while no byte has been sent. Raises GenerationFailed
     (logged) when every candidate fails before streaming."""
     run = await start_run(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
-                          provider=provider, preferred_ids=preferred_ids)
+                          provider=provider, preferred_ids=preferred_ids, fit_context=True)
     client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     upstream = {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
 
     def open_stream(model: ModelSpec, remaining: float) -> Awaitable[client.StreamHandle]:
         first_byte, idle = client.default_timeouts(model)
-        return client.chat_completion_stream(model, upstream, idle_timeout=idle,
+        return client.chat_completion_stream(model, request_adapt(model, upstream), idle_timeout=idle,
                                              first_byte_timeout=min(first_byte, remaining))
 
     try:

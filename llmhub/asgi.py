@@ -14,6 +14,7 @@ django_application = get_asgi_application()
 
 from generation import openai_compat  # noqa: E402  (needs the app registry ready)
 from generation.client import clients_close  # noqa: E402
+from generation.openai_edge import is_mistaken_path, mistaken_path_message  # noqa: E402
 from llmhub import memory  # noqa: E402
 from usage.writer import asgi_lifespan  # noqa: E402
 
@@ -72,11 +73,12 @@ async def _refuse_host(host: str, send) -> None:
 
 
 async def application(scope, receive, send) -> None:
-    if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+    if scope["type"] == "http" and (scope["path"].startswith("/v1/") or is_mistaken_path(scope)):
         if (host := host_refused(scope)) is not None:
             await _refuse_host(host, send)
             return
-        await openai_compat.application(scope, receive, send)
+        mistaken = None if scope["path"].startswith("/v1/") else mistaken_path_message(scope)
+        await openai_compat.application(scope, receive, send, mistaken=mistaken)
     elif scope["type"] == "lifespan":
         await _lifespan(scope, receive, send)
     else:

@@ -301,6 +301,13 @@ LLMHUB = {
     # Request caps (bad input gets a 4xx before anything is forwarded).
     "MAX_OUTPUT_TOKENS": env.int("LLMHUB_MAX_OUTPUT_TOKENS", default=32768),
     "MAX_MESSAGES": env.int("LLMHUB_MAX_MESSAGES", default=512),
+    # `n` (choices per request) may be at most this; each choice is billed output.
+    "MAX_CHOICES": env.int("LLMHUB_MAX_CHOICES", default=16),
+    # A request body not received in full within this many seconds gets 408 (a client that sends fewer bytes
+    # than its Content-Length must not hold a request open).
+    "BODY_TIMEOUT_SECONDS": env.float("LLMHUB_BODY_TIMEOUT_SECONDS", default=30.0),
+    # Origins browsers may call /v1 from (CORS, preflight included); "*" for any. Empty: no CORS headers.
+    "CORS_ORIGINS": env.list("LLMHUB_CORS_ORIGINS", default=[]),
     # Users' own endpoints get a strict timeout and response cap.
     "USER_MODEL_TIMEOUT_SECONDS": env.float("LLMHUB_USER_MODEL_TIMEOUT_SECONDS", default=30.0),
     # Connectivity tests (registry/model_tests.py). Beat re-tests every enabled model whose last test is this

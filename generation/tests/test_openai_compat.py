@@ -68,7 +68,7 @@ def test_it_works_with_the_async_sdk_streaming_and_not(async_sdk):
 
 def test_it_lists_only_the_models_of_the_callers_tier(sdk):
     ids = {model.id for model in sdk.models.list()}
-    assert ids == {"demo", "demo-backup", "deepseek-v3.2"}
+    assert ids == {"demo", "demo-backup", "deepseek-v3.2", "demo-embed"}
 
 
 def test_it_refuses_a_model_above_the_tier_with_403_naming_the_tier(sdk, simulated_upstream):

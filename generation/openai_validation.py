@@ -1,0 +1,260 @@
+"""Strict validation of the chat fields llmhub knows, against OpenAI's published types and ranges.
+
+A request that breaks one gets a 400 naming the field (`param`) before any upstream is called, in OpenAI's
+words ("Invalid type for 'temperature'..."), instead of reaching an upstream that may crash on it and cost a
+fallback. Fields llmhub does not know pass through untouched (forward compatible); `null` is accepted where
+OpenAI accepts it (absent).
+
+Hand-written as a table of small checks rather than generated from the SDK's types: those types carry no ranges
+(0-2, 0-20, at most 4 stop sequences), only generation/client.py may import the SDK, and a table walked once per
+field costs a few microseconds a request (`make bench` and `python -m bench.validation`).
+"""
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+
+from llmhub.errors import ApplicationError
+
+Check = Callable[[str, Any], None]
+
+_JSON_TYPE = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
+              dict: "an object"}
+_FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+MAX_TOOLS = 128
+MAX_STOP = 4
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+TOOL_CHOICES = ("none", "auto", "required")
+
+
+class InvalidField(ApplicationError):
+    status = 400
+    code = "invalid_value"
+
+
+def _type_error(param: str, expected: str, value: Any) -> InvalidField:
+    got = "null" if value is None else _JSON_TYPE.get(type(value), "a value")
+    return InvalidField(f"Invalid type for '{param}': expected {expected}, but got {got} instead.",
+                        code="invalid_type", extra={"param": param})
+
+
+def _value_error(param: str, message: str) -> InvalidField:
+    return InvalidField(f"Invalid '{param}': {message}", extra={"param": param})
+
+
+def _number(low: float, high: float) -> Check:
+    def check(param: str, value: Any) -> None:
+        if type(value) is not int and type(value) is not float:
+            raise _type_error(param, "a number", value)
+        if not low <= value <= high:
+            raise _value_error(param, f"expected a value from {low:g} to {high:g}, but got {value} instead.")
+    return check
+
+
+def _integer(low: int, high: int | Callable[[], int] | None = None) -> Check:
+    def check(param: str, value: Any) -> None:
+        if type(value) is not int:
+            raise _type_error(param, "an integer", value)
+        top = high() if callable(high) else high
+        if value < low or (top is not None and value > top):
+            expected = f"from {low} to {top}" if top is not None else f"of at least {low}"
+            raise _value_error(param, f"expected an integer {expected}, but got {value} instead.")
+    return check
+
+
+def _of_type(kind: type) -> Check:
+    expected = _JSON_TYPE[kind]
+
+    def check(param: str, value: Any) -> None:
+        if type(value) is not kind:
+            raise _type_error(param, expected, value)
+    return check
+
+
+_string, _boolean, _object = _of_type(str), _of_type(bool), _of_type(dict)
+
+
+def _stop(param: str, value: Any) -> None:
+    if type(value) is str:
+        return
+    if type(value) is not list or not all(type(item) is str for item in value):
+        raise _type_error(param, "a string or an array of strings", value)
+    if len(value) > MAX_STOP:
+        raise _value_error(param, f"expected at most {MAX_STOP} stop sequences, but got {len(value)}.")
+
+
+def _string_list(param: str, value: Any) -> None:
+    if type(value) is not list or not all(type(item) is str for item in value):
+        raise _type_error(param, "an array of strings", value)
+
+
+def _logit_bias(param: str, value: Any) -> None:
+    _object(param, value)
+    for token, bias in value.items():
+        _number(-100, 100)(f"{param}.{token}", bias)
+
+
+def _metadata(param: str, value: Any) -> None:
+    _object(param, value)
+    for key, item in value.items():
+        _string(f"{param}.{key}", item)
+
+
+def _stream_options(param: str, value: Any) -> None:
+    _object(param, value)
+    if value.get("include_usage") is not None:
+        _boolean(f"{param}.include_usage", value["include_usage"])
+
+
+def _response_format(param: str, value: Any) -> None:
+    _object(param, value)
+    kind = value.get("type")
+    if kind not in RESPONSE_FORMATS:
+        raise _value_error(f"{param}.type", f"expected one of {', '.join(RESPONSE_FORMATS)}, but got {kind!r}.")
+    if kind == "json_schema":
+        schema = value.get("json_schema")
+        _object(f"{param}.json_schema", schema)
+        name = schema.get("name")
+        if type(name) is not str or not _FUNCTION_NAME.fullmatch(name):
+            raise _value_error(f"{param}.json_schema.name", "expected a name of 1 to 64 letters, digits, _ or -.")
+        if schema.get("schema") is not None:
+            _object(f"{param}.json_schema.schema", schema["schema"])
+        if schema.get("strict") is not None:
+            _boolean(f"{param}.json_schema.strict", schema["strict"])
+
+
+def _named(param: str, value: Any) -> None:
+    """An object with a `name` of 1 to 64 letters, digits, `_` or `-` (a function, a custom tool)."""
+    _object(param, value)
+    name = value.get("name")
+    if type(name) is not str or not _FUNCTION_NAME.fullmatch(name):
+        raise _value_error(f"{param}.name", "expected a name of 1 to 64 letters, digits, _ or -.")
+
+
+def _tools(param: str, value: Any) -> None:
+    if type(value) is not list:
+        raise _type_error(param, "an array of tools", value)
+    if len(value) > MAX_TOOLS:
+        raise _value_error(param, f"expected at most {MAX_TOOLS} tools, but got {len(value)}.")
+    for index, tool in enumerate(value):
+        where = f"{param}[{index}]"
+        _object(where, tool)
+        kind = tool.get("type", "function")
+        if kind == "function":
+            function = tool.get("function")
+            _named(f"{where}.function", function)
+            if function.get("parameters") is not None:
+                _object(f"{where}.function.parameters", function["parameters"])
+            if function.get("description") is not None:
+                _string(f"{where}.function.description", function["description"])
+            if function.get("strict") is not None:
+                _boolean(f"{where}.function.strict", function["strict"])
+        elif kind == "custom":
+            _named(f"{where}.custom", tool.get("custom"))
+        else:
+            raise _value_error(f"{where}.type", f"expected 'function' or 'custom', but got {kind!r}.")
+
+
+def _tool_choice(param: str, value: Any) -> None:
+    if type(value) is str:
+        if value not in TOOL_CHOICES:
+            raise _value_error(param, f"expected one of {', '.join(TOOL_CHOICES)} or an object, but got {value!r}.")
+        return
+    if type(value) is not dict:
+        raise _type_error(param, "a string or an object", value)
+    kind = value.get("type")
+    if kind in ("function", "custom"):
+        _named(f"{param}.{kind}", value.get(kind))
+    elif kind == "allowed_tools":
+        _object(f"{param}.allowed_tools", value.get("allowed_tools"))
+    else:
+        raise _value_error(f"{param}.type", f"expected 'function', 'custom' or 'allowed_tools', but got {kind!r}.")
+
+
+# The known fields and their checks; a null value is never checked (OpenAI takes null as absent).
+FIELD_CHECKS: dict[str, Check] = {
+    "temperature": _number(0, 2),
+    "top_p": _number(0, 1),
+    "presence_penalty": _number(-2, 2),
+    "frequency_penalty": _number(-2, 2),
+    "n": _integer(1, lambda: settings.LLMHUB["MAX_CHOICES"]),
+    "stop": _stop,
+    "seed": _integer(-(2**63), 2**64 - 1),
+    "logprobs": _boolean,
+    "top_logprobs": _integer(0, 20),
+    "logit_bias": _logit_bias,
+    "response_format": _response_format,
+    "tools": _tools,
+    "tool_choice": _tool_choice,
+    "parallel_tool_calls": _boolean,
+    "stream_options": _stream_options,
+    "user": _string,
+    "store": _boolean,
+    "metadata": _metadata,
+    "modalities": _string_list,
+    "reasoning_effort": _string,
+    "service_tier": _string,
+    "verbosity": _string,
+    "prompt_cache_key": _string,
+    "safety_identifier": _string,
+    "prediction": _object,
+    "audio": _object,
+    "web_search_options": _object,
+}
+
+# Content parts: each type's required field and the JSON type it must have; unknown part types pass through.
+_PART_FIELDS: dict[str, tuple[str, type]] = {"text": ("text", str), "image_url": ("image_url", dict),
+                                             "input_audio": ("input_audio", dict), "file": ("file", dict),
+                                             "refusal": ("refusal", str)}
+
+
+def _content_parts(param: str, parts: list) -> None:
+    for index, part in enumerate(parts):
+        where = f"{param}[{index}]"
+        if type(part) is not dict or type(part.get("type")) is not str:
+            raise _value_error(where, "expected a content part: an object with a 'type'.")
+        required = _PART_FIELDS.get(part["type"])
+        if required is not None and type(part.get(required[0])) is not required[1]:
+            raise _type_error(f"{where}.{required[0]}", _JSON_TYPE[required[1]], part.get(required[0]))
+        if part["type"] == "image_url" and type(part["image_url"].get("url")) is not str:
+            raise _type_error(f"{where}.image_url.url", "a string", part["image_url"].get("url"))
+
+
+def _tool_calls(param: str, calls: Any) -> None:
+    if type(calls) is not list:
+        raise _type_error(param, "an array of tool calls", calls)
+    for index, call in enumerate(calls):
+        where = f"{param}[{index}]"
+        _object(where, call)
+        _string(f"{where}.id", call.get("id"))
+        if call.get("type", "function") == "function":
+            _object(f"{where}.function", call.get("function"))
+            _string(f"{where}.function.name", call["function"].get("name"))
+            _string(f"{where}.function.arguments", call["function"].get("arguments"))
+
+
+def message_validate(index: int, message: dict[str, Any]) -> None:
+    """What OpenAI requires of one message beyond its role and the type of its content."""
+    content = message.get("content")
+    if type(content) is list:
+        _content_parts(f"messages[{index}].content", content)
+    role = message["role"]
+    if role == "tool":
+        _string(f"messages[{index}].tool_call_id", message.get("tool_call_id"))
+    elif role == "assistant" and message.get("tool_calls") is not None:
+        _tool_calls(f"messages[{index}].tool_calls", message["tool_calls"])
+    if message.get("name") is not None:
+        _string(f"messages[{index}].name", message["name"])
+
+
+def chat_fields_validate(data: dict[str, Any]) -> None:
+    """Checks every known field of a chat request (messages aside); raises InvalidField naming the first bad one.
+    `stream: null` becomes `stream: false`."""
+    for name, value in data.items():
+        check = FIELD_CHECKS.get(name)
+        if check is not None and value is not None:
+            check(name, value)
+    if "stream" in data and data["stream"] is None:
+        data["stream"] = False
