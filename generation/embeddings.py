@@ -29,12 +29,18 @@ from usage.services import tokens_count_text
 logger = logging.getLogger(__name__)
 
 MAX_INPUTS = 2048  # OpenAI's limit of inputs in one request
+MAX_DIMENSIONS = 3072  # the largest embedding OpenAI serves (text-embedding-3-large)
+MAX_TOKEN_ID = 2**32 - 1  # token arrays hold token ids; no vocabulary comes near
 ENCODING_FORMATS = ("float", "base64")
 
 
 class BadEmbeddingsRequest(ApplicationError):
     status = 400
     code = "invalid_request"
+
+
+def _token(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= MAX_TOKEN_ID
 
 
 def _input_texts(value: Any) -> list[str] | None:
@@ -44,13 +50,13 @@ def _input_texts(value: Any) -> list[str] | None:
         return [value] if value else None
     if not isinstance(value, list) or not value or len(value) > MAX_INPUTS:
         return None
-    if all(type(item) is int and item >= 0 for item in value):
+    if all(_token(item) for item in value):
         return [" ".join(map(str, value))]
     texts = []
     for item in value:
         if isinstance(item, str) and item:
             texts.append(item)
-        elif isinstance(item, list) and item and all(type(token) is int and token >= 0 for token in item):
+        elif isinstance(item, list) and item and all(_token(token) for token in item):
             texts.append(" ".join(map(str, item)))
         else:
             return None
@@ -71,8 +77,9 @@ def embeddings_body_validate(data: Any, *, forbidden: frozenset[str]) -> tuple[d
         raise BadEmbeddingsRequest(f"'input' must be a non-empty string, a list of up to {MAX_INPUTS} of them, or "
                                    "token arrays.", extra={"param": "input"})
     dimensions = data.get("dimensions")
-    if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
-        raise BadEmbeddingsRequest("'dimensions' must be a positive integer.", extra={"param": "dimensions"})
+    if dimensions is not None and (type(dimensions) is not int or not 1 <= dimensions <= MAX_DIMENSIONS):
+        raise BadEmbeddingsRequest(f"'dimensions' must be an integer from 1 to {MAX_DIMENSIONS}.",
+                                   extra={"param": "dimensions"})
     if data.get("encoding_format") is not None and data["encoding_format"] not in ENCODING_FORMATS:
         raise BadEmbeddingsRequest("'encoding_format' must be 'float' or 'base64'.", extra={"param": "encoding_format"})
     if data.get("user") is not None and not isinstance(data["user"], str):

@@ -37,7 +37,7 @@ def completion_request_to_chat(data: Any) -> Any:
                                       "cannot be bridged.")
     if not isinstance(prompt, str):
         raise ApplicationError("'prompt' must be a string.", code="invalid_type", extra={"param": "prompt"})
-    if data.get("echo"):
+    if data.get("echo") is not None and data["echo"] is not False:
         raise _unbridgeable("echo", "a chat model does not return the prompt.")
     if data.get("suffix") is not None:
         raise _unbridgeable("suffix", "insertion needs a completion model.")

@@ -12,12 +12,32 @@ from typing import Any
 import orjson
 from django.conf import settings
 
+from generation.embeddings import ENCODING_FORMATS, MAX_DIMENSIONS, MAX_INPUTS, MAX_TOKEN_ID
 from generation.openai_compat import FORBIDDEN_FIELDS, ROLES
+from generation.openai_validation import MAX_STOP, MAX_TOOLS, RESPONSE_FORMATS, TOOL_CHOICES
+
+_NAME = {"type": "string", "pattern": "^[a-zA-Z0-9_-]+$", "minLength": 1, "maxLength": 64}
+_PART_KINDS = {"text": {"type": "string"}, "image_url": {"type": "object", "required": ["url"],
+                                                         "properties": {"url": {"type": "string"}}},
+               "input_audio": {"type": "object"}, "file": {"type": "object"}, "refusal": {"type": "string"}}
+CONTENT_PART: dict[str, Any] = {"description": "A content part: text, image_url, input_audio, file, refusal, or a "
+                                               "newer kind (passed on).", "oneOf": [
+    *({"type": "object", "required": ["type", kind], "properties": {"type": {"type": "string", "enum": [kind]},
+                                                                   kind: schema}} for kind, schema in _PART_KINDS.items()),
+    {"type": "object", "required": ["type"],
+     "properties": {"type": {"type": "string", "not": {"enum": sorted(_PART_KINDS)}}}},
+]}
 
 MESSAGE_SCHEMA: dict[str, Any] = {
-    "type": "object", "required": ["role"], "description": "A chat message, as OpenAI's Chat Completions API takes it.",
+    "type": "object", "required": ["role"], "description": "A chat message, as OpenAI's Chat Completions API takes it "
+                                                           "(a `tool` message needs `tool_call_id`).",
     "properties": {"role": {"type": "string", "enum": sorted(ROLES)},
-                   "content": {"nullable": True, "oneOf": [{"type": "string"}, {"type": "array", "items": {}}]}},
+                   "content": {"nullable": True, "oneOf": [{"type": "string"},
+                                                           {"type": "array", "items": CONTENT_PART}]},
+                   "name": {"type": "string", "nullable": True}},
+    "anyOf": [{"properties": {"role": {"enum": ["tool"]}, "tool_call_id": {"type": "string"}},
+               "required": ["tool_call_id"]},
+              {"properties": {"role": {"enum": sorted(ROLES - {"tool"})}}}],
 }
 
 
@@ -41,23 +61,135 @@ def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
 _UNAUTHORIZED = _error("Missing or invalid hub API key (`invalid_api_key`).")
 _NOT_ALLOWED = _error("Method not allowed (`method_not_allowed`); `Allow` names the one that is.")
 
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "nullable": True}
+
+
+def _number(low: float, high: float) -> dict[str, Any]:
+    return {"type": "number", "minimum": low, "maximum": high, "nullable": True}
+
+
+def _named_tool(kind: str, extra: dict[str, Any] | None = None, *, type_required: bool = True) -> dict[str, Any]:
+    return {"type": "object", "required": ["type", kind] if type_required else [kind], "properties": {
+        "type": {"type": "string", "enum": [kind]},
+        kind: {"type": "object", "required": ["name"], "properties": {"name": _NAME, **(extra or {})}}}}
+
+
+_FUNCTION_FIELDS = {"description": _nullable({"type": "string"}), "parameters": _nullable({"type": "object"}),
+                    "strict": _nullable({"type": "boolean"})}
+
+
+def chat_fields() -> dict[str, Any]:
+    """The fields of a chat request the hub checks, as generation/openai_validation.py checks them (null is
+    absent), besides `messages`."""
+    return {
+        "model": {"type": "string", "minLength": 1, "nullable": True,
+                  "description": "A model id of /v1/models; your default when absent.", "example": "demo"},
+        "max_tokens": _max_tokens(),
+        "max_completion_tokens": _max_tokens(),
+        "stream": {"type": "boolean", "nullable": True, "description": "Answer as server-sent events (null: no)."},
+        "stream_options": {"type": "object", "nullable": True,
+                           "properties": {"include_usage": _nullable({"type": "boolean"})}},
+        "temperature": _number(0, 2),
+        "top_p": _number(0, 1),
+        "presence_penalty": _number(-2, 2),
+        "frequency_penalty": _number(-2, 2),
+        "n": {"type": "integer", "minimum": 1, "maximum": settings.LLMHUB["MAX_CHOICES"], "nullable": True},
+        "stop": {"nullable": True, "oneOf": [{"type": "string"},
+                                             {"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOP}]},
+        "seed": {"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1, "nullable": True},
+        "logprobs": _nullable({"type": "boolean"}),
+        "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20, "nullable": True},
+        "logit_bias": {"type": "object", "nullable": True, "additionalProperties": {
+            "type": "number", "minimum": -100, "maximum": 100}},
+        "response_format": {"nullable": True, "oneOf": [
+            {"type": "object", "required": ["type"], "properties": {
+                "type": {"type": "string", "enum": [kind for kind in RESPONSE_FORMATS if kind != "json_schema"]}}},
+            {"type": "object", "required": ["type", "json_schema"], "properties": {
+                "type": {"type": "string", "enum": ["json_schema"]},
+                "json_schema": {"type": "object", "required": ["name"], "properties": {
+                    "name": _NAME, "schema": _nullable({"type": "object"}),
+                    "strict": _nullable({"type": "boolean"})}}}},
+        ]},
+        "tools": {"type": "array", "nullable": True, "maxItems": MAX_TOOLS, "items": {"oneOf": [
+            _named_tool("function", _FUNCTION_FIELDS, type_required=False), _named_tool("custom")]}},
+        "tool_choice": {"nullable": True, "oneOf": [
+            {"type": "string", "enum": list(TOOL_CHOICES)}, _named_tool("function"), _named_tool("custom"),
+            {"type": "object", "required": ["type", "allowed_tools"], "properties": {
+                "type": {"type": "string", "enum": ["allowed_tools"]}, "allowed_tools": {"type": "object"}}}]},
+        "parallel_tool_calls": _nullable({"type": "boolean"}),
+        "store": _nullable({"type": "boolean"}),
+        "metadata": {"type": "object", "nullable": True, "additionalProperties": {"type": "string"}},
+        "modalities": {"type": "array", "nullable": True, "items": {"type": "string"}},
+        **{name: _nullable({"type": "string"}) for name in ("user", "reasoning_effort", "service_tier", "verbosity",
+                                                            "prompt_cache_key", "safety_identifier")},
+        **{name: _nullable({"type": "object"}) for name in ("prediction", "audio", "web_search_options")},
+    }
+
+
+_NOT_FORBIDDEN = {"not": {"anyOf": [{"required": [name]} for name in sorted(FORBIDDEN_FIELDS)]}}
+
 CHAT_REQUEST: dict[str, Any] = {
     "type": "object",
     "required": ["messages"],
-    "description": "OpenAI's chat completion request. The hub checks the fields below and refuses those that would "
-                   "choose the upstream or its key; any other of OpenAI's parameters (`temperature`, `tools`, …) "
-                   "goes to the upstream as given, for it to judge.",
+    "description": "OpenAI's chat completion request. The hub checks the fields below against OpenAI's types and "
+                   "ranges (a 400 naming the field), adapts them to the model (parameters it renames or does not "
+                   "accept: `x-llmhub-dropped-params`), and refuses those that would choose the upstream or its key; "
+                   "any other field goes to the upstream as given (forward compatible).",
+    "properties": {"messages": {"$ref": "#/components/schemas/Messages"}},
+    **_NOT_FORBIDDEN,
+}
+
+COMPLETION_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["prompt"],
+    "description": "A legacy text completion, answered by a chat model: the prompt is one user message. `echo`, "
+                   "`suffix`, `best_of` above 1 and `logprobs` have no chat equivalent (400 naming the field).",
+    "properties": {"prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"},
+                                                             "minItems": 1, "maxItems": 1}],
+                              "description": "One prompt."}},
+    **_NOT_FORBIDDEN,
+}
+
+TEXT_COMPLETION: dict[str, Any] = {
+    "type": "object", "required": ["object", "choices"],
+    "properties": {"id": {"type": "string"}, "object": {"type": "string", "enum": ["text_completion"]},
+                   "model": {"type": "string"}, "created": {"type": "integer"},
+                   "choices": {"type": "array", "items": {"type": "object", "required": ["text", "index"],
+                                                          "properties": {"text": {"type": "string"},
+                                                                         "index": {"type": "integer"}}}},
+                   "usage": {"type": "object", "nullable": True}},
+}
+
+TOKEN = {"type": "integer", "minimum": 0, "maximum": MAX_TOKEN_ID}
+
+EMBEDDINGS_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "input"],
+    "description": "OpenAI's embeddings request, for a model of kind `embedding` (see /v1/models).",
     "properties": {
-        "model": {"type": "string", "minLength": 1, "nullable": True,
-                  "description": "A model id of /v1/models; your default when absent."},
-        "messages": {"$ref": "#/components/schemas/Messages"},
-        "max_tokens": _max_tokens(),
-        "max_completion_tokens": _max_tokens(),
-        "stream": {"type": "boolean", "description": "Answer as server-sent events."},
-        "stream_options": {"type": "object", "nullable": True,
-                           "properties": {"include_usage": {"type": "boolean"}}},
+        "model": {"type": "string", "minLength": 1, "example": "demo-embed"},
+        "input": {"oneOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "array", "minItems": 1, "maxItems": MAX_INPUTS, "items": {"type": "string", "minLength": 1}},
+            {"type": "array", "minItems": 1, "items": TOKEN},
+            {"type": "array", "minItems": 1, "maxItems": MAX_INPUTS,
+             "items": {"type": "array", "minItems": 1, "items": TOKEN}},
+        ], "example": "hello"},
+        "dimensions": {"type": "integer", "minimum": 1, "maximum": MAX_DIMENSIONS, "nullable": True},
+        "encoding_format": {"type": "string", "enum": [*ENCODING_FORMATS, None], "nullable": True},
+        "user": _nullable({"type": "string"}),
     },
-    "not": {"anyOf": [{"required": [name]} for name in sorted(FORBIDDEN_FIELDS)]},
+    **_NOT_FORBIDDEN,
+}
+
+EMBEDDINGS: dict[str, Any] = {
+    "type": "object", "required": ["object", "data"],
+    "properties": {"object": {"type": "string"}, "model": {"type": "string"},
+                   "data": {"type": "array", "items": {"type": "object", "required": ["embedding"], "properties": {
+                       "index": {"type": "integer"},
+                       "embedding": {"oneOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string"}]}}}},
+                   "usage": {"type": "object", "nullable": True}},
 }
 
 CHAT_COMPLETION: dict[str, Any] = {
@@ -76,17 +208,45 @@ SSE_EVENT: dict[str, Any] = {
 }
 
 MODEL: dict[str, Any] = {
-    "type": "object", "required": ["id", "object", "created", "owned_by"],
+    "type": "object", "required": ["id", "object", "created", "owned_by", "kind"],
     "properties": {"id": {"type": "string"}, "object": {"type": "string", "enum": ["model"]},
-                   "created": {"type": "integer"}, "owned_by": {"type": "string"}},
+                   "created": {"type": "integer"}, "owned_by": {"type": "string"},
+                   "kind": {"type": "string", "enum": ["chat", "embedding"],
+                            "description": "chat: /v1/chat/completions and /v1/completions; embedding: /v1/embeddings."}},
 }
 
 ERROR: dict[str, Any] = {
     "type": "object", "required": ["error"], "description": "OpenAI's error shape, so its SDKs raise their classes.",
     "properties": {"error": {"type": "object", "required": ["message", "type", "param", "code"], "properties": {
         "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": "string", "nullable": True},
-        "code": {"type": "string"}}}},
+        "code": {"type": "string"},
+        "attempts": {"type": "array", "description": "A gateway failure: each model tried, its outcome and why.",
+                     "items": {"type": "object"}}}}},
 }
+
+
+def _generation_responses(ok: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "200": ok,
+        "400": _error("Invalid request (`param` names the field), a model of the wrong kind, a parameter the model "
+                      "refuses, `context_length_exceeded`, or the upstream's own reason (message, param, code)."),
+        "401": _UNAUTHORIZED,
+        "403": _error("Your tier may not use the model (`tier_required`)."),
+        "404": _error("No such model (`model_not_found`)."),
+        "405": _NOT_ALLOWED,
+        "408": _error("The request body did not arrive in time (`request_timeout`)."),
+        "413": _error("The request body is too large (`body_too_large`)."),
+        "422": _error("The upstream refused the request as unprocessable (its message, param and code)."),
+        "429": _error("Rate limited or out of quota.", retry_after=True),
+        "502": _error("Every upstream model failed (`error.attempts` names each)."),
+        "503": _error("A dependency or every model is unavailable: retry later.", retry_after=True),
+        "504": _error("Every upstream model timed out."),
+    }
+
+
+def _post(operation_id: str, request: str, ok: dict[str, Any]) -> dict[str, Any]:
+    return {"post": {"operationId": operation_id, "requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{request}"}}}}, "responses": _generation_responses(ok)}}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -110,33 +270,40 @@ def openapi_document() -> dict[str, Any]:
                                       "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Model"}}}},
                               "401": _UNAUTHORIZED, "403": _error("Your tier may not use it (`tier_required`)."),
                               "404": _error("No such model (`model_not_found`)."), "405": _NOT_ALLOWED}}},
-            "/v1/chat/completions": {"post": {
-                "operationId": "v1_chat_completions",
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}},
-                "responses": {
-                    "200": {"description": "The completion: JSON, or server-sent events with `stream: true`.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletion"}},
-                                        "text/event-stream": {"schema": SSE_EVENT}}},
-                    "400": _error("Invalid request (`param` names the field), or the upstream refused it."),
-                    "401": _UNAUTHORIZED,
-                    "403": _error("Your tier may not use the model (`tier_required`)."),
-                    "404": _error("No such model (`model_not_found`)."),
-                    "405": _NOT_ALLOWED,
-                    "413": _error("The request body is too large (`body_too_large`)."),
-                    "429": _error("Rate limited or out of quota.", retry_after=True),
-                    "502": _error("Every upstream model failed."),
-                    "503": _error("A dependency or every model is unavailable: retry later.", retry_after=True),
-                    "504": _error("Every upstream model timed out."),
-                }}},
+            "/v1/chat/completions": _post("v1_chat_completions", "ChatCompletionRequest", {
+                "description": "The completion: JSON, or server-sent events with `stream: true`.",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletion"}},
+                            "text/event-stream": {"schema": SSE_EVENT}}}),
+            "/v1/completions": _post("v1_completions", "CompletionRequest", {
+                "description": "A `text_completion`: JSON, or server-sent events with `stream: true`.",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TextCompletion"}},
+                            "text/event-stream": {"schema": SSE_EVENT}}}),
+            "/v1/embeddings": _post("v1_embeddings", "EmbeddingsRequest", {
+                "description": "The embeddings (floats, or base64 with `encoding_format: base64`).",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Embeddings"}}}}),
         },
         "components": {
             "securitySchemes": {"hubApiKey": {"type": "http", "scheme": "bearer",
                                               "description": "A hub API key: `Authorization: Bearer lh-…`."}},
-            "schemas": {"ChatCompletionRequest": CHAT_REQUEST, "Messages": messages_schema(),
-                        "ChatCompletion": CHAT_COMPLETION, "Model": MODEL, "Error": ERROR},
+            "schemas": {"ChatCompletionRequest": _with_chat_fields(CHAT_REQUEST),
+                        "CompletionRequest": _with_chat_fields(COMPLETION_REQUEST, LEGACY_FIELDS), "Messages": messages_schema(),
+                        "ChatCompletion": CHAT_COMPLETION, "TextCompletion": TEXT_COMPLETION,
+                        "EmbeddingsRequest": EMBEDDINGS_REQUEST, "Embeddings": EMBEDDINGS, "Model": MODEL,
+                        "Error": ERROR},
         },
     }
+
+
+# The legacy completion's own fields (OpenAI's), checked as chat's; its `logprobs` is another thing (refused).
+LEGACY_FIELDS = ("model", "max_tokens", "stream", "stream_options", "temperature", "top_p", "presence_penalty",
+                 "frequency_penalty", "n", "stop", "seed", "logit_bias", "user")
+
+
+def _with_chat_fields(schema: dict[str, Any], names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    fields = chat_fields()
+    if names is not None:
+        fields = {name: fields[name] for name in names}
+    return {**schema, "properties": {**fields, **schema["properties"]}}
 
 
 @cache

@@ -222,29 +222,13 @@ def _content_parts(param: str, parts: list) -> None:
             raise _type_error(f"{where}.image_url.url", "a string", part["image_url"].get("url"))
 
 
-def _tool_calls(param: str, calls: Any) -> None:
-    if type(calls) is not list:
-        raise _type_error(param, "an array of tool calls", calls)
-    for index, call in enumerate(calls):
-        where = f"{param}[{index}]"
-        _object(where, call)
-        _string(f"{where}.id", call.get("id"))
-        if call.get("type", "function") == "function":
-            _object(f"{where}.function", call.get("function"))
-            _string(f"{where}.function.name", call["function"].get("name"))
-            _string(f"{where}.function.arguments", call["function"].get("arguments"))
-
-
 def message_validate(index: int, message: dict[str, Any]) -> None:
     """What OpenAI requires of one message beyond its role and the type of its content."""
     content = message.get("content")
     if type(content) is list:
         _content_parts(f"messages[{index}].content", content)
-    role = message["role"]
-    if role == "tool":
+    if message["role"] == "tool":
         _string(f"messages[{index}].tool_call_id", message.get("tool_call_id"))
-    elif role == "assistant" and message.get("tool_calls") is not None:
-        _tool_calls(f"messages[{index}].tool_calls", message["tool_calls"])
     if message.get("name") is not None:
         _string(f"messages[{index}].name", message["name"])
 

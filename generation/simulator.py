@@ -208,9 +208,10 @@ def _reply(request: dict[str, Any], base_model: str, call_number: int, padding: 
     tools = request.get("tools")
     if tools and request.get("tool_choice") != "none":
         forced = request.get("tool_choice")
-        try:
-            name = forced["function"]["name"] if isinstance(forced, dict) else tools[0]["function"]["name"]
-        except (KeyError, TypeError, IndexError):
+        chosen = forced if isinstance(forced, dict) and forced.get("type") in ("function", "custom") else tools[0]
+        try:  # a function tool, or a custom one (OpenAI's two kinds)
+            name = (chosen.get("function") or chosen.get("custom"))["name"]
+        except (KeyError, TypeError, AttributeError):
             raise SimulatedError(400, "Each tool needs `function.name`.", param="tools") from None
         call = {"id": f"call_sim_{call_number}", "type": "function", "function": {"name": name, "arguments": "{}"}}
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 1, "total_tokens": prompt_tokens + 1}
@@ -287,10 +288,10 @@ def embedding_vector(text: str, dimensions: int) -> list[float]:
 
 def embeddings_answer(request: dict[str, Any], model: str) -> dict[str, Any]:
     texts = _embedding_inputs(request.get("input"))
-    dimensions = request.get("dimensions", EMBEDDING_DIMENSIONS)
+    dimensions = request.get("dimensions") or EMBEDDING_DIMENSIONS  # null is absent, as at OpenAI
     if type(dimensions) is not int or not 1 <= dimensions <= 3072:
         raise SimulatedError(400, "'dimensions' must be an integer from 1 to 3072.", param="dimensions")
-    encoding = request.get("encoding_format", "float")
+    encoding = request.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise SimulatedError(400, "'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
     data = []

@@ -19,6 +19,7 @@ from schemathesis.engine import events
 from schemathesis.hooks import GLOBAL_HOOK_DISPATCHER
 
 SEED = 13
+CHAT_DEMO_MODELS = ("demo", "demo-backup", "demo-pro", "demo-premium")
 EXAMPLES = int(os.environ.get("SCHEMA_FUZZ_EXAMPLES", "20"))
 
 
@@ -47,7 +48,8 @@ def realistic(case, *, simulator_url: str) -> None:
     """What no schema can state, because it depends on the world rather than the request's shape, made true in the
     schema-valid (positive) cases: a user's base URL must resolve to an address our servers may reach (here: the
     simulated upstream, on the allowlist), a language tag must be registered in BCP 47 ("jp" is well-formed but
-    no language), and a model's id in a PUT/PATCH body must be the one in its path. Negative cases are sent as
+    no language), a model's id in a PUT/PATCH body must be the one in its path, and a model named on /v1 must be of
+    the endpoint's kind (embedding or chat). Negative cases are sent as
     generated."""
     if case.meta is None or not case.meta.generation.mode.is_positive or not isinstance(case.body, dict):
         return
@@ -55,6 +57,10 @@ def realistic(case, *, simulator_url: str) -> None:
         case.body["base_url"] = simulator_url
     if "id" in case.body and case.method in ("PUT", "PATCH") and "model_id" in (case.path_parameters or {}):
         case.body["id"] = case.path_parameters["model_id"]  # the model's own id (OpenAPI cannot relate the two)
+    if case.path.endswith("/embeddings") and case.body.get("model") in CHAT_DEMO_MODELS:
+        case.body["model"] = "demo-embed"  # a model of the endpoint's kind (the registry says which is which)
+    elif case.path.endswith("completions") and case.body.get("model") == "demo-embed":
+        case.body["model"] = "demo"
     for name in ("target_language", "source_language"):
         if name in case.body and not (isinstance(case.body[name], str) and langcodes.tag_is_valid(case.body[name])):
             case.body[name] = "fr"
