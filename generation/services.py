@@ -215,7 +215,8 @@ def _failure(attempts: list[Attempt], last: client.UpstreamError | None, candida
                                 param=last.param)
     if not last.retryable:
         return GenerationFailed(last.message, status=last.status, code=last.kind, attempts=attempts)
-    tried = attempts_described(attempts)
+    # This call's attempts (a translation's earlier pieces made calls of their own), with the models skipped first.
+    tried = attempts_described(attempts[since:] if any(a.outcome == "ok" for a in attempts[:since]) else attempts)
     if all(a.outcome == client.UpstreamRateLimited.kind for a in attempts[since:]):
         return GenerationFailed(f"Every model for this request is rate limited: {tried}.", status=429,
                                 code="rate_limited", attempts=attempts, retry_after=retry_after or last.retry_after)

@@ -47,7 +47,7 @@ class CheckResult:
 
     @property
     def answered(self) -> bool:
-        return self.capabilities.get("chat") is True
+        return self.capabilities.get("chat") is True or self.capabilities.get("embeddings") is True
 
 
 def _json(body: bytes) -> Any:
@@ -138,6 +138,8 @@ def model_check(model: ModelSpec, *, check_timeout: float, budget: float, max_re
         if listing.status == 200:
             result.model_found = _listed(listing.body, model.upstream_model)
 
+        if model.kind == "embedding":
+            return _embeddings_checked(ask, result)
         try:
             chat = ask("/chat/completions", {"messages": _PING, "max_completion_tokens": 16})
         except client.UpstreamError as error:
@@ -169,4 +171,23 @@ def model_check(model: ModelSpec, *, check_timeout: float, budget: float, max_re
             else:
                 result.capabilities[name] = None
                 result.error = result.error or f"{name}: HTTP {answer.status}"
+    return result
+
+
+def _embeddings_checked(ask: Any, result: CheckResult) -> CheckResult:
+    """An embedding model answers one embedding (it serves no chat, so no chat feature is tried)."""
+    try:
+        answer = ask("/embeddings", {"input": "ping"})
+    except client.UpstreamError as error:
+        result.capabilities["embeddings"], result.error = None, _failure(error)
+        return result
+    if answer.status in (401, 403):
+        result.key_accepted, result.error = False, KEY_REJECTED
+    elif answer.status == 404:
+        result.model_found, result.capabilities["embeddings"], result.error = False, False, MODEL_NOT_FOUND
+    elif answer.status != 200 or not isinstance((_json(answer.body) or {}).get("data"), list):
+        result.capabilities["embeddings"] = None
+        result.error = f"HTTP {answer.status}" if answer.status != 200 else "bad response"
+    else:
+        result.key_accepted, result.latency_ms, result.capabilities["embeddings"] = True, answer.latency_ms, True
     return result

@@ -70,13 +70,18 @@ UNKNOWN = HealthSpec()
 
 # --- Deriving a status (pure) ------------------------------------------------------------------------------
 
+def model_answered(capabilities: dict | None) -> bool:
+    """Whether a test got the model's answer: a chat, or for an embedding model an embedding."""
+    return bool(capabilities) and (capabilities.get("chat") is True or capabilities.get("embeddings") is True)
+
+
 def status_from_test(test: ModelTest, *, claimed: frozenset[str] = frozenset()) -> str | None:
     """The status a finished test gives its model, or None when it reached no verdict (crashed, timed out).
     `claimed`: the capabilities the model's configuration promises."""
     if test.reachable is None:
         return None
     capabilities = test.capabilities or {}
-    if not test.reachable or test.key_accepted is False or capabilities.get("chat") is not True:
+    if not test.reachable or test.key_accepted is False or not model_answered(capabilities):
         return DOWN
     slow = test.latency_ms is not None and test.latency_ms > settings.LLMHUB["MODEL_TEST_SLOW_MS"]
     check_failed = any(value is None for value in capabilities.values())
@@ -163,7 +168,7 @@ def _stored(rows: QuerySet[ModelHealth]) -> dict[Ident, _Stored]:
     for row in rows:
         test = tests.get(row.test_id)
         tested_at = _timestamp(test.finished_at) if test else 0.0
-        answered = test is not None and (test.capabilities or {}).get("chat") is True
+        answered = test is not None and model_answered(test.capabilities)
         entries[_row_ident(row)] = _Stored(
             tested=status_from_test(test, claimed=_claimed(row.user_model or row.llm_model)) if test else None,
             tested_at=tested_at, last_checked_at=row.last_checked_at, last_latency_ms=row.last_latency_ms,
@@ -431,7 +436,7 @@ def health_record_test(test: ModelTest) -> None:
     claimed = _claimed(test.user_model if test.user_model_id else test.llm_model)
     fields: dict[str, Any] = {"status": status_from_test(test, claimed=claimed), "last_checked_at": test.finished_at,
                               "last_latency_ms": test.latency_ms}
-    if (test.capabilities or {}).get("chat") is True:
+    if model_answered(test.capabilities):
         fields["live_failures"] = 0
     _upsert(_row_ident(test), fields)
 

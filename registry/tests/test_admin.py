@@ -182,7 +182,9 @@ def test_it_refuses_extra_headers_that_are_not_a_mapping_of_strings(demo_client)
 
 
 @pytest.mark.parametrize(("query", "expected"), [
-    ("?enabled__exact=1", {"gpt-5-pro", "deepseek-v3.2", "qwen3-coder-plus", "kimi-k2-0905", "demo-pro", "demo-premium"}),
+    ("?enabled__exact=1", {"gpt-5-pro", "deepseek-v3.2", "qwen3-coder-plus", "kimi-k2-0905", "demo-pro", "demo-premium",
+                           "demo-embed"}),
+    ("?kind__exact=embedding", {"demo-embed"}),
     ("?enabled__exact=0", {"demo", "demo-backup"}),
     ("?q=kimi", {"kimi-k2-0905"}),
     ("?q=demo-pr", {"demo-pro", "demo-premium"}),
@@ -197,13 +199,14 @@ def test_it_filters_by_enabled_and_searches(demo_client, query, expected):
 def test_it_filters_by_provider(demo_client):
     local = Provider.objects.get(slug="local")
 
-    assert listed(demo_client, f"?provider__id__exact={local.pk}") == {"demo", "demo-backup", "demo-pro", "demo-premium"}
+    assert listed(demo_client, f"?provider__id__exact={local.pk}") == {"demo", "demo-backup", "demo-pro", "demo-premium",
+                                                                       "demo-embed"}
 
 
 @pytest.mark.parametrize(("tier", "expected"), [
-    ("free", {"deepseek-v3.2", "demo", "demo-backup"}),
+    ("free", {"deepseek-v3.2", "demo", "demo-backup", "demo-embed"}),
     ("premium", {"gpt-5-pro", "deepseek-v3.2", "qwen3-coder-plus", "kimi-k2-0905", "demo", "demo-backup", "demo-pro",
-                 "demo-premium"}),
+                 "demo-premium", "demo-embed"}),
 ])
 def test_it_filters_by_tier(demo_client, tier, expected):
     tier_pk = Tier.objects.get(slug=tier).pk

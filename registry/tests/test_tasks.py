@@ -257,12 +257,14 @@ def test_it_schedules_tests_only_for_due_models_and_trims_history(registry, make
     mine = user_model(owner, base_url=simulated_upstream.base_url)
     user_model(owner, base_url=simulated_upstream.base_url, slug="off", enabled=False)
 
-    assert model_tests_schedule() == 4
+    assert model_tests_schedule() == 5
     wait_for_tests()
 
     started = {test.user_model.slug if test.user_model else test.llm_model.public_id
                for test in ModelTest.objects.filter(created_at__gt=timezone.now() - timedelta(seconds=30))}
-    assert started == {"demo-backup", "demo-pro", "demo-premium", "mine"}
+    assert started == {"demo-backup", "demo-pro", "demo-premium", "demo-embed", "mine"}
+    embedding_test = ModelTest.objects.get(llm_model__public_id="demo-embed")  # tested with an embedding, not a chat
+    assert (embedding_test.state, embedding_test.capabilities) == ("succeeded", {"embeddings": True})
     assert ModelTest.objects.filter(llm_model__public_id="demo-backup").count() == 3
     assert ModelTest.objects.filter(llm_model__public_id="demo").count() == 1
     assert ModelTest.objects.get(user_model=mine).state == "succeeded"

@@ -216,8 +216,9 @@ def test_it_returns_and_bills_the_pieces_done_when_a_middle_piece_fails_on_every
     assert response.status_code == 502, response.text
     error = response.json()["error"]
     assert error["code"] == "upstream_failed"
-    assert error["message"] == "Piece 2 of 3 could not be translated: every model failed. " \
-                               "The 1 piece translated before it is in partial_text (and billed)."
+    assert error["message"] == "Piece 2 of 3 could not be translated: every model failed: demo (unavailable, HTTP " \
+                               "500), demo-backup (unavailable, HTTP 500). The 1 piece translated before it is in " \
+                               "partial_text (and billed)."
     assert (error["pieces"], error["pieces_translated"]) == (3, 1)
     assert error["partial_text"].startswith("Simulated reply from demo: Paragraph 0 ")
     models, input_tokens, output_tokens, cost = expected_bill(error["partial_text"])
