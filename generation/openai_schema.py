@@ -1,9 +1,9 @@
 """The OpenAPI document of the OpenAI-compatible surface (/v1), served at /v1/openapi.json.
 
 Written by hand because /v1 is a bare ASGI app (no DRF to derive it from); `llmhub/tests/test_openapi.py` fuzzes
-it against the live app with schemathesis, so it cannot drift from what `openai_compat.chat_body_validate` and the
-routes do. Beyond the fields the hub checks, a chat request is the upstream's to judge (OpenAI's own parameters
-pass through), so only the fields the hub checks are described, and others are allowed.
+it against the live app with schemathesis, so it cannot drift from what `openai_compat.chat_body_validate`,
+`openai_validation`, `embeddings` and the routes do. Fields the hub does not know are the upstream's to judge
+(they pass through), so only the fields the hub checks are described, exactly as checked, and others are allowed.
 """
 
 from functools import cache
