@@ -355,6 +355,9 @@ def api_keys_in_use(*, user: AbstractBaseUser) -> QuerySet[ApiKey]:
                                  revoked_at__isnull=True)
 
 
+API_KEY_STATES = ["active", "expired", "revoked"]
+
+
 def api_key_state(api_key: ApiKey) -> str:
     """"revoked", "expired" or "active"."""
     if api_key.revoked_at is not None:

@@ -12,9 +12,9 @@ from rest_framework import serializers
 
 from llmhub.api import StrictSerializer
 from registry.health import UNKNOWN, model_status
-from registry.limits import LimitSpec, limit_problems
+from registry.limits import METRICS, PERIODS, LimitSpec, limit_problems
 from registry.models import ApiKey, ModelTest, QuotaLimit, UserLLMConfig, UserModelPreferences
-from registry.selectors import CAPABILITIES, ModelSpec, PreferencesSpec, api_key_state, registry_get
+from registry.selectors import API_KEY_STATES, CAPABILITIES, ModelSpec, PreferencesSpec, api_key_state, registry_get
 
 MODEL_ID_MAX_LENGTH = UserLLMConfig._meta.get_field("slug").max_length
 API_KEY_MAX_LENGTH = 1000
@@ -269,8 +269,8 @@ class LimitValueField(serializers.Field):
 class LimitInputSerializer(StrictSerializer):
     """One limit, in the shape of a tier's limits in the registry file."""
 
-    metric = serializers.ChoiceField(choices=QuotaLimit.Metric.choices)
-    period = serializers.ChoiceField(choices=QuotaLimit.Period.choices)
+    metric = serializers.ChoiceField(choices=list(METRICS))
+    period = serializers.ChoiceField(choices=list(PERIODS))
     limit = LimitValueField()
     model = serializers.CharField(max_length=MODEL_ID_MAX_LENGTH, required=False, allow_blank=True,
                                   help_text="A model id: the limit counts only requests for that model.")
@@ -283,8 +283,8 @@ class LimitInputSerializer(StrictSerializer):
 
 
 class LimitOutputSerializer(serializers.Serializer):
-    metric = serializers.ChoiceField(choices=QuotaLimit.Metric.choices)
-    period = serializers.ChoiceField(choices=QuotaLimit.Period.choices)
+    metric = serializers.ChoiceField(choices=list(METRICS))
+    period = serializers.ChoiceField(choices=list(PERIODS))
     limit = LimitValueField()
     model = serializers.CharField(allow_null=True)
 
@@ -317,7 +317,7 @@ class ApiKeyOutputSerializer(serializers.Serializer):
     state = serializers.SerializerMethodField()
     limits = LimitOutputSerializer(many=True)
 
-    @extend_schema_field(serializers.ChoiceField(choices=["active", "expired", "revoked"]))
+    @extend_schema_field(serializers.ChoiceField(choices=API_KEY_STATES))
     def get_state(self, api_key: ApiKey) -> str:
         return api_key_state(api_key)
 
