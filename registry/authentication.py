@@ -14,7 +14,8 @@ from rest_framework.request import Request
 from llmhub.db import db_read_in_thread
 from llmhub.errors import ApplicationError
 from registry.key_usage import api_key_used
-from registry.models import ApiKey
+from registry.limits import limits_get, limits_snapshot
+from registry.models import ApiKey, QuotaLimit
 from registry.selectors import Registry, TierSpec, api_key_snapshot, registry_get
 from registry.services import api_key_hash, user_tier_resolve
 
@@ -66,6 +67,10 @@ def api_key_authenticate(*, raw_key: str) -> Principal | None:
     )
     if api_key is None or not hmac.compare_digest(api_key.key_hash, key_hash):
         return None
+    if api_key.pk not in limits_get().keys and QuotaLimit.objects.filter(api_key_id=api_key.pk).exists():
+        # A key made with limits a moment ago in another process: this process's limits may predate it (they are
+        # checked once per interval), and its first requests must not pass unlimited.
+        limits_snapshot.invalidate()
     expires_at = api_key.expires_at.timestamp() if api_key.expires_at is not None else None
     principal = Principal(user=api_key.user, api_key_id=api_key.pk, tier_slug=user_tier_resolve(user=api_key.user).slug,
                           expires_at=expires_at)

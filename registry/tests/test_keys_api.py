@@ -6,6 +6,8 @@ Every response these tests receive is scanned: a key's secret appears only in th
 hash never."""
 
 import hashlib
+import os
+from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from types import SimpleNamespace
@@ -16,6 +18,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from llmhub.testing import ServerProcess, database_url, free_port, production_env, uvicorn_command
 from registry import authentication
 from registry.key_usage import api_key_last_used_flush, api_key_last_used_forget
 from registry.models import ApiKey, QuotaLimit, Tier
@@ -291,6 +294,34 @@ def test_it_counts_requests_against_a_new_keys_own_limit_at_once(owner, session_
 
     assert refused.value.code == "requests_per_minute"
     assert "this API key" in refused.value.message
+
+
+@pytest.fixture
+def slow_to_check_process(live_hub, simulated_upstream, tmp_path) -> Iterator[str]:
+    """Another app process on the test's database (and Redis, in the services run) that checks for changes made
+    elsewhere only every 30 s: what it must know at once, it cannot learn from a version check."""
+    port = free_port()
+    env = production_env(database_url=database_url(), redis_url=os.environ.get("REDIS_URL") or None,
+                         LLMHUB_SIMULATOR_URL=simulated_upstream.base_url, LLMHUB_REGISTRY_CACHE_CHECK_SECONDS="30")
+    with ServerProcess(uvicorn_command("llmhub.asgi:application", port=port), env=env, log=tmp_path / "app.log") as app:
+        app.wait_output(lambda text: "Application startup complete" in text)
+        yield f"http://127.0.0.1:{port}"
+
+
+def test_it_counts_a_new_keys_limit_from_its_first_request_in_another_process(owner, session_of,
+                                                                               slow_to_check_process):
+    def chat(raw_key: str) -> str:
+        sdk = openai.OpenAI(base_url=f"{slow_to_check_process}/v1", api_key=raw_key, max_retries=0)
+        return sdk.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}]).id
+
+    assert chat(api_key_create(user=owner)[1])  # the other process has built its snapshots, limits included
+    raw_key = session_of(owner).post(LIST, {"limits": [{"metric": "requests", "period": "minute", "limit": 1}]},
+                                     format="json").json()["key"]
+
+    assert chat(raw_key)
+    with pytest.raises(openai.RateLimitError) as refused:
+        chat(raw_key)
+    assert refused.value.code == "requests_per_minute" and "this API key" in refused.value.message
 
 
 def test_it_records_last_use_at_most_once_an_interval_off_the_request_path(owner, live_hub, settings):
