@@ -19,7 +19,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from llmhub.testing import ServerProcess, database_url, free_port, production_env, uvicorn_command
-from registry import authentication
+from registry import authentication, key_usage
 from registry.key_usage import api_key_last_used_flush, api_key_last_used_forget
 from registry.models import ApiKey, QuotaLimit, Tier
 from registry.services import api_key_create
@@ -324,25 +324,32 @@ def test_it_counts_a_new_keys_limit_from_its_first_request_in_another_process(ow
     assert refused.value.code == "requests_per_minute" and "this API key" in refused.value.message
 
 
-def test_it_records_last_use_at_most_once_an_interval_off_the_request_path(owner, live_hub, settings):
+def test_it_records_last_use_at_most_once_an_interval_off_the_request_path(owner, live_hub, settings, monkeypatch):
     api_key_last_used_forget()
     api_key, raw_key = api_key_create(user=owner)
+    updates = []  # the writer thread's UPDATEs (observed, then run as they are)
+    write = key_usage._write
+    monkeypatch.setattr(key_usage, "_write", lambda pending: (updates.append(dict(pending)), write(pending)))
     with httpx2.Client(base_url=live_hub, headers={"Authorization": f"Bearer {raw_key}"}, timeout=30) as http:
         assert http.get("/v1/models").status_code == 200
         assert api_key_last_used_flush()
         first = ApiKey.objects.get(pk=api_key.pk).last_used_at
         assert first is not None and timezone.now() - first < timedelta(seconds=30)
+        assert len(updates) == 1
 
-        # Within the interval nothing is written, by this process or (the conditional UPDATE) any other.
+        # Within the interval this process sends no UPDATE, and another process's (the same key noted there) changes
+        # nothing.
         marked = timezone.now() - timedelta(seconds=10)
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=marked)
         for path in ("/v1/models", "/api/models/", "/v1/models"):
             assert http.get(path).status_code == 200
         assert api_key_last_used_flush()
+        assert len(updates) == 1
         assert ApiKey.objects.get(pk=api_key.pk).last_used_at == marked
         api_key_last_used_forget()  # as another process would: it notes the key, its UPDATE changes nothing
         assert http.get("/v1/models").status_code == 200
         assert api_key_last_used_flush()
+        assert len(updates) == 2
         assert ApiKey.objects.get(pk=api_key.pk).last_used_at == marked
 
         # Past the interval the next use is written.
