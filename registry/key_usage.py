@@ -30,6 +30,7 @@ _NOTED_LIMIT = 50_000
 
 class _LastUsedWriter:
     def __init__(self) -> None:
+        self._interval = settings.LLMHUB["API_KEY_LAST_USED_SECONDS"]  # read once: a settings lookup costs more
         self._noted: dict[int, float] = {}  # key id → monotonic time this process last noted it
         self._pending: dict[int, float] = {}  # key id → wall-clock time of a use not written yet
         self._busy = False
@@ -39,7 +40,7 @@ class _LastUsedWriter:
     def used(self, api_key_id: int) -> None:
         now = time.monotonic()
         noted = self._noted.get(api_key_id)
-        if noted is not None and now - noted < settings.LLMHUB["API_KEY_LAST_USED_SECONDS"]:
+        if noted is not None and now - noted < self._interval:
             return
         with self._condition:
             if len(self._noted) >= _NOTED_LIMIT:
@@ -58,6 +59,7 @@ class _LastUsedWriter:
     def forget(self) -> None:
         with self._condition:
             self._noted.clear()
+            self._interval = settings.LLMHUB["API_KEY_LAST_USED_SECONDS"]
 
     def _run(self) -> None:
         while True:
@@ -111,5 +113,5 @@ def api_key_last_used_flush(timeout: float = 5.0) -> bool:
 
 
 def api_key_last_used_forget() -> None:
-    """Forgets which keys this process noted (tests: a new database starts with keys of the same ids)."""
+    """Forgets which keys this process noted, and reads the interval again (tests)."""
     _writer.forget()
