@@ -4,9 +4,12 @@ a warm request authenticates without a query."""
 import hmac
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
@@ -53,6 +56,12 @@ def _memoise(memo: dict, key: Any, value: Any) -> None:
     memo[key] = value
 
 
+def _made_since_limits_checked(api_key: ApiKey) -> bool:
+    """Whether the key may be younger than this process's limits snapshot (at most this stale)."""
+    stale = max(settings.LLMHUB["REGISTRY_CACHE_CHECK_SECONDS"], settings.LLMHUB["SNAPSHOT_MAX_STALE_SECONDS"])
+    return api_key.created_at >= timezone.now() - timedelta(seconds=stale + 1)
+
+
 def api_key_authenticate(*, raw_key: str) -> Principal | None:
     """The principal behind a raw hub key, expired or not, or None for an unknown, revoked or inactive one."""
     memo = api_key_snapshot.get()
@@ -67,7 +76,8 @@ def api_key_authenticate(*, raw_key: str) -> Principal | None:
     )
     if api_key is None or not hmac.compare_digest(api_key.key_hash, key_hash):
         return None
-    if api_key.pk not in limits_get().keys and QuotaLimit.objects.filter(api_key_id=api_key.pk).exists():
+    if _made_since_limits_checked(api_key) and api_key.pk not in limits_get().keys \
+            and QuotaLimit.objects.filter(api_key_id=api_key.pk).exists():
         # A key made with limits a moment ago in another process: this process's limits may predate it (they are
         # checked once per interval), and its first requests must not pass unlimited.
         limits_snapshot.invalidate()
