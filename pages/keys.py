@@ -4,6 +4,7 @@ A new key's secret is in the answer to the POST that created it, and nowhere els
 message, not in a redirect. That answer is marked `no-store`.
 """
 
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -106,7 +107,16 @@ def _messages(found: Any, where: str = "") -> list[str]:
                 for line in _messages(value, f"{where}Limit {int(key) + 1}: " if str(key).isdigit() else f"{where}{key}: ")]
     if isinstance(found, list | tuple):
         return [line for item in found for line in _messages(item, where)]
-    return [f"{where}{found}"]
+    return [f"{where}{_API_PATH.sub(_row_label, str(found))}"]
+
+
+_API_PATH = re.compile(r"^limits\[(\d+)\](?:\.(\w+))?: ")
+
+
+def _row_label(match: re.Match) -> str:
+    """The API's `limits[0].model: ` as the page's rows say it: `Limit 1 model: `."""
+    field = f" {match[2]}" if match[2] else ""
+    return f"Limit {int(match[1]) + 1}{field}: "
 
 
 def _page(request: HttpRequest, form: KeyForm, *, created: tuple[ApiKey, str] | None = None,

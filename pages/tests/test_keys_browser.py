@@ -13,7 +13,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from llmhub.testing import ServerProcess, database_url, free_port, production_env, uvicorn_command
 from pages.tests.test_browser import TIMEOUT_MS, browser, log_in, screenshot  # noqa: F401  (browser: a fixture)
-from registry.models import ApiKey
+from registry.models import ApiKey, QuotaLimit, Tier
 
 pytestmark = pytest.mark.browser
 
@@ -69,7 +69,7 @@ def create_key_on_page(page: Page, name: str, shot: str) -> str:
     page.get_by_label("Name").fill(name)
     page.get_by_label("Expires").select_option("30")
     page.get_by_text("Limits of this key (optional)").click()
-    page.get_by_label("Limit 1", exact=True).fill("100")
+    page.get_by_label("Limit 1", exact=True).fill("20")
     page.get_by_label("Metric 1").select_option("requests")
     page.get_by_label("Per 1").select_option("hour")
     page.get_by_role("button", name="Create key").click()
@@ -83,7 +83,7 @@ def create_key_on_page(page: Page, name: str, shot: str) -> str:
     assert page.evaluate("navigator.clipboard.readText()") == secret
     row = page.locator(f'tr[data-key-id="{ApiKey.objects.get(name=name).pk}"]')
     expect(row).to_contain_text(secret[:10])
-    expect(row).to_contain_text("100 requests per hour")
+    expect(row).to_contain_text("20 requests per hour")
     expect(row).to_contain_text("never")  # not used yet
     assert secret not in row.inner_text()
     screenshot(page, f"{shot}-created")
@@ -143,8 +143,20 @@ def test_it_creates_a_key_that_works_with_the_sdk_on_two_processes_until_revoked
 
 
 def test_it_works_on_a_phone_sized_screen(phone, live_hub, make_user):
+    QuotaLimit.objects.create(tier=Tier.objects.get(slug="free"), metric="requests", period="hour", limit=50)
     user = make_user("pia", tier="free")
     log_in(phone, user)
+    phone.goto("/keys/")
+    phone.get_by_text("Limits of this key (optional)").click()
+    expect(phone.get_by_text("Yours: 50 requests per hour.")).to_be_visible()
+    phone.get_by_label("Limit 1", exact=True).fill("500")
+    phone.get_by_label("Per 1").select_option("hour")
+    phone.get_by_role("button", name="Create key").click()
+    expect(phone.locator("#id_limits_errors")).to_have_text(
+        "Limit 1: requests per hour: 500 is above the owner's limit of 50.")
+    expect(phone.get_by_label("Limit 1", exact=True)).to_have_value("500")  # kept, to be fixed
+    screenshot(phone, "keys-phone-limit-refused")
+    assert not ApiKey.objects.exists()
     phone.goto("/models/")
 
     secret = create_key_on_page(phone, "phone", "keys-phone")

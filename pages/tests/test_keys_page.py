@@ -56,7 +56,7 @@ def test_it_shows_the_apis_refusals_beside_the_fields_and_writes_nothing(page_cl
     bad_expiry = client.post("/keys/", {"expires_in": "3"})
 
     assert above.status_code == fractional.status_code == bad_expiry.status_code == 400
-    assert "cost per month: 9 is above the owner&#x27;s limit of 5." in above.content.decode()
+    assert "Limit 1: cost per month: 9 is above the owner&#x27;s limit of 5." in above.content.decode()
     assert 'value="9"' in above.content.decode() and 'value="big"' in above.content.decode()  # kept to fix
     assert "Limit 1: limit: a requests limit must be a whole number" in fractional.content.decode()
     assert "Choose one of the offered expiries." in bad_expiry.content.decode()
