@@ -28,7 +28,7 @@ from generation.openai_validation import chat_fields_validate, message_validate
 from generation.services import Caller, GenerationFailed, request_id_bind, request_id_new
 from llmhub.api import unavailable_error
 from llmhub.errors import ApplicationError
-from registry.authentication import Principal, aapi_key_authenticate, aprincipal_tier
+from registry.authentication import Principal, aapi_key_authenticate, api_key_accept, aprincipal_tier
 from registry.selectors import (
     ModelSpec,
     apreferences_get,
@@ -142,10 +142,7 @@ async def _authenticate(scope: Scope) -> Principal:
     if scheme.lower() != b"bearer" or not token.strip():
         raise ApplicationError("Missing API key: send 'Authorization: Bearer <key>'.", status=401,
                                code="invalid_api_key")
-    principal = await aapi_key_authenticate(raw_key=token.strip().decode("latin-1"))
-    if principal is None:
-        raise ApplicationError("Invalid API key.", status=401, code="invalid_api_key")
-    return principal
+    return api_key_accept(await aapi_key_authenticate(raw_key=token.strip().decode("latin-1")))
 
 
 def chat_body_validate(data: Any) -> dict[str, Any]:

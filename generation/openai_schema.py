@@ -58,7 +58,8 @@ def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
     return response
 
 
-_UNAUTHORIZED = _error("Missing or invalid hub API key (`invalid_api_key`).")
+_UNAUTHORIZED = _error("Missing, invalid or revoked hub API key (`invalid_api_key`), or an expired one "
+                       "(`api_key_expired`).")
 _NOT_ALLOWED = _error("Method not allowed (`method_not_allowed`); `Allow` names the one that is.")
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:

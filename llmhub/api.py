@@ -166,9 +166,11 @@ ERROR_SCHEMA = {
 }
 ERROR_STATUSES: dict[int, str] = {
     400: "Invalid input; `error.fields` holds the messages per field.",
-    401: "No valid credentials: a hub API key (`Authorization: Bearer lh-…`) or a session.",
+    401: "No valid credentials: a hub API key (`Authorization: Bearer lh-…`) or a session. An expired key is "
+         "`api_key_expired`.",
     403: "Not allowed: your tier may not use the model (`tier_required`), a registry model is read-only "
-         "(`read_only`), staff only (`staff_only`), or a session request without its CSRF token.",
+         "(`read_only`), staff only (`staff_only`), keys are created and revoked in a session "
+         "(`session_required`), or a session request without its CSRF token.",
     404: "Not found (another user's model is as unknown as a missing one).",
     409: "Conflict with what exists (an id already taken).",
     413: "The request body is too large (`body_too_large`).",

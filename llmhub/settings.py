@@ -219,6 +219,9 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # The API is JSON: forms are for the browsable API's and the pages' own use, not a documented interface.
     "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],
+    # Two fields named `state`: a model test's keeps the name it had, a hub API key's gets its own.
+    "ENUM_NAME_OVERRIDES": {"StateEnum": "registry.models.ModelTest.State",
+                            "ApiKeyStateEnum": ["active", "expired", "revoked"]},
 }
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL",
@@ -325,6 +328,10 @@ LLMHUB = {
     # A tested plain chat slower than this makes the model degraded; a test reads at most this much per answer.
     "MODEL_TEST_SLOW_MS": env.float("LLMHUB_MODEL_TEST_SLOW_MS", default=5000.0),
     "MODEL_TEST_MAX_RESPONSE_BYTES": env.int("LLMHUB_MODEL_TEST_MAX_RESPONSE_BYTES", default=1024 * 1024),
+    # Self-service hub API keys (/keys/, /api/keys/): how many unrevoked, unexpired keys a user may hold, and how
+    # often at most a key's "last used" is written (per key, off the request path; registry/key_usage.py).
+    "MAX_API_KEYS_PER_USER": env.int("LLMHUB_MAX_API_KEYS_PER_USER", default=20),
+    "API_KEY_LAST_USED_SECONDS": env.float("LLMHUB_API_KEY_LAST_USED_SECONDS", default=60.0),
     # Quotas (usage/quotas.py): counters in this Redis, else in the database (embedded). A decision the back end
     # cannot make within the timeout is a 503 (fail closed). A reservation never settled (a crashed process)
     # is given back after QUOTA_HOLD_SECONDS; it must outlast the longest request.

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 
-from pages import views
+from pages import keys, views
 
 app_name = "pages"
 
@@ -18,4 +18,6 @@ urlpatterns = [
     path("models/tests/<int:test_id>/", views.model_test_detail, name="model-test"),
     path("playground/", views.playground_page, name="playground"),
     path("playground/stream/", views.playground_stream, name="playground-stream"),
+    path("keys/", keys.keys_page, name="keys"),
+    path("keys/<int:key_id>/revoke/", keys.key_revoke, name="key-revoke"),
 ]

@@ -288,15 +288,15 @@ class LLMModelAdmin(ModelTestsAdminMixin, admin.ModelAdmin):
 class ApiKeyAddForm(forms.ModelForm):
     class Meta:
         model = ApiKey
-        fields = ("user", "name")
+        fields = ("user", "name", "expires_at")
 
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("prefix", "name", "user", "created_at", "revoked_at")
+    list_display = ("prefix", "name", "user", "created_at", "last_used_at", "expires_at", "revoked_at")
     list_filter = ("revoked_at",)
     search_fields = ("prefix", "name", "user__username")
-    readonly_fields = ("prefix", "created_at", "revoked_at")
+    readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
     actions = ("revoke_keys",)
     autocomplete_fields = ("user",)
     inlines = (ApiKeyQuotaLimitInline,)
@@ -310,17 +310,19 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return super().get_form(request, obj, **kwargs)
 
     def get_fields(self, request: HttpRequest, obj=None):
-        return ("user", "name") if obj is None else ("user", "name", "prefix", "created_at", "revoked_at")
+        return ("user", "name", "expires_at") if obj is None else (
+            "user", "name", "expires_at", "prefix", "created_at", "last_used_at", "revoked_at")
 
     def get_readonly_fields(self, request: HttpRequest, obj=None):
-        # A key belongs to the user it was made for; only its label can change.
+        # A key belongs to the user it was made for; only its label and expiry can change.
         return self.readonly_fields if obj is None else ("user", *self.readonly_fields)
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form, change: bool) -> None:
         if change:
-            obj.save(update_fields=["name"])
+            obj.save(update_fields=["name", "expires_at"])
             return
-        created, raw_key = api_key_create(user=form.cleaned_data["user"], name=form.cleaned_data["name"])
+        created, raw_key = api_key_create(user=form.cleaned_data["user"], name=form.cleaned_data["name"],
+                                          expires_at=form.cleaned_data["expires_at"])
         # The admin goes on to log and show `obj`, the instance it built from the form: make it the created row.
         obj.pk = created.pk
         obj.refresh_from_db()

@@ -1,5 +1,5 @@
 """The registry API: the models a caller may use (the registry's and their own), their own models' CRUD,
-connectivity tests, and the caller's preferences.
+connectivity tests, the caller's preferences, and their hub API keys.
 
 A user's own model is only ever found for its owner: for anyone else it is as unknown as a model that does not
 exist (404), in every endpoint. Registry models are read-only here (403); only staff test them.
@@ -18,11 +18,13 @@ from registry import openapi  # noqa: F401  (registers the API key scheme with d
 from registry.authentication import request_tier
 from registry.model_tests import model_test_start
 from registry.models import LLMModel, UserLLMConfig
-from registry.permissions import CanTestRegistryModel, CanUseModel, RegistryModelReadOnly
+from registry.permissions import CanTestRegistryModel, CanUseModel, KeysChangedInSession, RegistryModelReadOnly
 from registry.selectors import (
     ModelSpec,
     Registry,
     TierSpec,
+    api_key_own_get,
+    api_keys_list,
     get_available_models,
     get_default_model,
     get_model_by_id,
@@ -34,6 +36,9 @@ from registry.selectors import (
     user_model_get,
 )
 from registry.serializers import (
+    ApiKeyCreatedOutputSerializer,
+    ApiKeyInputSerializer,
+    ApiKeyOutputSerializer,
     ModelListOutputSerializer,
     ModelOutputSerializer,
     ModelTestOutputSerializer,
@@ -44,7 +49,14 @@ from registry.serializers import (
     UserModelOutputSerializer,
     UserModelUpdateInputSerializer,
 )
-from registry.services import preferences_update, user_model_create, user_model_delete, user_model_update
+from registry.services import (
+    api_key_create_own,
+    api_key_revoke,
+    preferences_update,
+    user_model_create,
+    user_model_delete,
+    user_model_update,
+)
 
 ModelDetailOutput = PolymorphicProxySerializer(
     component_name="ModelDetail", serializers=[ModelOutputSerializer, UserModelOutputSerializer],
@@ -214,3 +226,41 @@ class PreferencesApi(APIView):
                                                           **serializer.validated_data}
         preferences_update(user=request.user, data=data)
         return Response(PreferencesOutputSerializer(preferences_get(request.user.pk)).data)
+
+
+# --- Hub API keys ---------------------------------------------------------------------------------------------
+
+class ApiKeyListApi(APIView):
+    """GET: your hub API keys, newest first (never the keys themselves). POST: create one; the answer holds the key,
+    shown this once. Creating needs a signed-in session (403 `session_required` with an API key); at most
+    `LLMHUB_MAX_API_KEYS_PER_USER` keys in use (400 `max_api_keys_reached`); limits above yours are refused (400
+    `limit_above_owner`)."""
+
+    permission_classes = [*APIView.permission_classes, KeysChangedInSession]
+    serializer_class = ApiKeyInputSerializer
+
+    @extend_schema(responses=ApiKeyOutputSerializer(many=True), operation_id="keys_list")
+    def get(self, request: Request) -> Response:
+        return Response(ApiKeyOutputSerializer(api_keys_list(user=request.user), many=True).data)
+
+    @extend_schema(request=ApiKeyInputSerializer, responses={201: ApiKeyCreatedOutputSerializer},
+                   operation_id="keys_create")
+    def post(self, request: Request) -> Response:
+        serializer = ApiKeyInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        api_key, raw_key = api_key_create_own(user=request.user, **serializer.validated_data)
+        created = api_key_own_get(user=request.user, key_id=api_key.pk)
+        return Response(ApiKeyCreatedOutputSerializer((created, raw_key)).data, status=201,
+                        headers={"Cache-Control": "no-store"})
+
+
+class ApiKeyRevokeApi(APIView):
+    """Revoke one of your keys: every app process refuses it within a second or so. Revoking it again changes
+    nothing. Needs a signed-in session (403 `session_required` with an API key)."""
+
+    permission_classes = [*APIView.permission_classes, KeysChangedInSession]
+
+    @extend_schema(request=None, responses=ApiKeyOutputSerializer, operation_id="keys_revoke")
+    def post(self, request: Request, key_id: int) -> Response:
+        api_key = api_key_revoke(api_key=api_key_own_get(user=request.user, key_id=key_id))
+        return Response(ApiKeyOutputSerializer(api_key).data)

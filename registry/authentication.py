@@ -2,16 +2,23 @@
 a warm request authenticates without a query."""
 
 import hmac
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
 from llmhub.db import db_read_in_thread
-from registry.models import ApiKey
+from llmhub.errors import ApplicationError
+from registry.key_usage import api_key_used
+from registry.limits import limits_get, limits_snapshot
+from registry.models import ApiKey, QuotaLimit
 from registry.selectors import Registry, TierSpec, api_key_snapshot, registry_get
 from registry.services import api_key_hash, user_tier_resolve
 
@@ -23,6 +30,24 @@ class Principal:
     user: Any
     api_key_id: int | None
     tier_slug: str
+    expires_at: float | None = None  # a Unix time; None = never
+
+
+class ApiKeyRefused(ApplicationError):
+    """401: an unknown, revoked or expired hub key (the message never echoes the key)."""
+
+    status = 401
+    code = "invalid_api_key"
+
+
+def api_key_accept(principal: Principal | None) -> Principal:
+    """The principal of a key that may be used now; notes the use (no I/O: see registry/key_usage.py)."""
+    if principal is None:
+        raise ApiKeyRefused("Invalid API key.")
+    if principal.expires_at is not None and time.time() >= principal.expires_at:
+        raise ApiKeyRefused("This API key has expired: create a new one.", code="api_key_expired")
+    api_key_used(principal.api_key_id)
+    return principal
 
 
 def _memoise(memo: dict, key: Any, value: Any) -> None:
@@ -31,8 +56,14 @@ def _memoise(memo: dict, key: Any, value: Any) -> None:
     memo[key] = value
 
 
+def _made_since_limits_checked(api_key: ApiKey) -> bool:
+    """Whether the key may be younger than this process's limits snapshot (at most this stale)."""
+    stale = max(settings.LLMHUB["REGISTRY_CACHE_CHECK_SECONDS"], settings.LLMHUB["SNAPSHOT_MAX_STALE_SECONDS"])
+    return api_key.created_at >= timezone.now() - timedelta(seconds=stale + 1)
+
+
 def api_key_authenticate(*, raw_key: str) -> Principal | None:
-    """The principal behind a raw hub key, or None for an unknown, revoked or inactive one."""
+    """The principal behind a raw hub key, expired or not, or None for an unknown, revoked or inactive one."""
     memo = api_key_snapshot.get()
     key_hash = api_key_hash(raw_key)
     principal = memo.get(key_hash)
@@ -45,7 +76,14 @@ def api_key_authenticate(*, raw_key: str) -> Principal | None:
     )
     if api_key is None or not hmac.compare_digest(api_key.key_hash, key_hash):
         return None
-    principal = Principal(user=api_key.user, api_key_id=api_key.pk, tier_slug=user_tier_resolve(user=api_key.user).slug)
+    if _made_since_limits_checked(api_key) and api_key.pk not in limits_get().keys \
+            and QuotaLimit.objects.filter(api_key_id=api_key.pk).exists():
+        # A key made with limits a moment ago in another process: this process's limits may predate it (they are
+        # checked once per interval), and its first requests must not pass unlimited.
+        limits_snapshot.invalidate()
+    expires_at = api_key.expires_at.timestamp() if api_key.expires_at is not None else None
+    principal = Principal(user=api_key.user, api_key_id=api_key.pk, tier_slug=user_tier_resolve(user=api_key.user).slug,
+                          expires_at=expires_at)
     _memoise(memo, key_hash, principal)
     return principal
 
@@ -107,10 +145,12 @@ class ApiKeyAuthentication(BaseAuthentication):
         raw_key = bearer_token(get_authorization_header(request))
         if raw_key is None:
             return None
-        principal = api_key_authenticate(raw_key=raw_key)
-        if principal is None:
-            # Never echo the key.
-            raise exceptions.AuthenticationFailed("Invalid API key.")
+        try:
+            principal = api_key_accept(api_key_authenticate(raw_key=raw_key))
+        except ApiKeyRefused as error:
+            # /api keeps DRF's `authentication_failed` for a wrong key; an expired one says so.
+            code = None if error.code == ApiKeyRefused.code else error.code
+            raise exceptions.AuthenticationFailed(error.message, code=code) from None
         return principal.user, principal
 
     def authenticate_header(self, request: Request) -> str:

@@ -144,10 +144,14 @@ class ApiKey(models.Model):
     prefix = models.CharField(max_length=16, editable=False)
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Refused from this moment on; blank = never.")
+    # Written at most once a minute per key, off the request path (registry/key_usage.py): accurate to that.
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name = "hub API key"
+        indexes = [models.Index(fields=["user", "-created_at"], name="apikey_user_created")]
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"

@@ -4,7 +4,7 @@ a user's own models are found only for their owner, which is their whole permiss
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
-from registry.authentication import request_tier
+from registry.authentication import Principal, request_tier
 from registry.selectors import ModelSpec, check_model_access
 
 
@@ -38,3 +38,15 @@ class CanTestRegistryModel(BasePermission):
 
     def has_object_permission(self, request: Request, view, obj: ModelSpec) -> bool:
         return bool(request.user and request.user.is_staff)
+
+
+class KeysChangedInSession(BasePermission):
+    """A hub API key may list its owner's keys; creating or revoking one takes a signed-in session, so that a leaked
+    key can neither mint a successor that outlives its revocation nor revoke its owner's other keys."""
+
+    message = "API keys are created and revoked when signed in (the /keys/ page, or this API with a session), " \
+              "not with an API key."
+    code = "session_required"
+
+    def has_permission(self, request: Request, view) -> bool:
+        return request.method in SAFE_METHODS or not isinstance(request.auth, Principal)

@@ -7,16 +7,21 @@ from decimal import Decimal
 from types import MappingProxyType
 
 from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Prefetch, Q, QuerySet
+from django.utils import timezone
 
 from llmhub.crypto import secret_decrypt
 from llmhub.db import db_read_in_thread
 from llmhub.errors import ConfigurationError, NotFound, TierRequired
 from llmhub.snapshot import LocalSnapshot
 from registry.models import (
+    ApiKey,
     LLMModel,
     ModelFallback,
     ModelTest,
     Provider,
+    QuotaLimit,
     Tier,
     UserLLMConfig,
     UserModelPreferences,
@@ -331,3 +336,37 @@ async def apreferences_get(user_id: int | None) -> PreferencesSpec:
     if spec is not None:
         return spec
     return await db_read_in_thread(preferences_get)(user_id)
+
+
+# --- Hub API keys ---------------------------------------------------------------------------------------------
+
+def api_keys_list(*, user: AbstractBaseUser) -> QuerySet[ApiKey]:
+    """The user's keys, newest first, with their own limits (never their hash: it is not selected)."""
+    return (ApiKey.objects.filter(user=user).defer("key_hash").order_by("-created_at", "-pk")
+            .prefetch_related(Prefetch("limits", queryset=QuotaLimit.objects.order_by("pk"))))
+
+
+def api_key_own_get(*, user: AbstractBaseUser, key_id: int) -> ApiKey:
+    """One of the user's keys; another user's is as unknown as a missing one (404)."""
+    api_key = api_keys_list(user=user).filter(pk=key_id).first()
+    if api_key is None:
+        raise NotFound("No such API key.")
+    return api_key
+
+
+def api_keys_in_use(*, user: AbstractBaseUser) -> QuerySet[ApiKey]:
+    """The user's keys that still authenticate: neither revoked nor expired."""
+    return ApiKey.objects.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()), user=user,
+                                 revoked_at__isnull=True)
+
+
+API_KEY_STATES = ["active", "expired", "revoked"]
+
+
+def api_key_state(api_key: ApiKey) -> str:
+    """"revoked", "expired" or "active"."""
+    if api_key.revoked_at is not None:
+        return "revoked"
+    if api_key.expires_at is not None and api_key.expires_at <= timezone.now():
+        return "expired"
+    return "active"

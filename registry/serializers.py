@@ -12,8 +12,9 @@ from rest_framework import serializers
 
 from llmhub.api import StrictSerializer
 from registry.health import UNKNOWN, model_status
-from registry.models import ModelTest, UserLLMConfig, UserModelPreferences
-from registry.selectors import CAPABILITIES, ModelSpec, PreferencesSpec, registry_get
+from registry.limits import METRICS, PERIODS, LimitSpec, limit_problems
+from registry.models import ApiKey, ModelTest, QuotaLimit, UserLLMConfig, UserModelPreferences
+from registry.selectors import API_KEY_STATES, CAPABILITIES, ModelSpec, PreferencesSpec, api_key_state, registry_get
 
 MODEL_ID_MAX_LENGTH = UserLLMConfig._meta.get_field("slug").max_length
 API_KEY_MAX_LENGTH = 1000
@@ -239,3 +240,91 @@ class PreferencesOutputSerializer(serializers.Serializer):
     def get_task_defaults(self, preferences: PreferencesSpec) -> dict[str, str | None]:
         return {task: preferences.task_defaults.get(task) for task in UserModelPreferences.TASK_TYPES}
 
+
+
+# --- Hub API keys -----------------------------------------------------------------------------------------
+
+_LIMIT_VALUE_SCHEMA = {
+    "oneOf": [{"type": "integer", "minimum": 0, "maximum": 10**13 - 1},
+              {"type": "string", "pattern": r"^\d{1,13}(\.\d{1,6})?$"}],
+    "description": "Requests or tokens (a whole number), or cost in the models' price currency (a decimal string "
+                   "with at most 6 places, e.g. \"5.00\").",
+}
+
+
+@extend_schema_field(_LIMIT_VALUE_SCHEMA)
+class LimitValueField(serializers.Field):
+    """A limit's value as the registry file writes it: a whole number, or a decimal string (cost). Checked against
+    its metric by the limit's serializer."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, bool) or not isinstance(data, int | str):
+            raise serializers.ValidationError("Must be a whole number or a decimal string.")
+        return data
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class LimitInputSerializer(StrictSerializer):
+    """One limit, in the shape of a tier's limits in the registry file."""
+
+    metric = serializers.ChoiceField(choices=list(METRICS))
+    period = serializers.ChoiceField(choices=list(PERIODS))
+    limit = LimitValueField()
+    model = serializers.CharField(max_length=MODEL_ID_MAX_LENGTH, required=False, allow_blank=True,
+                                  help_text="A model id: the limit counts only requests for that model.")
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        value, problems = limit_problems(metric=data["metric"], limit=data["limit"], where="limit")
+        if problems:
+            raise serializers.ValidationError({"limit": [problem.removeprefix("limit: ") for problem in problems]})
+        return {**data, "limit": value}
+
+
+class LimitOutputSerializer(serializers.Serializer):
+    metric = serializers.ChoiceField(choices=list(METRICS))
+    period = serializers.ChoiceField(choices=list(PERIODS))
+    limit = LimitValueField()
+    model = serializers.CharField(allow_null=True)
+
+    def to_representation(self, row: QuotaLimit) -> dict[str, Any]:
+        return LimitSpec(metric=row.metric, period=row.period, limit=row.limit, model=row.model).as_dict()
+
+
+class ApiKeyInputSerializer(StrictSerializer):
+    """A new hub API key of your own. Its limits are counted per key, on top of yours, and may not be above yours."""
+
+    name = serializers.CharField(max_length=ApiKey._meta.get_field("name").max_length, required=False,
+                                 allow_blank=True, help_text="A label for you, e.g. where the key is used.")
+    expires_at = serializers.DateTimeField(required=False, allow_null=True,
+                                           help_text="When the key stops working (in the future); none = never.")
+    limits = serializers.ListField(child=LimitInputSerializer(), required=False, max_length=20,
+                                   help_text="The key's own limits, in the shape of a tier's limits.")
+
+
+class ApiKeyOutputSerializer(serializers.Serializer):
+    """One of your hub API keys: never the key itself (shown once, when created) nor anything derived from it but
+    its first characters."""
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    prefix = serializers.CharField(help_text="The key's first characters, to recognise it.")
+    created_at = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField(allow_null=True, help_text="Accurate to about a minute.")
+    expires_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    state = serializers.SerializerMethodField()
+    limits = LimitOutputSerializer(many=True)
+
+    @extend_schema_field(serializers.ChoiceField(choices=API_KEY_STATES))
+    def get_state(self, api_key: ApiKey) -> str:
+        return api_key_state(api_key)
+
+
+class ApiKeyCreatedOutputSerializer(ApiKeyOutputSerializer):
+    key = serializers.CharField(help_text="The key itself: shown this once, never again. Store it now.")
+
+    def to_representation(self, instance: tuple[ApiKey, str]) -> dict[str, Any]:
+        api_key, raw_key = instance
+        return {**ApiKeyOutputSerializer(api_key).data, "key": raw_key}

@@ -3,12 +3,15 @@
 import hashlib
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import Min
@@ -16,7 +19,15 @@ from django.utils import timezone
 
 from llmhub.crypto import secret_decrypt, secret_encrypt, secret_last4, secret_rotate
 from llmhub.errors import ApplicationError, ConfigurationError
-from registry.limits import limits_build, limits_get, tier_limits_set
+from registry.limits import (
+    LimitSpec,
+    api_key_limits_problems,
+    limits_build,
+    limits_get,
+    limits_parse,
+    limits_snapshot,
+    tier_limits_set,
+)
 from registry.loader import (
     DEFAULT_MODELS_FILE,
     RegistryFile,
@@ -31,6 +42,7 @@ from registry.models import (
     LLMModel,
     ModelFallback,
     Provider,
+    QuotaLimit,
     Tier,
     UserLLMConfig,
     UserModelPreferences,
@@ -41,6 +53,7 @@ from registry.selectors import (
     Registry,
     TierSpec,
     api_key_snapshot,
+    api_keys_in_use,
     check_model_access,
     get_model_by_id,
     registry_get,
@@ -321,16 +334,63 @@ def api_key_hash(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
-def api_key_create(*, user: AbstractBaseUser, name: str = "") -> tuple[ApiKey, str]:
-    """Returns the stored key and the raw key, which exists only in this return value."""
+def api_key_create(*, user: AbstractBaseUser, name: str = "", expires_at: datetime | None = None,
+                   limits: Iterable[LimitSpec] = ()) -> tuple[ApiKey, str]:
+    """Returns the stored key and the raw key, which exists only in this return value. `limits` are the key's own
+    (checked by the caller: `api_key_create_own` for users, admin's form for staff)."""
     raw_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
-    api_key = ApiKey.objects.create(user=user, name=name, prefix=raw_key[:10], key_hash=api_key_hash(raw_key))
+    limits = list(limits)
+    with transaction.atomic():
+        api_key = ApiKey.objects.create(user=user, name=name, prefix=raw_key[:10], key_hash=api_key_hash(raw_key),
+                                        expires_at=expires_at)
+        QuotaLimit.objects.bulk_create(QuotaLimit(api_key=api_key, metric=spec.metric, period=spec.period,
+                                                  limit=spec.limit, model=spec.model) for spec in limits)
+    if limits:
+        limits_snapshot.invalidate()  # bulk_create sends no signal
     return api_key, raw_key
 
 
-def api_key_revoke(*, api_key: ApiKey) -> None:
+def api_key_create_own(*, user: AbstractBaseUser, name: str = "", expires_at: datetime | None = None,
+                       limits: Iterable[Mapping[str, Any]] = ()) -> tuple[ApiKey, str]:
+    """A key a user makes for themselves (/keys/, POST /api/keys/): an expiry in the future, limits of the tier
+    limits' shape and never above the user's own (each refused limit named by its place in `limits`), and at most
+    `MAX_API_KEYS_PER_USER` keys in use (neither revoked nor expired)."""
+    if expires_at is not None and expires_at <= timezone.now():
+        raise field_error("expires_at", "The expiry must be in the future.", code="invalid")
+    specs = _own_key_limits(user=user, items=list(limits))
+    with transaction.atomic():
+        # The user's row is locked first, so two concurrent creations cannot both take the last place.
+        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+        cap = settings.LLMHUB["MAX_API_KEYS_PER_USER"]
+        if api_keys_in_use(user=user).count() >= cap:
+            raise ApplicationError(f"You have {cap} API keys in use, the most allowed: revoke one to create another.",
+                                   code="max_api_keys_reached", extra={"max_api_keys": cap})
+        return api_key_create(user=user, name=name, expires_at=expires_at, limits=specs)
+
+
+def _own_key_limits(*, user: AbstractBaseUser, items: list[Mapping[str, Any]]) -> list[LimitSpec]:
+    registry = registry_get()
+    known = [*registry.models, *registry.own_models(user.pk)]
+    specs, problems = limits_parse(items, where="limits", model_ids=known)
+    if problems:
+        raise ApplicationError("Invalid limits: " + " ".join(problems), code="invalid", extra={"fields": {
+            "limits": problems}})
+    owner = limits_get().owner_limits(tier_slug=user_tier_resolve(user=user).slug, user_id=user.pk)
+    above = [f"limits[{index}]: {problem}" for index, spec in enumerate(specs)
+             for problem in api_key_limits_problems(owner_limits=owner, key_limits=[spec])]
+    if above:
+        raise ApplicationError("A key's limits cannot be above yours: " + " ".join(above), code="limit_above_owner",
+                               extra={"fields": {"limits": above}})
+    return specs
+
+
+def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    """Revokes the key (again: nothing changes); every app process refuses it within
+    `REGISTRY_CACHE_CHECK_SECONDS`."""
     ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     api_key_snapshot.invalidate()
+    api_key.refresh_from_db(fields=["revoked_at"])
+    return api_key
 
 
 def secret_rotate_all() -> int:

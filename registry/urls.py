@@ -10,4 +10,6 @@ urlpatterns = [
     path("models/<str:model_id>/tests/", apis.ModelTestListApi.as_view(), name="models-tests-list"),
     path("models/<str:model_id>/tests/<int:test_id>/", apis.ModelTestDetailApi.as_view(), name="models-tests-detail"),
     path("preferences/", apis.PreferencesApi.as_view(), name="preferences"),
+    path("keys/", apis.ApiKeyListApi.as_view(), name="keys-list"),
+    path("keys/<int:key_id>/revoke/", apis.ApiKeyRevokeApi.as_view(), name="keys-revoke"),
 ]

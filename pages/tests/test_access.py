@@ -8,7 +8,7 @@ from pages.urls import urlpatterns
 
 pytestmark = pytest.mark.django_db
 
-SAMPLE_ARGUMENTS = {"kind": "registry", "model_id": "demo", "test_id": 1}
+SAMPLE_ARGUMENTS = {"kind": "registry", "model_id": "demo", "test_id": 1, "key_id": 1}
 PUBLIC = {"login", "logout"}
 
 
@@ -27,7 +27,8 @@ PRIVATE_URLS = page_urls(public=False)
 
 
 def test_it_covers_every_page():
-    assert {"/", "/models/", "/models/mine/", "/playground/", "/playground/stream/", "/models/status/"} <= set(PRIVATE_URLS)
+    assert {"/", "/models/", "/models/mine/", "/playground/", "/playground/stream/", "/models/status/", "/keys/",
+            "/keys/1/revoke/"} <= set(PRIVATE_URLS)
 
 
 @pytest.mark.parametrize("url", PRIVATE_URLS)

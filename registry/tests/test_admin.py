@@ -278,6 +278,19 @@ def test_it_does_not_let_the_admin_hand_a_key_to_another_user(demo_client, make_
     assert api_client(raw_key).get("/api/models/").json()["tier"]["slug"] == "free"
 
 
+def test_it_sets_a_keys_expiry_in_the_admin_and_the_key_is_refused_from_then_on(demo_client, make_user, api_key_for):
+    client = api_client(api_key_for(make_user("ivy", tier="free")))
+    api_key = ApiKey.objects.get(user__username="ivy")
+    assert client.get("/api/models/").status_code == 200  # remembered by this process from now on
+
+    response = admin_post(demo_client, change_url(api_key), expires_at_0="2020-01-01", expires_at_1="00:00:00")
+
+    assert response.status_code == 302
+    assert ApiKey.objects.get(pk=api_key.pk).expires_at is not None
+    refused = client.get("/api/models/")
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "api_key_expired"
+
+
 def test_it_revokes_selected_keys(demo_client, make_user, api_key_for):
     raw_key = api_key_for(make_user("gina", tier="free"))
     client = api_client(raw_key)
