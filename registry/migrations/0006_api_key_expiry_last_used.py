@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('registry', '0004_quotas'),
+        ('registry', '0005_model_kind_params'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
