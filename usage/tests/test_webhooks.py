@@ -550,3 +550,34 @@ def test_it_starts_with_yesterday_and_closes_days_in_order(make_user, settings):
     assert BillingState.objects.get().closed_through.isoformat() == "2026-11-19"
     assert billing_periods_close(now=now + timedelta(days=2)) == 0  # two more days, nobody used them
     assert BillingState.objects.get().closed_through.isoformat() == "2026-11-21"
+
+
+# --- End to end -------------------------------------------------------------------------------------------------------
+
+@threads_see_rows
+def test_it_signs_and_delivers_the_thresholds_of_requests_through_the_hub(live_hub, free_user, api_key_for,
+                                                                          receiver_factory):
+    """The quota back end of the mode under test (the database embedded, Redis in the services run) settles real
+    /v1 requests; their thresholds reach a receiver that fails twice, each once."""
+    import openai
+
+    receiver = receiver_factory(failures=2)
+    endpoint_for(receiver, event_types=[QUOTA_THRESHOLD])
+    QuotaLimit.objects.create(tier=Tier.objects.get(slug="free"), metric="requests", period="day", limit=Decimal(5))
+    sdk = openai.OpenAI(base_url=f"{live_hub}/v1", api_key=api_key_for(free_user), max_retries=0, timeout=10)
+    for _ in range(5):
+        sdk.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+    with pytest.raises(openai.RateLimitError):
+        sdk.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+
+    deadline = time.monotonic() + 10
+    while BillingEvent.objects.count() < 2:
+        assert time.monotonic() < deadline
+        usage_flush()
+        time.sleep(0.02)
+    sweep_until_done()
+
+    events = list(BillingEvent.objects.order_by("pk"))
+    assert [(e.payload["percent"], e.payload["used"], e.payload["user_id"]) for e in events] == [
+        (80, 4, free_user.pk), (100, 5, free_user.pk)]
+    assert_each_accepted_once_and_signed(receiver, {e.event_id for e in events})
