@@ -250,6 +250,10 @@ USAGE_RETENTION_DAYS = env.int("LLMHUB_USAGE_RETENTION_DAYS", default=90)
 if USAGE_RETENTION_DAYS < 2:
     # The newest final day is the retention plus one: with less than 2 days, late rows of yesterday would be lost.
     raise ImproperlyConfigured("LLMHUB_USAGE_RETENTION_DAYS must be at least 2.")
+BILLING_EVENT_RETENTION_DAYS = env.int("LLMHUB_BILLING_EVENT_RETENTION_DAYS", default=90)
+if BILLING_EVENT_RETENTION_DAYS < 35:
+    # An event's dedupe key must outlive its period (a month), or a threshold of this month could fire twice.
+    raise ImproperlyConfigured("LLMHUB_BILLING_EVENT_RETENTION_DAYS must be at least 35.")
 WEBHOOK_SWEEP_SECONDS = env.float("LLMHUB_WEBHOOK_SWEEP_SECONDS", default=10.0)
 CELERY_BEAT_SCHEDULE = {
     # Checks every minute which models are due a test (LLMHUB["MODEL_TEST_INTERVAL_SECONDS"]).
@@ -339,6 +343,8 @@ LLMHUB = {
     # long after it ended (and once its roll-ups are complete).
     "BILLING_THRESHOLD_PERCENTS": env.list("LLMHUB_BILLING_THRESHOLD_PERCENTS", cast=int, default=[80, 100]),
     "BILLING_PERIOD_CLOSE_DELAY_SECONDS": env.float("LLMHUB_BILLING_PERIOD_CLOSE_DELAY_SECONDS", default=600.0),
+    # Dispatched events with no delivery pending are deleted this long after they were written (with their deliveries).
+    "BILLING_EVENT_RETENTION_DAYS": BILLING_EVENT_RETENTION_DAYS,
     # Webhook deliveries: one attempt's timeouts, the attempts before a delivery is marked failed, and the backoff
     # between them (base x 2^(attempt-1), capped, ±10% jitter). The sweep runs every WEBHOOK_SWEEP_SECONDS.
     "WEBHOOK_TIMEOUT_SECONDS": env.float("LLMHUB_WEBHOOK_TIMEOUT_SECONDS", default=5.0),

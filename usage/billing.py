@@ -220,3 +220,21 @@ def _signals_send(bodies: list[dict]) -> None:
                 logger.error("billing_event receiver %s failed on event %s: %s", getattr(receiver, "__qualname__",
                              receiver), body["id"], type(outcome).__name__)
 
+
+def billing_events_prune(*, now: datetime | None = None, batch_size: int = 1000) -> int:
+    """Deletes events older than LLMHUB["BILLING_EVENT_RETENTION_DAYS"] that are dispatched and have no delivery
+    still pending (their deliveries go with them), a batch per transaction; returns how many. Their dedupe keys
+    are no longer needed by then: their periods are long over."""
+    from usage.models import BillingEvent, WebhookDelivery
+
+    cutoff = (now or timezone.now()) - timedelta(days=settings.LLMHUB["BILLING_EVENT_RETENTION_DAYS"])
+    deleted = 0
+    while True:
+        ids = list(BillingEvent.objects.filter(created_at__lt=cutoff, dispatched_at__isnull=False)
+                   .exclude(deliveries__status=WebhookDelivery.Status.PENDING)
+                   .order_by("pk").values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            return deleted
+        with transaction.atomic():
+            WebhookDelivery.objects.filter(event_id__in=ids).delete()
+            deleted += BillingEvent.objects.filter(pk__in=ids).delete()[0]

@@ -19,8 +19,11 @@ def usage_rollups_update() -> int:
 
 @shared_task(acks_late=True, ignore_result=True, soft_time_limit=540, time_limit=600)
 def usage_log_prune() -> int:
-    """Beat, every 10 minutes: deletes raw usage rows past the retention (for at most 5 minutes); returns how many."""
-    return rollups.usage_log_prune(budget_seconds=300)
+    """Beat, every 10 minutes: deletes raw usage rows past the retention (for at most 5 minutes), and billing events
+    past theirs; returns how many usage rows."""
+    deleted = rollups.usage_log_prune(budget_seconds=300)
+    billing.billing_events_prune()
+    return deleted
 
 
 @shared_task(acks_late=True, ignore_result=True, soft_time_limit=50, time_limit=55)

@@ -581,3 +581,17 @@ def test_it_signs_and_delivers_the_thresholds_of_requests_through_the_hub(live_h
     assert [(e.payload["percent"], e.payload["used"], e.payload["user_id"]) for e in events] == [
         (80, 4, free_user.pk), (100, 5, free_user.pk)]
     assert_each_accepted_once_and_signed(receiver, {e.event_id for e in events})
+
+
+def test_it_prunes_old_events_once_no_delivery_is_pending(receiver_factory):
+    from usage.billing import billing_events_prune
+
+    endpoint = endpoint_for(receiver_factory())
+    old, pending, recent = event(1), event(2), event(3)
+    webhooks_sweep()  # dispatched: a delivery each, pending
+    WebhookDelivery.objects.filter(event__in=[old, recent]).update(status="delivered")
+    BillingEvent.objects.filter(pk__in=[old.pk, pending.pk]).update(created_at=old.created_at - timedelta(days=91))
+
+    assert billing_events_prune() == 1
+    assert set(BillingEvent.objects.values_list("pk", flat=True)) == {pending.pk, recent.pk}
+    assert WebhookDelivery.objects.filter(endpoint=endpoint).count() == 2
