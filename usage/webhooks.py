@@ -64,11 +64,13 @@ def _config(name: str):
 # --- Endpoints ------------------------------------------------------------------------------------------------
 
 def webhook_url_validate(url: str) -> str:
-    """The normalised URL, or WebhookConfigError (400, code `unsafe_webhook_url`) saying why llmhub may not POST
-    to it: internal addresses (loopback, private, link-local, metadata, local names) are refused unless the
-    operator allowlist (LLMHUB_SSRF_ALLOWLIST) names the host. Resolves the host name (call it off the event loop)."""
+    """`url` as typed (its path too: a receiver may need its trailing slash), or WebhookConfigError (400, code
+    `unsafe_webhook_url`) saying why llmhub may not POST to it: internal addresses (loopback, private, link-local,
+    metadata, local names) are refused unless the operator allowlist (LLMHUB_SSRF_ALLOWLIST) names the host.
+    Resolves the host name (call it off the event loop)."""
     try:
-        return validate_user_base_url(url)
+        validate_user_base_url(url)
+        return url
     except UnsafeURL as error:
         message = error.message.replace("a base URL", "a webhook URL")
         raise WebhookConfigError(f"This webhook URL is refused: {message}.", code="unsafe_webhook_url",

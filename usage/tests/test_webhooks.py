@@ -188,6 +188,19 @@ def test_it_delivers_each_event_exactly_once_to_a_receiver_that_fails_twice(rece
 
 @threads_see_rows
 def test_it_delivers_through_a_real_celery_worker_with_countdown_retries(receiver_factory, celery_worker):
+    deliver_through_the_worker(receiver_factory)
+
+
+@pytest.mark.services
+@threads_see_rows
+def test_it_delivers_through_redis_and_postgresql_in_the_services_run(receiver_factory, celery_worker):
+    from django.db import connection
+
+    assert app.conf.broker_url.startswith("redis://") and connection.vendor == "postgresql"
+    deliver_through_the_worker(receiver_factory)
+
+
+def deliver_through_the_worker(receiver_factory) -> None:
     receiver = receiver_factory(failures=2)
     endpoint_for(receiver)
     events = [event(number) for number in range(3)]
@@ -326,6 +339,15 @@ def test_it_refuses_an_internal_webhook_url_in_the_service(url, settings):
     assert refused.value.code == "unsafe_webhook_url"
     assert refused.value.message.startswith("This webhook URL is refused: ")
     assert not WebhookEndpoint.objects.exists()
+
+
+def test_it_keeps_a_webhook_urls_path_as_typed(receiver_factory):
+    receiver = receiver_factory()
+    url = f"{receiver.url}/?account=7"
+    assert endpoint_for(receiver).url == receiver.url
+    endpoint = webhook_endpoint_save(endpoint=WebhookEndpoint(name="slash", url=url, event_types=[PERIOD_CLOSED]),
+                                     secret=SECRET)
+    assert endpoint.url == url
 
 
 def test_it_refuses_an_internal_webhook_url_in_admin_and_never_echoes_the_secret(admin_client, settings):
