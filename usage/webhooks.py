@@ -30,7 +30,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from llmhub.crypto import secret_decrypt, secret_encrypt
-from llmhub.errors import ApplicationError
+from llmhub.errors import ApplicationError, ConfigurationError
 from registry.ssrf import UnsafeURL, safe_sync_http_client, ssrf_refusal, validate_user_base_url
 from usage.billing import EVENT_TYPES, billing_event_body, billing_events_dispatch
 from usage.models import WebhookDelivery, WebhookEndpoint
@@ -228,7 +228,10 @@ def _backoff(attempt: int) -> float:
 def _post(delivery: WebhookDelivery, *, attempt: int) -> tuple[int | None, str, str]:
     """POSTs the event; returns (HTTP status or None, response excerpt, error or "" when delivered)."""
     body = webhook_body(delivery.event)
-    secret = secret_decrypt(delivery.endpoint.secret_encrypted)
+    try:
+        secret = secret_decrypt(delivery.endpoint.secret_encrypted)
+    except ConfigurationError:  # encrypted under a key no longer configured: staff enter the secret again
+        return None, "", "the secret cannot be decrypted: enter it again"
     headers = {"content-type": "application/json", "user-agent": "llmhub-webhooks/1",
                EVENT_ID_HEADER: delivery.event.event_id, "llmhub-event-type": delivery.event.type,
                "llmhub-delivery-attempt": str(attempt),

@@ -617,3 +617,16 @@ def test_it_prunes_old_events_once_no_delivery_is_pending(receiver_factory):
     assert billing_events_prune() == 1
     assert set(BillingEvent.objects.values_list("pk", flat=True)) == {pending.pk, recent.pk}
     assert WebhookDelivery.objects.filter(endpoint=endpoint).count() == 2
+
+
+def test_it_counts_an_undecryptable_secret_as_a_failed_attempt(receiver_factory):
+    receiver = receiver_factory()
+    WebhookEndpoint.objects.filter(pk=endpoint_for(receiver).pk).update(secret_encrypted="gAAAAA-not-a-token")
+    event(1)
+
+    tasks.webhooks_sweep.delay()
+
+    delivery = WebhookDelivery.objects.get()
+    assert (delivery.status, delivery.attempts, delivery.claimed_until) == ("pending", 1, None)
+    assert delivery.last_error == "the secret cannot be decrypted: enter it again"
+    assert receiver.requests == []
