@@ -253,6 +253,11 @@ USAGE_RETENTION_DAYS = env.int("LLMHUB_USAGE_RETENTION_DAYS", default=90)
 if USAGE_RETENTION_DAYS < 2:
     # The newest final day is the retention plus one: with less than 2 days, late rows of yesterday would be lost.
     raise ImproperlyConfigured("LLMHUB_USAGE_RETENTION_DAYS must be at least 2.")
+BILLING_EVENT_RETENTION_DAYS = env.int("LLMHUB_BILLING_EVENT_RETENTION_DAYS", default=90)
+if BILLING_EVENT_RETENTION_DAYS < 35:
+    # An event's dedupe key must outlive its period (a month), or a threshold of this month could fire twice.
+    raise ImproperlyConfigured("LLMHUB_BILLING_EVENT_RETENTION_DAYS must be at least 35.")
+WEBHOOK_SWEEP_SECONDS = env.float("LLMHUB_WEBHOOK_SWEEP_SECONDS", default=10.0)
 CELERY_BEAT_SCHEDULE = {
     # Checks every minute which models are due a test (LLMHUB["MODEL_TEST_INTERVAL_SECONDS"]).
     "model-tests-schedule": {"task": "registry.tasks.model_tests_schedule", "schedule": 60.0,
@@ -262,6 +267,12 @@ CELERY_BEAT_SCHEDULE = {
     "usage-rollups-update": {"task": "usage.tasks.usage_rollups_update", "schedule": USAGE_ROLLUP_INTERVAL_SECONDS,
                              "options": {"expires": max(1.0, USAGE_ROLLUP_INTERVAL_SECONDS - 5)}},
     "usage-log-prune": {"task": "usage.tasks.usage_log_prune", "schedule": 600.0, "options": {"expires": 590}},
+    # Billing hooks (usage/billing.py, usage/webhooks.py): dispatch new events and (re)send due deliveries; write
+    # the `usage.period_closed` events of days and months whose roll-ups are complete.
+    "webhooks-sweep": {"task": "usage.tasks.webhooks_sweep", "schedule": WEBHOOK_SWEEP_SECONDS,
+                       "options": {"expires": max(1.0, WEBHOOK_SWEEP_SECONDS - 1)}},
+    "billing-periods-close": {"task": "usage.tasks.billing_periods_close", "schedule": 300.0,
+                              "options": {"expires": 290}},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule"))
 
@@ -341,6 +352,20 @@ LLMHUB = {
     "QUOTA_REDIS_MAX_CONNECTIONS": env.int("LLMHUB_QUOTA_REDIS_MAX_CONNECTIONS", default=32),
     # Retry-After of a token or cost refusal caused only by reservations in flight (they settle within seconds).
     "QUOTA_IN_FLIGHT_RETRY_SECONDS": env.int("LLMHUB_QUOTA_IN_FLIGHT_RETRY_SECONDS", default=2),
+    # Billing hooks (README "Billing hooks"). `quota.threshold` fires when a limit's settled usage reaches these
+    # percentages of it, once per limit, period window and owner. `usage.period_closed` is written for a day this
+    # long after it ended (and once its roll-ups are complete).
+    "BILLING_THRESHOLD_PERCENTS": env.list("LLMHUB_BILLING_THRESHOLD_PERCENTS", cast=int, default=[80, 100]),
+    "BILLING_PERIOD_CLOSE_DELAY_SECONDS": env.float("LLMHUB_BILLING_PERIOD_CLOSE_DELAY_SECONDS", default=600.0),
+    # Dispatched events with no delivery pending are deleted this long after they were written (with their deliveries).
+    "BILLING_EVENT_RETENTION_DAYS": BILLING_EVENT_RETENTION_DAYS,
+    # Webhook deliveries: one attempt's timeouts, the attempts before a delivery is marked failed, and the backoff
+    # between them (base x 2^(attempt-1), capped, ±10% jitter). The sweep runs every WEBHOOK_SWEEP_SECONDS.
+    "WEBHOOK_TIMEOUT_SECONDS": env.float("LLMHUB_WEBHOOK_TIMEOUT_SECONDS", default=5.0),
+    "WEBHOOK_MAX_ATTEMPTS": env.int("LLMHUB_WEBHOOK_MAX_ATTEMPTS", default=10),
+    "WEBHOOK_RETRY_BASE_SECONDS": env.float("LLMHUB_WEBHOOK_RETRY_BASE_SECONDS", default=30.0),
+    "WEBHOOK_RETRY_MAX_SECONDS": env.float("LLMHUB_WEBHOOK_RETRY_MAX_SECONDS", default=6 * 3600.0),
+    "WEBHOOK_SWEEP_SECONDS": WEBHOOK_SWEEP_SECONDS,
 }
 
 LOGGING = {

@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
@@ -397,19 +398,27 @@ def secret_rotate_all() -> int:
     """Re-encrypts every stored key under the newest encryption key, all or nothing; returns the rows rewritten."""
     rewritten = 0
     with transaction.atomic():
-        for model_class in (Provider, LLMModel, UserLLMConfig):
-            for instance in model_class.objects.select_for_update().exclude(api_key_encrypted=""):
+        for model_class, field in _encrypted_fields():
+            for instance in model_class.objects.select_for_update().exclude(**{field: ""}):
                 try:
-                    instance.api_key_encrypted = secret_rotate(instance.api_key_encrypted)
+                    setattr(instance, field, secret_rotate(getattr(instance, field)))
                 except ConfigurationError as error:
                     raise ConfigurationError(
                         f"{error.message} ({model_class._meta.verbose_name} #{instance.pk}: enter its key again, "
                         "or add the old encryption key to LLMHUB_ENCRYPTION_KEYS.) Nothing was rotated.",
                         code=error.code, status=error.status,
                     ) from None
-                instance.save(update_fields=["api_key_encrypted"])
+                instance.save(update_fields=[field])
                 rewritten += 1
     return rewritten
+
+
+def _encrypted_fields() -> list[tuple[type, str]]:
+    """The registry's keys, and the fields other apps' models list in `encrypted_fields` (webhook secrets), found
+    through the app registry so that imports keep running one way."""
+    fields = [(model_class, "api_key_encrypted") for model_class in (Provider, LLMModel, UserLLMConfig)]
+    return fields + [(model_class, field) for model_class in apps.get_models()
+                     for field in getattr(model_class, "encrypted_fields", ())]
 
 
 def llm_models_set_enabled(*, model_ids: list[int], enabled: bool) -> int:

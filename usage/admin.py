@@ -1,8 +1,16 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from usage.models import UsageLog, UsageRollup
+from usage.billing import EVENT_TYPES
+from usage.models import BillingEvent, UsageLog, UsageRollup, WebhookDelivery, WebhookEndpoint
+from usage.webhooks import (
+    WebhookConfigError,
+    webhook_deliveries_retry,
+    webhook_endpoint_check,
+    webhook_endpoint_save,
+)
 
 
 class RecentValuesFilter(admin.SimpleListFilter):
@@ -75,3 +83,110 @@ class UsageRollupAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: UsageRollup | None = None) -> bool:
         return False
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+class WebhookEndpointForm(forms.ModelForm):
+    """The secret is write-only: never rendered, stored encrypted; the URL goes through the SSRF guard."""
+
+    url = forms.URLField(max_length=2048, assume_scheme="https",  # a URL typed without a scheme is an https one
+                         help_text=WebhookEndpoint._meta.get_field("url").help_text)
+    secret = forms.CharField(
+        required=False, strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Write-only, at least 16 characters; receivers verify signatures with it "
+                  "(e.g. `python -c \"import secrets; print(secrets.token_urlsafe(32))\"`).")
+    event_types = forms.MultipleChoiceField(choices=[(name, name) for name in EVENT_TYPES],
+                                            widget=forms.CheckboxSelectMultiple, initial=list(EVENT_TYPES))
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ("name", "url", "secret", "event_types", "enabled")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and self.instance.secret_encrypted:
+            self.fields["secret"].help_text = ("A secret is stored. Leave blank to keep it; type a new one to replace "
+                                               "it (required when the URL changes).")
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        try:
+            # self.instance is still the stored endpoint here (the form copies its values onto it after clean()).
+            cleaned["url"], cleaned["event_types"] = webhook_endpoint_check(
+                endpoint=self.instance, url=cleaned["url"], secret=cleaned.get("secret") or None,
+                event_types=cleaned["event_types"])
+        except WebhookConfigError as error:
+            self.add_error(error.extra["field"], error.message)
+        return cleaned
+
+    def save(self, commit: bool = True) -> WebhookEndpoint:
+        # The service saves (WebhookEndpointAdmin.save_model): its checks are the ones that count.
+        return super().save(commit=False)
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    form = WebhookEndpointForm
+    list_display = ("name", "url", "enabled", "event_types", "secret_stored", "updated_at")
+    list_filter = ("enabled",)
+
+    @admin.display(boolean=True, description="secret stored")
+    def secret_stored(self, obj: WebhookEndpoint) -> bool:
+        return bool(obj.secret_encrypted)
+
+    def save_model(self, request: HttpRequest, obj: WebhookEndpoint, form: WebhookEndpointForm, change: bool) -> None:
+        webhook_endpoint_save(endpoint=obj, secret=form.cleaned_data.get("secret") or None)
+
+
+class WebhookDeliveryInline(admin.TabularInline):
+    model = WebhookDelivery
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ("endpoint", "status", "attempts", "next_attempt_at", "delivered_at",
+                                "response_status", "last_error")
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(BillingEvent)
+class BillingEventAdmin(ReadOnlyAdmin):
+    """The outbox: written by the quota back ends and the period-close task, read-only here."""
+
+    list_display = ("created_at", "type", "event_id", "dispatched_at")
+    list_filter = ("type",)
+    search_fields = ("dedupe_key",)
+    ordering = ("-created_at",)
+    show_full_result_count = False
+    fields = ("event_id", "type", "created_at", "dispatched_at", "dedupe_key", "payload")
+    readonly_fields = fields
+    inlines = [WebhookDeliveryInline]
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    list_display = ("event", "endpoint", "status", "attempts", "last_attempt_at", "next_attempt_at",
+                    "response_status", "last_error")
+    list_filter = ("status", "endpoint")
+    list_select_related = ("event", "endpoint")
+    ordering = ("-pk",)
+    show_full_result_count = False
+    actions = ["retry_now"]
+
+    @admin.action(description="Retry selected deliveries now")
+    def retry_now(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = webhook_deliveries_retry(delivery_ids=list(queryset.values_list("pk", flat=True)))
+        self.message_user(request, f"{count} deliveries will be sent again within the next sweep.", messages.SUCCESS)

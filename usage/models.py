@@ -1,3 +1,5 @@
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -122,3 +124,95 @@ class UsageRollupState(models.Model):
 
     def __str__(self) -> str:
         return f"rolled up to id {self.rolled_up_id}"
+
+
+# --- Billing hooks (usage/billing.py, usage/webhooks.py) ----------------------------------------------------------
+
+class BillingEvent(models.Model):
+    """The outbox: one row per billing event, written in the same transaction as what caused it, then dispatched
+    (a delivery per subscribed endpoint, and the `usage.signals.billing_event` signal) by the webhooks sweep.
+
+    `dedupe_key` makes an event happen once (a threshold once per limit, period and owner; a closed period once
+    per user); `public_id` is the id receivers de-duplicate by. The payload never holds a secret."""
+
+    class Type(models.TextChoices):
+        QUOTA_THRESHOLD = "quota.threshold", "quota.threshold"
+        PERIOD_CLOSED = "usage.period_closed", "usage.period_closed"
+
+    public_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
+    type = models.CharField(max_length=64, choices=Type.choices)
+    dedupe_key = models.CharField(max_length=400, unique=True)
+    payload = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True,
+                                         help_text="When its deliveries were created and the signal sent.")
+
+    class Meta:
+        indexes = [models.Index(fields=["id"], condition=models.Q(dispatched_at__isnull=True),
+                                name="billing_event_undispatched_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"
+
+    @property
+    def event_id(self) -> str:
+        return f"evt_{self.public_id.hex}"
+
+
+class WebhookEndpoint(models.Model):
+    """Where billing events are POSTed, signed with the endpoint's secret (write-only, encrypted at rest)."""
+
+    # Secrets under LLMHUB_ENCRYPTION_KEYS: `rotate_encryption_key` re-encrypts these fields too.
+    encrypted_fields = ("secret_encrypted",)
+
+    name = models.CharField(max_length=100)
+    url = models.URLField(max_length=2048, help_text="https only (http for hosts on LLMHUB_SSRF_ALLOWLIST); "
+                                                     "internal addresses are refused.")
+    secret_encrypted = models.TextField(blank=True, editable=False)
+    event_types = models.JSONField(default=list, help_text="The event types sent to this endpoint.")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class WebhookDelivery(models.Model):
+    """One event to one endpoint: attempted until the endpoint answers 2xx, with backoff, up to
+    LLMHUB["WEBHOOK_MAX_ATTEMPTS"] times. A worker owns an attempt while `claimed_until` is in the future."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed (attempts exhausted)"
+
+    event = models.ForeignKey(BillingEvent, on_delete=models.CASCADE, related_name="deliveries")
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    queued_until = models.DateTimeField(null=True, blank=True,
+                                        help_text="A task for it is queued: the sweep leaves it alone until then.")
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_excerpt = models.CharField(max_length=200, blank=True)
+    last_error = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        verbose_name_plural = "webhook deliveries"
+        constraints = [models.UniqueConstraint(fields=["event", "endpoint"], name="unique_webhook_delivery")]
+        indexes = [models.Index(fields=["next_attempt_at"], condition=models.Q(status="pending"),
+                                name="webhook_delivery_due_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.event} → {self.endpoint}"
+
+
+class BillingState(models.Model):
+    """One row: the last day whose `usage.period_closed` events are written (usage/billing.py)."""
+
+    closed_through = models.DateField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)

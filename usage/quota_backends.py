@@ -22,7 +22,9 @@ from functools import cache, partial
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections, transaction
 
+from usage.billing import billing_events_insert, quota_thresholds_crossed
 from usage.redis_client import RedisClient, RedisUnavailable
+from usage.writer import writer
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +116,7 @@ return state
 _SETTLE = """
 -- KEYS: counters. ARGV: request id, hold ms, then per counter: actual amount, window end (ms).
 local id, hold = ARGV[1], tonumber(ARGV[2])
+local used = {}
 for i, key in ipairs(KEYS) do
   local reserved = redis.call('HGET', key, 'h:' .. id)
   if reserved then
@@ -122,10 +125,11 @@ for i, key in ipairs(KEYS) do
     if reserved ~= '0' then redis.call('HINCRBY', key, 'held', '-' .. reserved) end
   end
   local actual = ARGV[2 * i + 1]
-  if actual ~= '0' then redis.call('HINCRBY', key, 'used', actual) end
+  used[i] = -1
+  if actual ~= '0' then used[i] = redis.call('HINCRBY', key, 'used', actual) end
   redis.call('PEXPIREAT', key, tonumber(ARGV[2 * i + 2]) + hold)
 end
-return 1
+return used  -- each counter's new usage (-1: unchanged), for the billing thresholds
 """
 
 
@@ -149,7 +153,8 @@ class RedisQuotaBackend(QuotaBackend):
         args: list = [request_id, int(hold_seconds * 1000)]
         for charge, amount in zip(charges, actual, strict=True):
             args += [amount, int(charge.window_end * 1000)]
-        await self._script(_SETTLE, [charge.key for charge in charges], args)
+        used = await self._script(_SETTLE, [charge.key for charge in charges], args)
+        _thresholds_queue(charges, actual, used)
 
     async def _script(self, source: str, keys: list[str], args: list):
         try:
@@ -284,9 +289,15 @@ class DatabaseQuotaBackend(QuotaBackend):
     def _settle(cursor, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...]) -> None:
         cursor.execute("DELETE FROM usage_quotahold WHERE request_id = %s RETURNING key, amount", [request_id])
         held = dict(cursor.fetchall())  # a reservation that expired meanwhile was given back already
+        used = {}
         for charge, amount in sorted(zip(charges, actual, strict=True), key=lambda pair: pair[0].key):
-            cursor.execute("UPDATE usage_quotacounter SET used = used + %s, held = held - %s WHERE key = %s",
-                           [amount, held.get(charge.key, 0), charge.key])
+            cursor.execute("UPDATE usage_quotacounter SET used = used + %s, held = held - %s WHERE key = %s "
+                           "RETURNING used", [amount, held.get(charge.key, 0), charge.key])
+            used[charge.key] = (cursor.fetchone() or (None,))[0]
+        # Billing thresholds crossed by this settle are written in its transaction (usage/billing.py).
+        crossed = quota_thresholds_crossed(charges=charges, actual=actual, used=tuple(used[c.key] for c in charges))
+        if crossed:
+            billing_events_insert(crossed)
 
     def _sweep(self, cursor, now: float) -> None:
         """Gives back every expired reservation, and drops counters whose period (plus the hold time) is over."""
@@ -304,6 +315,14 @@ class DatabaseQuotaBackend(QuotaBackend):
             cursor.execute("SELECT COUNT(*) FROM usage_quotahold WHERE key = %s", [key])
             result[key] = {"used": row[0], "held": row[1], "refused": row[2], "holds": cursor.fetchone()[0]}
         return result
+
+
+def _thresholds_queue(charges: tuple[Charge, ...], actual: tuple[int, ...], used: list[int]) -> None:
+    """Billing thresholds a Redis settle crossed join the usage writer's queue (usage/billing.py says why)."""
+    crossed = quota_thresholds_crossed(charges=charges, actual=actual,
+                                       used=tuple(None if value < 0 else value for value in used))
+    for event in crossed:
+        writer.record(event)
 
 
 def _settle_failed(done, *, request_id: str) -> None:
