@@ -318,6 +318,10 @@ LLMHUB = {
     # A tested plain chat slower than this makes the model degraded; a test reads at most this much per answer.
     "MODEL_TEST_SLOW_MS": env.float("LLMHUB_MODEL_TEST_SLOW_MS", default=5000.0),
     "MODEL_TEST_MAX_RESPONSE_BYTES": env.int("LLMHUB_MODEL_TEST_MAX_RESPONSE_BYTES", default=1024 * 1024),
+    # Prometheus /metrics (usage/metrics.py): scrapes send `Authorization: Bearer <token>`; without a token the
+    # page is open only embedded, to loopback clients. Each server's processes share a folder under METRICS_DIR.
+    "METRICS_TOKEN": env.str("LLMHUB_METRICS_TOKEN", default=""),
+    "METRICS_DIR": env.str("LLMHUB_METRICS_DIR", default=str(VAR_DIR / "prometheus")),
     # Quotas (usage/quotas.py): counters in this Redis, else in the database (embedded). A decision the back end
     # cannot make within the timeout is a 503 (fail closed). A reservation never settled (a crashed process)
     # is given back after QUOTA_HOLD_SECONDS; it must outlast the longest request.
