@@ -1,4 +1,5 @@
-"""ASGI entry point: /v1 goes to the lean OpenAI-compatible app, everything else to Django."""
+"""ASGI entry point: /v1 goes to the lean OpenAI-compatible app, /metrics to Prometheus's exposition, everything else
+to Django."""
 
 import asyncio
 import gc
@@ -21,7 +22,7 @@ django_application = get_asgi_application()
 from generation import openai_compat  # noqa: E402  (needs the app registry ready)
 from generation.client import clients_close  # noqa: E402
 from llmhub import memory  # noqa: E402
-from usage.metrics import IN_FLIGHT_BY_PATH, metrics_access, metrics_exposition  # noqa: E402
+from usage.metrics import in_flight, metrics_access, metrics_exposition  # noqa: E402
 from usage.writer import asgi_lifespan  # noqa: E402
 
 # Everything imported so far (Django, the SDK's models) lives as long as the process. Frozen, it leaves the
@@ -30,6 +31,7 @@ from usage.writer import asgi_lifespan  # noqa: E402
 gc.collect()
 gc.freeze()
 memory.report_install()  # only with LLMHUB_MEMORY_REPORT set (a `make soak` diagnostic)
+in_flight.sampler_start()
 
 
 async def _lifespan(scope, receive, send) -> None:
@@ -113,11 +115,11 @@ async def _metrics(scope, receive, send) -> None:
 
 
 async def application(scope, receive, send) -> None:
+    if scope["type"] == "lifespan":
+        await _lifespan(scope, receive, send)
+        return
     if scope["type"] != "http":
-        if scope["type"] == "lifespan":
-            await _lifespan(scope, receive, send)
-        else:
-            await django_application(scope, receive, send)
+        await django_application(scope, receive, send)
         return
     path = scope["path"]
     if path.startswith("/v1/") or path == "/metrics":
@@ -127,14 +129,13 @@ async def application(scope, receive, send) -> None:
         if path == "/metrics":
             await _metrics(scope, receive, send)
             return
-    in_flight = IN_FLIGHT_BY_PATH.get(path)
-    if in_flight is not None:
-        in_flight.inc()
+    app = openai_compat.application if path.startswith("/v1/") else django_application
+    endpoint = in_flight.PATHS.get(path)
+    if endpoint is None:
+        await app(scope, receive, send)
+        return
+    in_flight.counts[endpoint] += 1  # on the event loop's thread only: no lock needed
     try:
-        if path.startswith("/v1/"):
-            await openai_compat.application(scope, receive, send)
-        else:
-            await django_application(scope, receive, send)
+        await app(scope, receive, send)
     finally:
-        if in_flight is not None:
-            in_flight.dec()
+        in_flight.counts[endpoint] -= 1
