@@ -237,7 +237,7 @@ class UsageWriter:
                     self._observed = 0
             # The metrics hook: rows are counted once, when a flush first sees them (even while the database is down).
             usage_metrics_observe(self._unobserved())
-            target = len(self._pending)
+            target = self._observed  # the rows just counted or before: none appended since is written uncounted
             batch_size = self._batch_size
             written = 0
             while written < target:
@@ -257,7 +257,8 @@ class UsageWriter:
             self._flush_lock.release()
 
     def _unobserved(self) -> list[UsageEntry]:
-        """The queued entries not counted in the metrics yet (only a flush, holding the flush lock, calls it)."""
+        """The queued entries not counted in the metrics yet; they count from now on. Only a flush, holding the
+        flush lock, calls it (and only a flush changes `_observed`)."""
         with self._lock:
             fresh = list(itertools.islice(self._pending, self._observed, None))
             self._observed = len(self._pending)
