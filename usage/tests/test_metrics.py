@@ -5,6 +5,7 @@ import http.client
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ from pathlib import Path
 import openai
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -146,6 +147,39 @@ def test_it_counts_upstream_errors_by_kind_and_quota_refusals(live_hub, sdk, sim
     assert upstream_errors == {frozenset({("model", "demo"), ("kind", "unavailable")}): 1}
     assert delta("llmhub_requests_total", endpoint=CHAT, model="demo", status="ok", code="200") == 1
     assert delta("llmhub_quota_refusals_total", metric="requests", period="day", scope="user") == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_counts_each_row_once_while_rows_arrive_during_flushes(writer_paused, make_entry):
+    from usage.models import UsageLog
+    from usage.services import usage_flush, usage_record
+
+    def requests() -> float:
+        return REGISTRY.get_sample_value("llmhub_requests_total", {"endpoint": "bench.race", "model": "demo",
+                                                                   "status": "ok", "code": "200"}) or 0.0
+
+    before, done = requests(), threading.Event()
+    entries = [make_entry(endpoint="bench.race") for _ in range(3000)]
+
+    def record_all() -> None:
+        for entry in entries:
+            usage_record(entry)
+        done.set()
+
+    recorder = threading.Thread(target=record_all)
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns every few bytecodes: rows arrive in the middle of a flush
+    try:
+        recorder.start()
+        while not done.is_set():
+            usage_flush()  # each flush counts, then writes, while rows keep arriving
+        recorder.join()
+    finally:
+        sys.setswitchinterval(switch_interval)
+    usage_flush()
+
+    assert UsageLog.objects.filter(endpoint="bench.race").count() == 3000
+    assert requests() - before == 3000
 
 
 # --- Two uvicorn workers: one view -------------------------------------------------------------------------
