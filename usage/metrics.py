@@ -123,6 +123,8 @@ def usage_metrics_observe(entries: Iterable["UsageEntry"]) -> None:
 def _observe(entries: Iterable["UsageEntry"]) -> None:
     requests: dict[tuple, int] = defaultdict(int)
     spent: dict[tuple, list] = defaultdict(lambda: [0, 0, Decimal(0)])
+    latencies: dict[tuple, Histogram] = {}
+    ttfts: dict[tuple, Histogram] = {}
     for entry in entries:
         labels = (entry.endpoint, entry.requested_model)
         requests[(*labels, entry.status, str(entry.http_status))] += 1
@@ -130,9 +132,13 @@ def _observe(entries: Iterable["UsageEntry"]) -> None:
         totals[0] += entry.input_tokens
         totals[1] += entry.output_tokens
         totals[2] += entry.cost
-        LATENCY.labels(*labels).observe(entry.latency_ms / 1000)
+        if (latency := latencies.get(labels)) is None:
+            latency = latencies[labels] = LATENCY.labels(*labels)
+        latency.observe(entry.latency_ms / 1000)
         if entry.ttft_ms is not None:
-            TTFT.labels(*labels).observe(entry.ttft_ms / 1000)
+            if (ttft := ttfts.get(labels)) is None:
+                ttft = ttfts[labels] = TTFT.labels(*labels)
+            ttft.observe(entry.ttft_ms / 1000)
     for labels, count in requests.items():
         REQUESTS.labels(*labels).inc(count)
     for labels, (input_tokens, output_tokens, cost) in spent.items():
