@@ -23,6 +23,7 @@ from generation.routing import candidate_models, earliest_retry
 from llmhub.errors import ApplicationError, NotFound
 from registry.health import health_note, unhealthy_keys
 from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, get_default_model, get_model_by_id
+from usage.metrics import upstream_error_count
 from usage.quotas import Reservation, quota_reserve, quota_settle
 from usage.services import (
     UsageEntry,
@@ -189,6 +190,7 @@ def estimated_input(body: dict[str, Any]) -> int:
 
 
 def _note_failure(model: ModelSpec, error: client.UpstreamError) -> None:
+    upstream_error_count(model=model.id, kind=error.kind)
     if isinstance(error, client.UpstreamRateLimited):
         seconds = error.retry_after if error.retry_after is not None else _config("DEFAULT_COOLDOWN_SECONDS")
         _cooled_until[model.key] = time.monotonic() + seconds
@@ -538,6 +540,7 @@ class ChatStream:
         except client.UpstreamError as error:
             # Bytes already reached the client: no fallback (it would duplicate text). End with an error event.
             error_type = error.kind
+            upstream_error_count(model=self.model.id, kind=error.kind)
             logger.warning("request %s: stream from %s broke (%s)", self.request_id, self.model.id, error.kind)
             yield b"data: " + orjson.dumps({"error": {
                 "message": f"The upstream stream broke: {error.message}", "type": "server_error",

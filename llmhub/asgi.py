@@ -1,5 +1,7 @@
-"""ASGI entry point: /v1 goes to the lean OpenAI-compatible app, everything else to Django."""
+"""ASGI entry point: /v1 goes to the lean OpenAI-compatible app, /metrics to Prometheus's exposition, everything else
+to Django."""
 
+import asyncio
 import gc
 import logging
 import os
@@ -8,7 +10,12 @@ from django.conf import settings
 from django.core.asgi import get_asgi_application
 from django.http.request import split_domain_port, validate_host
 
+from usage.metrics_process import metrics_folder_prepare  # imports nothing of prometheus_client
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmhub.settings")
+
+# Before anything imports prometheus_client: its multi-process folder is read once, at that import.
+metrics_folder_prepare(settings.LLMHUB["METRICS_DIR"])
 
 django_application = get_asgi_application()
 
@@ -16,6 +23,7 @@ from generation import openai_compat  # noqa: E402  (needs the app registry read
 from generation.client import clients_close  # noqa: E402
 from generation.openai_edge import is_mistaken_path, mistaken_path_message  # noqa: E402
 from llmhub import memory  # noqa: E402
+from usage.metrics import in_flight, metrics_access, metrics_exposition  # noqa: E402
 from usage.writer import asgi_lifespan  # noqa: E402
 
 # Everything imported so far (Django, the SDK's models) lives as long as the process. Frozen, it leaves the
@@ -24,6 +32,7 @@ from usage.writer import asgi_lifespan  # noqa: E402
 gc.collect()
 gc.freeze()
 memory.report_install()  # only with LLMHUB_MEMORY_REPORT set (a `make soak` diagnostic)
+in_flight.sampler_start()
 
 
 async def _lifespan(scope, receive, send) -> None:
@@ -72,14 +81,66 @@ async def _refuse_host(host: str, send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _authorization(scope) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return value
+    return b""
+
+
+_METRICS_REFUSALS = {401: "Send 'Authorization: Bearer <LLMHUB_METRICS_TOKEN>'.",
+                     403: "Set LLMHUB_METRICS_TOKEN to open /metrics to scrapers that send it."}
+
+
+async def _metrics(scope, receive, send) -> None:
+    """GET /metrics: Prometheus's text format, for a scrape the token (or the embedded default) lets in."""
+    headers = []
+    refusal = metrics_access(authorization=_authorization(scope), client_host=(scope.get("client") or ("",))[0])
+    if scope["method"] not in ("GET", "HEAD"):
+        status, code = 405, "method_not_allowed"
+        headers.append((b"allow", b"GET, HEAD"))
+    elif refusal is not None:
+        status, code = refusal
+        if status == 401:
+            headers.append((b"www-authenticate", b'Bearer realm="metrics"'))
+    else:
+        status, code = 200, ""
+    if status == 200:
+        body, content_type = await asyncio.to_thread(metrics_exposition)
+    else:
+        body = openai_compat.error_payload(status=status, message=_METRICS_REFUSALS.get(status, "Use GET."), code=code)
+        content_type = "application/json"
+    headers += [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+
 async def application(scope, receive, send) -> None:
-    if scope["type"] == "http" and (scope["path"].startswith("/v1/") or is_mistaken_path(scope)):
+    if scope["type"] == "lifespan":
+        await _lifespan(scope, receive, send)
+        return
+    if scope["type"] != "http":
+        await django_application(scope, receive, send)
+        return
+    path = scope["path"]
+    is_v1 = path.startswith("/v1/")
+    if is_v1 or path == "/metrics" or is_mistaken_path(scope):
         if (host := host_refused(scope)) is not None:
             await _refuse_host(host, send)
             return
-        mistaken = None if scope["path"].startswith("/v1/") else mistaken_path_message(scope)
-        await openai_compat.application(scope, receive, send, mistaken=mistaken)
-    elif scope["type"] == "lifespan":
-        await _lifespan(scope, receive, send)
-    else:
-        await django_application(scope, receive, send)
+        if path == "/metrics":
+            await _metrics(scope, receive, send)
+            return
+        if not is_v1:
+            await openai_compat.application(scope, receive, send, mistaken=mistaken_path_message(scope))
+            return
+    app = openai_compat.application if is_v1 else django_application
+    endpoint = in_flight.PATHS.get(path)
+    if endpoint is None:
+        await app(scope, receive, send)
+        return
+    in_flight.counts[endpoint] += 1  # on the event loop's thread only: no lock needed
+    try:
+        await app(scope, receive, send)
+    finally:
+        in_flight.counts[endpoint] -= 1

@@ -343,6 +343,10 @@ LLMHUB = {
     # often at most a key's "last used" is written (per key, off the request path; registry/key_usage.py).
     "MAX_API_KEYS_PER_USER": env.int("LLMHUB_MAX_API_KEYS_PER_USER", default=20),
     "API_KEY_LAST_USED_SECONDS": env.float("LLMHUB_API_KEY_LAST_USED_SECONDS", default=60.0),
+    # Prometheus /metrics (usage/metrics.py): scrapes send `Authorization: Bearer <token>`; without a token the
+    # page is open only embedded, to loopback clients. Each server's processes share a folder under METRICS_DIR.
+    "METRICS_TOKEN": env.str("LLMHUB_METRICS_TOKEN", default=""),
+    "METRICS_DIR": env.str("LLMHUB_METRICS_DIR", default=str(VAR_DIR / "prometheus")),
     # Quotas (usage/quotas.py): counters in this Redis, else in the database (embedded). A decision the back end
     # cannot make within the timeout is a 503 (fail closed). A reservation never settled (a crashed process)
     # is given back after QUOTA_HOLD_SECONDS; it must outlast the longest request.

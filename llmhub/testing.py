@@ -165,7 +165,8 @@ def production_env(*, database_url: str, redis_url: str | None = None, **variabl
     keys of a registry this process loaded."""
     keys = ",".join(settings.ENCRYPTION_KEYS) or Fernet.generate_key().decode()
     env = {name: value for name, value in os.environ.items()
-           if name not in ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DJANGO_SETTINGS_MODULE")}
+           if name not in ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DJANGO_SETTINGS_MODULE",
+                           "PROMETHEUS_MULTIPROC_DIR")}
     env |= {
         "DJANGO_SETTINGS_MODULE": "llmhub.settings",
         "DATABASE_URL": database_url,

@@ -10,6 +10,10 @@ A capability is True (it works), False (the upstream refused the request or igno
 (the check failed: timeout, 5xx, broken answer). Errors are generic words ("unreachable", "timeout",
 "key rejected", "HTTP 404"): never an upstream body, never the key. The test stops once it is past
 `budget` seconds; each request gets at most `check_timeout` of it.
+
+What the requests use is metered (`CheckUsage`, filled as they answer, so a test cut short keeps what it used):
+the tokens the upstream reports, else counted locally as the usage log counts them; registry/model_tests.py
+records them as the test's usage row.
 """
 
 import time
@@ -20,8 +24,10 @@ from typing import Any
 import orjson
 
 from generation import client
+from generation.services import usage_from
 from registry.selectors import ModelSpec
 from registry.ssrf import ssrf_refusal
+from usage.services import tokens_count_messages, tokens_count_text
 
 KEY_REJECTED = "key rejected"
 MODEL_NOT_FOUND = "model not found"
@@ -48,6 +54,50 @@ class CheckResult:
     @property
     def answered(self) -> bool:
         return self.capabilities.get("chat") is True or self.capabilities.get("embeddings") is True
+
+
+@dataclass(slots=True)
+class CheckUsage:
+    """What a test's requests used: how many were sent, and the tokens of those answered."""
+
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    estimated: bool = False  # some were counted locally: the upstream reported none (or nonsense)
+
+    def add(self, request: dict[str, Any], probe: client.Probe) -> None:
+        """Adds the tokens of one answered chat request."""
+        if "text/event-stream" in probe.content_type:
+            events = [_json(line.strip().removeprefix(b"data:")) for line in probe.body.split(b"\n")
+                      if line.startswith(b"data:")]
+            reported = next((counts for event in events if (counts := usage_from(event if isinstance(event, dict)
+                                                                                 else None))), None)
+            answer = "".join(_delta_text(event) for event in events)
+        else:
+            reported = usage_from(data if isinstance(data := _json(probe.body), dict) else None)
+            answer = _message_text(_message(probe.body))
+        if reported is None:
+            reported = (tokens_count_messages(request["messages"]), tokens_count_text(answer))
+            self.estimated = True
+        self.input_tokens += reported[0]
+        self.output_tokens += reported[1]
+
+
+def _delta_text(event: Any) -> str:
+    try:
+        content = event["choices"][0]["delta"].get("content")
+    except (TypeError, KeyError, IndexError, AttributeError):
+        return ""
+    return content if isinstance(content, str) else ""
+
+
+def _message_text(message: dict[str, Any] | None) -> str:
+    """The text an answer's tokens went to: its content, or the tool calls it made (as compact JSON)."""
+    if message is None:
+        return ""
+    content, calls = message.get("content"), message.get("tool_calls")
+    text = content if isinstance(content, str) else ""
+    return text + (orjson.dumps(calls).decode() if calls else "")
 
 
 def _json(body: bytes) -> Any:
@@ -112,9 +162,12 @@ def _failure(error: client.UpstreamError) -> str:
     return "address not allowed" if ssrf_refusal(error) else "unreachable"
 
 
-def model_check(model: ModelSpec, *, check_timeout: float, budget: float, max_response_bytes: int) -> CheckResult:
-    """Runs the checks against `model`'s upstream; returns what they found (never raises for upstream faults)."""
+def model_check(model: ModelSpec, *, check_timeout: float, budget: float, max_response_bytes: int,
+                usage: CheckUsage | None = None) -> CheckResult:
+    """Runs the checks against `model`'s upstream; returns what they found (never raises for upstream faults).
+    `usage`, when given, is filled with what the requests used as they answer."""
     result = CheckResult()
+    usage = CheckUsage() if usage is None else usage
     test_deadline = time.monotonic() + budget
 
     with client.probe_client(model, timeout=check_timeout, max_response_bytes=max_response_bytes) as sdk:
@@ -124,7 +177,11 @@ def model_check(model: ModelSpec, *, check_timeout: float, budget: float, max_re
             if deadline <= time.monotonic():
                 raise client.UpstreamTimeout("The test ran out of time.")
             request = None if body is None else {**body, "model": model.upstream_model}
-            return client.probe(sdk, path, body=request, deadline=deadline, max_response_bytes=max_response_bytes)
+            usage.calls += 1
+            answer = client.probe(sdk, path, body=request, deadline=deadline, max_response_bytes=max_response_bytes)
+            if request is not None and answer.status == 200:
+                usage.add(request, answer)
+            return answer
 
         try:
             listing = ask("/models")

@@ -4,10 +4,16 @@ A test is a `ModelTest` row: queued → running → succeeded (the model answere
 did not, or the test itself crashed or timed out; `error` says which, in generic words). Running a test is
 idempotent: it is claimed with a conditional UPDATE, a finished test is never run again, and its result is
 written only over its own claim.
+
+A test's upstream requests are metered like any request: one usage row per run of a test (endpoint
+`model_test`), with its tokens and their cost at the model's prices. A registry model's test is the system's own
+usage (no user); a user's own model's test counts for that user, at no cost (their key pays). No quota applies.
 """
 
 import contextlib
 import logging
+import time
+import uuid
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -22,16 +28,18 @@ from django.utils import timezone
 from generation.client import UpstreamMisconfigured
 from llmhub.crypto import secret_decrypt
 from llmhub.errors import ConfigurationError, NotFound, ServiceUnavailable
-from registry.connectivity import CheckResult, model_check
+from registry.connectivity import CheckResult, CheckUsage, model_check
 from registry.health import health_record_test
-from registry.models import LLMModel, ModelTest, UserLLMConfig
+from registry.models import LLMModel, ModelTest, UserLLMConfig, UserProfile
 from registry.selectors import ModelSpec
+from usage.services import UsageEntry, usage_cost, usage_record_now
 
 logger = logging.getLogger(__name__)
 
 State = ModelTest.State
 FINISHED = (State.SUCCEEDED, State.FAILED)
 QUEUE_UNAVAILABLE = "queue unavailable"
+MODEL_TEST_ENDPOINT = "model_test"  # the usage log's endpoint of tests' requests
 TIMED_OUT = "timed out"
 
 
@@ -103,9 +111,8 @@ def _enqueue_after_commit(test_id: int) -> None:
 
 def model_test_target(test: ModelTest) -> ModelSpec:
     """The endpoint a test calls, read from the database rather than a snapshot: a worker's snapshot may not
-    have a model created a moment ago."""
-    common = {"allowed_tiers": (), "required_tier": None, "capabilities": frozenset(), "fallbacks": (),
-              "input_price_per_million": Decimal(0), "output_price_per_million": Decimal(0)}
+    have a model created a moment ago. A user's model is priced at nothing: its owner's key pays its tests."""
+    common = {"allowed_tiers": (), "required_tier": None, "capabilities": frozenset(), "fallbacks": ()}
     if test.user_model_id is not None:
         row = test.user_model
         timeout = _config("USER_MODEL_TIMEOUT_SECONDS")
@@ -113,7 +120,8 @@ def model_test_target(test: ModelTest) -> ModelSpec:
             id=row.slug, pk=row.pk, display_name=row.display_name, upstream_model=row.upstream_model,
             provider="user", provider_name="Your models", base_url=row.base_url.rstrip("/"),
             api_key=secret_decrypt(row.api_key_encrypted), timeout=timeout, connect_timeout=min(5.0, timeout),
-            headers={}, enabled=row.enabled, context_window=row.context_window, owner_id=row.owner_id, **common,
+            headers={}, enabled=row.enabled, context_window=row.context_window, owner_id=row.owner_id,
+            input_price_per_million=Decimal(0), output_price_per_million=Decimal(0), **common,
         )
     row = LLMModel.objects.select_related("provider").get(pk=test.llm_model_id)
     provider = row.provider
@@ -124,7 +132,9 @@ def model_test_target(test: ModelTest) -> ModelSpec:
         api_key=secret_decrypt(row.api_key_encrypted or provider.api_key_encrypted),
         timeout=provider.timeout_seconds, connect_timeout=provider.connect_timeout_seconds,
         headers=dict(provider.extra_headers or {}), enabled=row.enabled, context_window=row.context_window,
-        kind=row.kind, **common,
+        kind=row.kind,
+        input_price_per_million=row.input_price_per_million, output_price_per_million=row.output_price_per_million,
+        **common,
     )
 
 
@@ -160,30 +170,56 @@ def _finish(test_id: int, *, result: CheckResult | None = None, error: str = "")
 
 def model_test_execute(*, test_id: int) -> None:
     """Runs a queued test and records its result; a test already claimed or finished is left alone. Ends
-    in a recorded state whatever happens: a crash or the soft time limit gives a failed test."""
+    in a recorded state whatever happens: a crash or the soft time limit gives a failed test. What its
+    requests used is recorded too, however it ended."""
     if not _claim(test_id):
         return
+    started = time.perf_counter()
+    target, usage = None, CheckUsage()
+    result, error = None, ""
     try:
         test = ModelTest.objects.select_related("llm_model", "user_model").get(pk=test_id)
-        result = model_check(model_test_target(test), check_timeout=_config("MODEL_TEST_CHECK_TIMEOUT_SECONDS"),
+        target = model_test_target(test)
+        result = model_check(target, check_timeout=_config("MODEL_TEST_CHECK_TIMEOUT_SECONDS"),
                              budget=_config("MODEL_TEST_BUDGET_SECONDS"),
-                             max_response_bytes=_config("MODEL_TEST_MAX_RESPONSE_BYTES"))
+                             max_response_bytes=_config("MODEL_TEST_MAX_RESPONSE_BYTES"), usage=usage)
     except SoftTimeLimitExceeded:
-        _finish(test_id, error=TIMED_OUT)
-        return
+        error = TIMED_OUT
     except ConfigurationError:
-        _finish(test_id, error="key unreadable")  # encrypted with a key this server no longer has
-        return
+        error = "key unreadable"  # encrypted with a key this server no longer has
     except UpstreamMisconfigured:
-        _finish(test_id, error="key or headers invalid")  # characters HTTP cannot carry, stored before they were refused
-        return
+        error = "key or headers invalid"  # characters HTTP cannot carry, stored before they were refused
     except ModelTest.DoesNotExist:
         return  # its model was deleted meanwhile
     except Exception:
         logger.exception("model test %s crashed", test_id)
-        _finish(test_id, error="test crashed")
-        return
-    _finish(test_id, result=result)
+        error = "test crashed"
+    finally:
+        if target is not None and usage.calls:
+            model_test_usage_record(model=target, usage=usage, result=result, error=error,
+                                    latency_ms=(time.perf_counter() - started) * 1000)
+    _finish(test_id, result=result, error=error)
+
+
+def model_test_usage_record(*, model: ModelSpec, usage: CheckUsage, result: CheckResult | None, error: str,
+                            latency_ms: float) -> None:
+    """Writes the usage row of one run of a test (a rerun after a worker died called the upstream again: a row
+    of its own). Outside quotas: a test is never refused for a limit, nor counted toward one."""
+    answered = result is not None and result.answered
+    tier = ""
+    if model.owner_id is not None:
+        tier = UserProfile.objects.filter(user_id=model.owner_id).values_list("tier__slug", flat=True).first() or ""
+    usage_record_now(UsageEntry(
+        request_id=f"test_{uuid.uuid4().hex}", endpoint=MODEL_TEST_ENDPOINT, user_id=model.owner_id, tier=tier,
+        requested_model=model.id, answered_model=model.id if usage.input_tokens or usage.output_tokens else "",
+        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, tokens_estimated=usage.estimated,
+        cost=usage_cost(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                        input_price_per_million=model.input_price_per_million,
+                        output_price_per_million=model.output_price_per_million),
+        latency_ms=latency_ms, status="ok" if answered else "error", http_status=200 if answered else 502,
+        error_type="" if answered else (result.error if result is not None else error) or "model_test_failed",
+        attempts=usage.calls,
+    ))
 
 
 # --- Periodic work ------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from django.conf import settings
 from llmhub.errors import ApplicationError
 from registry.limits import COST_UNITS, AppliedLimit, decimal_text, limits_snapshot
 from registry.selectors import ModelSpec
+from usage.metrics import quota_refusal_count, quota_unavailable_count
 from usage.quota_backends import Charge, Decision, QuotaBackendError, quota_backend
 from usage.services import usage_cost
 
@@ -178,11 +179,13 @@ async def _decide(request_id: str, charges: tuple[Charge, ...]) -> Decision:
                                              hold_seconds=_config("QUOTA_HOLD_SECONDS"))
     except QuotaBackendError as error:
         logger.error("quota back end unavailable (%s): request %s refused with 503", error, request_id)
+        quota_unavailable_count()
         raise QuotaUnavailable() from None
 
 
 def _exceeded(reservation: Reservation, index: int, now: float) -> QuotaExceeded:
     charge, spec = reservation.charges[index], reservation.applied[index].spec
+    quota_refusal_count(metric=spec.metric, period=spec.period, scope=reservation.applied[index].scope)
     until_reset = max(1, round(charge.window_end - now))
     # When only reservations in flight stand in the way of tokens or cost, they settle within seconds. Requests
     # never free up before the period ends (a reserved request is a request).

@@ -1,7 +1,7 @@
 """Usage accounting: the entry each request leaves behind, its cost, and local token counts.
 
 `usage_record` only queues the entry (a lock and an append); usage/writer.py writes the queue to
-`UsageLog` in batches, off the response path.
+`UsageLog` in batches, off the response path. `usage_record_now` writes one at once, for work off that path.
 """
 
 import base64
@@ -16,9 +16,11 @@ from decimal import ROUND_HALF_UP, Decimal, localcontext
 from importlib.metadata import distribution
 
 import tiktoken
+from django.db import DatabaseError
 from django.utils import timezone
 
-from usage.writer import writer
+from usage.metrics import usage_metrics_observe
+from usage.writer import rows_insert, writer
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,19 @@ def usage_record(entry: UsageEntry) -> None:
         logger.error("usage_record() takes a UsageEntry, not %s: nothing recorded", type(entry).__name__)
         return
     writer.record(entry)
+
+
+def usage_record_now(entry: UsageEntry) -> None:
+    """Writes `entry` at once, in the calling thread and its transaction, for work already off the request path
+    (a model test in a Celery worker: its row then goes with the test's fate, and no queue outlives a test). A
+    database that refuses for now gets the entry queued for the batched writer instead: nothing is lost."""
+    try:
+        rows_insert([entry])
+    except DatabaseError as error:
+        logger.warning("usage row %s queued: the database refused it for now (%s)", entry.request_id, error)
+        writer.record(entry)  # counted in the metrics when the writer flushes it
+        return
+    usage_metrics_observe([entry])
 
 
 def usage_flush(timeout: float = 5.0) -> int:

@@ -50,6 +50,7 @@ from django.core.exceptions import ValidationError
 from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
 
 from llmhub.db import connection_heal
+from usage.metrics import usage_metrics_observe
 
 if TYPE_CHECKING:
     from usage.billing import BillingEventEntry
@@ -204,6 +205,7 @@ class UsageWriter:
         self._dropped = 0
         self._dropped_logged_at = -DROPS_LOG_SECONDS
         self._database = None
+        self._observed = 0  # the entries at the queue's head already counted in the metrics
 
     @property
     def pending(self) -> int:
@@ -248,7 +250,10 @@ class UsageWriter:
                     logger.warning("usage log: %d rows queued for database %s dropped: the process now uses %s",
                                    len(self._pending), self._database, database)
                     self._pending.clear()
-            target = len(self._pending)
+                    self._observed = 0
+            # The metrics hook: rows are counted once, when a flush first sees them (even while the database is down).
+            usage_metrics_observe(self._unobserved())
+            target = self._observed  # the rows just counted or before: none appended since is written uncounted
             batch_size = self._batch_size
             written = 0
             while written < target:
@@ -261,10 +266,19 @@ class UsageWriter:
                 with self._lock:
                     for _ in batch:
                         self._pending.popleft()
+                    self._observed -= len(batch)
                 written += len(batch)
             return written
         finally:
             self._flush_lock.release()
+
+    def _unobserved(self) -> list[UsageEntry]:
+        """The queued entries not counted in the metrics yet; they count from now on. Only a flush, holding the
+        flush lock, calls it (and only a flush changes `_observed`)."""
+        with self._lock:
+            fresh = list(itertools.islice(self._pending, self._observed, None))
+            self._observed = len(self._pending)
+        return fresh
 
     def stop(self, timeout: float = EXIT_FLUSH_SECONDS) -> None:
         """Stop the background thread and write everything queued (retried until `timeout` on database errors)."""

@@ -387,3 +387,70 @@ def test_it_runs_tests_on_a_real_worker_through_redis(registry, celery_worker):
     test = finished(test)
 
     assert test.state == "succeeded" and test.capabilities == ALL_CAPABILITIES
+
+
+# --- Metering: a test's requests leave a usage row ---------------------------------------------------------
+
+def test_it_meters_a_registry_models_test_as_the_systems_own_usage(registry):
+    from conftest import usage_rows
+    from usage.models import UsageLog, UsageRollup
+    from usage.rollups import usage_rollups_update
+    from usage.services import usage_cost
+
+    model = registry_model()
+    finished(model_test_start(llm_model=model))
+
+    [row] = usage_rows(1)
+    assert (row.endpoint, row.user_id, row.api_key_id, row.tier) == ("model_test", None, None, "")
+    assert (row.requested_model, row.answered_model, row.status, row.http_status) == ("demo", "demo", "ok", 200)
+    assert row.attempts == 5  # the model list, a plain chat, streaming, JSON mode, tools
+    assert row.input_tokens > 0 and row.output_tokens > 0
+    assert row.tokens_estimated  # the simulator reports no usage on a stream: counted locally
+    assert row.cost == usage_cost(input_tokens=row.input_tokens, output_tokens=row.output_tokens,
+                                  input_price_per_million=model.input_price_per_million,
+                                  output_price_per_million=model.output_price_per_million) > 0
+
+    usage_rollups_update(now=timezone.now() + timedelta(hours=1))
+    bucket = UsageRollup.objects.get(period="hour", endpoint="model_test")
+    assert (bucket.user_id, bucket.requests, bucket.input_tokens, bucket.cost) == (None, 1, row.input_tokens, row.cost)
+    assert UsageLog.objects.exclude(endpoint="model_test").count() == 0
+
+
+def test_it_counts_a_users_model_test_for_them_at_no_cost_and_outside_quotas(registry, make_user, simulated_upstream,
+                                                                           allow_local):
+    import asyncio
+    from decimal import Decimal
+
+    from conftest import usage_rows
+    from registry.models import QuotaLimit, Tier
+    from usage.quotas import quota_status
+
+    QuotaLimit.objects.create(tier=Tier.objects.get(slug="free"), metric="requests", period="day", limit=Decimal(1))
+    owner = make_user("tester", tier="free")
+    model = user_model(owner, base_url=simulated_upstream.base_url, input_price_per_million=Decimal(3),
+                       output_price_per_million=Decimal(9))
+
+    tests = [finished(model_test_start(user_model=model, requested_by=owner)) for _ in range(2)]
+
+    assert [test.state for test in tests] == ["succeeded", "succeeded"]  # a limit of 1 request refuses no test
+    rows = usage_rows(2)
+    assert [(r.endpoint, r.user_id, r.tier, r.requested_model, r.cost) for r in rows] == [
+        ("model_test", owner.pk, "free", "mine", 0)] * 2
+    assert all(r.input_tokens > 0 and r.output_tokens > 0 for r in rows)
+    [limit] = asyncio.run(quota_status(user_id=owner.pk, api_key_id=None, tier_slug="free"))
+    assert (limit["used"], limit["refused"]) == (0, 0)
+
+
+def test_it_meters_a_test_that_timed_out(registry, settings):
+    from conftest import usage_rows
+
+    settings.LLMHUB = {**settings.LLMHUB, "MODEL_TEST_CHECK_TIMEOUT_SECONDS": 0.5, "MODEL_TEST_BUDGET_SECONDS": 2}
+    model = registry_model()
+    model.upstream_model = "demo@hang"
+    model.save()
+
+    finished(model_test_start(llm_model=model))
+
+    [row] = usage_rows(1)
+    assert (row.endpoint, row.status, row.error_type, row.attempts) == ("model_test", "error", "timeout", 2)
+    assert (row.input_tokens, row.output_tokens, row.cost, row.answered_model) == (0, 0, 0, "")
