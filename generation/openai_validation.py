@@ -125,12 +125,34 @@ def _response_format(param: str, value: Any) -> None:
             _boolean(f"{param}.json_schema.strict", schema["strict"])
 
 
+def _name_valid(value: Any) -> bool:
+    return type(value) is str and _FUNCTION_NAME.fullmatch(value) is not None
+
+
 def _named(param: str, value: Any) -> None:
     """An object with a `name` of 1 to 64 letters, digits, `_` or `-` (a function, a custom tool)."""
     _object(param, value)
-    name = value.get("name")
-    if type(name) is not str or not _FUNCTION_NAME.fullmatch(name):
+    if not _name_valid(value.get("name")):
         raise _value_error(f"{param}.name", "expected a name of 1 to 64 letters, digits, _ or -.")
+
+
+_FUNCTION_OPTIONAL = (("parameters", dict), ("description", str), ("strict", bool))
+
+
+def _function_valid(function: Any) -> bool:
+    return type(function) is dict and _name_valid(function.get("name")) and all(
+        (value := function.get(name)) is None or type(value) is kind for name, kind in _FUNCTION_OPTIONAL)
+
+
+def _function_refused(param: str, function: Any) -> InvalidField:
+    """The error of a function `_function_valid` refused, naming the field at fault."""
+    try:
+        _named(param, function)
+    except InvalidField as error:
+        return error
+    name, kind = next((name, kind) for name, kind in _FUNCTION_OPTIONAL
+                      if function.get(name) is not None and type(function[name]) is not kind)
+    return _type_error(f"{param}.{name}", _JSON_TYPE[kind], function[name])
 
 
 def _tools(param: str, value: Any) -> None:
@@ -139,22 +161,16 @@ def _tools(param: str, value: Any) -> None:
     if len(value) > MAX_TOOLS:
         raise _value_error(param, f"expected at most {MAX_TOOLS} tools, but got {len(value)}.")
     for index, tool in enumerate(value):
-        where = f"{param}[{index}]"
-        _object(where, tool)
+        if type(tool) is not dict:
+            raise _type_error(f"{param}[{index}]", "an object", tool)
         kind = tool.get("type", "function")
         if kind == "function":
-            function = tool.get("function")
-            _named(f"{where}.function", function)
-            if function.get("parameters") is not None:
-                _object(f"{where}.function.parameters", function["parameters"])
-            if function.get("description") is not None:
-                _string(f"{where}.function.description", function["description"])
-            if function.get("strict") is not None:
-                _boolean(f"{where}.function.strict", function["strict"])
+            if not _function_valid(tool.get("function")):  # paths are formatted only on failure
+                raise _function_refused(f"{param}[{index}].function", tool.get("function"))
         elif kind == "custom":
-            _named(f"{where}.custom", tool.get("custom"))
+            _named(f"{param}[{index}].custom", tool.get("custom"))
         else:
-            raise _value_error(f"{where}.type", f"expected 'function' or 'custom', but got {kind!r}.")
+            raise _value_error(f"{param}[{index}].type", f"expected 'function' or 'custom', but got {kind!r}.")
 
 
 def _tool_choice(param: str, value: Any) -> None:
@@ -210,27 +226,30 @@ _PART_FIELDS: dict[str, tuple[str, type]] = {"text": ("text", str), "image_url":
                                              "refusal": ("refusal", str)}
 
 
-def _content_parts(param: str, parts: list) -> None:
-    for index, part in enumerate(parts):
-        where = f"{param}[{index}]"
-        if type(part) is not dict or type(part.get("type")) is not str:
-            raise _value_error(where, "expected a content part: an object with a 'type'.")
-        required = _PART_FIELDS.get(part["type"])
-        if required is not None and type(part.get(required[0])) is not required[1]:
-            raise _type_error(f"{where}.{required[0]}", _JSON_TYPE[required[1]], part.get(required[0]))
-        if part["type"] == "image_url" and type(part["image_url"].get("url")) is not str:
-            raise _type_error(f"{where}.image_url.url", "a string", part["image_url"].get("url"))
+def _content_parts(index: int, parts: list) -> None:
+    for position, part in enumerate(parts):
+        if type(part) is not dict or type(kind := part.get("type")) is not str:
+            raise _value_error(f"messages[{index}].content[{position}]",
+                               "expected a content part: an object with a 'type'.")
+        required = _PART_FIELDS.get(kind)
+        if required is None:
+            continue
+        name, expected = required
+        value = part.get(name)
+        if type(value) is not expected:
+            raise _type_error(f"messages[{index}].content[{position}].{name}", _JSON_TYPE[expected], value)
+        if kind == "image_url" and type(value.get("url")) is not str:
+            raise _type_error(f"messages[{index}].content[{position}].image_url.url", "a string", value.get("url"))
 
 
 def message_validate(index: int, message: dict[str, Any]) -> None:
     """What OpenAI requires of one message beyond its role and the type of its content."""
-    content = message.get("content")
-    if type(content) is list:
-        _content_parts(f"messages[{index}].content", content)
-    if message["role"] == "tool":
-        _string(f"messages[{index}].tool_call_id", message.get("tool_call_id"))
-    if message.get("name") is not None:
-        _string(f"messages[{index}].name", message["name"])
+    if type(message.get("content")) is list:
+        _content_parts(index, message["content"])
+    if message["role"] == "tool" and type(message.get("tool_call_id")) is not str:
+        raise _type_error(f"messages[{index}].tool_call_id", "a string", message.get("tool_call_id"))
+    if (name := message.get("name")) is not None and type(name) is not str:
+        raise _type_error(f"messages[{index}].name", "a string", name)
 
 
 def chat_fields_validate(data: dict[str, Any]) -> None:

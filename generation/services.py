@@ -129,7 +129,7 @@ def request_id_take() -> str:
 def model_resolve(*, caller: Caller, registry: Registry, model_id: str | None = None,
                   provider: str | None = None, preferred_ids: Sequence[str] = ()) -> ModelSpec:
     """The explicit model, else the legacy provider's model, else the first of the user's preferences (in order:
-    the task's default, their default) they may still use, else the tier default.
+    the task's default, their default) they may still use and that chat, else the tier default.
 
     An explicit model above the caller's tier is refused (403) before any upstream is called.
     """
@@ -141,7 +141,7 @@ def model_resolve(*, caller: Caller, registry: Registry, model_id: str | None = 
         return _legacy_provider_model(caller=caller, registry=registry, provider=provider)
     for preferred_id in preferred_ids:
         model = registry.own_models(caller.user_id).get(preferred_id) or registry.models.get(preferred_id)
-        if model is not None and model.enabled and model.allows(caller.tier):
+        if model is not None and model.enabled and model.allows(caller.tier) and model.kind == "chat":
             return model
     model = get_default_model(caller.tier, registry=registry)
     if model is None:

@@ -76,6 +76,15 @@ def test_it_refuses_a_model_of_the_wrong_kind_on_each_endpoint_before_any_upstre
     assert sum(simulated_upstream.stats().values()) == 0
 
 
+def test_a_chat_without_a_model_skips_an_embedding_model_among_the_users_defaults(sdk, free_user):
+    from registry.services import preferences_update
+
+    preferences_update(user=free_user, data={"default_model": "demo-embed"})
+
+    answer = sdk.chat.completions.with_raw_response.create(messages=MESSAGES, model=None)
+    assert answer.headers["x-llmhub-model"] == "demo"
+
+
 def test_it_tells_each_models_kind(sdk):
     kinds = {model.id: model.kind for model in sdk.models.list()}
     assert kinds["demo-embed"] == "embedding" and kinds["demo"] == "chat"
@@ -201,6 +210,16 @@ def test_it_passes_the_upstreams_400_reason_on_and_never_retries_it(sdk, simulat
 
     assert error.value.body["message"] == "The upstream rejected the request: The model `demo` does not support tools."
     assert (error.value.body["param"], error.value.code) == ("tools", "unsupported_parameter")
+    assert simulated_upstream.stats() == {"demo": 1}
+
+
+def test_it_passes_an_upstream_422_on_as_422(sdk, simulated_upstream):
+    simulated_upstream.set_fault("demo", "status=422")
+
+    with pytest.raises(openai.UnprocessableEntityError) as error:
+        sdk.chat.completions.create(model="demo", messages=MESSAGES)
+
+    assert error.value.body["message"] == "The upstream rejected the request: Simulated upstream error."
     assert simulated_upstream.stats() == {"demo": 1}
 
 
