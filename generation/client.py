@@ -20,6 +20,7 @@ import openai
 import orjson
 from django.conf import settings
 
+from generation import responses_bridge as bridge
 from registry.selectors import ModelSpec
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
@@ -127,6 +128,7 @@ class _Upstream:
     sdk: openai.AsyncOpenAI
     http: httpx2.AsyncClient
     url: str
+    responses_url: str
     headers: dict[str, str]
     extensions: dict[str, Any]
 
@@ -167,7 +169,8 @@ def _upstream_for(model: ModelSpec) -> _Upstream:
                    "Accept": "application/json"}
         _headers_checked(model, headers)  # once per pooled upstream, not per request
         timeout = httpx2.Timeout(model.timeout, connect=model.connect_timeout)
-        upstream = _Upstream(sdk=sdk, http=http, url=model.base_url + "/chat/completions", headers=headers,
+        upstream = _Upstream(sdk=sdk, http=http, url=model.base_url + "/chat/completions",
+                             responses_url=model.base_url + "/responses", headers=headers,
                              extensions={"timeout": timeout.as_dict()})
         _upstreams[key] = upstream
     return upstream
@@ -234,7 +237,7 @@ def upstream_body(model: ModelSpec, body: dict[str, Any]) -> bytes:
         return json.dumps(body, ensure_ascii=False).encode()
 
 
-async def _open(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float) -> Any:
+async def _open(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float, api: str = "chat") -> Any:
     """Sends the request and waits for the response headers (the first byte).
 
     The request goes out through the SDK client's own HTTP client, prepared once per upstream: the SDK's
@@ -242,7 +245,8 @@ async def _open(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: f
     the hub's time (py-spy, `make bench`), and does nothing a pass-through needs.
     """
     upstream = _upstream_for(model)
-    request = httpx2.Request("POST", upstream.url, headers=upstream.headers, content=upstream_body(model, body),
+    url = upstream.responses_url if api == bridge.RESPONSES else upstream.url
+    request = httpx2.Request("POST", url, headers=upstream.headers, content=upstream_body(model, body),
                              extensions=upstream.extensions)
     async with asyncio.timeout(first_byte_timeout):
         response = await upstream.http.send(request, stream=True)
@@ -267,12 +271,14 @@ async def _read_capped(response: Any, *, timeout: float) -> bytes:
     return b"".join([chunk async for chunk in handle.chunks()])
 
 
-async def chat_completion(model: ModelSpec, body: dict[str, Any], *, timeout: float) -> Completion:
-    """A non-streaming chat completion; `timeout` bounds the whole call."""
+async def _post(model: ModelSpec, body: dict[str, Any], *, timeout: float,
+                api: str) -> tuple[dict[str, Any], bytes, float]:
+    """POSTs a non-streaming request to the model's `api`: its JSON object, its bytes and when it started;
+    `timeout` bounds the whole call."""
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
-            response = await _open(model, body, first_byte_timeout=timeout)
+            response = await _open(model, body, first_byte_timeout=timeout, api=api)
             raw = await _read_capped(response, timeout=timeout)
     except (openai.APIError, httpx2.HTTPError, OSError, TimeoutError) as error:
         raise map_exception(error) from error
@@ -280,9 +286,35 @@ async def chat_completion(model: ModelSpec, body: dict[str, Any], *, timeout: fl
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise UpstreamBadResponse("The upstream answered with something that is not JSON.") from None
-    if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not all(
-            _choice_valid(choice) for choice in data["choices"]):
+    if not isinstance(data, dict):
         raise UpstreamBadResponse("The upstream answered with an unexpected JSON shape.")
+    return data, raw, started
+
+
+async def chat_completion(model: ModelSpec, body: dict[str, Any], *, timeout: float) -> Completion:
+    """A non-streaming chat completion; `timeout` bounds the whole call. A model served on the Responses API
+    is asked in its words and its answer translated back (`responses_bridge`)."""
+    if model.api == bridge.RESPONSES:
+        response = await responses_create(model, bridge.chat_request_to_responses(body), timeout=timeout)
+        data = bridge.response_to_chat(response.data)
+        return Completion(raw=orjson.dumps(data), data=data, latency_ms=response.latency_ms)
+    data, raw, started = await _post(model, body, timeout=timeout, api=bridge.CHAT)
+    if not isinstance(data.get("choices"), list) or not all(_choice_valid(choice) for choice in data["choices"]):
+        raise UpstreamBadResponse("The upstream answered with an unexpected JSON shape.")
+    return Completion(raw=raw, data=data, latency_ms=(time.perf_counter() - started) * 1000)
+
+
+async def responses_create(model: ModelSpec, body: dict[str, Any], *, timeout: float) -> Completion:
+    """A non-streaming Responses request to a model served on that API (its answer passed on as it is)."""
+    data, raw, started = await _post(model, body, timeout=timeout, api=bridge.RESPONSES)
+    output = data.get("output")
+    if not isinstance(output, list) or not all(isinstance(item, dict) for item in output):
+        raise UpstreamBadResponse("The upstream answered with an unexpected JSON shape.")
+    if data.get("status") == "failed":
+        raise UpstreamUnavailable("The upstream failed to answer.")
+    if not all(isinstance(part, dict) and isinstance(part.get("text", ""), str) for item in output
+               if item.get("type") == "message" for part in item.get("content") or ()):
+        raise UpstreamBadResponse("The upstream answered with content that is not text.")
     return Completion(raw=raw, data=data, latency_ms=(time.perf_counter() - started) * 1000)
 
 
@@ -296,12 +328,11 @@ def _choice_valid(choice: Any) -> bool:
     return isinstance(message, dict) and isinstance(message.get("content"), str | None)
 
 
-async def chat_completion_stream(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float,
-                                 idle_timeout: float) -> StreamHandle:
-    """Opens a streaming chat completion; raises before any byte is handed on if the upstream fails."""
+async def _open_stream(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float, idle_timeout: float,
+                       api: str) -> StreamHandle:
     started = time.perf_counter()
     try:
-        response = await _open(model, body, first_byte_timeout=first_byte_timeout)
+        response = await _open(model, body, first_byte_timeout=first_byte_timeout, api=api)
     except (openai.APIError, httpx2.HTTPError, OSError, TimeoutError) as error:
         raise map_exception(error) from error
     content_type = response.headers.get("content-type", "")
@@ -310,6 +341,55 @@ async def chat_completion_stream(model: ModelSpec, body: dict[str, Any], *, firs
         raise UpstreamBadResponse("The upstream did not answer with an event stream.")
     return StreamHandle(response=response, first_byte_ms=(time.perf_counter() - started) * 1000,
                         idle_timeout=idle_timeout)
+
+
+async def chat_completion_stream(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float,
+                                 idle_timeout: float) -> StreamHandle:
+    """Opens a streaming chat completion; raises before any byte is handed on if the upstream fails. A model
+    served on the Responses API streams its events translated into chat chunks."""
+    if model.api == bridge.RESPONSES:
+        handle = await responses_stream(model, bridge.chat_request_to_responses(body),
+                                        first_byte_timeout=first_byte_timeout, idle_timeout=idle_timeout)
+        return ChatFromResponsesHandle(response=handle.response, first_byte_ms=handle.first_byte_ms,
+                                       idle_timeout=idle_timeout)
+    return await _open_stream(model, body, first_byte_timeout=first_byte_timeout, idle_timeout=idle_timeout,
+                              api=bridge.CHAT)
+
+
+async def responses_stream(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float,
+                           idle_timeout: float) -> StreamHandle:
+    """Opens a streaming Responses request to a model served on that API."""
+    return await _open_stream(model, {**body, "stream": True}, first_byte_timeout=first_byte_timeout,
+                              idle_timeout=idle_timeout, api=bridge.RESPONSES)
+
+
+@dataclass(slots=True)
+class ChatFromResponsesHandle(StreamHandle):
+    """A Responses event stream read as chat completion chunks (`responses_bridge.ChatFromResponsesEvents`)."""
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        events = bridge.ChatFromResponsesEvents()
+        buffer = b""
+        async for chunk in StreamHandle.chunks(self):
+            complete, buffer = bridge.events_split(buffer + chunk)
+            out = b""
+            for event in complete:
+                payload = bridge.event_data(event)
+                if payload is None:
+                    continue
+                try:
+                    data = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    raise UpstreamBadResponse("The upstream sent an event that is not JSON.") from None
+                if not isinstance(data, dict):
+                    raise UpstreamBadResponse("The upstream sent an event of an unexpected shape.")
+                out += events.event(data)
+                if events.failed:
+                    if out:
+                        yield out
+                    raise UpstreamUnavailable("The upstream failed the response.")
+            if out:
+                yield out
 
 
 def default_timeouts(model: ModelSpec) -> tuple[float, float]:

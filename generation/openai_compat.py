@@ -258,6 +258,10 @@ def _route(path: str) -> tuple[str, Callable[..., Awaitable[None]]] | None:
         return "GET", lambda scope, receive, send: _model_detail(scope, receive, send, model_id)
     if path == "/v1/openapi.json":
         return "GET", _openapi
+    if path == "/v1/responses":
+        from generation.openai_responses import responses_create  # it builds on this module
+
+        return "POST", responses_create
     return None
 
 

@@ -17,6 +17,7 @@ import orjson
 from django.conf import settings
 
 from generation import client
+from generation import responses_bridge as bridge
 from generation.routing import candidate_models, earliest_retry
 from llmhub.errors import ApplicationError, NotFound
 from registry.health import health_note, unhealthy_keys
@@ -165,6 +166,17 @@ def estimated_input(body: dict[str, Any]) -> int:
     return tokens_count_messages(body.get("messages") or [])
 
 
+def request_messages(body: dict[str, Any], *, api: str = bridge.CHAT) -> list[dict[str, Any]]:
+    """The request's prompt as chat messages, for estimates and local counts (a Responses request's input that
+    no chat message can hold is counted as its JSON)."""
+    if api == bridge.CHAT:
+        return body.get("messages") or []
+    try:
+        return bridge.responses_input_to_messages(body)
+    except bridge.Unmappable:
+        return [{"role": "user", "content": orjson.dumps([body.get("instructions"), body.get("input")]).decode()}]
+
+
 def _note_failure(model: ModelSpec, error: client.UpstreamError) -> None:
     if isinstance(error, client.UpstreamRateLimited):
         seconds = error.retry_after if error.retry_after is not None else _config("DEFAULT_COOLDOWN_SECONDS")
@@ -276,11 +288,15 @@ async def usage_counted(body: dict[str, Any], answer: str) -> Usage:
 
 
 async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
-                    model_id: str | None, provider: str | None, preferred_ids: Sequence[str]) -> _Run:
+                    model_id: str | None, provider: str | None, preferred_ids: Sequence[str],
+                    api: str = bridge.CHAT) -> _Run:
+    """`api` is the API the request is written for: candidates served on the other one get it translated, and
+    those it cannot be translated for are skipped (a 400 naming the field when the primary is one of them)."""
     primary = model_resolve(caller=caller, registry=registry, model_id=model_id, provider=provider,
                             preferred_ids=preferred_ids)
     candidates = candidate_models(primary=primary, registry=registry, tier=caller.tier,
                                   cooled_until=_cooled_until, now=time.monotonic(), unhealthy=unhealthy_keys())
+    candidates = bridge.servable(candidates, primary=primary, body=body, source=api)
     run = _Run(caller=caller, endpoint=endpoint, requested=model_id or provider or primary.id, primary=primary,
                candidates=candidates)
     run.deadline = run.started + _config("GENERATION_DEADLINE_SECONDS")
@@ -288,8 +304,8 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
                 caller.user_id, caller.tier.slug, [m.id for m in candidates])
     run.reservation = await quota_reserve(
         request_id=run.request_id, user_id=caller.user_id, api_key_id=caller.api_key_id, tier_slug=caller.tier.slug,
-        model=primary, candidates=candidates, prompt_tokens=tokens_estimate_messages(body.get("messages") or []),
-        max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"))
+        model=primary, candidates=candidates, prompt_tokens=tokens_estimate_messages(request_messages(body, api=api)),
+        max_tokens=body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens"))
     return run
 
 
@@ -451,14 +467,11 @@ class ChatStream:
             # Bytes already reached the client: no fallback (it would duplicate text). End with an error event.
             error_type = error.kind
             logger.warning("request %s: stream from %s broke (%s)", self.request_id, self.model.id, error.kind)
-            yield b"data: " + orjson.dumps({"error": {
-                "message": f"The upstream stream broke: {error.message}", "type": "server_error",
-                "param": None, "code": error.kind}}) + b"\n\n"
+            yield self._error_event(code=error.kind, message=f"The upstream stream broke: {error.message}")
         except Exception as error:  # a bug of ours, or an upstream oddity nobody foresaw: still a clean end
             failure, error_type = error, None
             logger.exception("request %s: stream from %s failed unexpectedly", self.request_id, self.model.id)
-            yield b"data: " + orjson.dumps({"error": {
-                "message": "Internal error.", "type": "server_error", "param": None, "code": "internal_error"}}) + b"\n\n"
+            yield self._error_event(code="internal_error", message="Internal error.")
         finally:
             # Shielded: a client that went away cancels this generator, but the upstream must still be
             # closed and the request settled and logged.
@@ -473,6 +486,11 @@ class ChatStream:
             self.usage = self.usage or await usage_counted(self.body, "".join(self._text))
             await run_finish(self.run, model=self.model, usage=self.usage, error=failure, status=status,
                              error_type=error_type, streamed=True, ttft_ms=self.ttft_ms)
+
+    def _error_event(self, *, code: str, message: str) -> bytes:
+        """The event that ends a stream that broke."""
+        return b"data: " + orjson.dumps({"error": {"message": message, "type": "server_error", "param": None,
+                                                   "code": code}}) + b"\n\n"
 
     def _pass(self, event: bytes) -> bytes:
         """The bytes to send on for one upstream event (nothing once the stream is done or broken)."""

@@ -86,6 +86,7 @@ class ModelEntry:
     output_price_per_million: Decimal = Decimal(0)
     fallbacks: list[str] = field(default_factory=list)
     no_key_reason: str = ""
+    api: str = "chat"
 
 
 @dataclass
@@ -239,6 +240,7 @@ def _models_parse(data: Any, *, providers: list[ProviderEntry], tier_slugs: set[
             input_price_per_million=Decimal(str(item.get("input_price_per_million", 0))),
             output_price_per_million=Decimal(str(item.get("output_price_per_million", 0))),
             fallbacks=list(item.get("fallbacks", [])),
+            api=item.get("api", "chat"),
         ))
 
     model_ids = [m.public_id for m in models]

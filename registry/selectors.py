@@ -58,6 +58,7 @@ class ModelSpec:
     output_price_per_million: Decimal
     fallbacks: tuple[str, ...]
     owner_id: int | None = None
+    api: str = "chat"  # the upstream API: "chat" (/chat/completions) or "responses" (/responses)
 
     @property
     def key(self) -> str:
@@ -159,6 +160,7 @@ def _registry_build() -> Registry:
             allowed_tiers=tuple(tier.slug for tier in allowed),
             required_tier=allowed[0] if allowed else None,
             fallbacks=tuple(fallbacks_by_model.get(row.pk, ())),
+            api=row.api,
         )
         if row.is_default:
             default_model_id = row.public_id
