@@ -75,6 +75,69 @@ SSE_EVENT: dict[str, Any] = {
                    "event": {"type": "string"}},
 }
 
+_TEXT = {"type": "string"}
+_INPUT_ITEM: dict[str, Any] = {"oneOf": [
+    {"type": "object", "required": ["role", "content"], "description": "A message.",
+     "properties": {"type": {"type": "string", "enum": ["message"]},
+                    "role": {"type": "string", "enum": ["user", "assistant", "system", "developer"]},
+                    "content": {"oneOf": [_TEXT, {"type": "array", "items": {
+                        "type": "object", "required": ["type", "text"],
+                        "properties": {"type": {"type": "string", "enum": ["input_text", "output_text"]},
+                                       "text": _TEXT}}}]}}},
+    {"type": "object", "required": ["type", "call_id", "name", "arguments"], "description": "A function call.",
+     "properties": {"type": {"type": "string", "enum": ["function_call"]}, "call_id": _TEXT, "name": _TEXT,
+                    "arguments": _TEXT}},
+    {"type": "object", "required": ["type", "call_id", "output"], "description": "A function call's result.",
+     "properties": {"type": {"type": "string", "enum": ["function_call_output"]}, "call_id": _TEXT,
+                    "output": _TEXT}},
+]}
+
+RESPONSES_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["input"],
+    "description": "OpenAI's Responses request. A model served on the Responses API gets it as given (with "
+                   "`previous_response_id`, `store`, built-in tools, …); a chat model gets it translated, and what "
+                   "Chat Completions cannot express is a 400 naming the field (`unsupported_parameter`). Any other "
+                   "of OpenAI's parameters goes to the upstream as given.",
+    "properties": {
+        "model": {"type": "string", "minLength": 1, "nullable": True,
+                  "description": "A model id of /v1/models; your default when absent."},
+        "input": {"oneOf": [_TEXT, {"type": "array", "items": _INPUT_ITEM, "minItems": 1,
+                                    "maxItems": 16}]},
+        "instructions": {"type": "string", "nullable": True},
+        "max_output_tokens": _max_tokens(),
+        "stream": {"type": "boolean", "nullable": True, "description": "Answer as Responses server-sent events."},
+        "reasoning": {"type": "object", "nullable": True, "properties": {
+            "effort": {"type": "string", "enum": ["minimal", "low", "medium", "high"]}}},
+        "text": {"type": "object", "nullable": True, "properties": {
+            "format": {"type": "object", "required": ["type"],
+                       "properties": {"type": {"type": "string", "enum": ["text", "json_object"]}}}}},
+        "tools": {"type": "array", "nullable": True, "items": {
+            "type": "object", "required": ["type", "name"],
+            "properties": {"type": {"type": "string", "enum": ["function"]}, "name": _TEXT,
+                           "description": _TEXT, "parameters": {"type": "object"}}}},
+        "tool_choice": {"type": "string", "enum": ["none", "auto", "required"], "nullable": True},
+    },
+    "not": {"anyOf": [{"required": [name]} for name in sorted(FORBIDDEN_FIELDS)]},
+}
+
+RESPONSE: dict[str, Any] = {
+    "type": "object", "required": ["id", "object", "output"],
+    "description": "A Response object (`x-llmhub-model` names the model that answered).",
+    "properties": {"id": {"type": "string"}, "object": {"type": "string", "enum": ["response"]},
+                   "status": {"type": "string", "nullable": True}, "model": {"type": "string", "nullable": True},
+                   "output": {"type": "array", "items": {"type": "object"}},
+                   "usage": {"type": "object", "nullable": True}},
+}
+
+RESPONSES_SSE_EVENT: dict[str, Any] = {
+    "type": "object", "required": ["data"], "description": "One Responses server-sent event.",
+    "properties": {"event": {"type": "string", "description": "The event's type: `response.created`, "
+                                                              "`response.output_text.delta`, …, `response.completed`, "
+                                                              "or `error` (a stream cut after it began)."},
+                   "data": {"type": "string", "description": "The event as JSON."}},
+}
+
 MODEL: dict[str, Any] = {
     "type": "object", "required": ["id", "object", "created", "owned_by"],
     "properties": {"id": {"type": "string"}, "object": {"type": "string", "enum": ["model"]},
@@ -129,12 +192,33 @@ def openapi_document() -> dict[str, Any]:
                     "503": _error("A dependency or every model is unavailable: retry later.", retry_after=True),
                     "504": _error("Every upstream model timed out."),
                 }}},
+            "/v1/responses": {"post": {
+                "operationId": "v1_responses",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ResponsesRequest"}}}},
+                "responses": {
+                    "200": {"description": "The response: JSON, or server-sent events with `stream: true`.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Response"}},
+                                        "text/event-stream": {"schema": RESPONSES_SSE_EVENT}}},
+                    "400": _error("Invalid request (`param` names the field), a field the model's API cannot "
+                                  "express (`unsupported_parameter`), or the upstream refused it."),
+                    "401": _UNAUTHORIZED,
+                    "403": _error("Your tier may not use the model (`tier_required`)."),
+                    "404": _error("No such model (`model_not_found`)."),
+                    "405": _NOT_ALLOWED,
+                    "413": _error("The request body is too large (`body_too_large`)."),
+                    "429": _error("Rate limited or out of quota.", retry_after=True),
+                    "502": _error("Every upstream model failed."),
+                    "503": _error("A dependency or every model is unavailable: retry later.", retry_after=True),
+                    "504": _error("Every upstream model timed out."),
+                }}},
         },
         "components": {
             "securitySchemes": {"hubApiKey": {"type": "http", "scheme": "bearer",
                                               "description": "A hub API key: `Authorization: Bearer lh-…`."}},
             "schemas": {"ChatCompletionRequest": CHAT_REQUEST, "Messages": messages_schema(),
-                        "ChatCompletion": CHAT_COMPLETION, "Model": MODEL, "Error": ERROR},
+                        "ChatCompletion": CHAT_COMPLETION, "ResponsesRequest": RESPONSES_REQUEST,
+                        "Response": RESPONSE, "Model": MODEL, "Error": ERROR},
         },
     }
 

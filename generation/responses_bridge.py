@@ -187,8 +187,11 @@ def _chat_tool_to_responses(tool: Any, index: int) -> dict[str, Any]:
     return {"type": "function", **function}
 
 
+_TOOL_CHOICES = frozenset({"none", "auto", "required"})
+
+
 def _chat_tool_choice_to_responses(choice: Any) -> Any:
-    if isinstance(choice, str):
+    if isinstance(choice, str) and choice in _TOOL_CHOICES:
         return choice
     if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
         return {"type": "function", "name": choice["function"].get("name")}
@@ -459,7 +462,7 @@ def _responses_tool_to_chat(tool: Any, index: int) -> dict[str, Any]:
 
 
 def _responses_tool_choice_to_chat(choice: Any) -> Any:
-    if isinstance(choice, str):
+    if isinstance(choice, str) and choice in _TOOL_CHOICES:
         return choice
     if isinstance(choice, dict) and choice.get("type") == "function":
         return {"type": "function", "function": {"name": choice.get("name")}}
