@@ -282,11 +282,22 @@ class ChatFromResponsesEvents:
     with the finish chunk, the usage chunk and `[DONE]`. An `error` or `response.failed` event becomes a
     broken stream: the caller ends it with its own error event."""
 
+    # The events that become chunks; any other (`response.output_text.done`, ...) repeats what was streamed.
+    USED = frozenset({b"response.created", b"response.output_text.delta", b"response.refusal.delta",
+                      b"response.output_item.added", b"response.function_call_arguments.delta",
+                      b"response.completed", b"response.incomplete", b"response.failed", b"error"})
+
     def __init__(self) -> None:
         self.envelope: dict[str, Any] = {"id": _chat_id(None), "object": "chat.completion.chunk",
                                          "created": int(time.time()), "model": None}
         self.calls: dict[int, int] = {}  # output index of a function call → its index among the tool calls
         self.failed = False
+        self._envelope_changed()
+
+    def _envelope_changed(self) -> None:
+        # A text delta is the hot path: its chunk is the envelope's bytes around the delta's own.
+        head = orjson.dumps({**self.envelope, "choices": None})
+        self._text_head = b"data: " + head[:-len(b"null}")] + b'[{"index":0,"delta":{"content":'
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
@@ -295,7 +306,9 @@ class ChatFromResponsesEvents:
     def event(self, data: dict[str, Any]) -> bytes:
         kind = data.get("type")
         if kind == "response.output_text.delta":
-            return self._chunk({"content": data.get("delta") or ""})
+            # A delta that is not text goes on as it is: the hub's stream check ends the stream on it.
+            return self._text_head + orjson.dumps(data.get("delta")) + \
+                b'},"logprobs":null,"finish_reason":null}]}\n\n'
         if kind == "response.refusal.delta":
             return self._chunk({"refusal": data.get("delta") or ""})
         if kind == "response.output_item.added" and (data.get("item") or {}).get("type") == "function_call":
@@ -311,6 +324,7 @@ class ChatFromResponsesEvents:
             response = data.get("response") or {}
             self.envelope.update(id=_chat_id(response.get("id")), model=response.get("model"),
                                  created=int(response.get("created_at") or self.envelope["created"]))
+            self._envelope_changed()
             return self._chunk({"role": "assistant", "content": ""})
         if kind in ("response.completed", "response.incomplete"):
             response = data.get("response") or {}
@@ -685,6 +699,13 @@ def events_split(buffer: bytes) -> tuple[list[bytes], bytes]:
         buffer = buffer.replace(b"\r\n", b"\n")
     *events, rest = buffer.split(b"\n\n")
     return [event for event in events if event], rest
+
+
+def event_name(event: bytes) -> bytes | None:
+    """The `event:` name of one SSE event, or None when it has none."""
+    if event.startswith(b"event:"):
+        return event[6:event.find(b"\n")].strip() if b"\n" in event else event[6:].strip()
+    return None
 
 
 def event_data(event: bytes) -> bytes | None:
