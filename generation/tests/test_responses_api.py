@@ -282,3 +282,13 @@ def test_a_responses_model_above_the_tier_is_refused_before_any_upstream_call(sd
     with pytest.raises(openai.PermissionDeniedError):
         sdk.responses.create(model="demo-premium", input="hello hub")
     assert sum(simulated_upstream.stats().values()) == 0
+
+
+def test_a_translation_reaches_a_responses_model(live_hub, free_user, api_key_for, responses_model):
+    response = httpx2.post(f"{live_hub}/api/translate/", json={"model": responses_model, "text": "hello hub",
+                                                               "target_language": "fr"},
+                           headers={"Authorization": f"Bearer {api_key_for(free_user)}"})
+    assert response.status_code == 200, response.text
+    assert response.json()["text"].startswith(f"Simulated reply from {responses_model}")
+    assert response.json()["answered_by"] == [responses_model]
+    one_row("api.translate")
