@@ -292,3 +292,26 @@ def test_a_translation_reaches_a_responses_model(live_hub, free_user, api_key_fo
     assert response.json()["text"].startswith(f"Simulated reply from {responses_model}")
     assert response.json()["answered_by"] == [responses_model]
     one_row("api.translate")
+
+
+def test_a_nonsensical_usage_from_a_responses_upstream_is_counted_locally(sdk, responses_model, simulated_upstream):
+    simulated_upstream.set_fault(responses_model, "usage=negative")
+
+    response = sdk.responses.create(model=responses_model, input="hello hub")
+
+    assert response.usage.input_tokens > 0 and response.usage.output_tokens > 0  # the hub's count, passed on
+    [row] = usage_rows(1)
+    assert row.tokens_estimated and row.input_tokens == response.usage.input_tokens
+    completion = sdk.chat.completions.create(model=responses_model, messages=MESSAGES)
+    assert completion.usage.prompt_tokens > 0
+
+
+def test_content_that_is_not_text_from_a_responses_upstream_is_refused(sdk, responses_model, simulated_upstream):
+    simulated_upstream.set_fault(responses_model, "content=number")
+
+    with pytest.raises(openai.APIStatusError) as error:
+        sdk.responses.create(model=responses_model, input="hello hub")
+    assert error.value.status_code == 502
+    with pytest.raises(openai.APIError):
+        list(sdk.chat.completions.create(model=responses_model, messages=MESSAGES, stream=True))
+    assert [row.error_type for row in usage_rows(2)] == ["upstream_failed", "bad_response"]
