@@ -374,11 +374,8 @@ class ChatFromResponsesHandle(StreamHandle):
             complete, buffer = bridge.events_split(buffer + chunk)
             out = b""
             for event in complete:
-                name = bridge.event_name(event)
-                if name is not None and name not in events.USED:
-                    continue
-                payload = bridge.event_data(event)
-                if payload is None:
+                name, payload = bridge.event_parts(event)
+                if payload is None or (name is not None and name not in events.USED):
                     continue
                 try:
                     data = orjson.loads(payload)

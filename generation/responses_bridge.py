@@ -10,7 +10,6 @@ field, before any upstream is called. Hints with no effect on the answer's shape
 
 import time
 import uuid
-from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -701,15 +700,21 @@ def events_split(buffer: bytes) -> tuple[list[bytes], bytes]:
     return [event for event in events if event], rest
 
 
-def event_name(event: bytes) -> bytes | None:
-    """The `event:` name of one SSE event, or None when it has none."""
+def event_parts(event: bytes) -> tuple[bytes | None, bytes | None]:
+    """(`event:` name, `data:` payload) of one SSE event, each None when absent. The usual event, a name line
+    then one data line, is cut in place; anything else is read line by line (data lines joined)."""
+    name = None
     if event.startswith(b"event:"):
-        return event[6:event.find(b"\n")].strip() if b"\n" in event else event[6:].strip()
-    return None
+        end = event.find(b"\n")
+        if end < 0:
+            return event[6:].strip(), None
+        name, event = event[6:end].strip(), event[end + 1:]
+    if event.startswith(b"data:") and b"\n" not in event:
+        return name, event[5:].strip()
+    data = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+    return name, b"\n".join(data) if data else None
 
 
 def event_data(event: bytes) -> bytes | None:
     """The `data:` payload of one SSE event (its lines joined), or None when it has none."""
-    lines: Iterable[bytes] = event.split(b"\n")
-    data = [line[5:].strip() for line in lines if line.startswith(b"data:")]
-    return b"\n".join(data) if data else None
+    return event_parts(event)[1]

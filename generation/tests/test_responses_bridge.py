@@ -323,3 +323,16 @@ def test_a_primary_that_cannot_take_the_request_is_a_400():
     models = [_Model("responses"), _Model("chat")]
     with pytest.raises(bridge.Unmappable):
         bridge.servable(models, primary=models[0], body={"messages": [], "stop": "x"}, source="chat")
+
+
+@pytest.mark.parametrize(("event", "parts"), [
+    (b'event: response.completed\ndata: {"a":1}', (b"response.completed", b'{"a":1}')),
+    (b'data: {"a":1}', (None, b'{"a":1}')),
+    (b"data: [DONE]", (None, b"[DONE]")),
+    (b'event: x\ndata: {"a":\ndata: 1}', (b"x", b'{"a":\n1}')),
+    (b": a comment", (None, None)),
+    (b"event: ping", (b"ping", None)),
+])
+def test_it_reads_the_name_and_data_of_an_event(event, parts):
+    assert bridge.event_parts(event) == parts
+    assert bridge.events_split(event.replace(b"\n", b"\r\n") + b"\r\n\r\nrest") == ([event], b"rest")
