@@ -315,3 +315,17 @@ def test_content_that_is_not_text_from_a_responses_upstream_is_refused(sdk, resp
     with pytest.raises(openai.APIError):
         list(sdk.chat.completions.create(model=responses_model, messages=MESSAGES, stream=True))
     assert [row.error_type for row in usage_rows(2)] == ["upstream_failed", "bad_response"]
+
+
+@both
+def test_a_cut_answer_is_incomplete_in_responses_and_length_in_chat(sdk, any_model, responses_model):
+    response = sdk.responses.create(model=any_model, input="hello hub", max_output_tokens=2)
+    assert (response.status, response.incomplete_details.reason) == ("incomplete", "max_output_tokens")
+    assert response.output_text == "Simulated reply"
+    events = list(sdk.responses.create(model=any_model, input="hello hub", max_output_tokens=2, stream=True))
+    assert events[-1].type == "response.incomplete"
+
+    completion = sdk.chat.completions.create(model=responses_model, messages=MESSAGES, max_tokens=2)
+    assert completion.choices[0].finish_reason == "length"
+    chunks = list(sdk.chat.completions.create(model=responses_model, messages=MESSAGES, max_tokens=2, stream=True))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
