@@ -329,3 +329,36 @@ def test_a_cut_answer_is_incomplete_in_responses_and_length_in_chat(sdk, any_mod
     assert completion.choices[0].finish_reason == "length"
     chunks = list(sdk.chat.completions.create(model=responses_model, messages=MESSAGES, max_tokens=2, stream=True))
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+@both
+def test_quotas_count_responses_requests_as_chat_ones(live_hub, free_user, api_key_for, any_model, simulated_upstream):
+    import asyncio
+    from decimal import Decimal
+
+    from registry.models import QuotaLimit, Tier
+    from usage.quotas import quota_status
+
+    free = Tier.objects.get(slug="free")
+    QuotaLimit.objects.create(tier=free, metric="requests", period="day", limit=Decimal(5))
+    QuotaLimit.objects.create(tier=free, metric="tokens", period="day", limit=Decimal(2000))
+    key = api_key_for(free_user)
+
+    async def burst(payload: dict) -> list[httpx2.Response]:
+        async with httpx2.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*(client.post(f"{live_hub}/v1/responses", json=payload, headers={
+                "Authorization": f"Bearer {key}"}) for _ in range(12)))
+
+    # The reservation counts max_output_tokens: one that cannot fit is refused before any upstream call.
+    too_big = httpx2.post(f"{live_hub}/v1/responses", json={"model": any_model, "input": "hi", "max_output_tokens": 5000},
+                          headers={"Authorization": f"Bearer {key}"})
+    assert (too_big.status_code, too_big.json()["error"]["code"]) == (429, "tokens_per_day")
+    responses = asyncio.run(burst({"model": any_model, "input": "hello hub", "max_output_tokens": 50}))
+
+    assert sorted(response.status_code for response in responses) == [200] * 5 + [429] * 7
+    rows = usage_rows(5)
+    assert len(rows) == 5 and sum(simulated_upstream.stats().values()) == 5
+    used = {row["metric"]: row for row in asyncio.run(quota_status(user_id=free_user.pk, api_key_id=None,
+                                                                   tier_slug="free"))}
+    assert used["tokens"]["used"] == sum(row.input_tokens + row.output_tokens for row in rows)
+    assert used["tokens"]["held"] == 0
