@@ -336,6 +336,7 @@ class Simulator:
         self._models_body = b""
         self._fault_table: dict[str, str] = {}
         self._requests: dict[str, int] = {}
+        self._responses_requests: dict[str, int] = {}  # those of `_requests` that came to /v1/responses
         self._call_numbers = itertools.count(1)
         self._register_models(models or DEFAULT_MODELS)
 
@@ -461,6 +462,7 @@ class Simulator:
     async def _responses(self, scope: Scope, receive: Receive, send: Send) -> None:
         """OpenAI's Responses API, natively: the same replies and faults as chat, in Response objects and events."""
         request, model, base_model, faults = await self._admitted(scope, receive)
+        self._responses_requests[base_model] = self._responses_requests.get(base_model, 0) + 1
         if faults.hang:
             return await _wait_for_disconnect(receive)
         as_chat = _responses_as_chat(request)
@@ -484,7 +486,8 @@ class Simulator:
         await _send_body(send, 200, orjson.dumps(response))
 
     async def _stats(self, scope: Scope, receive: Receive, send: Send) -> None:
-        payload = {"requests": self._requests, "total": sum(self._requests.values())}
+        payload = {"requests": self._requests, "total": sum(self._requests.values()),
+                   "responses_requests": self._responses_requests}
         await _send_body(send, 200, orjson.dumps(payload))
 
     async def _set_fault(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -513,6 +516,7 @@ class Simulator:
     async def _reset(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._fault_table.clear()
         self._requests.clear()
+        self._responses_requests.clear()
         await _send_body(send, 200, orjson.dumps({"faults": {}, "requests": {}}))
 
 

@@ -123,7 +123,8 @@ def model_test_target(test: ModelTest) -> ModelSpec:
         base_url=(row.base_url or provider.base_url).rstrip("/"),
         api_key=secret_decrypt(row.api_key_encrypted or provider.api_key_encrypted),
         timeout=provider.timeout_seconds, connect_timeout=provider.connect_timeout_seconds,
-        headers=dict(provider.extra_headers or {}), enabled=row.enabled, context_window=row.context_window, **common,
+        headers=dict(provider.extra_headers or {}), enabled=row.enabled, context_window=row.context_window,
+        api=row.api, **common,
     )
 
 
