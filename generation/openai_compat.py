@@ -259,9 +259,9 @@ def _route(path: str) -> tuple[str, Callable[..., Awaitable[None]]] | None:
     if path == "/v1/openapi.json":
         return "GET", _openapi
     if path == "/v1/responses":
-        from generation.openai_responses import responses_create  # it builds on this module
+        from generation.openai_responses import v1_responses  # it builds on this module
 
-        return "POST", responses_create
+        return "POST", v1_responses
     return None
 
 

@@ -70,7 +70,7 @@ def responses_body_validate(data: Any) -> dict[str, Any]:
     return data
 
 
-async def responses_create(scope: Scope, receive: Receive, send: Send) -> None:
+async def v1_responses(scope: Scope, receive: Receive, send: Send) -> None:
     principal = await _authenticate(scope)
     try:
         data = orjson.loads(await _read_body(scope, receive))
