@@ -362,3 +362,23 @@ def test_quotas_count_responses_requests_as_chat_ones(live_hub, free_user, api_k
                                                                    tier_slug="free"))}
     assert used["tokens"]["used"] == sum(row.input_tokens + row.output_tokens for row in rows)
     assert used["tokens"]["held"] == 0
+
+
+@both
+def test_a_client_that_goes_away_mid_stream_is_settled_at_once(live_hub, free_user, api_key_for, any_model,
+                                                              simulated_upstream):
+    import time
+
+    simulated_upstream.set_fault(any_model, "chunk_delay=800")  # a whole stream would take about 10 s
+
+    with httpx2.Client(timeout=10) as client, client.stream(
+            "POST", f"{live_hub}/v1/responses", headers={"Authorization": f"Bearer {api_key_for(free_user)}"},
+            json={"model": any_model, "input": "hello hub", "stream": True}) as response:
+        assert response.status_code == 200
+        next(response.iter_raw())
+    left = time.monotonic()
+
+    [row] = usage_rows(1, timeout=2)
+    assert time.monotonic() - left < 2  # settled at once, not when the upstream would have finished
+    assert (row.status, row.error_type, row.streamed, row.endpoint) == (
+        "partial", "client_disconnected", True, "v1.responses")
