@@ -4,7 +4,9 @@ Every upstream is called through the openai SDK's async client on its aiohttp tr
 pool collapses at hundreds of requests in flight). The hub passes bytes through: it asks the SDK for
 the raw HTTP response, reads at most `MAX_RESPONSE_BYTES`, and parses only what it must (usage).
 Clients are pooled per event loop and upstream, never built per request. Failures are mapped onto a
-small typed set: retryable ones let the caller fall back to another model, final ones do not.
+small typed set: retryable ones let the caller fall back to another model, final ones do not. A model served on
+the Responses API (`model.api`) is called on `/responses`: chat requests to it are translated both ways
+(`responses_bridge`), Responses requests pass through.
 """
 
 import asyncio
@@ -237,7 +239,7 @@ def upstream_body(model: ModelSpec, body: dict[str, Any]) -> bytes:
         return json.dumps(body, ensure_ascii=False).encode()
 
 
-async def _open(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float, api: str = "chat") -> Any:
+async def _open(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float, api: str = bridge.CHAT) -> Any:
     """Sends the request and waits for the response headers (the first byte).
 
     The request goes out through the SDK client's own HTTP client, prepared once per upstream: the SDK's
