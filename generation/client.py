@@ -348,12 +348,11 @@ async def _open_stream(model: ModelSpec, body: dict[str, Any], *, first_byte_tim
 async def chat_completion_stream(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float,
                                  idle_timeout: float) -> StreamHandle:
     """Opens a streaming chat completion; raises before any byte is handed on if the upstream fails. A model
-    served on the Responses API streams its events translated into chat chunks."""
+    served on the Responses API is asked in its words: its handle yields Responses events, which
+    `services.ChatFromResponsesStream` turns into chat chunks."""
     if model.api == bridge.RESPONSES:
-        handle = await responses_stream(model, bridge.chat_request_to_responses(body),
-                                        first_byte_timeout=first_byte_timeout, idle_timeout=idle_timeout)
-        return ChatFromResponsesHandle(response=handle.response, first_byte_ms=handle.first_byte_ms,
-                                       idle_timeout=idle_timeout)
+        return await responses_stream(model, bridge.chat_request_to_responses(body),
+                                      first_byte_timeout=first_byte_timeout, idle_timeout=idle_timeout)
     return await _open_stream(model, body, first_byte_timeout=first_byte_timeout, idle_timeout=idle_timeout,
                               api=bridge.CHAT)
 
@@ -363,35 +362,6 @@ async def responses_stream(model: ModelSpec, body: dict[str, Any], *, first_byte
     """Opens a streaming Responses request to a model served on that API."""
     return await _open_stream(model, {**body, "stream": True}, first_byte_timeout=first_byte_timeout,
                               idle_timeout=idle_timeout, api=bridge.RESPONSES)
-
-
-@dataclass(slots=True)
-class ChatFromResponsesHandle(StreamHandle):
-    """A Responses event stream read as chat completion chunks (`responses_bridge.ChatFromResponsesEvents`)."""
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        events = bridge.ChatFromResponsesEvents()
-        buffer = b""
-        async for chunk in StreamHandle.chunks(self):
-            complete, buffer = bridge.events_split(buffer + chunk)
-            out = b""
-            for event in complete:
-                name, payload = bridge.event_parts(event)
-                if payload is None or (name is not None and name not in events.USED):
-                    continue
-                try:
-                    data = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    raise UpstreamBadResponse("The upstream sent an event that is not JSON.") from None
-                if not isinstance(data, dict):
-                    raise UpstreamBadResponse("The upstream sent an event of an unexpected shape.")
-                out += events.event(data)
-                if events.failed:
-                    if out:
-                        yield out
-                    raise UpstreamUnavailable("The upstream failed the response.")
-            if out:
-                yield out
 
 
 def default_timeouts(model: ModelSpec) -> tuple[float, float]:

@@ -534,6 +534,52 @@ class ChatStream:
 
 
 
+class ChatFromResponsesStream(ChatStream):
+    """A chat stream from a model served on the Responses API: each upstream event is checked, metered and turned
+    into chat chunks in one pass (`responses_bridge.ChatFromResponsesEvents`); the events that repeat what was
+    streamed are skipped unread."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._chunks = bridge.ChatFromResponsesEvents()
+
+    def _pass(self, event: bytes) -> bytes:
+        if self._done or self._broken is not None:
+            return b""
+        name, payload = bridge.event_parts(event)
+        if payload is None or (name is not None and name not in self._chunks.USED):
+            return b""
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self._broken = client.UpstreamBadResponse("The upstream sent an event that is not JSON.")
+            return b""
+        if not isinstance(data, dict):
+            self._broken = client.UpstreamBadResponse("The upstream sent an event of an unexpected shape.")
+            return b""
+        kind = data.get("type")
+        if kind == "response.output_text.delta":
+            if not isinstance(data.get("delta"), str):
+                self._broken = client.UpstreamBadResponse("The upstream sent content that is not text.")
+                return b""
+            self._text.append(data["delta"])
+        elif kind in ("response.completed", "response.incomplete"):
+            self._done = True
+            response = data.get("response") if isinstance(data.get("response"), dict) else {}
+            counted = usage_from({"usage": bridge.usage_responses_to_chat(response.get("usage"))})
+            if counted is not None:
+                self.usage = Usage(*counted)
+            elif response.get("usage") is not None:
+                logger.warning("request %s: model %s streamed an unusable usage; counted locally",
+                               self.request_id, self.model.id)
+            if counted is None or not self.client_wants_usage:
+                response["usage"] = None  # no usage chunk
+        out = self._chunks.event(data)
+        if self._chunks.failed:
+            self._broken = client.UpstreamUnavailable("The upstream failed the response.")
+        return out
+
+
 async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
                       model_id: str | None = None, provider: str | None = None,
                       preferred_ids: Sequence[str] = ()) -> ChatStream:
@@ -551,7 +597,8 @@ async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any
 
     try:
         model, handle = await _first_answer(run, open_stream, latency_ms=lambda handle: handle.first_byte_ms)
-        return ChatStream(run, model, handle, body, client_wants_usage)
+        stream_class = ChatFromResponsesStream if model.api == bridge.RESPONSES else ChatStream
+        return stream_class(run, model, handle, body, client_wants_usage)
     except BaseException as failure:  # every candidate failed, or the request was cancelled meanwhile
         await run_finish(run, model=None, usage=Usage(), error=failure, streamed=True)
         raise
