@@ -1,5 +1,6 @@
 """Prepares the throwaway benchmark database: migrate, load the registry fixture, add `bench-slow`
-(the simulated upstream with 1000 ms of latency), and create a top-tier user with an API key.
+(the simulated upstream with 1000 ms of latency) and `bench-responses` (the simulated upstream on its Responses
+API), and create a top-tier user with an API key.
 
 Run as `python -m bench.setup_db` with LLMHUB_SQLITE_PATH (or DATABASE_URL) and LLMHUB_SIMULATOR_URL set;
 prints the raw API key as JSON on the last line. Running it again on the same database changes nothing but
@@ -13,6 +14,7 @@ import django
 
 SLOW_MODEL_ID = "bench-slow"
 SLOW_UPSTREAM_MODEL = "demo@latency=1000"
+RESPONSES_MODEL_ID = "bench-responses"  # `demo` served on the simulator's /v1/responses: the chat → responses bridge
 TOP_TIER = "enterprise"
 
 
@@ -33,6 +35,11 @@ def main() -> None:
         "provider": Provider.objects.get(slug="local"),
     })
     slow.allowed_tiers.set(Tier.objects.all())
+    bridged, _ = LLMModel.objects.update_or_create(public_id=RESPONSES_MODEL_ID, defaults={
+        "display_name": "Benchmark: simulated upstream on the Responses API", "upstream_model": "demo",
+        "provider": Provider.objects.get(slug="local"), "api": LLMModel.Api.RESPONSES, "supports_streaming": True,
+    })
+    bridged.allowed_tiers.set(Tier.objects.all())
     # A database kept between runs (`make soak`'s PostgreSQL) already has the user.
     user, _ = get_user_model().objects.get_or_create(username="bench")
     user_tier_set(user=user, tier_slug=TOP_TIER)

@@ -4,7 +4,9 @@ Every upstream is called through the openai SDK's async client on its aiohttp tr
 pool collapses at hundreds of requests in flight). The hub passes bytes through: it asks the SDK for
 the raw HTTP response, reads at most `MAX_RESPONSE_BYTES`, and parses only what it must (usage).
 Clients are pooled per event loop and upstream, never built per request. Failures are mapped onto a
-small typed set: retryable ones let the caller fall back to another model, final ones do not.
+small typed set: retryable ones let the caller fall back to another model, final ones do not. A model served on
+the Responses API (`model.api`) is called on `/responses`: chat requests to it are translated both ways
+(`responses_bridge`), Responses requests pass through.
 """
 
 import asyncio
@@ -21,6 +23,7 @@ import openai
 import orjson
 from django.conf import settings
 
+from generation import responses_bridge as bridge
 from registry.selectors import ModelSpec
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
@@ -138,6 +141,7 @@ class _Upstream:
     sdk: openai.AsyncOpenAI
     http: httpx2.AsyncClient
     url: str
+    responses_url: str
     headers: dict[str, str]
     extensions: dict[str, Any]
 
@@ -178,7 +182,8 @@ def _upstream_for(model: ModelSpec) -> _Upstream:
                    "Accept": "application/json"}
         _headers_checked(model, headers)  # once per pooled upstream, not per request
         timeout = httpx2.Timeout(model.timeout, connect=model.connect_timeout)
-        upstream = _Upstream(sdk=sdk, http=http, url=model.base_url + "/chat/completions", headers=headers,
+        upstream = _Upstream(sdk=sdk, http=http, url=model.base_url + "/chat/completions",
+                             responses_url=model.base_url + "/responses", headers=headers,
                              extensions={"timeout": timeout.as_dict()})
         _upstreams[key] = upstream
     return upstream
@@ -305,7 +310,8 @@ def upstream_body(model: ModelSpec, body: dict[str, Any]) -> bytes:
         return json.dumps(body, ensure_ascii=False).encode()
 
 
-async def _open(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float, path: str | None = None) -> Any:
+async def _open(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float, api: str = bridge.CHAT,
+                path: str | None = None) -> Any:
     """Sends the request and waits for the response headers (the first byte).
 
     The request goes out through the SDK client's own HTTP client, prepared once per upstream: the SDK's
@@ -313,7 +319,9 @@ async def _open(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: f
     the hub's time (py-spy, `make bench`), and does nothing a pass-through needs.
     """
     upstream = _upstream_for(model)
-    url = upstream.url if path is None else model.base_url + path
+    url = upstream.responses_url if api == bridge.RESPONSES else upstream.url
+    if path is not None:
+        url = model.base_url + path
     request = httpx2.Request("POST", url, headers=upstream.headers, content=upstream_body(model, body),
                              extensions=upstream.extensions)
     async with asyncio.timeout(first_byte_timeout):
@@ -341,12 +349,14 @@ async def _read_capped(response: Any, *, timeout: float) -> bytes:
     return b"".join([chunk async for chunk in handle.chunks()])
 
 
-async def chat_completion(model: ModelSpec, body: dict[str, Any], *, timeout: float) -> Completion:
-    """A non-streaming chat completion; `timeout` bounds the whole call."""
+async def _post(model: ModelSpec, body: dict[str, Any], *, timeout: float,
+                api: str) -> tuple[dict[str, Any], bytes, float]:
+    """POSTs a non-streaming request to the model's `api`: its JSON object, its bytes and when it started;
+    `timeout` bounds the whole call."""
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
-            response = await _open(model, body, first_byte_timeout=timeout)
+            response = await _open(model, body, first_byte_timeout=timeout, api=api)
             raw = await _read_capped(response, timeout=timeout)
     except (openai.APIError, httpx2.HTTPError, OSError, TimeoutError) as error:
         raise map_exception(error) from error
@@ -354,9 +364,35 @@ async def chat_completion(model: ModelSpec, body: dict[str, Any], *, timeout: fl
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise UpstreamBadResponse("The upstream answered with something that is not JSON.") from None
-    if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not all(
-            _choice_valid(choice) for choice in data["choices"]):
+    if not isinstance(data, dict):
         raise UpstreamBadResponse("The upstream answered with an unexpected JSON shape.")
+    return data, raw, started
+
+
+async def chat_completion(model: ModelSpec, body: dict[str, Any], *, timeout: float) -> Completion:
+    """A non-streaming chat completion; `timeout` bounds the whole call. A model served on the Responses API
+    is asked in its words and its answer translated back (`responses_bridge`)."""
+    if model.api == bridge.RESPONSES:
+        response = await responses_create(model, bridge.chat_request_to_responses(body), timeout=timeout)
+        data = bridge.response_to_chat(response.data)
+        return Completion(raw=orjson.dumps(data), data=data, latency_ms=response.latency_ms)
+    data, raw, started = await _post(model, body, timeout=timeout, api=bridge.CHAT)
+    if not isinstance(data.get("choices"), list) or not all(_choice_valid(choice) for choice in data["choices"]):
+        raise UpstreamBadResponse("The upstream answered with an unexpected JSON shape.")
+    return Completion(raw=raw, data=data, latency_ms=(time.perf_counter() - started) * 1000)
+
+
+async def responses_create(model: ModelSpec, body: dict[str, Any], *, timeout: float) -> Completion:
+    """A non-streaming Responses request to a model served on that API (its answer passed on as it is)."""
+    data, raw, started = await _post(model, body, timeout=timeout, api=bridge.RESPONSES)
+    output = data.get("output")
+    if not isinstance(output, list) or not all(isinstance(item, dict) for item in output):
+        raise UpstreamBadResponse("The upstream answered with an unexpected JSON shape.")
+    if data.get("status") == "failed":
+        raise UpstreamUnavailable("The upstream failed to answer.")
+    if not all(isinstance(part, dict) and isinstance(part.get("text", ""), str) for item in output
+               if item.get("type") == "message" for part in item.get("content") or ()):
+        raise UpstreamBadResponse("The upstream answered with content that is not text.")
     return Completion(raw=raw, data=data, latency_ms=(time.perf_counter() - started) * 1000)
 
 
@@ -390,12 +426,11 @@ def _choice_valid(choice: Any) -> bool:
     return isinstance(message, dict) and isinstance(message.get("content"), str | None)
 
 
-async def chat_completion_stream(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float,
-                                 idle_timeout: float) -> StreamHandle:
-    """Opens a streaming chat completion; raises before any byte is handed on if the upstream fails."""
+async def _open_stream(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float, idle_timeout: float,
+                       api: str) -> StreamHandle:
     started = time.perf_counter()
     try:
-        response = await _open(model, body, first_byte_timeout=first_byte_timeout)
+        response = await _open(model, body, first_byte_timeout=first_byte_timeout, api=api)
     except (openai.APIError, httpx2.HTTPError, OSError, TimeoutError) as error:
         raise map_exception(error) from error
     content_type = response.headers.get("content-type", "")
@@ -404,6 +439,25 @@ async def chat_completion_stream(model: ModelSpec, body: dict[str, Any], *, firs
         raise UpstreamBadResponse("The upstream did not answer with an event stream.")
     return StreamHandle(response=response, first_byte_ms=(time.perf_counter() - started) * 1000,
                         idle_timeout=idle_timeout)
+
+
+async def chat_completion_stream(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float,
+                                 idle_timeout: float) -> StreamHandle:
+    """Opens a streaming chat completion; raises before any byte is handed on if the upstream fails. A model
+    served on the Responses API is asked in its words: its handle yields Responses events, which
+    `services.ChatFromResponsesStream` turns into chat chunks."""
+    if model.api == bridge.RESPONSES:
+        return await responses_stream(model, bridge.chat_request_to_responses(body),
+                                      first_byte_timeout=first_byte_timeout, idle_timeout=idle_timeout)
+    return await _open_stream(model, body, first_byte_timeout=first_byte_timeout, idle_timeout=idle_timeout,
+                              api=bridge.CHAT)
+
+
+async def responses_stream(model: ModelSpec, body: dict[str, Any], *, first_byte_timeout: float,
+                           idle_timeout: float) -> StreamHandle:
+    """Opens a streaming Responses request to a model served on that API."""
+    return await _open_stream(model, {**body, "stream": True}, first_byte_timeout=first_byte_timeout,
+                              idle_timeout=idle_timeout, api=bridge.RESPONSES)
 
 
 def default_timeouts(model: ModelSpec) -> tuple[float, float]:

@@ -310,6 +310,10 @@ def _route(path: str) -> tuple[str, Callable[..., Awaitable[None]]] | None:
         return "GET", lambda scope, receive, send: _model_detail(scope, receive, send, model_id)
     if path == "/v1/openapi.json":
         return "GET", _openapi
+    if path == "/v1/responses":
+        from generation.openai_responses import v1_responses  # it builds on this module
+
+        return "POST", v1_responses
     return None
 
 

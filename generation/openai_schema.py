@@ -208,6 +208,69 @@ SSE_EVENT: dict[str, Any] = {
                    "event": {"type": "string"}},
 }
 
+_TEXT = {"type": "string"}
+_INPUT_ITEM: dict[str, Any] = {"oneOf": [
+    {"type": "object", "required": ["role", "content"], "description": "A message.",
+     "properties": {"type": {"type": "string", "enum": ["message"]},
+                    "role": {"type": "string", "enum": ["user", "assistant", "system", "developer"]},
+                    "content": {"oneOf": [_TEXT, {"type": "array", "items": {
+                        "type": "object", "required": ["type", "text"],
+                        "properties": {"type": {"type": "string", "enum": ["input_text", "output_text"]},
+                                       "text": _TEXT}}}]}}},
+    {"type": "object", "required": ["type", "call_id", "name", "arguments"], "description": "A function call.",
+     "properties": {"type": {"type": "string", "enum": ["function_call"]}, "call_id": _TEXT, "name": _TEXT,
+                    "arguments": _TEXT}},
+    {"type": "object", "required": ["type", "call_id", "output"], "description": "A function call's result.",
+     "properties": {"type": {"type": "string", "enum": ["function_call_output"]}, "call_id": _TEXT,
+                    "output": _TEXT}},
+]}
+
+RESPONSES_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["input"],
+    "description": "OpenAI's Responses request. A model served on the Responses API gets it as given (with "
+                   "`previous_response_id`, `store`, built-in tools, …); a chat model gets it translated, and what "
+                   "Chat Completions cannot express is a 400 naming the field (`unsupported_parameter`). Any other "
+                   "of OpenAI's parameters goes to the upstream as given.",
+    "properties": {
+        "model": {"type": "string", "minLength": 1, "nullable": True,
+                  "description": "A model id of /v1/models; your default when absent."},
+        "input": {"oneOf": [_TEXT, {"type": "array", "items": _INPUT_ITEM, "minItems": 1,
+                                    "maxItems": 16}]},
+        "instructions": {"type": "string", "nullable": True},
+        "max_output_tokens": _max_tokens(),
+        "stream": {"type": "boolean", "nullable": True, "description": "Answer as Responses server-sent events."},
+        "reasoning": {"type": "object", "nullable": True, "properties": {
+            "effort": {"type": "string", "enum": ["minimal", "low", "medium", "high"]}}},
+        "text": {"type": "object", "nullable": True, "properties": {
+            "format": {"type": "object", "required": ["type"],
+                       "properties": {"type": {"type": "string", "enum": ["text", "json_object"]}}}}},
+        "tools": {"type": "array", "nullable": True, "items": {
+            "type": "object", "required": ["type", "name"],
+            "properties": {"type": {"type": "string", "enum": ["function"]}, "name": _TEXT,
+                           "description": _TEXT, "parameters": {"type": "object"}}}},
+        "tool_choice": {"type": "string", "enum": ["none", "auto", "required"], "nullable": True},
+    },
+    "not": {"anyOf": [{"required": [name]} for name in sorted(FORBIDDEN_FIELDS)]},
+}
+
+RESPONSE: dict[str, Any] = {
+    "type": "object", "required": ["id", "object", "output"],
+    "description": "A Response object (`x-llmhub-model` names the model that answered).",
+    "properties": {"id": {"type": "string"}, "object": {"type": "string", "enum": ["response"]},
+                   "status": {"type": "string", "nullable": True}, "model": {"type": "string", "nullable": True},
+                   "output": {"type": "array", "items": {"type": "object"}},
+                   "usage": {"type": "object", "nullable": True}},
+}
+
+RESPONSES_SSE_EVENT: dict[str, Any] = {
+    "type": "object", "required": ["data"], "description": "One Responses server-sent event.",
+    "properties": {"event": {"type": "string", "description": "The event's type: `response.created`, "
+                                                              "`response.output_text.delta`, …, `response.completed`, "
+                                                              "or `error` (a stream cut after it began)."},
+                   "data": {"type": "string", "description": "The event as JSON."}},
+}
+
 MODEL: dict[str, Any] = {
     "type": "object", "required": ["id", "object", "created", "owned_by", "kind"],
     "properties": {"id": {"type": "string"}, "object": {"type": "string", "enum": ["model"]},
@@ -282,6 +345,11 @@ def openapi_document() -> dict[str, Any]:
             "/v1/embeddings": _post("v1_embeddings", "EmbeddingsRequest", {
                 "description": "The embeddings (floats, or base64 with `encoding_format: base64`).",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Embeddings"}}}}),
+            "/v1/responses": _post("v1_responses", "ResponsesRequest", {
+                "description": "The response: JSON, or Responses server-sent events with `stream: true`. A field the "
+                               "model's API cannot express is a 400 (`unsupported_parameter`).",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Response"}},
+                            "text/event-stream": {"schema": RESPONSES_SSE_EVENT}}}),
         },
         "components": {
             "securitySchemes": {"hubApiKey": {"type": "http", "scheme": "bearer",
@@ -289,7 +357,8 @@ def openapi_document() -> dict[str, Any]:
             "schemas": {"ChatCompletionRequest": _with_chat_fields(CHAT_REQUEST),
                         "CompletionRequest": _with_chat_fields(COMPLETION_REQUEST, LEGACY_FIELDS), "Messages": messages_schema(),
                         "ChatCompletion": CHAT_COMPLETION, "TextCompletion": TEXT_COMPLETION,
-                        "EmbeddingsRequest": EMBEDDINGS_REQUEST, "Embeddings": EMBEDDINGS, "Model": MODEL,
+                        "EmbeddingsRequest": EMBEDDINGS_REQUEST, "Embeddings": EMBEDDINGS,
+                        "ResponsesRequest": RESPONSES_REQUEST, "Response": RESPONSE, "Model": MODEL,
                         "Error": ERROR},
         },
     }

@@ -18,6 +18,7 @@ import orjson
 from django.conf import settings
 
 from generation import client
+from generation import responses_bridge as bridge
 from generation.adaptation import context_exceeded_error, parameter_refused_error, params_refused, request_adapt
 from generation.routing import candidate_models, earliest_retry
 from llmhub.errors import ApplicationError, NotFound
@@ -189,6 +190,17 @@ def estimated_input(body: dict[str, Any]) -> int:
     return tokens_count_messages(body.get("messages") or [])
 
 
+def request_messages(body: dict[str, Any], *, api: str = bridge.CHAT) -> list[dict[str, Any]]:
+    """The request's prompt as chat messages, for estimates and local counts (a Responses request's input that
+    no chat message can hold is counted as its JSON)."""
+    if api == bridge.CHAT:
+        return body.get("messages") or []
+    try:
+        return bridge.responses_input_to_messages(body)
+    except bridge.Unmappable:
+        return [{"role": "user", "content": orjson.dumps([body.get("instructions"), body.get("input")]).decode()}]
+
+
 def _note_failure(model: ModelSpec, error: client.UpstreamError) -> None:
     upstream_error_count(model=model.id, kind=error.kind)
     if isinstance(error, client.UpstreamRateLimited):
@@ -355,23 +367,27 @@ def candidates_admitted(primary: ModelSpec, candidates: list[ModelSpec], body: d
 async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
                     model_id: str | None, provider: str | None, preferred_ids: Sequence[str], kind: str = "chat",
                     fit_context: bool = False, prompt_tokens: int | None = None, context_tokens: int | None = None,
-                    output_tokens: int | None = None, context_param: str = "messages") -> _Run:
+                    output_tokens: int | None = None, context_param: str = "messages",
+                    api: str = bridge.CHAT) -> _Run:
     """Resolves, authorises and reserves a request. With `fit_context`, models whose window is too small for
     the request (`context_tokens`, by default the estimated prompt plus max_tokens) are skipped (a 400
-    context_length_exceeded when none is left); a translation splits its text to fit instead."""
+    context_length_exceeded when none is left); a translation splits its text to fit instead. `api` is the API
+    the request is written for: candidates served on the other one get it translated, and those it cannot be
+    translated for are skipped (a 400 naming the field when the primary is one of them)."""
     primary = model_resolve(caller=caller, registry=registry, model_id=model_id, provider=provider,
                             preferred_ids=preferred_ids)
     model_kind_check(primary, kind)
     candidates = candidate_models(primary=primary, registry=registry, tier=caller.tier,
                                   cooled_until=_cooled_until, now=time.monotonic(), unhealthy=unhealthy_keys())
     if prompt_tokens is None:
-        prompt_tokens = tokens_estimate_messages(body.get("messages") or [])
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") if output_tokens is None \
-        else output_tokens
+        prompt_tokens = tokens_estimate_messages(request_messages(body, api=api))
+    max_tokens = (body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")) \
+        if output_tokens is None else output_tokens
     if fit_context and context_tokens is None:
         context_tokens = prompt_tokens + (max_tokens or 0)
     candidates, skipped = candidates_admitted(primary, candidates, body, context_param=context_param,
                                               needed_tokens=context_tokens if fit_context else None)
+    candidates = bridge.servable(candidates, primary=primary, body=body, source=api)
     run = _Run(caller=caller, endpoint=endpoint, requested=model_id or provider or primary.id, primary=primary,
                candidates=candidates, attempts=skipped)
     run.deadline = run.started + _config("GENERATION_DEADLINE_SECONDS")
@@ -542,14 +558,11 @@ class ChatStream:
             error_type = error.kind
             upstream_error_count(model=self.model.id, kind=error.kind)
             logger.warning("request %s: stream from %s broke (%s)", self.request_id, self.model.id, error.kind)
-            yield b"data: " + orjson.dumps({"error": {
-                "message": f"The upstream stream broke: {error.message}", "type": "server_error",
-                "param": None, "code": error.kind}}) + b"\n\n"
+            yield self._error_event(code=error.kind, message=f"The upstream stream broke: {error.message}")
         except Exception as error:  # a bug of ours, or an upstream oddity nobody foresaw: still a clean end
             failure, error_type = error, None
             logger.exception("request %s: stream from %s failed unexpectedly", self.request_id, self.model.id)
-            yield b"data: " + orjson.dumps({"error": {
-                "message": "Internal error.", "type": "server_error", "param": None, "code": "internal_error"}}) + b"\n\n"
+            yield self._error_event(code="internal_error", message="Internal error.")
         finally:
             # Shielded: a client that went away cancels this generator, but the upstream must still be
             # closed and the request settled and logged.
@@ -564,6 +577,11 @@ class ChatStream:
             self.usage = self.usage or await usage_counted(self.body, "".join(self._text))
             await run_finish(self.run, model=self.model, usage=self.usage, error=failure, status=status,
                              error_type=error_type, streamed=True, ttft_ms=self.ttft_ms)
+
+    def _error_event(self, *, code: str, message: str) -> bytes:
+        """The event that ends a stream that broke."""
+        return b"data: " + orjson.dumps({"error": {"message": message, "type": "server_error", "param": None,
+                                                   "code": code}}) + b"\n\n"
 
     def _pass(self, event: bytes) -> bytes:
         """The bytes to send on for one upstream event (nothing once the stream is done or broken)."""
@@ -607,6 +625,52 @@ class ChatStream:
 
 
 
+class ChatFromResponsesStream(ChatStream):
+    """A chat stream from a model served on the Responses API: each upstream event is checked, metered and turned
+    into chat chunks in one pass (`responses_bridge.ChatFromResponsesEvents`); the events that repeat what was
+    streamed are skipped unread."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._chunks = bridge.ChatFromResponsesEvents()
+
+    def _pass(self, event: bytes) -> bytes:
+        if self._done or self._broken is not None:
+            return b""
+        name, payload = bridge.event_parts(event)
+        if payload is None or (name is not None and name not in self._chunks.USED):
+            return b""
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self._broken = client.UpstreamBadResponse("The upstream sent an event that is not JSON.")
+            return b""
+        if not isinstance(data, dict):
+            self._broken = client.UpstreamBadResponse("The upstream sent an event of an unexpected shape.")
+            return b""
+        kind = data.get("type")
+        if kind == "response.output_text.delta":
+            if not isinstance(data.get("delta"), str):
+                self._broken = client.UpstreamBadResponse("The upstream sent content that is not text.")
+                return b""
+            self._text.append(data["delta"])
+        elif kind in ("response.completed", "response.incomplete"):
+            self._done = True
+            response = data.get("response") if isinstance(data.get("response"), dict) else {}
+            counted = usage_from({"usage": bridge.usage_responses_to_chat(response.get("usage"))})
+            if counted is not None:
+                self.usage = Usage(*counted)
+            elif response.get("usage") is not None:
+                logger.warning("request %s: model %s streamed an unusable usage; counted locally",
+                               self.request_id, self.model.id)
+            if counted is None or not self.client_wants_usage:
+                response["usage"] = None  # no usage chunk
+        out = self._chunks.event(data)
+        if self._chunks.failed:
+            self._broken = client.UpstreamUnavailable("The upstream failed the response.")
+        return out
+
+
 async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
                       model_id: str | None = None, provider: str | None = None,
                       preferred_ids: Sequence[str] = ()) -> ChatStream:
@@ -624,7 +688,8 @@ async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any
 
     try:
         model, handle = await _first_answer(run, open_stream, latency_ms=lambda handle: handle.first_byte_ms)
-        return ChatStream(run, model, handle, body, client_wants_usage)
+        stream_class = ChatFromResponsesStream if model.api == bridge.RESPONSES else ChatStream
+        return stream_class(run, model, handle, body, client_wants_usage)
     except BaseException as failure:  # every candidate failed, or the request was cancelled meanwhile
         await run_finish(run, model=None, usage=Usage(), error=failure, streamed=True)
         raise

@@ -30,6 +30,10 @@ fault, the later one wins (table, then suffix, then header). Grammar: comma-sepa
 ``POST /v1/embeddings`` answers deterministic unit vectors (16 numbers, or ``dimensions``; floats or base64) for
 any model. A malformed request gets OpenAI's 400 (its error shape, `param` naming the field), never a crash.
 
+``POST /v1/responses`` is OpenAI's Responses API, served natively with the same replies and faults: a Response
+object (with ``reasoning.effort`` set, a reasoning item and 2/4/8/16 reasoning tokens for minimal/low/medium/high),
+or with ``stream: true`` its events (``response.created`` ... ``response.completed``).
+
 Control endpoints (no auth): ``GET /_sim/stats``, ``GET /_sim/last`` (the last request body per base model),
 ``POST /_sim/faults {"model", "fault"}`` (an empty
 fault clears that model), ``DELETE /_sim/faults``, ``POST /_sim/models {"models": [...]}``,
@@ -399,6 +403,7 @@ class Simulator:
             ("POST", "/v1/chat/completions"): self._chat_completions,
             ("POST", "/v1/embeddings"): self._embeddings,
             ("GET", "/_sim/last"): self._last,
+            ("POST", "/v1/responses"): self._responses,
             ("GET", "/_sim/stats"): self._stats,
             ("POST", "/_sim/faults"): self._set_fault,
             ("DELETE", "/_sim/faults"): self._clear_faults,
@@ -410,6 +415,7 @@ class Simulator:
         self._fault_table: dict[str, str] = {}
         self._requests: dict[str, int] = {}
         self._last_requests: dict[str, dict[str, Any]] = {}  # the last request body per base model
+        self._responses_requests: dict[str, int] = {}  # those of `_requests` that came to /v1/responses
         self._call_numbers = itertools.count(1)
         self._register_models(models or DEFAULT_MODELS)
 
@@ -555,11 +561,39 @@ class Simulator:
             return await _cut_connection(send, receive)
         await _send_body(send, 200, orjson.dumps(embeddings_answer(request, model)))
 
+    async def _responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """OpenAI's Responses API, natively: the same replies and faults as chat, in Response objects and events."""
+        request = await _read_json(receive)
+        model, base_model, faults = self._accept(scope, request)
+        self._responses_requests[base_model] = self._responses_requests.get(base_model, 0) + 1
+        if faults.hang:
+            return await _wait_for_disconnect(receive)
+        as_chat = _responses_as_chat(request)
+        rejection = _fault_rejection(faults, as_chat, base_model)
+        streaming = request.get("stream") is True and rejection is None and not faults.html
+        if not streaming:
+            await _sleep_ms(faults.latency)
+        if rejection is not None:
+            raise rejection
+        if faults.html:
+            return await _send_body(send, 200, _HTML_PAGE, b"text/html; charset=utf-8")
+        call_number = next(self._call_numbers)
+        reply = _garbled(_reply(as_chat, base_model, call_number, faults.huge), faults)
+        response = _response_object(request, model, call_number, reply)
+        if streaming:
+            return await _responses_stream(response, reply, faults, send, receive)
+        if faults.malformed:
+            return await _send_body(send, 200, _MALFORMED_JSON)
+        if faults.drop is not None:
+            return await _cut_connection(send, receive)
+        await _send_body(send, 200, orjson.dumps(response))
+
     async def _last(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _send_body(send, 200, orjson.dumps(self._last_requests))
 
     async def _stats(self, scope: Scope, receive: Receive, send: Send) -> None:
-        payload = {"requests": self._requests, "total": sum(self._requests.values())}
+        payload = {"requests": self._requests, "total": sum(self._requests.values()),
+                   "responses_requests": self._responses_requests}
         await _send_body(send, 200, orjson.dumps(payload))
 
     async def _set_fault(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -589,7 +623,139 @@ class Simulator:
         self._fault_table.clear()
         self._requests.clear()
         self._last_requests.clear()
+        self._responses_requests.clear()
         await _send_body(send, 200, orjson.dumps({"faults": {}, "requests": {}}))
+
+
+_REASONING_TOKENS = {"minimal": 2, "low": 4, "medium": 8, "high": 16}
+
+
+def _responses_as_chat(request: dict[str, Any]) -> dict[str, Any]:
+    """A Responses request read as the chat request `_reply` answers (instructions first, as a system message)."""
+    items = request.get("input")
+    if items is None and request.get("previous_response_id"):
+        items = ""
+    if isinstance(items, str):
+        items = [{"role": "user", "content": items}]
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise SimulatedError(400, "`input` must be a string or a list of items.", param="input")
+    messages = [{"role": "system", "content": request["instructions"]}] if request.get("instructions") else []
+    for item in items:
+        kind = item.get("type", "message")
+        if kind == "message":
+            content = item.get("content")
+            if isinstance(content, list):
+                content = [{"type": "text", "text": part.get("text", "")} for part in content
+                           if isinstance(part, dict) and part.get("type") in ("input_text", "output_text")]
+            messages.append({"role": item.get("role"), "content": content})
+        elif kind == "function_call_output":
+            messages.append({"role": "tool", "content": item.get("output") if isinstance(item.get("output"), str) else ""})
+    tools = request.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise SimulatedError(400, "`tools` must be a list.", param="tools")
+    choice = request.get("tool_choice")
+    text_format = (request.get("text") or {}).get("format") if isinstance(request.get("text"), dict) else None
+    return {
+        "messages": messages,
+        "tools": [{"type": "function", "function": {"name": tool.get("name")}} for tool in tools or ()
+                  if isinstance(tool, dict) and tool.get("type") == "function"],
+        "tool_choice": {"function": {"name": choice.get("name")}} if isinstance(choice, dict) else choice,
+        "response_format": text_format if isinstance(text_format, dict) else None,
+        "max_tokens": request.get("max_output_tokens"),
+        "stream": request.get("stream"),
+    }
+
+
+def _response_object(request: dict[str, Any], model: str, call_number: int, reply: Reply) -> dict[str, Any]:
+    reasoning = request.get("reasoning") if isinstance(request.get("reasoning"), dict) else {}
+    reasoning_tokens = _REASONING_TOKENS.get(reasoning.get("effort"), 0)
+    output: list[dict[str, Any]] = []
+    if reasoning_tokens:
+        output.append({"id": f"rs_sim_{call_number}", "type": "reasoning", "summary": []})
+    if reply.tool_call:
+        function = reply.tool_call["function"]
+        output.append({"id": f"fc_sim_{call_number}", "type": "function_call", "status": "completed",
+                       "call_id": reply.tool_call["id"], "name": function["name"], "arguments": function["arguments"]})
+    else:
+        output.append({"id": f"msg_sim_{call_number}", "type": "message", "status": "completed", "role": "assistant",
+                       "content": [{"type": "output_text", "text": reply.content, "annotations": [], "logprobs": []}]})
+    usage = None
+    if reply.usage is not None:
+        prompt, completion = reply.usage.get("prompt_tokens"), reply.usage.get("completion_tokens")
+        if isinstance(completion, int) and reasoning_tokens:
+            completion += reasoning_tokens
+        usage = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": completion,
+                 "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
+                 "total_tokens": prompt + completion if isinstance(prompt, int) and isinstance(completion, int) else None}
+    incomplete = reply.finish_reason == "length"
+    return {
+        "id": f"resp_sim_{call_number}", "object": "response", "created_at": int(time.time()),
+        "status": "incomplete" if incomplete else "completed", "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        "instructions": request.get("instructions"), "max_output_tokens": request.get("max_output_tokens"),
+        "model": model, "output": output, "parallel_tool_calls": request.get("parallel_tool_calls", True),
+        "previous_response_id": request.get("previous_response_id"), "store": request.get("store", True),
+        "reasoning": {"effort": reasoning.get("effort"), "summary": None}, "temperature": request.get("temperature"),
+        "text": request.get("text") or {"format": {"type": "text"}}, "tool_choice": request.get("tool_choice", "auto"),
+        "tools": request.get("tools") or [], "top_p": request.get("top_p"), "truncation": "disabled",
+        "usage": usage, "metadata": request.get("metadata") or {},
+    }
+
+
+async def _responses_stream(response: dict[str, Any], reply: Reply, faults: Faults, send: Send,
+                            receive: Receive) -> None:
+    """The Responses events of `response`: created, the output items with their deltas, then the final state."""
+    sequence = itertools.count()
+
+    def event(kind: str, **fields: Any) -> bytes:
+        payload = orjson.dumps({"type": kind, "sequence_number": next(sequence), **fields})
+        return b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n"
+
+    opening = {**response, "status": "in_progress", "output": [], "usage": None}
+    head = event("response.created", response=opening) + event("response.in_progress", response=opening)
+    pieces: list[bytes] = []  # content chunks, which drop=N counts
+    tail = b""
+    for index, item in enumerate(response["output"]):
+        if item["type"] == "message":
+            part = item["content"][0]
+            text = part["text"]
+            deltas = _PIECES.findall(text) if isinstance(text, str) else [text]
+            head += event("response.output_item.added", output_index=index,
+                          item={**item, "status": "in_progress", "content": []})
+            head += event("response.content_part.added", item_id=item["id"], output_index=index, content_index=0,
+                          part={**part, "text": ""})
+            pieces += [event("response.output_text.delta", item_id=item["id"], output_index=index, content_index=0,
+                             delta=delta, logprobs=[]) for delta in deltas]
+            tail += event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
+                          text=text, logprobs=[])
+            tail += event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
+                          part=part)
+        elif item["type"] == "function_call":
+            head += event("response.output_item.added", output_index=index,
+                          item={**item, "status": "in_progress", "arguments": ""})
+            pieces.append(event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
+                                delta=item["arguments"]))
+            tail += event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                          name=item["name"], arguments=item["arguments"])
+        else:
+            head += event("response.output_item.added", output_index=index, item=item)
+        tail += event("response.output_item.done", output_index=index, item=item)
+    tail += event(f"response.{response['status']}", response=response)
+
+    await send(_EVENT_STREAM_START)
+    await _sleep_ms(faults.latency)
+    if faults.malformed:
+        return await send({"type": "http.response.body", "body": _MALFORMED_EVENT})
+    await send({"type": "http.response.body", "body": head, "more_body": True})
+    for index, piece in enumerate(pieces):
+        if faults.drop is not None and index >= faults.drop:
+            return await _cut_connection(send, receive)
+        await _sleep_ms(faults.chunk_delay)
+        await send({"type": "http.response.body", "body": piece, "more_body": True})
+    if faults.drop is not None:
+        return await _cut_connection(send, receive)
+    await _sleep_ms(faults.chunk_delay)
+    await send({"type": "http.response.body", "body": tail})
 
 
 def create_app() -> Simulator:

@@ -251,7 +251,7 @@ class LLMModelAdmin(ModelTestsAdminMixin, admin.ModelAdmin):
     form = SecretKeyForm
     formfield_overrides = URLS_ASSUME_HTTPS
     list_display = ("display_name", "public_id", "provider", "upstream_model", "enabled", "is_default", "tiers")
-    list_filter = ("provider", "kind", "allowed_tiers", "enabled", "supports_streaming", "supports_tools")
+    list_filter = ("provider", "kind", "api", "allowed_tiers", "enabled", "supports_streaming", "supports_tools")
     search_fields = ("public_id", "display_name", "upstream_model")
     filter_horizontal = ("allowed_tiers",)
     inlines = (ModelFallbackInline, LLMModelTestInline)
@@ -260,7 +260,7 @@ class LLMModelAdmin(ModelTestsAdminMixin, admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("public_id", "display_name", "upstream_model", "provider", "kind", "enabled",
                            "is_default", "health_status")}),
-        ("Endpoint", {"fields": ("base_url", "api_key", "clear_api_key")}),
+        ("Endpoint", {"fields": ("base_url", "api", "api_key", "clear_api_key")}),
         ("Access", {"fields": ("allowed_tiers",)}),
         ("Capabilities", {"fields": ("supports_streaming", "supports_json_mode", "supports_tools", "supports_vision",
                                      "context_window", "request_params")}),

@@ -6,6 +6,8 @@ In order, while the answers allow it:
 2. a plain chat: the key and the model for certain, and the latency;
 3. streaming, JSON mode and tool calling, each by a request that uses the feature.
 
+A model served on the Responses API is asked the same on `/responses`, in that API's words (as the hub calls it).
+
 A capability is True (it works), False (the upstream refused the request or ignored the feature) or None
 (the check failed: timeout, 5xx, broken answer). Errors are generic words ("unreachable", "timeout",
 "key rejected", "HTTP 404"): never an upstream body, never the key. The test stops once it is past
@@ -24,6 +26,7 @@ from typing import Any
 import orjson
 
 from generation import client
+from generation import responses_bridge as bridge
 from generation.services import usage_from
 from registry.selectors import ModelSpec
 from registry.ssrf import ssrf_refusal
@@ -125,11 +128,14 @@ def _listed(body: bytes, upstream_model: str) -> bool | None:
 
 
 def _streams(probe: client.Probe) -> bool:
+    """Whether the answer is an event stream with a chat chunk or a Responses text delta in it."""
     if "text/event-stream" not in probe.content_type:
         return False
     for event in probe.body.split(b"\n\n"):
-        data = _json(event.strip().removeprefix(b"data:").strip()) if event.strip().startswith(b"data:") else None
-        if isinstance(data, dict) and isinstance(data.get("choices"), list):
+        payload = bridge.event_parts(event.strip())[1]
+        data = _json(payload) if payload else None
+        if isinstance(data, dict) and (isinstance(data.get("choices"), list)
+                                       or data.get("type") == "response.output_text.delta"):
             return True
     return False
 
@@ -152,6 +158,18 @@ FEATURES: tuple[tuple[str, dict[str, Any], Callable[[client.Probe], bool]], ...]
     ("tools", {"messages": _PING, "max_completion_tokens": 64, "tools": [_TOOL],
                "tool_choice": {"type": "function", "function": {"name": "report_ok"}}}, _calls_tool),
 )
+
+
+def _chat_asked(model: ModelSpec, ask: Callable[[str, dict[str, Any]], client.Probe],
+                body: dict[str, Any]) -> client.Probe:
+    """A chat request to the model in its own API: a Responses answer is read as the chat completion it is."""
+    if model.api != bridge.RESPONSES:
+        return ask("/chat/completions", body)
+    probe = ask("/responses", bridge.chat_request_to_responses(body))
+    data = _json(probe.body) if probe.status == 200 and "text/event-stream" not in probe.content_type else None
+    if isinstance(data, dict) and isinstance(data.get("output"), list):
+        probe.body = orjson.dumps(bridge.response_to_chat(data))
+    return probe
 
 
 def _failure(error: client.UpstreamError) -> str:
@@ -198,7 +216,7 @@ def model_check(model: ModelSpec, *, check_timeout: float, budget: float, max_re
         if model.kind == "embedding":
             return _embeddings_checked(ask, result)
         try:
-            chat = ask("/chat/completions", {"messages": _PING, "max_completion_tokens": 16})
+            chat = _chat_asked(model, ask, {"messages": _PING, "max_completion_tokens": 16})
         except client.UpstreamError as error:
             result.capabilities["chat"], result.error = None, _failure(error)
             return result
@@ -216,7 +234,7 @@ def model_check(model: ModelSpec, *, check_timeout: float, budget: float, max_re
 
         for name, body, shows_feature in FEATURES:
             try:
-                answer = ask("/chat/completions", body)
+                answer = _chat_asked(model, ask, body)
             except client.UpstreamError as error:
                 result.capabilities[name] = None
                 result.error = result.error or f"{name}: {_failure(error)}"

@@ -89,6 +89,7 @@ class ModelEntry:
     no_key_reason: str = ""
     kind: str = "chat"
     request_params: dict[str, Any] = field(default_factory=dict)
+    api: str = "chat"
 
 
 @dataclass
@@ -244,6 +245,7 @@ def _models_parse(data: Any, *, providers: list[ProviderEntry], tier_slugs: set[
             fallbacks=list(item.get("fallbacks", [])),
             kind=item.get("kind", "chat"),
             request_params=dict(item.get("request_params", {})),
+            api=item.get("api", "chat"),
         ))
         problems += request_params_problems(item.get("request_params", {}), where=f"{where}.request_params")
 

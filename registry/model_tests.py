@@ -132,7 +132,7 @@ def model_test_target(test: ModelTest) -> ModelSpec:
         api_key=secret_decrypt(row.api_key_encrypted or provider.api_key_encrypted),
         timeout=provider.timeout_seconds, connect_timeout=provider.connect_timeout_seconds,
         headers=dict(provider.extra_headers or {}), enabled=row.enabled, context_window=row.context_window,
-        kind=row.kind,
+        kind=row.kind, api=row.api,
         input_price_per_million=row.input_price_per_million, output_price_per_million=row.output_price_per_million,
         **common,
     )

@@ -79,6 +79,9 @@ class LLMModel(StoredKey, ModelTraits):
     class Kind(models.TextChoices):
         CHAT = "chat"
         EMBEDDING = "embedding"
+    class Api(models.TextChoices):
+        CHAT = "chat", "Chat Completions (/chat/completions)"
+        RESPONSES = "responses", "Responses (/responses)"
 
     # The registry file's id rule (fixtures/llm_models.schema.json): a slug that may hold dots, as `deepseek-v3.2`.
     public_id = models.CharField(max_length=100, unique=True, validators=[RegexValidator(
@@ -89,6 +92,9 @@ class LLMModel(StoredKey, ModelTraits):
     upstream_model = models.CharField(max_length=200, help_text="Model name sent to the upstream.")
     provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")
     base_url = models.URLField(max_length=500, blank=True, help_text="Overrides the provider's base URL.")
+    api = models.CharField(max_length=16, choices=Api.choices, default=Api.CHAT, help_text=(
+        "The upstream API the model is served on. Requests in the other API are translated (generation/"
+        "responses_bridge.py): GPT-5 Pro, for one, is served only on /responses."))
     allowed_tiers = models.ManyToManyField(Tier, related_name="models", blank=True)
     enabled = models.BooleanField(default=True)
     is_default = models.BooleanField(default=False, help_text="The global default model.")

@@ -66,6 +66,7 @@ class ModelSpec:
     owner_id: int | None = None
     kind: str = "chat"  # or "embedding"
     request_params: RequestParams = NO_PARAMS
+    api: str = "chat"  # the upstream API: "chat" (/chat/completions) or "responses" (/responses)
 
     @property
     def key(self) -> str:
@@ -169,6 +170,7 @@ def _registry_build() -> Registry:
             fallbacks=tuple(fallbacks_by_model.get(row.pk, ())),
             kind=row.kind,
             request_params=request_params_parse(row.request_params),
+            api=row.api,
         )
         if row.is_default:
             default_model_id = row.public_id

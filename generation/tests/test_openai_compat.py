@@ -150,7 +150,7 @@ def test_it_serves_its_openapi_document(live_hub):
     assert response.status_code == 200
     document = response.json()
     assert set(document["paths"]) == {"/v1/models", "/v1/models/{model}", "/v1/chat/completions", "/v1/completions",
-                                      "/v1/embeddings"}
+                                      "/v1/embeddings", "/v1/responses"}
     assert document["components"]["schemas"]["ChatCompletionRequest"]["required"] == ["messages"]
 
 

@@ -123,3 +123,21 @@ def test_it_refuses_bad_input_with_the_apis_field_errors(live_hub, make_user, ht
 
     assert response.status_code == 400
     assert set(response.json()["error"]["fields"]) == fields
+
+
+def test_it_reaches_a_model_served_on_the_responses_api(live_hub, make_user, http_as):
+    from registry.models import LLMModel
+    from registry.selectors import registry_snapshot
+
+    LLMModel.objects.filter(public_id="demo").update(api="responses")
+    registry_snapshot.invalidate()
+
+    with http_as(make_user("pat")).stream("POST", "/playground/stream/", data={"prompt": "hello there",
+                                                                               "model": "demo"}) as response:
+        response.read()
+
+    found = events(response)
+    assert answer(found) == "Simulated reply from demo: hello there"
+    assert named(found, "summary")["output_tokens"] == 6
+    assert [(row.endpoint, row.answered_model, row.status) for row in usage_rows(1)] == [
+        ("pages.playground", "demo", "ok")]

@@ -124,6 +124,16 @@ def test_it_lets_the_admin_edit_a_model_and_keeps_its_key_when_the_field_is_blan
     assert spec.api_key == "sk-admin-edit-key-123456"
 
 
+def test_it_lets_the_admin_serve_a_model_on_the_responses_api(demo_client):
+    model = LLMModel.objects.get(public_id="demo-pro")
+
+    response = admin_post(demo_client, change_url(model), api="responses")
+
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    assert get_model_by_id("demo-pro").api == "responses"
+    assert admin_post(demo_client, change_url(model), api="grpc").status_code == 200  # the form's error
+
+
 @pytest.mark.parametrize(("public_id", "accepted"), [("deepseek-v3.2", True), ("gpt 4.1", False), ("-x", False)])
 def test_it_lets_the_admin_save_a_model_id_with_dots_as_the_fixture_does(demo_client, public_id, accepted):
     model = LLMModel.objects.get(public_id="deepseek-v3.2")

@@ -75,6 +75,7 @@ def assert_refused(tmp_path, mutate, expected: str) -> str:
     (lambda d: d["models"][3].update(id="demo"), 'models[3].id: duplicate model id "demo"'),
     (lambda d: d["models"][0].update(fallbacks=["nope"]), 'models[0].fallbacks[0]: unknown model "nope"'),
     (lambda d: d["models"][4].update(fallbacks=["demo"]), "models[4].fallbacks[0]: a model cannot fall back to itself"),
+    (lambda d: d["models"][4].update(api="grpc"), "models[4].api: 'grpc' is not one of ['chat', 'responses']"),
     (lambda d: d.update(default_model="ghost"), 'default_model: unknown model "ghost"'),
     (lambda d: d["default_model"]["tiers"].update(gold="demo"), 'default_model.tiers.gold: unknown tier "gold"'),
     (lambda d: d["tiers"][1].update(rank=0), "tiers[1].rank: duplicate rank 0"),
@@ -147,6 +148,18 @@ def test_it_updates_a_changed_field_on_reload(tmp_path, registry):
     report = registry_load(path=write(tmp_path, data))
     assert report.updated == 1
     assert registry_get().models["demo"].display_name == "Demo, renamed"
+
+
+def test_it_loads_each_models_upstream_api_chat_by_default(tmp_path, registry):
+    assert registry.models["gpt-5-pro"].api == "responses"  # served only on /responses
+    assert registry.models["demo"].api == "chat"
+    data = fixture_data()
+    data["models"][4]["api"] = "responses"
+    assert registry_load(path=write(tmp_path, data)).updated == 1
+    assert registry_get().models["demo"].api == "responses"
+    data["models"][4].pop("api")
+    registry_load(path=write(tmp_path, data))
+    assert registry_get().models["demo"].api == "chat"
 
 
 def test_it_expands_environment_references_in_keys(monkeypatch, registry):

@@ -26,7 +26,7 @@ from registry.model_tests import (
     model_tests_reap,
 )
 from registry.models import LLMModel, ModelHealth, ModelTest, UserLLMConfig
-from registry.selectors import registry_get
+from registry.selectors import registry_get, registry_snapshot
 from registry.services import secret_assign
 from registry.tasks import model_test_run, model_tests_schedule
 from registry.tasks import model_tests_reap as reap_task
@@ -125,6 +125,18 @@ def test_it_detects_the_capabilities_of_the_simulated_upstream(registry):
     assert test.started_at <= test.finished_at
     health = model_status(registry_get().models["demo"])
     assert (health.status, health.last_latency_ms) == ("healthy", test.latency_ms)
+
+
+def test_it_tests_a_model_served_on_the_responses_api_on_that_api(registry, simulated_upstream):
+    LLMModel.objects.filter(public_id="demo").update(api="responses")
+    registry_snapshot.invalidate()
+    simulated_upstream.reset()
+
+    test = finished(model_test_start(llm_model=registry_model()))
+
+    assert (test.state, test.error, test.capabilities) == ("succeeded", "", ALL_CAPABILITIES)
+    # chat, streaming, JSON and tools, all on /v1/responses
+    assert simulated_upstream._control("GET", "/_sim/stats")["responses_requests"] == {"demo": 4}
 
 
 def test_it_finds_a_capability_the_model_refuses(registry, make_user, simulated_upstream, allow_local):
