@@ -235,8 +235,8 @@ async def _embeddings(scope: Scope, receive: Receive, send: Send) -> None:
                    _meta_headers(outcome.request_id, outcome.model, len(outcome.attempts), outcome.quota, body))
 
 
-async def _send_stream(stream: services.ChatStream, receive: Receive, send: Send, *, body: dict[str, Any],
-                       legacy: bool = False) -> None:
+async def _send_stream(stream: services.ChatStream, receive: Receive, send: Send, *,
+                       body: dict[str, Any] | None = None, legacy: bool = False) -> None:
     """Streams SSE to the client; a client that goes away cancels the upstream call at once."""
 
     async def pump() -> None:

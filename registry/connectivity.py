@@ -73,17 +73,32 @@ class CheckUsage:
         if "text/event-stream" in probe.content_type:
             events = [_json(line.strip().removeprefix(b"data:")) for line in probe.body.split(b"\n")
                       if line.startswith(b"data:")]
-            reported = next((counts for event in events if (counts := usage_from(event if isinstance(event, dict)
-                                                                                 else None))), None)
+            reported = next((counts for event in events if (counts := _reported(event))), None)
             answer = "".join(_delta_text(event) for event in events)
         else:
-            reported = usage_from(data if isinstance(data := _json(probe.body), dict) else None)
+            reported = _reported(_json(probe.body))
             answer = _message_text(_message(probe.body))
         if reported is None:
-            reported = (tokens_count_messages(request["messages"]), tokens_count_text(answer))
+            # Chat requests carry `messages`; Responses and embeddings requests carry `input` (counted as text).
+            prompt = tokens_count_messages(request["messages"]) if "messages" in request else tokens_count_text(
+                orjson.dumps([request.get("instructions"), request.get("input")]).decode())
+            reported = (prompt, tokens_count_text(answer))
             self.estimated = True
         self.input_tokens += reported[0]
         self.output_tokens += reported[1]
+
+
+def _reported(data: Any) -> tuple[int, int] | None:
+    """The tokens an answer (or a stream event) reports, in Chat Completions' names or the Responses API's
+    (`input_tokens` / `output_tokens`, on the response or a `response.completed` event's response)."""
+    if not isinstance(data, dict):
+        return None
+    if isinstance(data.get("response"), dict):
+        data = data["response"]
+    usage = data.get("usage")
+    if isinstance(usage, dict) and "input_tokens" in usage:
+        data = {"usage": {"prompt_tokens": usage.get("input_tokens"), "completion_tokens": usage.get("output_tokens")}}
+    return usage_from(data)
 
 
 def _delta_text(event: Any) -> str:
