@@ -1,4 +1,5 @@
-"""Micro-benchmark of the quota step: reserve + settle of one request with one limit, at concurrency 1.
+"""Micro-benchmark of the quota step: reserve + settle of one request at concurrency 1, with one limit and with the
+six of `make bench` (requests, tokens and cost per minute and per day: bench/setup_db.py).
 
     .venv/bin/python -m bench.quotas            # embedded (SQLite) and Redis (a private redis-server on a spare port)
 
@@ -39,6 +40,7 @@ def _measure(label: str) -> dict[str, float]:
     call_command("migrate", verbosity=0, interactive=False)
     from django.contrib.auth import get_user_model
 
+    from bench.setup_db import LIMITS
     from registry.models import QuotaLimit, Tier
     from registry.selectors import registry_get
     from registry.services import registry_load, user_tier_set
@@ -74,6 +76,9 @@ def _measure(label: str) -> dict[str, float]:
     unlimited, unlimited_cpu = timed(ITERATIONS)
     QuotaLimit.objects.create(tier=free, metric="requests", period="day", limit=10**9)
     limited, limited_cpu = timed(ITERATIONS)
+    for metric, period, limit in LIMITS:
+        QuotaLimit.objects.update_or_create(tier=free, metric=metric, period=period, model="", defaults={"limit": limit})
+    six, six_cpu = timed(ITERATIONS)
 
     def figures(samples: list[tuple[float, float]], cpu: float) -> str:
         both = [reserve + settle for reserve, settle in samples]
@@ -82,8 +87,9 @@ def _measure(label: str) -> dict[str, float]:
                f"settle {statistics.median(s[1] for s in samples):.3f}), p90 {quantiles[89]:.3f}, p99 {quantiles[98]:.3f}; " \
                f"CPU {cpu:.3f} ms a request"
 
-    print(f"{label:9} one limit: {figures(limited, limited_cpu)}")
-    print(f"{label:9} no limit:  {figures(unlimited, unlimited_cpu)}")
+    print(f"{label:9} six limits: {figures(six, six_cpu)}")
+    print(f"{label:9} one limit:  {figures(limited, limited_cpu)}")
+    print(f"{label:9} no limit:   {figures(unlimited, unlimited_cpu)}")
     return {"p50": statistics.median(reserve + settle for reserve, settle in limited)}
 
 

@@ -19,7 +19,7 @@ TOP_TIER = "enterprise"
 LIMITED_TIER = "bench-limited"
 # Six counters per request, every one far from its limit.
 LIMITS = [(metric, period, limit) for period in ("minute", "day")
-          for metric, limit in (("requests", 10**9), ("tokens", 10**12), ("cost", 10**6))]
+          for metric, limit in (("requests", 10**9), ("tokens", 10**12), ("cost", 10**5))]
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ django_application = get_asgi_application()
 from generation import openai_compat  # noqa: E402  (needs the app registry ready)
 from generation.client import clients_close  # noqa: E402
 from llmhub import memory  # noqa: E402
+from usage.quotas import quota_settles_drain  # noqa: E402
 from usage.writer import asgi_lifespan  # noqa: E402
 
 # Everything imported so far (Django, the SDK's models) lives as long as the process. Frozen, it leaves the
@@ -26,12 +27,13 @@ memory.report_install()  # only with LLMHUB_MEMORY_REPORT set (a `make soak` dia
 
 
 async def _lifespan(scope, receive, send) -> None:
-    """Shutdown comes after uvicorn drained every connection: close the upstream pools, then the usage
-    writer writes what is queued."""
+    """Shutdown comes after uvicorn drained every connection: the last settles reach the quota back end, the
+    upstream pools close, then the usage writer writes what is queued."""
 
     async def receive_closing_clients() -> dict:
         message = await receive()
         if message["type"] == "lifespan.shutdown":
+            await quota_settles_drain()
             await clients_close()
         return message
 

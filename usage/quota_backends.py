@@ -1,8 +1,9 @@
 """The two back ends of usage.quotas: one interface, one atomic step per decision.
 
 - `RedisQuotaBackend` (production: REDIS_URL set): one Lua script per decision takes every counter of a
-  request in one round trip. A counter is a hash (`used`, `held`, `refused`, and `h:<request id>` per
-  reservation) beside a sorted set of the reservations' expiry times; it expires after its period.
+  request in one round trip. A counter is a hash (`used`, `held`, `refused`) that expires after its period; a
+  reservation is one record in its owner's hash of holds (every counter's amount), with its expiry time in the
+  owner's sorted set.
 - `DatabaseQuotaBackend` (embedded): a conditional `UPDATE … SET held = held + n WHERE used + held + n <= limit`
   per counter in one transaction, checking the row count; reservations are rows of `QuotaHold`.
 
@@ -54,6 +55,15 @@ class QuotaBackend:
                      hold_seconds: float) -> None:
         raise NotImplementedError
 
+    def settle_nowait(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
+                      hold_seconds: float) -> None:
+        """As `settle`, without waiting for the back end: the settle is sent (or queued) before this returns, so
+        this process's later decisions come after it; a failure is logged (the reservation then expires)."""
+        raise NotImplementedError
+
+    async def drain(self) -> None:
+        """Waits until every settle sent without waiting has reached the back end (at shutdown)."""
+
     async def counters(self, keys: list[str]) -> dict[str, dict[str, int]]:
         """`used`, `held`, `refused` and `holds` (reservations not settled) of each counter: for tests and pages."""
         raise NotImplementedError
@@ -61,72 +71,112 @@ class QuotaBackend:
 
 # --- Redis ----------------------------------------------------------------------------------------------------
 
+# The owner's reservations live beside its counters (one hash tag, so a cluster keeps them on one node): a hash
+# `<owner>:holds` (request id -> "counter amount counter amount ...") and a sorted set `<owner>:x` of their expiry
+# times. A reservation is thus one record whatever the number of counters, and a counter's TTL is set once, when
+# it is created (its key names its period window, so its end never changes).
 _RESERVE = """
--- KEYS: counters. ARGV: request id, hold ms, then per counter: limit, amount, window end (ms).
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
-local id, hold = ARGV[1], tonumber(ARGV[2])
-local refused = -1
-local state = {}
-for i, key in ipairs(KEYS) do
-  local limit, amount = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
-  local values = redis.call('HMGET', key, 'used', 'held')
-  local used, held = tonumber(values[1] or '0'), tonumber(values[2] or '0')
-  if refused < 0 and used + held + amount > limit then
-    -- Reservations of crashed processes expire: give them back before refusing.
-    local expired = redis.call('ZRANGEBYSCORE', key .. ':x', '-inf', now)
+-- KEYS: the owner's holds, their expiry set, then the counters. ARGV: request id, hold ms, then per counter:
+-- limit, amount, window end (ms).
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local holds, expiry, id, hold = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
+local count = #KEYS - 2
+local state, fresh = {}, {}
+local function read()
+  local refused = -1
+  for i = 1, count do
+    local values = redis.call('HMGET', KEYS[i + 2], 'used', 'held')
+    local used, held = tonumber(values[1] or '0'), tonumber(values[2] or '0')
+    if refused < 0 and used + held + tonumber(ARGV[3 * i + 1]) > tonumber(ARGV[3 * i]) then refused = i end
+    state[2 * i], state[2 * i + 1], fresh[i] = used, held, not values[1] and not values[2]
+  end
+  return refused
+end
+local refused = read()
+if refused > 0 then
+  -- Reservations of crashed processes expire: give them back before refusing.
+  local expired = redis.call('ZRANGEBYSCORE', expiry, '-inf', now)
+  if #expired > 0 then
     for _, owner in ipairs(expired) do
-      local reserved = redis.call('HGET', key, 'h:' .. owner)
-      if reserved then
-        redis.call('HDEL', key, 'h:' .. owner)
-        if reserved ~= '0' then redis.call('HINCRBY', key, 'held', '-' .. reserved) end
+      local record = redis.call('HGET', holds, owner)
+      if record then
+        for key, amount in string.gmatch(record, '(%S+) (%S+)') do redis.call('HINCRBY', key, 'held', -tonumber(amount)) end
+        redis.call('HDEL', holds, owner)
       end
     end
-    if #expired > 0 then
-      redis.call('ZREMRANGEBYSCORE', key .. ':x', '-inf', now)
-      held = tonumber(redis.call('HGET', key, 'held') or '0')
-    end
-    if used + held + amount > limit then
-      refused = i - 1
-      redis.call('HINCRBY', key, 'refused', 1)
-      redis.call('PEXPIREAT', key, tonumber(ARGV[3 * i + 2]) + hold)
-    end
-  end
-  state[2 * i - 1], state[2 * i] = used, held
-end
-if refused < 0 then
-  for i, key in ipairs(KEYS) do
-    local amount, keep = ARGV[3 * i + 1], tonumber(ARGV[3 * i + 2]) + hold
-    if amount ~= '0' then
-      redis.call('HINCRBY', key, 'held', amount)
-      redis.call('HSET', key, 'h:' .. id, amount)
-      redis.call('ZADD', key .. ':x', now + hold, id)
-      redis.call('PEXPIREAT', key .. ':x', keep)
-      state[2 * i] = state[2 * i] + tonumber(amount)
-    end
-    redis.call('PEXPIREAT', key, keep)
+    redis.call('ZREMRANGEBYSCORE', expiry, '-inf', now)
+    refused = read()
   end
 end
-table.insert(state, 1, refused)
+if refused > 0 then
+  local key = KEYS[refused + 2]
+  redis.call('HINCRBY', key, 'refused', 1)
+  if fresh[refused] then redis.call('PEXPIREAT', key, tonumber(ARGV[3 * refused + 2]) + hold) end
+  state[1] = refused - 1
+  return state
+end
+local record, keep = {}, 0
+for i = 1, count do
+  local key, amount, ends = KEYS[i + 2], ARGV[3 * i + 1], tonumber(ARGV[3 * i + 2]) + hold
+  if amount ~= '0' then
+    redis.call('HINCRBY', key, 'held', amount)
+    record[#record + 1] = key .. ' ' .. amount
+    state[2 * i + 1] = state[2 * i + 1] + tonumber(amount)
+  end
+  if fresh[i] then redis.call('PEXPIREAT', key, ends) end
+  if ends > keep then keep = ends end
+end
+if #record > 0 then
+  redis.call('HSET', holds, id, table.concat(record, ' '))
+  redis.call('ZADD', expiry, now + hold, id)
+  local ttl = redis.call('PTTL', holds)  -- they live as long as the longest-lived counter they hold on
+  if ttl < 0 or now + ttl < keep then
+    redis.call('PEXPIREAT', holds, keep)
+    redis.call('PEXPIREAT', expiry, keep)
+  end
+end
+state[1] = -1
 return state
 """
 
 _SETTLE = """
--- KEYS: counters. ARGV: request id, hold ms, then per counter: actual amount, window end (ms).
-local id, hold = ARGV[1], tonumber(ARGV[2])
-for i, key in ipairs(KEYS) do
-  local reserved = redis.call('HGET', key, 'h:' .. id)
-  if reserved then
-    redis.call('HDEL', key, 'h:' .. id)
-    redis.call('ZREM', key .. ':x', id)
-    if reserved ~= '0' then redis.call('HINCRBY', key, 'held', '-' .. reserved) end
-  end
-  local actual = ARGV[2 * i + 1]
+-- KEYS: the owner's holds, their expiry set, then the counters. ARGV: request id, hold ms, then per counter:
+-- actual amount, window end (ms).
+local holds, expiry, id, hold = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
+local reserved = {}
+local record = redis.call('HGET', holds, id)
+if record then
+  redis.call('HDEL', holds, id)
+  redis.call('ZREM', expiry, id)
+  for key, amount in string.gmatch(record, '(%S+) (%S+)') do reserved[key] = amount end
+end
+for i = 1, #KEYS - 2 do
+  local key, actual = KEYS[i + 2], ARGV[2 * i + 1]
+  local back = reserved[key]
+  if back then redis.call('HINCRBY', key, 'held', -tonumber(back)) end
   if actual ~= '0' then redis.call('HINCRBY', key, 'used', actual) end
-  redis.call('PEXPIREAT', key, tonumber(ARGV[2 * i + 2]) + hold)
+  -- A reservation given back meanwhile (it expired): the counter may have gone and come back without a TTL.
+  if not back then redis.call('PEXPIREAT', key, tonumber(ARGV[2 * i + 2]) + hold) end
 end
 return 1
 """
+
+
+def _owner_keys(counter: str) -> tuple[str, str]:
+    """The holds hash and expiry set of a counter's owner (the user: its hash tag)."""
+    owner = counter[:counter.index("}") + 1]
+    return owner + ":holds", owner + ":x"
+
+
+def _settle_arguments(request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
+                      hold_seconds: float) -> tuple[list[str], list]:
+    keys = [*_owner_keys(charges[0].key)]
+    args: list = [request_id, int(hold_seconds * 1000)]
+    for charge, amount in zip(charges, actual, strict=True):
+        keys.append(charge.key)
+        args += (amount, int(charge.window_end * 1000))
+    return keys, args
 
 
 class RedisQuotaBackend(QuotaBackend):
@@ -137,19 +187,26 @@ class RedisQuotaBackend(QuotaBackend):
         self.client = RedisClient(url, timeout=timeout)
 
     async def reserve(self, *, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
+        keys = [*_owner_keys(charges[0].key)]
         args: list = [request_id, int(hold_seconds * 1000)]
         for charge in charges:
-            args += [charge.limit, charge.amount, int(charge.window_end * 1000)]
-        reply = await self._script(_RESERVE, [charge.key for charge in charges], args)
-        refused = int(reply[0])
+            keys.append(charge.key)
+            args += (charge.limit, charge.amount, int(charge.window_end * 1000))
+        reply = await self._script(_RESERVE, keys, args)
+        refused = reply[0]
         return Decision(refused=None if refused < 0 else refused, used=tuple(reply[1::2]), held=tuple(reply[2::2]))
 
     async def settle(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
                      hold_seconds: float) -> None:
-        args: list = [request_id, int(hold_seconds * 1000)]
-        for charge, amount in zip(charges, actual, strict=True):
-            args += [amount, int(charge.window_end * 1000)]
-        await self._script(_SETTLE, [charge.key for charge in charges], args)
+        await self._script(_SETTLE, *_settle_arguments(request_id, charges, actual, hold_seconds))
+
+    def settle_nowait(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
+                      hold_seconds: float) -> None:
+        self.client.script_nowait(_SETTLE, *_settle_arguments(request_id, charges, actual, hold_seconds),
+                                  failed=partial(_settle_failed_error, request_id=request_id))
+
+    async def drain(self) -> None:
+        await self.client.drain()
 
     async def _script(self, source: str, keys: list[str], args: list):
         try:
@@ -162,12 +219,13 @@ class RedisQuotaBackend(QuotaBackend):
         for key in keys:
             try:
                 reply = await self.client.call("HGETALL", key)
+                records = await self.client.call("HVALS", _owner_keys(key)[0])
             except RedisUnavailable as error:
                 raise QuotaBackendError(str(error)) from error
             fields = {reply[i].decode(): int(reply[i + 1]) for i in range(0, len(reply), 2)}
             result[key] = {"used": fields.get("used", 0), "held": fields.get("held", 0),
                            "refused": fields.get("refused", 0),
-                           "holds": sum(1 for name in fields if name.startswith("h:"))}
+                           "holds": sum(1 for record in records if key in record.decode().split(" ")[::2])}
         return result
 
 
@@ -192,6 +250,10 @@ class DatabaseQuotaBackend(QuotaBackend):
 
     async def settle(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
                      hold_seconds: float) -> None:
+        self.settle_nowait(request_id=request_id, charges=charges, actual=actual, hold_seconds=hold_seconds)
+
+    def settle_nowait(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
+                      hold_seconds: float) -> None:
         # Queued, not awaited: the quota thread runs it before any later decision or read of this process (it takes
         # work in order), so nothing sees the reservation unsettled; the response need not wait for the commit.
         # Work still queued at exit is run before the interpreter ends (ThreadPoolExecutor joins its threads).
@@ -308,8 +370,11 @@ class DatabaseQuotaBackend(QuotaBackend):
 
 def _settle_failed(done, *, request_id: str) -> None:
     if done.exception() is not None:
-        logger.error("request %s: quota not settled (%s); its reservation expires by itself", request_id,
-                     done.exception())
+        _settle_failed_error(done.exception(), request_id=request_id)
+
+
+def _settle_failed_error(error: BaseException, *, request_id: str) -> None:
+    logger.error("request %s: quota not settled (%s); its reservation expires by itself", request_id, error)
 
 
 def _datetime(epoch: float):

@@ -10,9 +10,12 @@ the next call opens a new one (so service resumes by itself when Redis is back).
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import ssl
 import weakref
+from collections.abc import Callable
+from functools import partial
 from urllib.parse import unquote, urlsplit
 
 import hiredis
@@ -74,6 +77,7 @@ class RedisClient:
         self._connections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._connecting: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._shas: dict[str, str] = {}
+        self._background: set[asyncio.Task] = set()
 
     async def call(self, *args: str | int | bytes):
         connection = self._connections.get(asyncio.get_running_loop())
@@ -91,13 +95,68 @@ class RedisClient:
         return reply
 
     async def script(self, source: str, keys: list[str], args: list):
-        sha = self._shas.get(source) or self._shas.setdefault(source, hashlib.sha1(source.encode()).hexdigest())  # noqa: S324
         try:
-            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+            return await self.call("EVALSHA", self._sha(source), len(keys), *keys, *args)
         except RedisUnavailable as error:
             if "NOSCRIPT" not in str(error):
                 raise
         return await self.call("EVAL", source, len(keys), *keys, *args)  # Redis restarted: it loads the script again
+
+    def script_nowait(self, source: str, keys: list[str], args: list, *,
+                      failed: Callable[[Exception], None]) -> None:
+        """Runs a script without waiting for its answer: the command is written now (so a later command of this
+        process runs after it), and `failed(error)` is called if Redis refuses it or the connection is lost first.
+        Without a connection, one is opened in a task of its own."""
+        loop = asyncio.get_running_loop()
+        connection = self._connections.get(loop)
+        if connection is None or connection.lost:
+            task = loop.create_task(self._script_reporting(source, keys, args, failed))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return
+        future = connection.send(hiredis.pack_command(("EVALSHA", self._sha(source), len(keys), *keys, *args)))
+        future.add_done_callback(partial(self._nowait_done, source, keys, args, failed))
+
+    def _nowait_done(self, source: str, keys: list[str], args: list, failed: Callable[[Exception], None],
+                     future: asyncio.Future) -> None:
+        error = future.exception()
+        reply = None if error is not None else future.result()
+        if isinstance(reply, hiredis.ReplyError):
+            if "NOSCRIPT" in str(reply):  # Redis restarted: send the script itself
+                task = asyncio.get_running_loop().create_task(
+                    self._script_reporting(source, keys, args, failed, by_sha=False))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                return
+            error = RedisUnavailable(f"Redis refused the command: {reply}")
+        if error is not None:
+            failed(error)
+
+    async def _script_reporting(self, source: str, keys: list[str], args: list, failed: Callable[[Exception], None],
+                                *, by_sha: bool = True) -> None:
+        try:
+            if by_sha:
+                await self.script(source, keys, args)
+            else:
+                await self.call("EVAL", source, len(keys), *keys, *args)
+        except RedisUnavailable as error:
+            failed(error)
+
+    async def drain(self) -> None:
+        """At shutdown: waits until Redis has run every script sent without waiting (an answer to a PING comes
+        after theirs)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        connection = self._connections.get(asyncio.get_running_loop())
+        if connection is not None and not connection.lost:
+            with contextlib.suppress(RedisUnavailable):
+                await self.call("PING")
+
+    def _sha(self, source: str) -> str:
+        sha = self._shas.get(source)
+        if sha is None:
+            sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324
+        return sha
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
