@@ -13,8 +13,11 @@ periodic sweep, gives its amount back first.
 """
 
 import asyncio
+import collections
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -235,18 +238,27 @@ _SWEEP_EVERY_SECONDS = 60.0
 
 
 class DatabaseQuotaBackend(QuotaBackend):
-    """Counters in `usage_quotacounter`, reservations in `usage_quotahold`. Each decision is one short transaction
-    in a worker thread (never across an upstream call); counters are taken in key order, so two transactions on
-    PostgreSQL cannot deadlock."""
+    """Counters in `usage_quotacounter`, reservations in `usage_quotahold`. Decisions run on one thread of their
+    own (never across an upstream call, never on the event loop): this process's decisions and settles queue there
+    in order, so nothing sees a reservation unsettled after its settle was sent. A decision is one statement over
+    every counter of the request (a conditional upsert), plus one that records the reservation.
+
+    On SQLite, whatever has queued up meanwhile (at concurrency 16, several decisions and settles) runs in one
+    transaction: one commit for all of them. On PostgreSQL each runs in its own short transaction, its counters
+    taken in key order, so two processes cannot deadlock."""
 
     def __init__(self) -> None:
         self._swept_at = 0.0
-        # One thread of its own: decisions of this process queue there in order (no lock waits between them, a warm
-        # connection), and a hop costs half of asgiref's.
+        # One thread (a hop costs half of asgiref's, and its connection stays warm); the executor's own exit handler
+        # runs what is still queued before the interpreter ends.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quota-db")
+        self._jobs: collections.deque[_Job] = collections.deque()
 
     async def reserve(self, *, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
-        return await self._in_thread(self._reserve, request_id, charges, hold_seconds)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._submit(_Job(self._reserve, (request_id, charges, hold_seconds), loop, future))
+        return await future
 
     async def settle(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
                      hold_seconds: float) -> None:
@@ -256,81 +268,114 @@ class DatabaseQuotaBackend(QuotaBackend):
                       hold_seconds: float) -> None:
         # Queued, not awaited: the quota thread runs it before any later decision or read of this process (it takes
         # work in order), so nothing sees the reservation unsettled; the response need not wait for the commit.
-        # Work still queued at exit is run before the interpreter ends (ThreadPoolExecutor joins its threads).
-        done = self._thread.submit(self._guarded, self._settle, (request_id, charges, actual))
-        done.add_done_callback(partial(_settle_failed, request_id=request_id))
+        self._submit(_Job(self._settle, (request_id, charges, actual), None, None, request_id))
 
     async def counters(self, keys: list[str]) -> dict[str, dict[str, int]]:
-        return await self._in_thread(self._counters, keys)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._submit(_Job(self._counters, (keys,), loop, future))
+        return await future
 
-    async def _in_thread(self, function, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._guarded, function, args)
+    def _submit(self, job: "_Job") -> None:
+        self._jobs.append(job)
+        self._thread.submit(self._run_queued)
 
-    @staticmethod
-    def _guarded(function, args):
-        db = connections[DEFAULT_DB_ALIAS]  # once: each access through the `connection` proxy costs a lookup
+    def _run_queued(self) -> None:
+        """Runs the jobs queued so far (none when an earlier run took them): on SQLite in one transaction."""
+        db = connections[DEFAULT_DB_ALIAS]
+        group = db.vendor == "sqlite"
+        while self._jobs:
+            jobs = [self._jobs.popleft()]
+            while group and self._jobs:
+                jobs.append(self._jobs.popleft())
+            outcomes = self._run(db, jobs)
+            waiting: dict[asyncio.AbstractEventLoop, list] = {}
+            for job, (result, error) in zip(jobs, outcomes, strict=True):
+                if job.future is not None:
+                    waiting.setdefault(job.loop, []).append((job.future, result, error))
+                elif error is not None:
+                    _settle_failed_error(error, request_id=job.request_id)
+            for loop, answers in waiting.items():  # one wake-up per event loop
+                with contextlib.suppress(RuntimeError):  # its loop closed meanwhile: nobody waits any more
+                    loop.call_soon_threadsafe(_resolve, answers)
+
+    def _run(self, db, jobs: list["_Job"]) -> list[tuple[object, Exception | None]]:
+        outcomes: list[tuple[object, Exception | None]] = []
         try:
             with db.wrap_database_errors:
                 db.ensure_connection()
                 with transaction.atomic(using=DEFAULT_DB_ALIAS):
                     # The backend's own cursor, without Django's debug wrapper (DEBUG is on when embedded): the
                     # statements below are the whole decision and the budget is a fraction of a millisecond.
-                    return function(db.create_cursor(), *args)
-        except DatabaseError as error:
-            db.close()  # a connection that broke is not reused: the next decision opens a new one
-            raise QuotaBackendError(type(error).__name__) from error
+                    cursor = db.create_cursor()
+                    for job in jobs:
+                        outcomes.append((job.function(cursor, *job.args), None))
+        except Exception as error:
+            if isinstance(error, DatabaseError):
+                db.close()  # a connection that broke is not reused: the next decision opens a new one
+            else:
+                logger.exception("quota decision failed")
+            failure = QuotaBackendError(type(error).__name__)
+            return [(None, failure)] * len(jobs)  # the transaction rolled back: none of them happened
+        return outcomes
 
-    # The conditional UPDATE: the counter takes the amount only while used + held + amount <= limit (a counter
-    # not there yet is created with it, if it fits); a row comes back exactly when it did. One statement per
-    # counter, atomic on SQLite and on PostgreSQL (ON CONFLICT locks the row and re-checks on its latest version).
-    _TAKE = ("INSERT INTO usage_quotacounter (key, used, held, refused, window_end) SELECT %s, 0, %s, 0, %s WHERE %s <= %s "
+    # The conditional upsert over every counter of a request: a counter takes its amount only while
+    # used + held + amount <= limit (one not there yet is created with it, if it fits); a row comes back for
+    # exactly those that did. Atomic on SQLite and PostgreSQL (ON CONFLICT locks the row and re-checks its latest
+    # version); the counters are in key order, so two transactions on PostgreSQL cannot deadlock.
+    _TAKE = ("WITH v(k, amount, window_end, lim) AS (VALUES {rows}) "
+             "INSERT INTO usage_quotacounter (key, used, held, refused, window_end) "
+             "SELECT k, 0, amount, 0, window_end FROM v WHERE amount <= lim "
              "ON CONFLICT (key) DO UPDATE SET held = usage_quotacounter.held + excluded.held "
-             "WHERE usage_quotacounter.used + usage_quotacounter.held + excluded.held <= %s "
-             "RETURNING used, held")
+             "WHERE usage_quotacounter.used + usage_quotacounter.held + excluded.held <= "
+             "(SELECT lim FROM v WHERE v.k = excluded.key) "
+             "RETURNING key, used, held")
 
     def _reserve(self, cursor, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
         now = time.time()
         if now - self._swept_at > _SWEEP_EVERY_SECONDS:
             self._swept_at = now
             self._sweep(cursor, now)
-        state: dict[str, tuple[int, int]] = {}
-        refused = None
-        for index in sorted(range(len(charges)), key=lambda index: charges[index].key):  # one lock order
-            charge = charges[index]
-            taken = self._take(cursor, charge, hold_seconds)
-            if taken is None and self._reclaim(cursor, charge.key, now):
-                taken = self._take(cursor, charge, hold_seconds)
-            if taken is None:
-                refused = index
-                break
-            state[charge.key] = taken
-        if refused is None:
+        ordered = sorted(charges, key=lambda charge: charge.key)  # one lock order
+        taken = self._take(cursor, ordered, hold_seconds)
+        if len(taken) < len(charges) and sum(self._reclaim(cursor, charge.key, now)
+                                             for charge in ordered if charge.key not in taken):
+            self._give_back(cursor, ordered, taken)
+            taken = self._take(cursor, ordered, hold_seconds)
+        if len(taken) == len(charges):
             expires = _datetime(now + hold_seconds)
             holds = [(request_id, charge.key, charge.amount, expires) for charge in charges if charge.amount]
             if holds:
                 marks = ", ".join(["(%s, %s, %s, %s)"] * len(holds))
                 cursor.execute(f"INSERT INTO usage_quotahold (request_id, key, amount, expires_at) VALUES {marks}",  # noqa: S608
                                [value for hold in holds for value in hold])
-        else:
-            for key, _ in state.items():  # give back what the counters before it took
-                amount = next(charge.amount for charge in charges if charge.key == key)
-                cursor.execute("UPDATE usage_quotacounter SET held = held - %s WHERE key = %s", [amount, key])
-            charge = charges[refused]
-            cursor.execute("INSERT INTO usage_quotacounter (key, used, held, refused, window_end) VALUES (%s, 0, 0, 1, %s) "
-                           "ON CONFLICT (key) DO UPDATE SET refused = usage_quotacounter.refused + 1",
-                           [charge.key, _datetime(charge.window_end + hold_seconds)])
-            marks = ", ".join(["%s"] * len(charges))
-            cursor.execute(f"SELECT key, used, held FROM usage_quotacounter WHERE key IN ({marks})",  # noqa: S608
-                           [charge.key for charge in charges])
-            state = {key: (used, held) for key, used, held in cursor.fetchall()}
+            return Decision(refused=None, used=tuple(taken[c.key][0] for c in charges),
+                            held=tuple(taken[c.key][1] for c in charges))
+        refused = next(index for index, charge in enumerate(charges) if charge.key not in taken)
+        self._give_back(cursor, ordered, taken)
+        charge = charges[refused]
+        cursor.execute("INSERT INTO usage_quotacounter (key, used, held, refused, window_end) VALUES (%s, 0, 0, 1, %s) "
+                       "ON CONFLICT (key) DO UPDATE SET refused = usage_quotacounter.refused + 1",
+                       [charge.key, _datetime(charge.window_end + hold_seconds)])
+        marks = ", ".join(["%s"] * len(charges))
+        cursor.execute(f"SELECT key, used, held FROM usage_quotacounter WHERE key IN ({marks})",  # noqa: S608
+                       [charge.key for charge in charges])
+        state = {key: (used, held) for key, used, held in cursor.fetchall()}
         return Decision(refused=refused, used=tuple(state.get(c.key, (0, 0))[0] for c in charges),
                         held=tuple(state.get(c.key, (0, 0))[1] for c in charges))
 
-    def _take(self, cursor, charge: Charge, hold_seconds: float) -> tuple[int, int] | None:
-        cursor.execute(self._TAKE, [charge.key, charge.amount, _datetime(charge.window_end + hold_seconds),
-                                    charge.amount, charge.limit, charge.limit])
-        row = cursor.fetchone()
-        return None if row is None else (row[0], row[1])
+    def _take(self, cursor, ordered: list[Charge], hold_seconds: float) -> dict[str, tuple[int, int]]:
+        cursor.execute(self._TAKE.format(rows=", ".join(["(%s, %s, %s, %s)"] * len(ordered))),
+                       [value for charge in ordered for value in (
+                           charge.key, charge.amount, _datetime(charge.window_end + hold_seconds), charge.limit)])
+        return {key: (used, held) for key, used, held in cursor.fetchall()}
+
+    @staticmethod
+    def _give_back(cursor, ordered: list[Charge], taken: dict[str, tuple[int, int]]) -> None:
+        """Undoes what the counters that had room took (the request was refused by another)."""
+        for charge in ordered:
+            if charge.key in taken:
+                cursor.execute("UPDATE usage_quotacounter SET held = held - %s WHERE key = %s", [charge.amount, charge.key])
 
     @staticmethod
     def _reclaim(cursor, key: str, now: float) -> int:
@@ -346,9 +391,12 @@ class DatabaseQuotaBackend(QuotaBackend):
     def _settle(cursor, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...]) -> None:
         cursor.execute("DELETE FROM usage_quotahold WHERE request_id = %s RETURNING key, amount", [request_id])
         held = dict(cursor.fetchall())  # a reservation that expired meanwhile was given back already
-        for charge, amount in sorted(zip(charges, actual, strict=True), key=lambda pair: pair[0].key):
-            cursor.execute("UPDATE usage_quotacounter SET used = used + %s, held = held - %s WHERE key = %s",
-                           [amount, held.get(charge.key, 0), charge.key])
+        ordered = sorted(zip(charges, actual, strict=True), key=lambda pair: pair[0].key)
+        rows = ", ".join(["(%s, %s, %s)"] * len(ordered))
+        # One statement for every counter (UPDATE … FROM: PostgreSQL, SQLite ≥ 3.33).
+        cursor.execute(f"UPDATE usage_quotacounter SET used = used + v.column2, held = held - v.column3 "  # noqa: S608
+                       f"FROM (VALUES {rows}) AS v WHERE usage_quotacounter.key = v.column1",
+                       [value for charge, amount in ordered for value in (charge.key, amount, held.get(charge.key, 0))])
 
     def _sweep(self, cursor, now: float) -> None:
         """Gives back every expired reservation, and drops counters whose period (plus the hold time) is over."""
@@ -368,9 +416,23 @@ class DatabaseQuotaBackend(QuotaBackend):
         return result
 
 
-def _settle_failed(done, *, request_id: str) -> None:
-    if done.exception() is not None:
-        _settle_failed_error(done.exception(), request_id=request_id)
+@dataclass(slots=True)
+class _Job:
+    function: Callable
+    args: tuple
+    loop: asyncio.AbstractEventLoop | None
+    future: asyncio.Future | None  # None: nobody waits (a settle); a failure is logged
+    request_id: str = ""
+
+
+def _resolve(answers: list[tuple[asyncio.Future, object, Exception | None]]) -> None:
+    for future, result, error in answers:
+        if future.done():  # its caller gave up (cancelled)
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 def _settle_failed_error(error: BaseException, *, request_id: str) -> None:
