@@ -3,7 +3,8 @@ six of `make bench` (requests, tokens and cost per minute and per day: bench/set
 
     .venv/bin/python -m bench.quotas            # embedded (SQLite) and Redis (a private redis-server on a spare port)
 
-Runs on a throwaway SQLite database under var/; for Redis it starts its own redis-server (never a shared one) and
+The settle is sent as requests send it (`quota_settle_nowait`: not waited for), so "settle" is what it costs the
+request path. Runs on a throwaway SQLite database under var/; for Redis it starts its own redis-server (never a shared one) and
 points LLMHUB_QUOTA_REDIS_URL at it. Prints p50 / p90 / p99 in milliseconds of reserve + settle, and of a request
 no limit applies to (the cost of looking the limits up in the snapshot).
 """
@@ -44,7 +45,7 @@ def _measure(label: str) -> dict[str, float]:
     from registry.models import QuotaLimit, Tier
     from registry.selectors import registry_get
     from registry.services import registry_load, user_tier_set
-    from usage.quotas import quota_reserve, quota_settle
+    from usage.quotas import quota_reserve, quota_settle_nowait
 
     registry_load(path=ROOT / "fixtures" / "llm_models.json")
     user = get_user_model().objects.create_user("bench-quota")
@@ -58,9 +59,9 @@ def _measure(label: str) -> dict[str, float]:
                                           tier_slug="free", model=model, candidates=[model], prompt_tokens=10,
                                           max_tokens=100)
         reserved = time.perf_counter()
-        await quota_settle(reservation=reservation, model=model, input_tokens=10, output_tokens=20)
+        quota_settle_nowait(reservation=reservation, model=model, input_tokens=10, output_tokens=20)  # as requests do
         settled = time.perf_counter()
-        await asyncio.sleep(0.001)  # the rest of a request: the embedded back end commits a settle meanwhile
+        await asyncio.sleep(0.001)  # the rest of a request: the settle reaches the back end meanwhile
         return (reserved - started) * 1000, (settled - reserved) * 1000
 
     async def run(count: int) -> list[tuple[float, float]]:
