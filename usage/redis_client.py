@@ -31,6 +31,7 @@ class _Protocol(asyncio.Protocol):
         self.lost = False
         self._reader = hiredis.Reader()
         self._waiting: collections.deque[asyncio.Future] = collections.deque()
+        self._unsent: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -50,10 +51,20 @@ class _Protocol(asyncio.Protocol):
                 future.set_exception(RedisUnavailable("the connection to Redis was lost"))
 
     def send(self, packed: bytes) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
+        """Queues a command; the commands queued during one turn of the event loop are written together (at
+        concurrency 16, one system call for several requests' commands)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._waiting.append(future)
-        self.transport.write(packed)
+        if not self._unsent:
+            loop.call_soon(self._write)
+        self._unsent.append(packed)
         return future
+
+    def _write(self) -> None:
+        if self._unsent and not self.lost:
+            self.transport.write(self._unsent[0] if len(self._unsent) == 1 else b"".join(self._unsent))
+        self._unsent.clear()
 
     def close(self) -> None:
         if self.transport is not None:
