@@ -61,6 +61,15 @@ class _Protocol(asyncio.Protocol):
         self._unsent.append(packed)
         return future
 
+    def send_now(self, packed: bytes) -> asyncio.Future:
+        """Writes a command (after any still queued) at once: once this returns, the bytes are the kernel's, which
+        delivers them even if this process is killed the next moment."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        self._unsent.append(packed)
+        self._write()
+        return future
+
     def _write(self) -> None:
         if self._unsent and not self.lost:
             self.transport.write(self._unsent[0] if len(self._unsent) == 1 else b"".join(self._unsent))
@@ -104,6 +113,23 @@ class RedisClient:
         if isinstance(reply, hiredis.ReplyError):
             raise RedisUnavailable(f"Redis refused the command: {reply}")
         return reply
+
+    def call_now(self, args: tuple, *, failed: Callable[[Exception], None]) -> bool:
+        """Writes a command at once without waiting for its answer (see `_Protocol.send_now`); `failed(error)` is
+        called if Redis refuses it or the connection is lost first. False when this event loop has no connection
+        yet (one is opened in the background): the caller does without."""
+        loop = asyncio.get_running_loop()
+        connection = self._connections.get(loop)
+        if connection is None or connection.lost:
+            if loop not in self._connecting:
+                task = loop.create_task(self._connect())
+                self._background.add(task)
+                task.add_done_callback(_connect_done)
+                task.add_done_callback(self._background.discard)
+            return False
+        future = connection.send_now(hiredis.pack_command(args))
+        future.add_done_callback(partial(_reply_check, failed))
+        return True
 
     async def script(self, source: str, keys: list[str], args: list):
         try:
@@ -199,3 +225,16 @@ class RedisClient:
             raise RedisUnavailable(f"cannot connect to Redis: {type(error).__name__}") from None
         self._connections[loop] = connection
         return connection
+
+
+def _connect_done(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()  # a failed background connection is retried by the next call; nothing to report
+
+
+def _reply_check(failed: Callable[[Exception], None], future: asyncio.Future) -> None:
+    error = future.exception()
+    if error is None and isinstance(future.result(), hiredis.ReplyError):
+        error = RedisUnavailable(f"Redis refused the command: {future.result()}")
+    if error is not None:
+        failed(error)
