@@ -11,7 +11,8 @@ that the machine's drift hits them alike:
 - quotas: non-streaming at concurrency 1 and 16 through the same process with a key whose tier has six limits
   (requests, tokens and cost per minute and per day), embedded (the database back end) and, in a second llmhub
   process in production mode (PostgreSQL at BENCH_DATABASE_URL, created if missing; Redis at BENCH_REDIS_URL, else
-  a private redis-server on a spare port), on Redis, each beside the same process's figures without limits.
+  a private redis-server on a spare port; usage rows through the Redis stream and `manage.py usage_consume`), on
+  Redis, each beside the same process's figures without limits.
   BENCH_PRODUCTION=0 leaves the production process out.
 
 Each figure is the median of BENCH_REPS runs (3) of BENCH_SECONDS (3) seconds (BENCH_SLOW_SECONDS (6)
@@ -375,7 +376,7 @@ def _production_env(processes: Processes, pinning: Pinning, env: dict[str, str])
         deadline = time.monotonic() + 10
         while not _port_open(port) and time.monotonic() < deadline:
             time.sleep(0.05)
-    return env | {"DATABASE_URL": DATABASE_URL, "REDIS_URL": redis_url,
+    return env | {"DATABASE_URL": DATABASE_URL, "REDIS_URL": redis_url, "LLMHUB_USAGE_STREAM_URL": redis_url,
                   "DJANGO_SECRET_KEY": "bench-only-secret-key-0123456789-0123456789-0123456789-abcdef",
                   "LLMHUB_ENCRYPTION_KEYS": "YmVuY2gtb25seS1lbmNyeXB0aW9uLWtleS0wMTIzNDU=",
                   "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost", "DJANGO_SECURE_SSL_REDIRECT": "false"}
@@ -667,7 +668,8 @@ rewritten by each run.
   'telemetry off, `openai/demo` at the same simulator' if peers else ''}; **{HUB_QUOTAS}** = the llmhub process
   with a key of the tier `bench-limited` (six limits: requests, tokens and cost per minute and per day, never
   reached), quotas on the database back end (SQLite); **{PROD}** / **{PROD_QUOTAS}** = a second llmhub process in
-  production mode (PostgreSQL, Redis; quotas on Redis), without and with those limits. The quota and production
+  production mode (PostgreSQL, Redis; quotas on Redis; usage rows through the Redis stream, written by
+  `manage.py usage_consume` on the load generators' CPU), without and with those limits. The quota and production
   targets run non-streaming at c=1 and c=16 only.
 - pinning: {pinning.description}; every process the benchmark starts runs at nice {PRIORITY} in its own
   scheduler autogroup (BENCH_PRIORITY), so that other work on a shared machine does not take the app's core.
@@ -719,6 +721,9 @@ def main() -> None:
         production = _production_env(processes, pinning, env) if PRODUCTION else None
         if production is not None:
             keys = _database_keys(production)
+            # As the production docs run it: usage rows through the Redis stream, written by a consumer.
+            processes.start([*pinning.rest, str(VENV_BIN / "python"), "manage.py", "usage_consume"], env=production,
+                            log=VAR / "bench-consumer.log")
             prod = _hub_start(processes, pinning, production, keys["api_key"], VAR / "bench-app-prod.log", name=PROD)
             prod.configs = tuple(f"plain-c{c}" for c in QUOTA_CONCURRENCIES)
             targets += [prod, prod.sibling(PROD_QUOTAS, keys["limited_api_key"])]

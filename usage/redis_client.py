@@ -20,6 +20,10 @@ from urllib.parse import unquote, urlsplit
 
 import hiredis
 
+# A command sent without waiting (a quota settle) waits at most this long for the next command (the next request's
+# decision) to share its system call and its answer's wake-up.
+NOWAIT_WITHIN_SECONDS = 0.002
+
 
 class RedisUnavailable(Exception):
     """No answer from Redis (refused, reset, timed out) or an error reply."""
@@ -32,6 +36,7 @@ class _Protocol(asyncio.Protocol):
         self._reader = hiredis.Reader()
         self._waiting: collections.deque[asyncio.Future] = collections.deque()
         self._unsent: list[bytes] = []
+        self._write_soon = self._write_later = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -50,16 +55,26 @@ class _Protocol(asyncio.Protocol):
             if not future.done():
                 future.set_exception(RedisUnavailable("the connection to Redis was lost"))
 
-    def send(self, packed: bytes) -> asyncio.Future:
+    def send(self, packed: bytes, *, within: float = 0.0) -> asyncio.Future:
         """Queues a command; the commands queued during one turn of the event loop are written together (at
-        concurrency 16, one system call for several requests' commands)."""
+        concurrency 16, one system call for several requests' commands). With `within` (seconds), the command
+        may wait that long for another to go out with (and its answer to come back with the other's)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._waiting.append(future)
-        if not self._unsent:
-            loop.call_soon(self._write)
         self._unsent.append(packed)
+        if within:
+            if not self._write_later:
+                self._write_later = True
+                loop.call_later(within, self._write_delayed)
+        elif not self._write_soon:
+            self._write_soon = True
+            loop.call_soon(self._write)
         return future
+
+    def _write_delayed(self) -> None:
+        self._write_later = False
+        self._write()
 
     def send_now(self, packed: bytes) -> asyncio.Future:
         """Writes a command (after any still queued) at once: once this returns, the bytes are the kernel's, which
@@ -71,6 +86,7 @@ class _Protocol(asyncio.Protocol):
         return future
 
     def _write(self) -> None:
+        self._write_soon = False
         if self._unsent and not self.lost:
             self.transport.write(self._unsent[0] if len(self._unsent) == 1 else b"".join(self._unsent))
         self._unsent.clear()
@@ -141,9 +157,10 @@ class RedisClient:
 
     def script_nowait(self, source: str, keys: list[str], args: list, *,
                       failed: Callable[[Exception], None]) -> None:
-        """Runs a script without waiting for its answer: the command is written now (so a later command of this
-        process runs after it), and `failed(error)` is called if Redis refuses it or the connection is lost first.
-        Without a connection, one is opened in a task of its own."""
+        """Runs a script without waiting for its answer: the command is queued now (so a later command of this
+        process runs after it) and goes out with the next command, within NOWAIT_WITHIN_SECONDS; `failed(error)`
+        is called if Redis refuses it or the connection is lost first. Without a connection, one is opened in a
+        task of its own."""
         loop = asyncio.get_running_loop()
         connection = self._connections.get(loop)
         if connection is None or connection.lost:
@@ -151,7 +168,8 @@ class RedisClient:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
             return
-        future = connection.send(hiredis.pack_command(("EVALSHA", self._sha(source), len(keys), *keys, *args)))
+        future = connection.send(hiredis.pack_command(("EVALSHA", self._sha(source), len(keys), *keys, *args)),
+                                 within=NOWAIT_WITHIN_SECONDS)
         future.add_done_callback(partial(self._nowait_done, source, keys, args, failed))
 
     def _nowait_done(self, source: str, keys: list[str], args: list, failed: Callable[[Exception], None],
