@@ -61,7 +61,8 @@ run: ports-free setup
 	done; \
 	LLMHUB_EMBEDDED_WORKER=true $(VENV)/bin/celery -A llmhub worker --beat --pool=threads --concurrency=2 \
 		--without-gossip --without-mingle --without-heartbeat -l warning & worker=$$!; \
-	trap 'kill $$sim $$worker 2>/dev/null' EXIT INT TERM; \
+	consumer=; if [ -n "$$LLMHUB_USAGE_STREAM_URL" ]; then $(PY) manage.py usage_consume & consumer=$$!; fi; \
+	trap 'kill $$sim $$worker $$consumer 2>/dev/null' EXIT INT TERM; \
 	LLMHUB_EMBEDDED_WORKER=true $(MAKE) --no-print-directory serve
 
 # `$(PORT_FREE) HOST PORT` fails when something already listens there; `$(PORT_OPEN) HOST PORT` succeeds once

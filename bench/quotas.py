@@ -1,8 +1,10 @@
-"""Micro-benchmark of the quota step: reserve + settle of one request with one limit, at concurrency 1.
+"""Micro-benchmark of the quota step: reserve + settle of one request at concurrency 1, with one limit and with the
+six of `make bench` (requests, tokens and cost per minute and per day: bench/setup_db.py).
 
     .venv/bin/python -m bench.quotas            # embedded (SQLite) and Redis (a private redis-server on a spare port)
 
-Runs on a throwaway SQLite database under var/; for Redis it starts its own redis-server (never a shared one) and
+The settle is sent as requests send it (`quota_settle_nowait`: not waited for), so "settle" is what it costs the
+request path. Runs on a throwaway SQLite database under var/; for Redis it starts its own redis-server (never a shared one) and
 points LLMHUB_QUOTA_REDIS_URL at it. Prints p50 / p90 / p99 in milliseconds of reserve + settle, and of a request
 no limit applies to (the cost of looking the limits up in the snapshot).
 """
@@ -39,10 +41,11 @@ def _measure(label: str) -> dict[str, float]:
     call_command("migrate", verbosity=0, interactive=False)
     from django.contrib.auth import get_user_model
 
+    from bench.setup_db import LIMITS
     from registry.models import QuotaLimit, Tier
     from registry.selectors import registry_get
     from registry.services import registry_load, user_tier_set
-    from usage.quotas import quota_reserve, quota_settle
+    from usage.quotas import quota_reserve, quota_settle_nowait
 
     registry_load(path=ROOT / "fixtures" / "llm_models.json")
     user = get_user_model().objects.create_user("bench-quota")
@@ -56,9 +59,9 @@ def _measure(label: str) -> dict[str, float]:
                                           tier_slug="free", model=model, candidates=[model], prompt_tokens=10,
                                           max_tokens=100)
         reserved = time.perf_counter()
-        await quota_settle(reservation=reservation, model=model, input_tokens=10, output_tokens=20)
+        quota_settle_nowait(reservation=reservation, model=model, input_tokens=10, output_tokens=20)  # as requests do
         settled = time.perf_counter()
-        await asyncio.sleep(0.001)  # the rest of a request: the embedded back end commits a settle meanwhile
+        await asyncio.sleep(0.001)  # the rest of a request: the settle reaches the back end meanwhile
         return (reserved - started) * 1000, (settled - reserved) * 1000
 
     async def run(count: int) -> list[tuple[float, float]]:
@@ -74,6 +77,9 @@ def _measure(label: str) -> dict[str, float]:
     unlimited, unlimited_cpu = timed(ITERATIONS)
     QuotaLimit.objects.create(tier=free, metric="requests", period="day", limit=10**9)
     limited, limited_cpu = timed(ITERATIONS)
+    for metric, period, limit in LIMITS:
+        QuotaLimit.objects.update_or_create(tier=free, metric=metric, period=period, model="", defaults={"limit": limit})
+    six, six_cpu = timed(ITERATIONS)
 
     def figures(samples: list[tuple[float, float]], cpu: float) -> str:
         both = [reserve + settle for reserve, settle in samples]
@@ -82,8 +88,9 @@ def _measure(label: str) -> dict[str, float]:
                f"settle {statistics.median(s[1] for s in samples):.3f}), p90 {quantiles[89]:.3f}, p99 {quantiles[98]:.3f}; " \
                f"CPU {cpu:.3f} ms a request"
 
-    print(f"{label:9} one limit: {figures(limited, limited_cpu)}")
-    print(f"{label:9} no limit:  {figures(unlimited, unlimited_cpu)}")
+    print(f"{label:9} six limits: {figures(six, six_cpu)}")
+    print(f"{label:9} one limit:  {figures(limited, limited_cpu)}")
+    print(f"{label:9} no limit:   {figures(unlimited, unlimited_cpu)}")
     return {"p50": statistics.median(reserve + settle for reserve, settle in limited)}
 
 

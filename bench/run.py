@@ -7,7 +7,13 @@ that the machine's drift hits them alike:
 - non-streaming at concurrency 1, 16 and 128 with wrk (bench/post.lua), or bench/loadgen.py without wrk;
 - streaming at the same concurrencies with bench/loadgen.py, which timestamps the first SSE event;
 - a 1000 ms upstream at 256 in flight with bench/loadgen.py, which, unlike wrk, lets the requests in
-  flight at the deadline finish, so req/s is not rounded down to whole waves of 256.
+  flight at the deadline finish, so req/s is not rounded down to whole waves of 256;
+- quotas: non-streaming at concurrency 1 and 16 through the same process with a key whose tier has six limits
+  (requests, tokens and cost per minute and per day), embedded (the database back end) and, in a second llmhub
+  process in production mode (PostgreSQL at BENCH_DATABASE_URL, created if missing; Redis at BENCH_REDIS_URL, else
+  a private redis-server on a spare port; usage rows through the Redis stream and `manage.py usage_consume`), on
+  Redis, each beside the same process's figures without limits.
+  BENCH_PRODUCTION=0 leaves the production process out.
 
 Each figure is the median of BENCH_REPS runs (3) of BENCH_SECONDS (3) seconds (BENCH_SLOW_SECONDS (6)
 for the 1000 ms upstream). With two or more CPUs the app under test gets the last one to itself and the
@@ -50,6 +56,8 @@ PROMPT = "Say hello to the benchmark in a few words please"
 CONCURRENCIES = (1, 16, 128)
 SLOW_CONCURRENCY = 256
 SLOW_MODEL = "bench-slow"  # bench/setup_db.py: upstream model `demo@latency=1000`
+QUOTA_CONCURRENCIES = (1, 16)  # the configurations the quota and production targets run
+HUB, HUB_QUOTAS, PROD, PROD_QUOTAS = "llmhub", "llmhub+quotas", "prod", "prod+quotas"
 
 
 def _env_number(name: str, default: float) -> float:
@@ -57,6 +65,9 @@ def _env_number(name: str, default: float) -> float:
 
 
 REPS = int(_env_number("BENCH_REPS", 3))
+PRODUCTION = os.environ.get("BENCH_PRODUCTION", "1") != "0"
+DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llmhub_bench")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "")
 SECONDS = int(_env_number("BENCH_SECONDS", 3))
 SLOW_SECONDS = _env_number("BENCH_SLOW_SECONDS", 6)
 
@@ -123,6 +134,11 @@ class Pinning:
     rest: list[str] = field(default_factory=list)  # for the simulated upstream and the load generators
     load_cpus: int = 1
     description: str = "not pinned"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _pinning() -> Pinning:
@@ -202,6 +218,15 @@ class Target:
     process: subprocess.Popen | None = None
     startup_s: float | None = None
     peak_rss_mb: float | None = None
+    configs: tuple[str, ...] | None = None  # the configurations it runs (None: all)
+
+    def sibling(self, name: str, api_key: str) -> "Target":
+        """The same process, with another key (and only the configurations that compare quotas)."""
+        return Target(name, self.url, api_key, self.model, self.slow_model, self.process,
+                      configs=tuple(f"plain-c{c}" for c in QUOTA_CONCURRENCIES))
+
+    def runs(self, config: str) -> bool:
+        return self.configs is None or config in self.configs
 
     def body(self, *, stream: bool, slow: bool = False) -> bytes:
         payload = {"model": self.slow_model if slow else self.model,
@@ -319,10 +344,42 @@ def _app_env(sim_url: str) -> dict[str, str]:
 
 def _database_setup(env: dict[str, str]) -> str:
     """Prepares the database `env` names (a SQLite file is started afresh); returns a top-tier API key."""
+    return _database_keys(env)["api_key"]
+
+
+def _database_keys(env: dict[str, str]) -> dict[str, str]:
+    """As _database_setup; returns bench/setup_db.py's keys: `api_key` (top tier), `limited_api_key` (six limits)."""
     if not env.get("DATABASE_URL"):
         for suffix in ("", "-wal", "-shm"):
             Path(env["LLMHUB_SQLITE_PATH"] + suffix).unlink(missing_ok=True)
-    return _run_json([str(VENV_BIN / "python"), "-m", "bench.setup_db"], env=env)["api_key"]
+    return _run_json([str(VENV_BIN / "python"), "-m", "bench.setup_db"], env=env)
+
+
+def _production_env(processes: Processes, pinning: Pinning, env: dict[str, str]) -> dict[str, str] | None:
+    """`env` in production mode: PostgreSQL at DATABASE_URL (created when missing), Redis at REDIS_URL or a private
+    redis-server; None (with a message) when PostgreSQL cannot be reached."""
+    from bench.soak import _postgres_database_ensure
+
+    try:
+        _postgres_database_ensure(DATABASE_URL)
+    except Exception as error:  # any failure: the production rows are left out, saying why
+        print(f"production rows left out: PostgreSQL at BENCH_DATABASE_URL unreachable ({type(error).__name__})",
+              file=sys.stderr)
+        return None
+    redis_url = REDIS_URL
+    if not redis_url:
+        port = _free_port()
+        processes.start([*pinning.rest, shutil.which("redis-server") or "redis-server", "--port", str(port),
+                         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], env=env,
+                        log=VAR / "bench-redis.log")
+        redis_url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 10
+        while not _port_open(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return env | {"DATABASE_URL": DATABASE_URL, "REDIS_URL": redis_url, "LLMHUB_USAGE_STREAM_URL": redis_url,
+                  "DJANGO_SECRET_KEY": "bench-only-secret-key-0123456789-0123456789-0123456789-abcdef",
+                  "LLMHUB_ENCRYPTION_KEYS": "YmVuY2gtb25seS1lbmNyeXB0aW9uLWtleS0wMTIzNDU=",
+                  "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost", "DJANGO_SECURE_SSL_REDIRECT": "false"}
 
 
 def _simulator_start(processes: Processes, pinning: Pinning, env: dict[str, str], log: Path) -> str:
@@ -335,10 +392,10 @@ def _simulator_start(processes: Processes, pinning: Pinning, env: dict[str, str]
 
 
 def _hub_start(processes: Processes, pinning: Pinning, env: dict[str, str], api_key: str, log: Path,
-               timeout: float = 60) -> Target:
+               timeout: float = 60, name: str = HUB) -> Target:
     """One uvicorn process serving llmhub as `make serve` does; returns once it has answered a request."""
     port = _free_port()
-    hub = Target("llmhub", f"http://127.0.0.1:{port}/v1", api_key, "demo", SLOW_MODEL)
+    hub = Target(name, f"http://127.0.0.1:{port}/v1", api_key, "demo", SLOW_MODEL)
     spawned = time.perf_counter()
     hub.process = processes.start(
         [*pinning.app, str(VENV_BIN / "uvicorn"), "llmhub.asgi:application", "--host", "127.0.0.1", "--port",
@@ -456,18 +513,24 @@ def build_table(results: dict, targets: list[Target]) -> tuple[Table, dict]:
             direct_p50 = med("direct", config, "p50_ms")
             cells = {}
             for name in names:
-                p50, p99 = med(name, config, "p50_ms"), med(name, config, "p99_ms")
+                p50 = med(name, config, "p50_ms")
                 added = "" if name == "direct" or not p50 or direct_p50 is None else f" (+{p50 - direct_p50:.2f})"
-                cells[name] = f"{_fmt(p50)} / {_fmt(p99)}{added if name != 'llmhub' else ''}"
-            hub_p50, hub_p99 = med("llmhub", config, "p50_ms"), med("llmhub", config, "p99_ms")
+                cells[name] = "–" if p50 is None else \
+                    f"{_fmt(p50)} / {_fmt(med(name, config, 'p95_ms'))} / {_fmt(med(name, config, 'p99_ms'))}{added}"
+            hub_p50, hub_p95, hub_p99 = (med(HUB, config, key) for key in ("p50_ms", "p95_ms", "p99_ms"))
             added_p50 = None if hub_p50 is None or direct_p50 is None else hub_p50 - direct_p50
-            headline[f"{config}.added_p50_ms"] = added_p50
+            headline |= {f"{config}.added_p50_ms": added_p50, f"{config}.hub_p95_ms": hub_p95,
+                         f"{config}.hub_p99_ms": hub_p99}
             target = verdict = ""
             if config == "plain-c1":
-                target, verdict = "added p50 ≤ 3 ms / ≤ 1.5 ms", _verdict(added_p50 <= 3, added_p50 <= 1.5)
-            table.add(f"{label}: latency p50 / p99 (ms)", cells, f"+{_fmt(added_p50)} ms p50", target, verdict)
+                target = "added p50 ≤ 3 ms, p95 ≤ 1.5 ms, p99 ≤ 2.5 ms / added p50 ≤ 1.5 ms, p99 ≤ 1.5 ms"
+                verdict = _verdict(added_p50 <= 3 and (hub_p95 or 0) <= 1.5 and (hub_p99 or 0) <= 2.5,
+                                   added_p50 <= 1.5 and (hub_p99 or 0) <= 1.5)
+            elif config == "plain-c16":
+                target, verdict = "p99 ≤ 20 ms", _verdict((hub_p99 or 0) <= 20, (hub_p99 or 0) <= 20)
+            table.add(f"{label}: latency p50 / p95 / p99 (ms)", cells, f"+{_fmt(added_p50)} ms p50", target, verdict)
 
-            direct_rps, hub_rps = med("direct", config, "rps"), med("llmhub", config, "rps")
+            direct_rps, hub_rps = med("direct", config, "rps"), med(HUB, config, "rps")
             headline[f"{config}.hub_rps"] = hub_rps
             target = verdict = ""
             if config == "plain-c16":
@@ -481,15 +544,33 @@ def build_table(results: dict, targets: list[Target]) -> tuple[Table, dict]:
                 cells = {}
                 for name in names:
                     ttft = med(name, config, "ttft_p50_ms")
-                    added = "" if name in ("direct", "llmhub") or None in (ttft, direct_ttft) else f" (+{ttft - direct_ttft:.2f})"
+                    added = "" if name in ("direct", HUB) or None in (ttft, direct_ttft) else f" (+{ttft - direct_ttft:.2f})"
                     cells[name] = _fmt(ttft) + added
-                hub_ttft = med("llmhub", config, "ttft_p50_ms")
+                hub_ttft = med(HUB, config, "ttft_p50_ms")
                 added_ttft = None if None in (hub_ttft, direct_ttft) else hub_ttft - direct_ttft
                 headline[f"{config}.added_ttft_ms"] = added_ttft
                 target = verdict = ""
                 if connections == 1:
                     target, verdict = "added ≤ 3 ms / ≤ 1.5 ms", _verdict(added_ttft <= 3, added_ttft <= 1.5)
                 table.add(f"{label}: time to first token p50 (ms)", cells, f"+{_fmt(added_ttft)} ms", target, verdict)
+
+    for limited, unlimited, where in ((HUB_QUOTAS, HUB, "embedded (database)"), (PROD_QUOTAS, PROD, "Redis")):
+        if limited not in names:
+            continue
+        cells = {name: _fmt(med(name, "plain-c1", "p50_ms"), 3) for name in (limited, unlimited)}
+        quota_p50, base_p50 = med(limited, "plain-c1", "p50_ms"), med(unlimited, "plain-c1", "p50_ms")
+        added = None if None in (quota_p50, base_p50) else quota_p50 - base_p50
+        headline[f"quotas.{unlimited}.added_p50_ms"] = added
+        table.add(f"quotas on, {where}, c=1: p50 (ms) with six limits vs the same process without", cells,
+                  f"+{_fmt(added, 3)} ms p50", "added ≤ 0.3 ms",
+                  _verdict(added is not None and added <= 0.3, added is not None and added <= 0.3))
+        quota_rps, base_rps = med(limited, "plain-c16", "rps"), med(unlimited, "plain-c16", "rps")
+        share = quota_rps / base_rps if quota_rps and base_rps else None
+        headline[f"quotas.{unlimited}.c16_share"] = share
+        table.add(f"quotas on, {where}, c=16: req/s with six limits vs the same process without",
+                  {name: _fmt(med(name, "plain-c16", "rps"), 0) for name in (limited, unlimited)},
+                  f"{_fmt(share and share * 100, 1)}%", "≥ 90%",
+                  _verdict(share is not None and share >= 0.9, share is not None and share >= 0.9))
 
     config = "slow-c256"
     direct_rps, hub_rps = med("direct", config, "rps"), med("llmhub", config, "rps")
@@ -505,13 +586,14 @@ def build_table(results: dict, targets: list[Target]) -> tuple[Table, dict]:
     table.add(f"1000 ms upstream, {SLOW_CONCURRENCY} in flight: req/s", cells, f"{share:.1%} of direct",
               "≥ 90%, 0 errors / ≥ 97%, p99 ≤ 1.1 s",
               _verdict(share >= 0.90 and hub_errors == 0, share >= 0.97 and hub_errors == 0 and hub_p99 <= 1100))
-    table.add(f"1000 ms upstream, {SLOW_CONCURRENCY} in flight: latency p50 / p99 (ms)",
-              {name: f"{_fmt(med(name, config, 'p50_ms'), 0)} / {_fmt(med(name, config, 'p99_ms'), 0)}" for name in names})
+    table.add(f"1000 ms upstream, {SLOW_CONCURRENCY} in flight: latency p50 / p95 / p99 (ms)",
+              {name: " / ".join(_fmt(med(name, config, f"{key}_ms"), 0) for key in ("p50", "p95", "p99"))
+               for name in results[config]})
     table.add(f"1000 ms upstream, {SLOW_CONCURRENCY} in flight: errors (all runs)",
-              {name: str(sum(run["errors"] for run in results[config].get(name, []))) for name in names})
+              {name: str(sum(run["errors"] for run in runs)) for name, runs in results[config].items()})
 
     by_name = {target.name: target for target in targets}
-    hub = by_name["llmhub"]
+    hub = by_name[HUB]
     table.add("peak RSS (MB, VmHWM at the end)", {t.name: _fmt(t.peak_rss_mb, 0) for t in targets if t.peak_rss_mb},
               "", "≤ 160 MB / ≤ 130 MB", _verdict(hub.peak_rss_mb <= 160, hub.peak_rss_mb <= 130))
     table.add("start-up: spawn to first answer (s)", {t.name: _fmt(t.startup_s) for t in targets if t.startup_s},
@@ -548,13 +630,15 @@ def _percent(value: float | None) -> str:
 
 
 def _raw_table(results: dict, names: list[str]) -> str:
-    lines = ["| run | target | tool | rep | p50 ms | p99 ms | req/s | TTFT p50 ms | errors | app CPU ms/req | client CPU |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | target | tool | rep | p50 ms | p95 ms | p99 ms | req/s | TTFT p50 ms | errors | app CPU ms/req "
+             "| client CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for config, by_target in results.items():
         for name in names:
             for rep, run in enumerate(by_target.get(name, []), 1):
                 lines.append(
-                    f"| {config} | {name} | {run.get('tool', '')} | {rep} | {_fmt(run['p50_ms'])} | {_fmt(run['p99_ms'])} "
+                    f"| {config} | {name} | {run.get('tool', '')} | {rep} | {_fmt(run['p50_ms'])} | {_fmt(run.get('p95_ms'))} "
+                    f"| {_fmt(run['p99_ms'])} "
                     f"| {_fmt(run['rps'], 0)} | {_fmt(run.get('ttft_p50_ms'))} | {run['errors']} "
                     f"| {_fmt(run.get('app_cpu_ms_per_request'))} | {_percent(run.get('client_cpu'))} |")
     return "\n".join(lines)
@@ -568,9 +652,10 @@ def write_results(table: Table, results: dict, targets: list[Target], pinning: P
         if NOTES_MARKER in previous:
             notes = previous[previous.index(NOTES_MARKER):]
     versions = ", ".join(f"{name} {version}" for name, version in _versions().items())
+    peers = any(target.name == "LiteLLM" for target in targets)
     text = f"""# llmhub benchmark
 
-Generated by `make bench{'-peers' if len(targets) > 2 else ''}` (bench/run.py); everything above the notes is
+Generated by `make bench{'-peers' if peers else ''}` (bench/run.py); everything above the notes is
 rewritten by each run.
 
 - date: {started.strftime('%a %b %d %H:%M:%S UTC %Y')} (`date -u`)
@@ -580,7 +665,12 @@ rewritten by each run.
   httptools); **llmhub** = one uvicorn worker (`llmhub.asgi:application --loop uvloop --http httptools
   --no-access-log --lifespan on`) on a throwaway SQLite database, `/v1/chat/completions` with a top-tier key,
   model `demo` → the same simulator{'; **LiteLLM** = `litellm --num_workers 1` proxy from var/litellm-venv, '
-  'telemetry off, `openai/demo` at the same simulator' if len(targets) > 2 else ''}.
+  'telemetry off, `openai/demo` at the same simulator' if peers else ''}; **{HUB_QUOTAS}** = the llmhub process
+  with a key of the tier `bench-limited` (six limits: requests, tokens and cost per minute and per day, never
+  reached), quotas on the database back end (SQLite); **{PROD}** / **{PROD_QUOTAS}** = a second llmhub process in
+  production mode (PostgreSQL, Redis; quotas on Redis; usage rows through the Redis stream, written by
+  `manage.py usage_consume` on the load generators' CPU), without and with those limits. The quota and production
+  targets run non-streaming at c=1 and c=16 only.
 - pinning: {pinning.description}; every process the benchmark starts runs at nice {PRIORITY} in its own
   scheduler autogroup (BENCH_PRIORITY), so that other work on a shared machine does not take the app's core.
 - other processes used {others:.0%} of the machine's CPU during the measurements (0% = a quiet machine).
@@ -624,10 +714,19 @@ def main() -> None:
         sim_url = _simulator_start(processes, pinning, _app_env(""), VAR / "bench-sim.log")
         env = _app_env(sim_url)
         print(f"set-up: database var/bench.sqlite3, simulator {sim_url}; {pinning.description}", file=sys.stderr)
-        api_key = _database_setup(env)
+        keys = _database_keys(env)
         direct = Target("direct", sim_url, SIM_KEY, "demo", "demo@latency=1000")
-        hub = _hub_start(processes, pinning, env, api_key, VAR / "bench-app.log")
-        targets = [direct, hub]
+        hub = _hub_start(processes, pinning, env, keys["api_key"], VAR / "bench-app.log")
+        targets = [direct, hub, hub.sibling(HUB_QUOTAS, keys["limited_api_key"])]
+        production = _production_env(processes, pinning, env) if PRODUCTION else None
+        if production is not None:
+            keys = _database_keys(production)
+            # As the production docs run it: usage rows through the Redis stream, written by a consumer.
+            processes.start([*pinning.rest, str(VENV_BIN / "python"), "manage.py", "usage_consume"], env=production,
+                            log=VAR / "bench-consumer.log")
+            prod = _hub_start(processes, pinning, production, keys["api_key"], VAR / "bench-app-prod.log", name=PROD)
+            prod.configs = tuple(f"plain-c{c}" for c in QUOTA_CONCURRENCIES)
+            targets += [prod, prod.sibling(PROD_QUOTAS, keys["limited_api_key"])]
         if arguments.peers:
             peer = _litellm_start(processes, pinning, sim_url)
             if peer is not None:
@@ -637,8 +736,9 @@ def main() -> None:
         load = Load(pinning)
         for target in targets:  # warm-up: connection pools, lazy imports, the first garbage collections
             load.run(target, stream=False, connections=16, seconds=1)
-            load.run(target, stream=True, connections=16, seconds=1)
-            load.run(target, stream=False, connections=SLOW_CONCURRENCY, seconds=1.5, slow=True)
+            if target.configs is None:
+                load.run(target, stream=True, connections=16, seconds=1)
+                load.run(target, stream=False, connections=SLOW_CONCURRENCY, seconds=1.5, slow=True)
 
         account = CpuAccount(processes)
         plan = [(f"{'stream' if stream else 'plain'}-c{c}", stream, c, SECONDS, False)
@@ -646,9 +746,9 @@ def main() -> None:
         plan.append((f"slow-c{SLOW_CONCURRENCY}", False, SLOW_CONCURRENCY, SLOW_SECONDS, True))
         results: dict[str, dict[str, list[dict]]] = {}
         for config, stream, connections, seconds, slow in plan:
-            results[config] = {target.name: [] for target in targets}
+            results[config] = {target.name: [] for target in targets if target.runs(config)}
             for _ in range(REPS):
-                for target in targets:
+                for target in (target for target in targets if target.runs(config)):
                     run = load.run(target, stream=stream, connections=connections, seconds=seconds, slow=slow)
                     results[config][target.name].append(run)
             summary = ", ".join(f"{name} p50 {_fmt(_median(runs, 'p50_ms'))} ms {_fmt(_median(runs, 'rps'), 0)} req/s"
@@ -658,7 +758,7 @@ def main() -> None:
         others = account.others_share()
         print(f"other processes used {others:.0%} of the machine's CPU during the measurements", file=sys.stderr)
         for target in targets:
-            if target.process is not None:
+            if target.process is not None and target.startup_s is not None:
                 target.peak_rss_mb = _tree_peak_mb(target.process.pid)
         table, headline = build_table(results, targets)
         raw = {"headline": headline, "others_cpu_share": others, "runs": results}

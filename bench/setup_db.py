@@ -1,10 +1,12 @@
 """Prepares the throwaway benchmark database: migrate, load the registry fixture, add `bench-slow`
 (the simulated upstream with 1000 ms of latency) and `bench-responses` (the simulated upstream on its Responses
-API), and create a top-tier user with an API key.
+API), and create a top-tier user with an API key, and a user of the tier `bench-limited` (as high as the top tier,
+with limits on requests, tokens and cost per minute and per day, too high to refuse anything: every request pays for
+the quota step) with a key of its own.
 
 Run as `python -m bench.setup_db` with LLMHUB_SQLITE_PATH (or DATABASE_URL) and LLMHUB_SIMULATOR_URL set;
-prints the raw API key as JSON on the last line. Running it again on the same database changes nothing but
-adds a key.
+prints the raw API keys as JSON on the last line (`api_key`, `limited_api_key`). Running it again on the same
+database changes nothing but adds keys.
 """
 
 import json
@@ -16,6 +18,10 @@ SLOW_MODEL_ID = "bench-slow"
 SLOW_UPSTREAM_MODEL = "demo@latency=1000"
 RESPONSES_MODEL_ID = "bench-responses"  # `demo` served on the simulator's /v1/responses: the chat → responses bridge
 TOP_TIER = "enterprise"
+LIMITED_TIER = "bench-limited"
+# Six counters per request, every one far from its limit.
+LIMITS = [(metric, period, limit) for period in ("minute", "day")
+          for metric, limit in (("requests", 10**9), ("tokens", 10**12), ("cost", 10**5))]
 
 
 def main() -> None:
@@ -24,7 +30,7 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
 
-    from registry.models import LLMModel, Provider, Tier
+    from registry.models import LLMModel, Provider, QuotaLimit, Tier
     from registry.services import api_key_create, user_tier_set
 
     call_command("migrate", interactive=False, verbosity=0)
@@ -44,7 +50,17 @@ def main() -> None:
     user, _ = get_user_model().objects.get_or_create(username="bench")
     user_tier_set(user=user, tier_slug=TOP_TIER)
     _, raw_key = api_key_create(user=user, name="bench")
-    print(json.dumps({"api_key": raw_key}))
+
+    top = Tier.objects.get(slug=TOP_TIER)
+    limited, _ = Tier.objects.get_or_create(slug=LIMITED_TIER, defaults={
+        "name": "Benchmark: limited", "rank": top.rank + 1, "description": "make bench: quotas on every request"})
+    for metric, period, limit in LIMITS:
+        QuotaLimit.objects.update_or_create(tier=limited, metric=metric, period=period, model="",
+                                            defaults={"limit": limit})
+    limited_user, _ = get_user_model().objects.get_or_create(username="bench-limited")
+    user_tier_set(user=limited_user, tier_slug=LIMITED_TIER)
+    _, limited_key = api_key_create(user=limited_user, name="bench-limited")
+    print(json.dumps({"api_key": raw_key, "limited_api_key": limited_key}))
 
 
 if __name__ == "__main__":

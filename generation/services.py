@@ -25,7 +25,7 @@ from llmhub.errors import ApplicationError, NotFound
 from registry.health import health_note, unhealthy_keys
 from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, get_default_model, get_model_by_id
 from usage.metrics import upstream_error_count
-from usage.quotas import Reservation, quota_reserve, quota_settle
+from usage.quotas import Reservation, quota_reserve, quota_settle_nowait
 from usage.services import (
     UsageEntry,
     tokens_count_messages,
@@ -497,8 +497,9 @@ async def run_finish(run: _Run, *, model: ModelSpec | None, usage: Usage, error:
     if not run.charges and model is not None:
         run.charge(model, usage)
     try:
-        await quota_settle(reservation=run.reservation, model=model, input_tokens=usage.input_tokens,
-                           output_tokens=usage.output_tokens, cost=run.charged())
+        # Sent now, answered after the response: the response does not wait for the quota back end.
+        quota_settle_nowait(reservation=run.reservation, model=model, input_tokens=usage.input_tokens,
+                            output_tokens=usage.output_tokens, cost=run.charged())
     finally:
         http_status, error_kind = error_classified(error) if error else (200, "")
         run.record(model=model, usage=usage, status=status or ("error" if error else "ok"), http_status=http_status,

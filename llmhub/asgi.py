@@ -24,6 +24,7 @@ from generation.client import clients_close  # noqa: E402
 from generation.openai_edge import is_mistaken_path, mistaken_path_message  # noqa: E402
 from llmhub import memory  # noqa: E402
 from usage.metrics import in_flight, metrics_access, metrics_exposition  # noqa: E402
+from usage.quotas import quota_settles_drain  # noqa: E402
 from usage.writer import asgi_lifespan  # noqa: E402
 
 # Everything imported so far (Django, the SDK's models) lives as long as the process. Frozen, it leaves the
@@ -36,12 +37,13 @@ in_flight.sampler_start()
 
 
 async def _lifespan(scope, receive, send) -> None:
-    """Shutdown comes after uvicorn drained every connection: close the upstream pools, then the usage
-    writer writes what is queued."""
+    """Shutdown comes after uvicorn drained every connection: the last settles reach the quota back end, the
+    upstream pools close, then the usage writer writes what is queued."""
 
     async def receive_closing_clients() -> dict:
         message = await receive()
         if message["type"] == "lifespan.shutdown":
+            await quota_settles_drain()
             await clients_close()
         return message
 

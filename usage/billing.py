@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -70,6 +71,23 @@ def billing_events_insert(entries: list[BillingEventEntry]) -> None:
     BillingEvent.objects.bulk_create(
         [BillingEvent(type=entry.type, dedupe_key=entry.dedupe_key, payload=entry.payload, created_at=entry.created_at)
          for entry in entries], ignore_conflicts=True)
+
+
+def billing_events_insert_sql(cursor, entries: list[BillingEventEntry]) -> None:
+    """`billing_events_insert` on a driver cursor (`%s` placeholders) in its transaction: the database quota back
+    end settles on the driver's own cursor, below Django's transaction layer, and its events join that commit."""
+    from django.db import connection
+
+    from usage.models import BillingEvent
+
+    fields = [BillingEvent._meta.get_field(name) for name in ("public_id", "type", "dedupe_key", "payload",
+                                                              "created_at")]
+    for entry in entries:
+        values = (uuid.uuid4(), entry.type, entry.dedupe_key, entry.payload, entry.created_at)
+        cursor.execute("INSERT INTO usage_billingevent (public_id, type, dedupe_key, payload, created_at) "
+                       "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (dedupe_key) DO NOTHING",
+                       [field.get_db_prep_value(value, connection, prepared=False)
+                        for field, value in zip(fields, values, strict=True)])
 
 
 def billing_event_body(event: BillingEvent) -> dict:

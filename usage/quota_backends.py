@@ -1,8 +1,9 @@
 """The two back ends of usage.quotas: one interface, one atomic step per decision.
 
 - `RedisQuotaBackend` (production: REDIS_URL set): one Lua script per decision takes every counter of a
-  request in one round trip. A counter is a hash (`used`, `held`, `refused`, and `h:<request id>` per
-  reservation) beside a sorted set of the reservations' expiry times; it expires after its period.
+  request in one round trip. A counter is a hash (`used`, `held`, `refused`) that expires after its period; a
+  reservation is one record in its owner's hash of holds (every counter's amount), with its expiry time in the
+  owner's sorted set.
 - `DatabaseQuotaBackend` (embedded): a conditional `UPDATE … SET held = held + n WHERE used + held + n <= limit`
   per counter in one transaction, checking the row count; reservations are rows of `QuotaHold`.
 
@@ -12,17 +13,21 @@ periodic sweep, gives its amount back first.
 """
 
 import asyncio
+import atexit
+import collections
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache, partial
+from functools import cache, lru_cache, partial
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections, transaction
 
-from usage.billing import billing_events_insert, quota_thresholds_crossed
+from usage.billing import billing_events_insert_sql, quota_thresholds_crossed
 from usage.redis_client import RedisClient, RedisUnavailable
 from usage.writer import writer
 
@@ -56,6 +61,15 @@ class QuotaBackend:
                      hold_seconds: float) -> None:
         raise NotImplementedError
 
+    def settle_nowait(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
+                      hold_seconds: float) -> None:
+        """As `settle`, without waiting for the back end: the settle is sent (or queued) before this returns, so
+        this process's later decisions come after it; a failure is logged (the reservation then expires)."""
+        raise NotImplementedError
+
+    async def drain(self) -> None:
+        """Waits until every settle sent without waiting has reached the back end (at shutdown)."""
+
     async def counters(self, keys: list[str]) -> dict[str, dict[str, int]]:
         """`used`, `held`, `refused` and `holds` (reservations not settled) of each counter: for tests and pages."""
         raise NotImplementedError
@@ -63,74 +77,114 @@ class QuotaBackend:
 
 # --- Redis ----------------------------------------------------------------------------------------------------
 
+# The owner's reservations live beside its counters (one hash tag, so a cluster keeps them on one node): a hash
+# `<owner>:holds` (request id -> "counter amount counter amount ...") and a sorted set `<owner>:x` of their expiry
+# times. A reservation is thus one record whatever the number of counters, and a counter's TTL is set once, when
+# it is created (its key names its period window, so its end never changes).
 _RESERVE = """
--- KEYS: counters. ARGV: request id, hold ms, then per counter: limit, amount, window end (ms).
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
-local id, hold = ARGV[1], tonumber(ARGV[2])
-local refused = -1
-local state = {}
-for i, key in ipairs(KEYS) do
-  local limit, amount = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
-  local values = redis.call('HMGET', key, 'used', 'held')
-  local used, held = tonumber(values[1] or '0'), tonumber(values[2] or '0')
-  if refused < 0 and used + held + amount > limit then
-    -- Reservations of crashed processes expire: give them back before refusing.
-    local expired = redis.call('ZRANGEBYSCORE', key .. ':x', '-inf', now)
+-- KEYS: the owner's holds, their expiry set, then the counters. ARGV: request id, hold ms, then per counter:
+-- limit, amount, window end (ms).
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local holds, expiry, id, hold = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
+local count = #KEYS - 2
+local state, fresh = {}, {}
+local function read()
+  local refused = -1
+  for i = 1, count do
+    local values = redis.call('HMGET', KEYS[i + 2], 'used', 'held')
+    local used, held = tonumber(values[1] or '0'), tonumber(values[2] or '0')
+    if refused < 0 and used + held + tonumber(ARGV[3 * i + 1]) > tonumber(ARGV[3 * i]) then refused = i end
+    state[2 * i], state[2 * i + 1], fresh[i] = used, held, not values[1] and not values[2]
+  end
+  return refused
+end
+local refused = read()
+if refused > 0 then
+  -- Reservations of crashed processes expire: give them back before refusing.
+  local expired = redis.call('ZRANGEBYSCORE', expiry, '-inf', now)
+  if #expired > 0 then
     for _, owner in ipairs(expired) do
-      local reserved = redis.call('HGET', key, 'h:' .. owner)
-      if reserved then
-        redis.call('HDEL', key, 'h:' .. owner)
-        if reserved ~= '0' then redis.call('HINCRBY', key, 'held', '-' .. reserved) end
+      local record = redis.call('HGET', holds, owner)
+      if record then
+        for key, amount in string.gmatch(record, '(%S+) (%S+)') do redis.call('HINCRBY', key, 'held', -tonumber(amount)) end
+        redis.call('HDEL', holds, owner)
       end
     end
-    if #expired > 0 then
-      redis.call('ZREMRANGEBYSCORE', key .. ':x', '-inf', now)
-      held = tonumber(redis.call('HGET', key, 'held') or '0')
-    end
-    if used + held + amount > limit then
-      refused = i - 1
-      redis.call('HINCRBY', key, 'refused', 1)
-      redis.call('PEXPIREAT', key, tonumber(ARGV[3 * i + 2]) + hold)
-    end
-  end
-  state[2 * i - 1], state[2 * i] = used, held
-end
-if refused < 0 then
-  for i, key in ipairs(KEYS) do
-    local amount, keep = ARGV[3 * i + 1], tonumber(ARGV[3 * i + 2]) + hold
-    if amount ~= '0' then
-      redis.call('HINCRBY', key, 'held', amount)
-      redis.call('HSET', key, 'h:' .. id, amount)
-      redis.call('ZADD', key .. ':x', now + hold, id)
-      redis.call('PEXPIREAT', key .. ':x', keep)
-      state[2 * i] = state[2 * i] + tonumber(amount)
-    end
-    redis.call('PEXPIREAT', key, keep)
+    redis.call('ZREMRANGEBYSCORE', expiry, '-inf', now)
+    refused = read()
   end
 end
-table.insert(state, 1, refused)
+if refused > 0 then
+  local key = KEYS[refused + 2]
+  redis.call('HINCRBY', key, 'refused', 1)
+  if fresh[refused] then redis.call('PEXPIREAT', key, tonumber(ARGV[3 * refused + 2]) + hold) end
+  state[1] = refused - 1
+  return state
+end
+local record, keep = {}, 0
+for i = 1, count do
+  local key, amount, ends = KEYS[i + 2], ARGV[3 * i + 1], tonumber(ARGV[3 * i + 2]) + hold
+  if amount ~= '0' then
+    redis.call('HINCRBY', key, 'held', amount)
+    record[#record + 1] = key .. ' ' .. amount
+    state[2 * i + 1] = state[2 * i + 1] + tonumber(amount)
+  end
+  if fresh[i] then redis.call('PEXPIREAT', key, ends) end
+  if ends > keep then keep = ends end
+end
+if #record > 0 then
+  redis.call('HSET', holds, id, table.concat(record, ' '))
+  redis.call('ZADD', expiry, now + hold, id)
+  local ttl = redis.call('PTTL', holds)  -- they live as long as the longest-lived counter they hold on
+  if ttl < 0 or now + ttl < keep then
+    redis.call('PEXPIREAT', holds, keep)
+    redis.call('PEXPIREAT', expiry, keep)
+  end
+end
+state[1] = -1
 return state
 """
 
 _SETTLE = """
--- KEYS: counters. ARGV: request id, hold ms, then per counter: actual amount, window end (ms).
-local id, hold = ARGV[1], tonumber(ARGV[2])
+-- KEYS: the owner's holds, their expiry set, then the counters. ARGV: request id, hold ms, then per counter:
+-- actual amount, window end (ms).
+local holds, expiry, id, hold = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
+local reserved = {}
 local used = {}
-for i, key in ipairs(KEYS) do
-  local reserved = redis.call('HGET', key, 'h:' .. id)
-  if reserved then
-    redis.call('HDEL', key, 'h:' .. id)
-    redis.call('ZREM', key .. ':x', id)
-    if reserved ~= '0' then redis.call('HINCRBY', key, 'held', '-' .. reserved) end
-  end
-  local actual = ARGV[2 * i + 1]
+local record = redis.call('HGET', holds, id)
+if record then
+  redis.call('HDEL', holds, id)
+  redis.call('ZREM', expiry, id)
+  for key, amount in string.gmatch(record, '(%S+) (%S+)') do reserved[key] = amount end
+end
+for i = 1, #KEYS - 2 do
+  local key, actual = KEYS[i + 2], ARGV[2 * i + 1]
+  local back = reserved[key]
+  if back then redis.call('HINCRBY', key, 'held', -tonumber(back)) end
   used[i] = -1
   if actual ~= '0' then used[i] = redis.call('HINCRBY', key, 'used', actual) end
-  redis.call('PEXPIREAT', key, tonumber(ARGV[2 * i + 2]) + hold)
+  -- A reservation given back meanwhile (it expired): the counter may have gone and come back without a TTL.
+  if not back then redis.call('PEXPIREAT', key, tonumber(ARGV[2 * i + 2]) + hold) end
 end
 return used  -- each counter's new usage (-1: unchanged), for the billing thresholds
 """
+
+
+def _owner_keys(counter: str) -> tuple[str, str]:
+    """The holds hash and expiry set of a counter's owner (the user: its hash tag)."""
+    owner = counter[:counter.index("}") + 1]
+    return owner + ":holds", owner + ":x"
+
+
+def _settle_arguments(request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
+                      hold_seconds: float) -> tuple[list[str], list]:
+    keys = [*_owner_keys(charges[0].key)]
+    args: list = [request_id, int(hold_seconds * 1000)]
+    for charge, amount in zip(charges, actual, strict=True):
+        keys.append(charge.key)
+        args += (amount, int(charge.window_end * 1000))
+    return keys, args
 
 
 class RedisQuotaBackend(QuotaBackend):
@@ -141,20 +195,28 @@ class RedisQuotaBackend(QuotaBackend):
         self.client = RedisClient(url, timeout=timeout)
 
     async def reserve(self, *, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
+        keys = [*_owner_keys(charges[0].key)]
         args: list = [request_id, int(hold_seconds * 1000)]
         for charge in charges:
-            args += [charge.limit, charge.amount, int(charge.window_end * 1000)]
-        reply = await self._script(_RESERVE, [charge.key for charge in charges], args)
-        refused = int(reply[0])
+            keys.append(charge.key)
+            args += (charge.limit, charge.amount, int(charge.window_end * 1000))
+        reply = await self._script(_RESERVE, keys, args)
+        refused = reply[0]
         return Decision(refused=None if refused < 0 else refused, used=tuple(reply[1::2]), held=tuple(reply[2::2]))
 
     async def settle(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
                      hold_seconds: float) -> None:
-        args: list = [request_id, int(hold_seconds * 1000)]
-        for charge, amount in zip(charges, actual, strict=True):
-            args += [amount, int(charge.window_end * 1000)]
-        used = await self._script(_SETTLE, [charge.key for charge in charges], args)
+        used = await self._script(_SETTLE, *_settle_arguments(request_id, charges, actual, hold_seconds))
         _thresholds_queue(charges, actual, used)
+
+    def settle_nowait(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
+                      hold_seconds: float) -> None:
+        self.client.script_nowait(_SETTLE, *_settle_arguments(request_id, charges, actual, hold_seconds),
+                                  failed=partial(_settle_failed_error, request_id=request_id),
+                                  done=partial(_thresholds_queue, charges, actual))
+
+    async def drain(self) -> None:
+        await self.client.drain()
 
     async def _script(self, source: str, keys: list[str], args: list):
         try:
@@ -167,113 +229,207 @@ class RedisQuotaBackend(QuotaBackend):
         for key in keys:
             try:
                 reply = await self.client.call("HGETALL", key)
+                records = await self.client.call("HVALS", _owner_keys(key)[0])
             except RedisUnavailable as error:
                 raise QuotaBackendError(str(error)) from error
             fields = {reply[i].decode(): int(reply[i + 1]) for i in range(0, len(reply), 2)}
             result[key] = {"used": fields.get("used", 0), "held": fields.get("held", 0),
                            "refused": fields.get("refused", 0),
-                           "holds": sum(1 for name in fields if name.startswith("h:"))}
+                           "holds": sum(1 for record in records if key in record.decode().split(" ")[::2])}
         return result
 
 
 # --- Database ---------------------------------------------------------------------------------------------------
 
 _SWEEP_EVERY_SECONDS = 60.0
+SETTLE_DELAY_SECONDS = 0.005
 
 
 class DatabaseQuotaBackend(QuotaBackend):
-    """Counters in `usage_quotacounter`, reservations in `usage_quotahold`. Each decision is one short transaction
-    in a worker thread (never across an upstream call); counters are taken in key order, so two transactions on
-    PostgreSQL cannot deadlock."""
+    """Counters in `usage_quotacounter`, reservations in `usage_quotahold`. Decisions run on one thread of their
+    own (never across an upstream call, never on the event loop): this process's decisions and settles queue there
+    in order, so nothing sees a reservation unsettled after its settle was sent. A decision is one statement over
+    every counter of the request (a conditional upsert), plus one that records the reservation.
+
+    On SQLite, whatever has queued up meanwhile (at concurrency 16, several decisions and settles) runs in one
+    transaction: one commit for all of them. On PostgreSQL each runs in its own short transaction, its counters
+    taken in key order, so two processes cannot deadlock."""
 
     def __init__(self) -> None:
         self._swept_at = 0.0
-        # One thread of its own: decisions of this process queue there in order (no lock waits between them, a warm
-        # connection), and a hop costs half of asgiref's.
+        # One thread (a hop costs half of asgiref's, and its connection stays warm); the executor's own exit handler
+        # runs what is still queued before the interpreter ends.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quota-db")
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._grouped = settings.DATABASES[DEFAULT_DB_ALIAS]["ENGINE"] == "django.db.backends.sqlite3"
+        self._kick_pending = False
+        atexit.register(self._exit)
 
     async def reserve(self, *, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
-        return await self._in_thread(self._reserve, request_id, charges, hold_seconds)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._submit(_Job(self._reserve, (request_id, charges, hold_seconds), loop, future))
+        return await future
 
     async def settle(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
                      hold_seconds: float) -> None:
+        self.settle_nowait(request_id=request_id, charges=charges, actual=actual, hold_seconds=hold_seconds)
+
+    def settle_nowait(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
+                      hold_seconds: float) -> None:
         # Queued, not awaited: the quota thread runs it before any later decision or read of this process (it takes
         # work in order), so nothing sees the reservation unsettled; the response need not wait for the commit.
-        # Work still queued at exit is run before the interpreter ends (ThreadPoolExecutor joins its threads).
-        done = self._thread.submit(self._guarded, self._settle, (request_id, charges, actual))
-        done.add_done_callback(partial(_settle_failed, request_id=request_id))
+        # On SQLite it waits up to SETTLE_DELAY_SECONDS for the next decision, to share its commit (a commit is
+        # most of a decision's cost there); other processes see it that much later.
+        job = _Job(self._settle, (request_id, charges, actual), None, None, request_id)
+        if not self._grouped:
+            self._submit(job)
+            return
+        self._jobs.append(job)
+        if not self._kick_pending:
+            try:
+                asyncio.get_running_loop().call_later(SETTLE_DELAY_SECONDS, self._kick)
+            except RuntimeError:  # no event loop: now
+                self._thread.submit(self._run_queued)
+                return
+            self._kick_pending = True
+
+    def _kick(self) -> None:
+        self._kick_pending = False
+        if self._jobs:
+            self._thread.submit(self._run_queued)
+
+    async def drain(self) -> None:
+        await asyncio.wrap_future(self._thread.submit(self._run_queued))
+
+    def _exit(self) -> None:
+        """At exit, settles still waiting for a decision to share its commit are written (in this thread)."""
+        if self._jobs:
+            self._run_queued()
 
     async def counters(self, keys: list[str]) -> dict[str, dict[str, int]]:
-        return await self._in_thread(self._counters, keys)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._submit(_Job(self._counters, (keys,), loop, future))
+        return await future
 
-    async def _in_thread(self, function, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._guarded, function, args)
+    def _submit(self, job: "_Job") -> None:
+        self._jobs.append(job)
+        self._thread.submit(self._run_queued)
 
-    @staticmethod
-    def _guarded(function, args):
-        db = connections[DEFAULT_DB_ALIAS]  # once: each access through the `connection` proxy costs a lookup
+    def _run_queued(self) -> None:
+        """Runs the jobs queued so far (none when an earlier run took them): on SQLite in one transaction."""
+        db = connections[DEFAULT_DB_ALIAS]
+        while self._jobs:
+            jobs = [self._jobs.popleft()]
+            while self._grouped and self._jobs:
+                jobs.append(self._jobs.popleft())
+            outcomes = self._run(db, jobs)
+            waiting: dict[asyncio.AbstractEventLoop, list] = {}
+            for job, (result, error) in zip(jobs, outcomes, strict=True):
+                if job.future is not None:
+                    waiting.setdefault(job.loop, []).append((job.future, result, error))
+                elif error is not None:
+                    _settle_failed_error(error, request_id=job.request_id)
+            for loop, answers in waiting.items():  # one wake-up per event loop
+                with contextlib.suppress(RuntimeError):  # its loop closed meanwhile: nobody waits any more
+                    loop.call_soon_threadsafe(_resolve, answers)
+
+    def _run(self, db, jobs: list["_Job"]) -> list[tuple[object, Exception | None]]:
+        outcomes: list[tuple[object, Exception | None]] = []
         try:
             with db.wrap_database_errors:
-                db.ensure_connection()
-                with transaction.atomic(using=DEFAULT_DB_ALIAS):
-                    # The backend's own cursor, without Django's debug wrapper (DEBUG is on when embedded): the
-                    # statements below are the whole decision and the budget is a fraction of a millisecond.
-                    return function(db.create_cursor(), *args)
-        except DatabaseError as error:
-            db.close()  # a connection that broke is not reused: the next decision opens a new one
-            raise QuotaBackendError(type(error).__name__) from error
+                if db.connection is None:
+                    db.ensure_connection()
+                if self._grouped:
+                    outcomes = self._run_sqlite(db.connection, jobs)
+                else:
+                    with transaction.atomic(using=DEFAULT_DB_ALIAS):
+                        # The backend's own cursor, without Django's debug wrapper: the statements below are the
+                        # whole decision and the budget is a fraction of a millisecond.
+                        cursor = db.create_cursor()
+                        outcomes = [(job.function(cursor, *job.args), None) for job in jobs]
+        except Exception as error:
+            if isinstance(error, DatabaseError):
+                db.close()  # a connection that broke is not reused: the next decision opens a new one
+            else:
+                logger.exception("quota decision failed")
+            failure = QuotaBackendError(type(error).__name__)
+            return [(None, failure)] * len(jobs)  # the transaction rolled back: none of them happened
+        return outcomes
 
-    # The conditional UPDATE: the counter takes the amount only while used + held + amount <= limit (a counter
-    # not there yet is created with it, if it fits); a row comes back exactly when it did. One statement per
-    # counter, atomic on SQLite and on PostgreSQL (ON CONFLICT locks the row and re-checks on its latest version).
-    _TAKE = ("INSERT INTO usage_quotacounter (key, used, held, refused, window_end) SELECT %s, 0, %s, 0, %s WHERE %s <= %s "
+    @staticmethod
+    def _run_sqlite(raw, jobs: list["_Job"]) -> list[tuple[object, Exception | None]]:
+        """On SQLite, straight on the driver's connection (Django keeps it in autocommit outside `atomic`): Django's
+        transaction and cursor layers cost more than the statements. IMMEDIATE takes the write lock first, so two
+        processes never deadlock upgrading a read lock."""
+        cursor = _QmarkCursor(raw.cursor())
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            outcomes = [(job.function(cursor, *job.args), None) for job in jobs]
+        except BaseException:
+            raw.execute("ROLLBACK")
+            raise
+        raw.execute("COMMIT")
+        return outcomes
+
+    # The conditional upsert over every counter of a request: a counter takes its amount only while
+    # used + held + amount <= limit (one not there yet is created with it, if it fits); a row comes back for
+    # exactly those that did. Atomic on SQLite and PostgreSQL (ON CONFLICT locks the row and re-checks its latest
+    # version); the counters are in key order, so two transactions on PostgreSQL cannot deadlock.
+    _TAKE = ("WITH v(k, amount, window_end, lim) AS (VALUES {rows}) "
+             "INSERT INTO usage_quotacounter (key, used, held, refused, window_end) "
+             "SELECT k, 0, amount, 0, window_end FROM v WHERE amount <= lim "
              "ON CONFLICT (key) DO UPDATE SET held = usage_quotacounter.held + excluded.held "
-             "WHERE usage_quotacounter.used + usage_quotacounter.held + excluded.held <= %s "
-             "RETURNING used, held")
+             "WHERE usage_quotacounter.used + usage_quotacounter.held + excluded.held <= "
+             "(SELECT lim FROM v WHERE v.k = excluded.key) "
+             "RETURNING key, used, held")
 
     def _reserve(self, cursor, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
         now = time.time()
         if now - self._swept_at > _SWEEP_EVERY_SECONDS:
             self._swept_at = now
             self._sweep(cursor, now)
-        state: dict[str, tuple[int, int]] = {}
-        refused = None
-        for index in sorted(range(len(charges)), key=lambda index: charges[index].key):  # one lock order
-            charge = charges[index]
-            taken = self._take(cursor, charge, hold_seconds)
-            if taken is None and self._reclaim(cursor, charge.key, now):
-                taken = self._take(cursor, charge, hold_seconds)
-            if taken is None:
-                refused = index
-                break
-            state[charge.key] = taken
-        if refused is None:
+        ordered = sorted(charges, key=lambda charge: charge.key)  # one lock order
+        taken = self._take(cursor, ordered, hold_seconds)
+        if len(taken) < len(charges) and sum(self._reclaim(cursor, charge.key, now)
+                                             for charge in ordered if charge.key not in taken):
+            self._give_back(cursor, ordered, taken)
+            taken = self._take(cursor, ordered, hold_seconds)
+        if len(taken) == len(charges):
             expires = _datetime(now + hold_seconds)
             holds = [(request_id, charge.key, charge.amount, expires) for charge in charges if charge.amount]
             if holds:
                 marks = ", ".join(["(%s, %s, %s, %s)"] * len(holds))
                 cursor.execute(f"INSERT INTO usage_quotahold (request_id, key, amount, expires_at) VALUES {marks}",  # noqa: S608
                                [value for hold in holds for value in hold])
-        else:
-            for key, _ in state.items():  # give back what the counters before it took
-                amount = next(charge.amount for charge in charges if charge.key == key)
-                cursor.execute("UPDATE usage_quotacounter SET held = held - %s WHERE key = %s", [amount, key])
-            charge = charges[refused]
-            cursor.execute("INSERT INTO usage_quotacounter (key, used, held, refused, window_end) VALUES (%s, 0, 0, 1, %s) "
-                           "ON CONFLICT (key) DO UPDATE SET refused = usage_quotacounter.refused + 1",
-                           [charge.key, _datetime(charge.window_end + hold_seconds)])
-            marks = ", ".join(["%s"] * len(charges))
-            cursor.execute(f"SELECT key, used, held FROM usage_quotacounter WHERE key IN ({marks})",  # noqa: S608
-                           [charge.key for charge in charges])
-            state = {key: (used, held) for key, used, held in cursor.fetchall()}
+            return Decision(refused=None, used=tuple(taken[c.key][0] for c in charges),
+                            held=tuple(taken[c.key][1] for c in charges))
+        refused = next(index for index, charge in enumerate(charges) if charge.key not in taken)
+        self._give_back(cursor, ordered, taken)
+        charge = charges[refused]
+        cursor.execute("INSERT INTO usage_quotacounter (key, used, held, refused, window_end) VALUES (%s, 0, 0, 1, %s) "
+                       "ON CONFLICT (key) DO UPDATE SET refused = usage_quotacounter.refused + 1",
+                       [charge.key, _datetime(charge.window_end + hold_seconds)])
+        marks = ", ".join(["%s"] * len(charges))
+        cursor.execute(f"SELECT key, used, held FROM usage_quotacounter WHERE key IN ({marks})",  # noqa: S608
+                       [charge.key for charge in charges])
+        state = {key: (used, held) for key, used, held in cursor.fetchall()}
         return Decision(refused=refused, used=tuple(state.get(c.key, (0, 0))[0] for c in charges),
                         held=tuple(state.get(c.key, (0, 0))[1] for c in charges))
 
-    def _take(self, cursor, charge: Charge, hold_seconds: float) -> tuple[int, int] | None:
-        cursor.execute(self._TAKE, [charge.key, charge.amount, _datetime(charge.window_end + hold_seconds),
-                                    charge.amount, charge.limit, charge.limit])
-        row = cursor.fetchone()
-        return None if row is None else (row[0], row[1])
+    def _take(self, cursor, ordered: list[Charge], hold_seconds: float) -> dict[str, tuple[int, int]]:
+        cursor.execute(self._TAKE.format(rows=", ".join(["(%s, %s, %s, %s)"] * len(ordered))),
+                       [value for charge in ordered for value in (
+                           charge.key, charge.amount, _window_datetime(charge.window_end + hold_seconds), charge.limit)])
+        return {key: (used, held) for key, used, held in cursor.fetchall()}
+
+    @staticmethod
+    def _give_back(cursor, ordered: list[Charge], taken: dict[str, tuple[int, int]]) -> None:
+        """Undoes what the counters that had room took (the request was refused by another)."""
+        for charge in ordered:
+            if charge.key in taken:
+                cursor.execute("UPDATE usage_quotacounter SET held = held - %s WHERE key = %s", [charge.amount, charge.key])
 
     @staticmethod
     def _reclaim(cursor, key: str, now: float) -> int:
@@ -289,15 +445,17 @@ class DatabaseQuotaBackend(QuotaBackend):
     def _settle(cursor, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...]) -> None:
         cursor.execute("DELETE FROM usage_quotahold WHERE request_id = %s RETURNING key, amount", [request_id])
         held = dict(cursor.fetchall())  # a reservation that expired meanwhile was given back already
-        used = {}
-        for charge, amount in sorted(zip(charges, actual, strict=True), key=lambda pair: pair[0].key):
-            cursor.execute("UPDATE usage_quotacounter SET used = used + %s, held = held - %s WHERE key = %s "
-                           "RETURNING used", [amount, held.get(charge.key, 0), charge.key])
-            used[charge.key] = (cursor.fetchone() or (None,))[0]
+        ordered = sorted(zip(charges, actual, strict=True), key=lambda pair: pair[0].key)
+        rows = ", ".join(["(%s, %s, %s)"] * len(ordered))
+        # One statement for every counter (UPDATE … FROM: PostgreSQL, SQLite ≥ 3.33).
+        cursor.execute(f"UPDATE usage_quotacounter SET used = used + v.column2, held = held - v.column3 "  # noqa: S608
+                       f"FROM (VALUES {rows}) AS v WHERE usage_quotacounter.key = v.column1 RETURNING key, used",
+                       [value for charge, amount in ordered for value in (charge.key, amount, held.get(charge.key, 0))])
+        used = dict(cursor.fetchall())
         # Billing thresholds crossed by this settle are written in its transaction (usage/billing.py).
-        crossed = quota_thresholds_crossed(charges=charges, actual=actual, used=tuple(used[c.key] for c in charges))
+        crossed = quota_thresholds_crossed(charges=charges, actual=actual, used=tuple(used.get(c.key) for c in charges))
         if crossed:
-            billing_events_insert(crossed)
+            billing_events_insert_sql(cursor, crossed)
 
     def _sweep(self, cursor, now: float) -> None:
         """Gives back every expired reservation, and drops counters whose period (plus the hold time) is over."""
@@ -319,21 +477,71 @@ class DatabaseQuotaBackend(QuotaBackend):
 
 def _thresholds_queue(charges: tuple[Charge, ...], actual: tuple[int, ...], used: list[int]) -> None:
     """Billing thresholds a Redis settle crossed join the usage writer's queue (usage/billing.py says why)."""
-    crossed = quota_thresholds_crossed(charges=charges, actual=actual,
-                                       used=tuple(None if value < 0 else value for value in used))
+    try:
+        crossed = quota_thresholds_crossed(charges=charges, actual=actual,
+                                           used=tuple(None if value < 0 else value for value in used))
+    except Exception:  # an answer of an unexpected shape must not break the event loop's callbacks
+        logger.exception("billing thresholds of a settle not checked")
+        return
     for event in crossed:
         writer.record(event)
 
 
-def _settle_failed(done, *, request_id: str) -> None:
-    if done.exception() is not None:
-        logger.error("request %s: quota not settled (%s); its reservation expires by itself", request_id,
-                     done.exception())
+class _QmarkCursor:
+    """The sqlite3 driver's cursor taking the statements above (`%s` placeholders, converted once each)."""
+
+    __slots__ = ("cursor",)
+
+    def __init__(self, cursor) -> None:
+        self.cursor = cursor
+
+    def execute(self, sql: str, params) -> None:
+        self.cursor.execute(_qmark(sql), params)
+
+    def fetchall(self) -> list:
+        return self.cursor.fetchall()
+
+    def fetchone(self):
+        return self.cursor.fetchone()
+
+
+@lru_cache(maxsize=128)
+def _qmark(sql: str) -> str:
+    return sql.replace("%s", "?")
+
+
+@dataclass(slots=True)
+class _Job:
+    function: Callable
+    args: tuple
+    loop: asyncio.AbstractEventLoop | None
+    future: asyncio.Future | None  # None: nobody waits (a settle); a failure is logged
+    request_id: str = ""
+
+
+def _resolve(answers: list[tuple[asyncio.Future, object, Exception | None]]) -> None:
+    for future, result, error in answers:
+        if future.done():  # its caller gave up (cancelled)
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _settle_failed_error(error: BaseException, *, request_id: str) -> None:
+    logger.error("request %s: quota not settled (%s); its reservation expires by itself", request_id, error)
 
 
 def _datetime(epoch: float):
     """A timestamp as the database compares it (SQLite keeps datetimes as UTC text)."""
     return connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(epoch, UTC))
+
+
+@lru_cache(maxsize=256)
+def _window_datetime(epoch: float):
+    """`_datetime` of a period window's end: the same few values, request after request."""
+    return _datetime(epoch)
 
 
 # --- Choosing one -----------------------------------------------------------------------------------------------

@@ -210,9 +210,41 @@ async def quota_settle(*, reservation: Reservation | None, model: ModelSpec | No
     """Replaces the reservation by the actual usage: 1 request, the tokens used, their cost at the answering
     model's prices (0 when no model answered; an own model's cost only when its tier meters own models), or
     `cost` when the answer came in parts from several models (a translation's pieces, each at its own prices).
-    Never raises: a back end that cannot settle is logged, and the hold expires by itself."""
-    if reservation is None or not reservation.charges or reservation.settled:
+    Waits for the back end. Never raises: a back end that cannot settle is logged, and the hold expires by itself."""
+    actual = _settlement(reservation, model, input_tokens, output_tokens, cost)
+    if actual is None:
         return
+    try:
+        await quota_backend().settle(request_id=reservation.request_id, charges=reservation.charges, actual=actual,
+                                     hold_seconds=_config("QUOTA_HOLD_SECONDS"))
+    except QuotaBackendError as error:
+        logger.error("request %s: quota not settled (%s); its hold expires by itself; unrecorded usage: %s",
+                     reservation.request_id, type(error).__name__, dict(zip([c.key for c in reservation.charges],
+                                                                              actual, strict=True)))
+
+
+def quota_settle_nowait(*, reservation: Reservation | None, model: ModelSpec | None, input_tokens: int,
+                        output_tokens: int, cost: Decimal | None = None) -> None:
+    """As `quota_settle`, for the request path: the settle is sent to the back end (Redis: written on this
+    process's connection; the database: queued on the quota thread) before this returns, so every later decision
+    of this process comes after it, but the response does not wait for the back end's answer. A failure is
+    logged, and the hold expires by itself."""
+    actual = _settlement(reservation, model, input_tokens, output_tokens, cost)
+    if actual is not None:
+        quota_backend().settle_nowait(request_id=reservation.request_id, charges=reservation.charges, actual=actual,
+                                      hold_seconds=_config("QUOTA_HOLD_SECONDS"))
+
+
+async def quota_settles_drain() -> None:
+    """At shutdown: waits until the back end has every settle sent without waiting."""
+    await quota_backend().drain()
+
+
+def _settlement(reservation: Reservation | None, model: ModelSpec | None, input_tokens: int, output_tokens: int,
+                cost: Decimal | None) -> tuple[int, ...] | None:
+    """Each counter's actual amount (None: nothing to settle, or settled already)."""
+    if reservation is None or not reservation.charges or reservation.settled:
+        return None
     reservation.settled = True
     tokens = input_tokens + output_tokens
     if cost is None:
@@ -221,15 +253,8 @@ async def quota_settle(*, reservation: Reservation | None, model: ModelSpec | No
             input_price_per_million=model.input_price_per_million,
             output_price_per_million=model.output_price_per_million)
     cost_units = _cost_units(cost)
-    actual = tuple(_reserved_amount(applied.spec.metric, tokens=tokens, cost_units=cost_units)
-                   for applied in reservation.applied)
-    try:
-        await quota_backend().settle(request_id=reservation.request_id, charges=reservation.charges, actual=actual,
-                                     hold_seconds=_config("QUOTA_HOLD_SECONDS"))
-    except QuotaBackendError as error:
-        logger.error("request %s: quota not settled (%s); its hold expires by itself; unrecorded usage: %s",
-                     reservation.request_id, type(error).__name__, dict(zip([c.key for c in reservation.charges],
-                                                                              actual, strict=True)))
+    return tuple(_reserved_amount(applied.spec.metric, tokens=tokens, cost_units=cost_units)
+                 for applied in reservation.applied)
 
 
 # --- OpenAI's rate-limit headers ------------------------------------------------------------------------------

@@ -10,12 +10,20 @@ the next call opens a new one (so service resumes by itself when Redis is back).
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import ssl
 import weakref
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import hiredis
+
+# A command sent without waiting (a quota settle) waits at most this long for the next command (the next request's
+# decision) to share its system call and its answer's wake-up.
+NOWAIT_WITHIN_SECONDS = 0.002
 
 
 class RedisUnavailable(Exception):
@@ -28,6 +36,8 @@ class _Protocol(asyncio.Protocol):
         self.lost = False
         self._reader = hiredis.Reader()
         self._waiting: collections.deque[asyncio.Future] = collections.deque()
+        self._unsent: list[bytes] = []
+        self._write_soon = self._write_later = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -46,11 +56,41 @@ class _Protocol(asyncio.Protocol):
             if not future.done():
                 future.set_exception(RedisUnavailable("the connection to Redis was lost"))
 
-    def send(self, packed: bytes) -> asyncio.Future:
+    def send(self, packed: bytes, *, within: float = 0.0) -> asyncio.Future:
+        """Queues a command; the commands queued during one turn of the event loop are written together (at
+        concurrency 16, one system call for several requests' commands). With `within` (seconds), the command
+        may wait that long for another to go out with (and its answer to come back with the other's)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._waiting.append(future)
+        self._unsent.append(packed)
+        if within:
+            if not self._write_later:
+                self._write_later = True
+                loop.call_later(within, self._write_delayed)
+        elif not self._write_soon:
+            self._write_soon = True
+            loop.call_soon(self._write)
+        return future
+
+    def _write_delayed(self) -> None:
+        self._write_later = False
+        self._write()
+
+    def send_now(self, packed: bytes) -> asyncio.Future:
+        """Writes a command (after any still queued) at once: once this returns, the bytes are the kernel's, which
+        delivers them even if this process is killed the next moment."""
         future = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
-        self.transport.write(packed)
+        self._unsent.append(packed)
+        self._write()
         return future
+
+    def _write(self) -> None:
+        self._write_soon = False
+        if self._unsent and not self.lost:
+            self.transport.write(self._unsent[0] if len(self._unsent) == 1 else b"".join(self._unsent))
+        self._unsent.clear()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -74,6 +114,7 @@ class RedisClient:
         self._connections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._connecting: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._shas: dict[str, str] = {}
+        self._background: set[asyncio.Task] = set()
 
     async def call(self, *args: str | int | bytes):
         connection = self._connections.get(asyncio.get_running_loop())
@@ -90,14 +131,93 @@ class RedisClient:
             raise RedisUnavailable(f"Redis refused the command: {reply}")
         return reply
 
+    def call_now(self, args: tuple, *, failed: Callable[[Exception], None]) -> bool:
+        """Writes a command at once without waiting for its answer (see `_Protocol.send_now`); `failed(error)` is
+        called if Redis refuses it or the connection is lost first. False when this event loop has no connection
+        yet (one is opened in the background): the caller does without."""
+        loop = asyncio.get_running_loop()
+        connection = self._connections.get(loop)
+        if connection is None or connection.lost:
+            if loop not in self._connecting:
+                task = loop.create_task(self._connect())
+                self._background.add(task)
+                task.add_done_callback(_connect_done)
+                task.add_done_callback(self._background.discard)
+            return False
+        future = connection.send_now(hiredis.pack_command(args))
+        future.add_done_callback(partial(_reply_check, failed))
+        return True
+
     async def script(self, source: str, keys: list[str], args: list):
-        sha = self._shas.get(source) or self._shas.setdefault(source, hashlib.sha1(source.encode()).hexdigest())  # noqa: S324
         try:
-            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+            return await self.call("EVALSHA", self._sha(source), len(keys), *keys, *args)
         except RedisUnavailable as error:
             if "NOSCRIPT" not in str(error):
                 raise
         return await self.call("EVAL", source, len(keys), *keys, *args)  # Redis restarted: it loads the script again
+
+    def script_nowait(self, source: str, keys: list[str], args: list, *,
+                      failed: Callable[[Exception], None], done: Callable[[Any], None] | None = None) -> None:
+        """Runs a script without waiting for its answer: the command is queued now (so a later command of this
+        process runs after it) and goes out with the next command, within NOWAIT_WITHIN_SECONDS; `failed(error)`
+        is called if Redis refuses it or the connection is lost first, `done(reply)` when it ran. Without a
+        connection, one is opened in a task of its own."""
+        loop = asyncio.get_running_loop()
+        connection = self._connections.get(loop)
+        if connection is None or connection.lost:
+            task = loop.create_task(self._script_reporting(source, keys, args, failed, done))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return
+        future = connection.send(hiredis.pack_command(("EVALSHA", self._sha(source), len(keys), *keys, *args)),
+                                 within=NOWAIT_WITHIN_SECONDS)
+        future.add_done_callback(partial(self._nowait_done, source, keys, args, failed, done))
+
+    def _nowait_done(self, source: str, keys: list[str], args: list, failed: Callable[[Exception], None],
+                     done: Callable[[Any], None] | None, future: asyncio.Future) -> None:
+        error = future.exception()
+        reply = None if error is not None else future.result()
+        if isinstance(reply, hiredis.ReplyError):
+            if "NOSCRIPT" in str(reply):  # Redis restarted: send the script itself
+                task = asyncio.get_running_loop().create_task(
+                    self._script_reporting(source, keys, args, failed, done, by_sha=False))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                return
+            error = RedisUnavailable(f"Redis refused the command: {reply}")
+        if error is not None:
+            failed(error)
+        elif done is not None:
+            done(reply)
+
+    async def _script_reporting(self, source: str, keys: list[str], args: list, failed: Callable[[Exception], None],
+                                done: Callable[[Any], None] | None = None, *, by_sha: bool = True) -> None:
+        try:
+            if by_sha:
+                reply = await self.script(source, keys, args)
+            else:
+                reply = await self.call("EVAL", source, len(keys), *keys, *args)
+        except RedisUnavailable as error:
+            failed(error)
+            return
+        if done is not None:
+            done(reply)
+
+    async def drain(self) -> None:
+        """At shutdown: waits until Redis has run every script sent without waiting (an answer to a PING comes
+        after theirs)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        connection = self._connections.get(asyncio.get_running_loop())
+        if connection is not None and not connection.lost:
+            with contextlib.suppress(RedisUnavailable):
+                await self.call("PING")
+
+    def _sha(self, source: str) -> str:
+        sha = self._shas.get(source)
+        if sha is None:
+            sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324
+        return sha
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -129,3 +249,16 @@ class RedisClient:
             raise RedisUnavailable(f"cannot connect to Redis: {type(error).__name__}") from None
         self._connections[loop] = connection
         return connection
+
+
+def _connect_done(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()  # a failed background connection is retried by the next call; nothing to report
+
+
+def _reply_check(failed: Callable[[Exception], None], future: asyncio.Future) -> None:
+    error = future.exception()
+    if error is None and isinstance(future.result(), hiredis.ReplyError):
+        error = RedisUnavailable(f"Redis refused the command: {future.result()}")
+    if error is not None:
+        failed(error)

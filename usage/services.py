@@ -20,6 +20,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from usage.metrics import usage_metrics_observe
+from usage.stream import stream_append
 from usage.writer import rows_insert, writer
 
 logger = logging.getLogger(__name__)
@@ -51,11 +52,19 @@ class UsageEntry:
 
 
 def usage_record(entry: UsageEntry) -> None:
-    """Queue `entry` for the batched writer. Non-blocking and thread-safe, safe to call from async code
-    (it does no I/O); never raises. An entry whose request_id is already logged is ignored."""
+    """Hand `entry` on: to the Redis stream when one is configured and this is an event loop (usage/stream.py: one
+    write on a socket, a consumer writes the database), else to the batched in-process writer (usage/writer.py).
+    Non-blocking and thread-safe, safe to call from async code; never raises. An entry whose request_id is
+    already logged is ignored."""
     if not isinstance(entry, UsageEntry):
         logger.error("usage_record() takes a UsageEntry, not %s: nothing recorded", type(entry).__name__)
         return
+    try:
+        if stream_append(entry):
+            usage_metrics_observe([entry])  # the consumer serves no /metrics: this process counts its rows
+            return
+    except Exception:
+        logger.exception("usage row %s could not be streamed: written by this process", entry.request_id)
     writer.record(entry)
 
 
