@@ -126,6 +126,8 @@ def _observe(entries: Iterable["UsageEntry"]) -> None:
     latencies: dict[tuple, Histogram] = {}
     ttfts: dict[tuple, Histogram] = {}
     for entry in entries:
+        if not hasattr(entry, "endpoint"):  # a billing event queued among the rows (usage/billing.py)
+            continue
         labels = (entry.endpoint, entry.requested_model)
         requests[(*labels, entry.status, str(entry.http_status))] += 1
         totals = spent[labels]
