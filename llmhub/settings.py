@@ -86,6 +86,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "adrf",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc, pinned and served by the app (the docs work offline)
     "registry",
     "generation",
     "translation",
@@ -219,6 +220,11 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # The API is JSON: forms are for the browsable API's and the pages' own use, not a documented interface.
     "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],
+    # The docs' scripts and styles come from drf-spectacular-sidecar's static files, never a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"persistAuthorization": True, "displayRequestDuration": True},
 }
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL",

@@ -2,84 +2,18 @@
 simulated upstream. Each test leaves screenshots in test-results/ (look at them: the pages must stay tidy)."""
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx2
 import pytest
-from django.conf import settings
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import expect
 
 from conftest import usage_rows
-from pages.tests.conftest import own_model
+from pages.tests.conftest import assert_not_reloaded, dot, log_in, mark_page, own_model, screenshot
 from registry.models import UserLLMConfig, UserModelPreferences
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-RESULTS = Path(settings.BASE_DIR) / "test-results"
 RED = "rgb(211, 47, 47)"  # --llmhub-down
-# Generous waits: the machine may be busy with other test runs; a passing check returns as soon as it holds.
-TIMEOUT_MS = 15_000
-expect.set_options(timeout=TIMEOUT_MS)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    # Sync Playwright drives its event loop from this thread (in a greenlet), so Django takes the test thread for
-    # an async context and refuses its ORM calls (the tests' own, and the database flush after each test). They
-    # are plain synchronous calls: the guard is lifted for this module only, and only once Playwright runs.
-    with sync_playwright() as playwright, pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser, live_hub) -> Iterator[Page]:
-    context = browser.new_context(base_url=live_hub, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    # A form answered 400 is logged as a failed load; anything else in the console is a bug of the page.
-    page.on("console", lambda message: message.type == "error" and "Failed to load resource" not in message.text
-            and errors.append(message.text))
-    yield page
-    context.close()
-    assert not errors, errors
-
-
-def screenshot(page: Page, name: str) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    page.screenshot(path=RESULTS / f"{name}.png", full_page=True)
-
-
-def log_in(page: Page, user, *, shot: str | None = None) -> None:
-    page.goto("/models/")
-    expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/models/$"))
-    page.get_by_label("Username").fill(user.username)
-    page.get_by_label("Password").fill("pw-" + user.username)
-    if shot:
-        screenshot(page, shot)
-    page.get_by_label("Password").press("Enter")
-    expect(page).to_have_url(re.compile(r"/models/$"))
-
-
-def mark_page(page: Page) -> None:
-    """A reload would lose this mark: `assert_not_reloaded` checks it is still there."""
-    page.evaluate("window.__llmhubMark = 'kept'")
-
-
-def assert_not_reloaded(page: Page) -> None:
-    assert page.evaluate("window.__llmhubMark") == "kept"
-
-
-def dot(page: Page, ref: str):
-    return page.locator(f'.status[data-status-ref="{ref}"]').first
 
 
 def test_it_logs_in_and_picks_a_default_model_that_the_api_uses(page, live_hub, make_user, api_key_for):
