@@ -32,6 +32,9 @@ from registry.services import (
 )
 
 User = get_user_model()
+admin.site.site_header = "llmhub administration"
+admin.site.site_title = "llmhub admin"
+admin.site.index_title = "Registry, users, keys and usage"
 # A base URL typed without a scheme is an https one (also Django 6's default).
 URLS_ASSUME_HTTPS = {models.URLField: {"assume_scheme": "https"}}
 

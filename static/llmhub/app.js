@@ -14,6 +14,25 @@
     return response.json();
   }
 
+  // --- Header menu (narrow screens): the button shows and hides the links; Escape closes them --------------
+
+  function menuSetUp() {
+    const button = document.querySelector(".menu-toggle");
+    if (!button) return;
+    const menu = document.getElementById(button.getAttribute("aria-controls"));
+    const show = (open) => {
+      menu.classList.toggle("open", open);
+      button.setAttribute("aria-expanded", String(open));
+    };
+    button.addEventListener("click", () => show(!menu.classList.contains("open")));
+    document.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && menu.classList.contains("open")) {
+        show(false);
+        button.focus();
+      }
+    });
+  }
+
   // --- Status dots: [data-status-ref] elements follow /models/status/ -------------------------------------
 
   function statusApply(element, info) {
@@ -252,6 +271,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
+    menuSetUp();
     statusPoll();
     const form = document.querySelector("form[data-playground]");
     if (form) playground(form);
