@@ -92,6 +92,26 @@ def preference_badges(*, preferences: PreferencesSpec, default: ModelSpec | None
     return {ref: tuple(labels) for ref, labels in badges.items()}
 
 
+def model_filters(rows: list[ModelRow]) -> dict[str, list[str]]:
+    """The choices of the models page's filters: the providers and capabilities its rows have."""
+    capabilities = {name for row in rows for name in row.capabilities}
+    return {"providers": list(dict.fromkeys(row.model.provider_name for row in rows)),
+            "capabilities": [name for name in CAPABILITIES if name in capabilities]}
+
+
+def defaults_down(*, data: Mapping, registry: Registry, tier: TierSpec, owner_id: int) -> list[tuple[ModelSpec, HealthSpec]]:
+    """The models a preferences form chooses as defaults (`data`, validated) that are Down now, each once."""
+    task_defaults = data.get("task_defaults") or {}
+    chosen = dict.fromkeys(filter(None, [data.get("default_model"), *task_defaults.values()]))
+    found = []
+    for model_id in chosen:
+        model = get_usable_model(model_id, tier=tier, registry=registry, owner_id=owner_id)
+        health = model_status(model) if model is not None else None
+        if health is not None and health.status == "down":
+            found.append((model, health))
+    return found
+
+
 def model_groups(rows: list[ModelRow]) -> list[tuple[str, list[ModelRow]]]:
     """Rows grouped by provider, registry providers first, in the registry's order."""
     return [(name, list(group)) for name, group in groupby(rows, key=lambda row: row.model.provider_name)]

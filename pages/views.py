@@ -25,7 +25,9 @@ from pages import playground
 from pages.forms import SerializerForm, user_model_initial
 from pages.selectors import (
     MINE,
+    defaults_down,
     health_title,
+    model_filters,
     model_groups,
     model_rows,
     model_test_ref,
@@ -100,10 +102,14 @@ def home(request: HttpRequest) -> HttpResponse:
 def models_picker(request: HttpRequest) -> HttpResponse:
     """Every model, the ones above the user's tier greyed out; POST saves the user's defaults (as PUT
     /api/preferences/ does, favourites aside)."""
+    registry, tier = registry_get(), user_tier_get(request.user)
+    down = []
     if request.method == "POST":
         form = SerializerForm(PreferencesInputSerializer, post=request.POST, exclude=("favourites",),
                               labels=PREFERENCE_LABELS)
-        if _saved(form, lambda data: preferences_update(user=request.user, data=data)):
+        if form.is_valid() and "confirm_down" not in request.POST:  # a Down default is saved only when confirmed
+            down = defaults_down(data=form.validated_data, registry=registry, tier=tier, owner_id=request.user.pk)
+        if not down and _saved(form, lambda data: preferences_update(user=request.user, data=data)):
             messages.success(request, "Your defaults are saved.")
             return redirect("pages:models")
     else:
@@ -111,13 +117,13 @@ def models_picker(request: HttpRequest) -> HttpResponse:
         form = SerializerForm(PreferencesInputSerializer, exclude=("favourites",), labels=PREFERENCE_LABELS,
                               initial={"default_model": preferences.default_model,
                                        "task_defaults": dict(preferences.task_defaults)})
-    registry, tier = registry_get(), user_tier_get(request.user)
     default = caller_default_model(request, tier, registry)
     badges = preference_badges(preferences=preferences_get(request.user.pk), default=default, registry=registry,
                                tier=tier, owner_id=request.user.pk)
     rows = model_rows(registry=registry, tier=tier, owner_id=request.user.pk, badges=badges)
     tier_default = get_default_model(tier, registry=registry)
-    context = {"groups": model_groups(rows), "form": form,
+    context = {"groups": model_groups(rows), "form": form, "filters": model_filters(rows),
+               "down": [(model, health_title(health)) for model, health in down],
                "tier_default_label": f"Tier default: {tier_default.display_name}" if tier_default else "None"}
     return _page(request, "pages/models.html", context, status=400 if form.errors else 200)
 

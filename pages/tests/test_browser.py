@@ -9,6 +9,7 @@ from playwright.sync_api import expect
 
 from conftest import usage_rows
 from pages.tests.conftest import assert_not_reloaded, dot, log_in, mark_page, own_model, screenshot
+from registry.health import health_note
 from registry.models import UserLLMConfig, UserModelPreferences
 
 pytestmark = pytest.mark.browser
@@ -203,7 +204,7 @@ def test_it_greys_models_above_the_tier_and_refuses_them_server_side(page, make_
         page.locator('tr[data-model-ref="registry/demo"] td').first.evaluate("element => getComputedStyle(element).color")
     option = page.locator('#id_default_model option[value="demo-premium"]')
     expect(option).to_be_disabled()
-    expect(option).to_have_text("Demo Premium (simulated) (requires Premium)")
+    expect(option).to_have_text("Demo Premium (simulated) · requires Premium")
     screenshot(page, "models-picker-free-tier")
 
     # A hand-made request (the option enabled behind the page's back) is refused by the server.
@@ -215,3 +216,48 @@ def test_it_greys_models_above_the_tier_and_refuses_them_server_side(page, make_
     expect(page.get_by_label("Default model")).to_have_attribute("aria-invalid", "true")
     assert not UserModelPreferences.objects.filter(user=user).exists()
     screenshot(page, "models-picker-refused")
+
+
+def test_it_filters_the_models_and_asks_before_saving_a_down_default(sized_page, make_user, registry):
+    page = sized_page
+    user = make_user("dina", tier="free")
+    log_in(page, user)
+    rows = page.locator("tr[data-model-ref]")
+    expect(rows.first).to_be_visible()
+    total = rows.count()
+
+    page.get_by_label("Search").fill("backup")
+    expect(page.locator("tr[data-model-ref]:visible")).to_have_count(1)
+    expect(page.locator('tr[data-model-ref="registry/demo-backup"]')).to_be_visible()
+    expect(page.locator("[data-filter-count]")).to_have_text(f"1 of {total} models shown")
+    page.get_by_label("Search").fill("")
+    page.get_by_label("Only models I can use").check()
+    expect(page.locator('tr[data-model-ref="registry/demo-premium"]')).to_be_hidden()
+    page.get_by_label("Provider").select_option("DeepSeek")
+    expect(page.locator("tr[data-model-ref]:visible")).to_have_count(1)
+    expect(page.get_by_role("cell", name="Simulated upstream (local)")).to_be_hidden()  # its whole group
+    page.get_by_label("Capability").select_option("vision")
+    expect(page.locator("[data-filter-empty]")).to_be_visible()
+    screenshot(page, f"models-filtered-{page.size}")
+    page.get_by_label("Provider").select_option("")
+    page.get_by_label("Capability").select_option("")
+    page.get_by_label("Only models I can use").uncheck()
+    expect(rows.locator("visible=true")).to_have_count(total)
+
+    for _ in range(3):  # three failures in a row: demo-backup is Down, and the page shows it without a reload
+        health_note(registry.models["demo-backup"], ok=False)
+    backup_option = page.locator('#id_default_model option[value="demo-backup"]')
+    expect(backup_option).to_have_text("Demo backup (simulated) · down · $0.25 / $0.75")
+    page.get_by_label("Status").select_option("down")
+    expect(page.locator("tr[data-model-ref]:visible")).to_have_count(1)
+
+    page.get_by_label("Default model").select_option("demo-backup")
+    page.get_by_role("button", name="Save defaults").click()
+    warning = page.locator("[data-down-warning]")
+    expect(warning).to_contain_text("Demo backup (simulated) is down")
+    expect(page.get_by_label("Default model")).to_have_value("demo-backup")
+    assert not UserModelPreferences.objects.filter(user=user).exists()
+    screenshot(page, f"models-down-warning-{page.size}")
+    page.get_by_role("button", name="Save anyway").click()
+    expect(page.get_by_text("Your defaults are saved.")).to_be_visible()
+    assert UserModelPreferences.objects.get(user=user).default_model == "demo-backup"

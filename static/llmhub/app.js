@@ -42,6 +42,12 @@
     if (text) text.textContent = info.status;
   }
 
+  // A model picker's option: "Demo · healthy · $0.50 / $1.50" (pages_tags.option_label), disabled ones aside.
+  function optionApply(option, info) {
+    option.dataset.status = info.status;
+    if (!option.disabled) option.textContent = `${option.dataset.name} · ${info.status} · ${option.dataset.detail}`;
+  }
+
   async function statusRefresh() {
     const url = document.body.dataset.statusUrl;
     const dots = document.querySelectorAll("[data-status-ref]");
@@ -51,6 +57,11 @@
       const info = models[dot.dataset.statusRef];
       if (info) statusApply(dot, info);
     }
+    for (const option of document.querySelectorAll("option[data-option-ref]")) {
+      const info = models[option.dataset.optionRef];
+      if (info) optionApply(option, info);
+    }
+    document.dispatchEvent(new Event("llmhub:statuses"));
   }
 
   function statusPoll() {
@@ -131,6 +142,49 @@
     const button = event.target.closest("button[data-test-url]");
     if (button) testRun(button);
   });
+
+  // --- Models page: search and filters (rows stay in place; a provider with no row left is hidden) ---------
+
+  function modelFilters(form) {
+    const value = (name) => form.querySelector(`[data-filter="${name}"]`);
+    const table = document.querySelector("table.models");
+    const count = form.querySelector("[data-filter-count]");
+    const empty = document.querySelector("[data-filter-empty]");
+    const apply = () => {
+      const text = value("text").value.trim().toLowerCase();
+      const provider = value("provider").value;
+      const capability = value("capability").value;
+      const status = value("status").value;
+      const usableOnly = value("usable").checked;
+      let shown = 0;
+      let total = 0;
+      for (const group of table.tBodies) {
+        let groupShown = 0;
+        for (const row of group.querySelectorAll("tr[data-model-ref]")) {
+          const rowStatus = row.querySelector("[data-status-ref]")?.dataset.status;
+          const visible = (!text || row.dataset.search.includes(text))
+            && (!provider || row.dataset.provider === provider)
+            && (!capability || row.dataset.capabilities.split(" ").includes(capability))
+            && (!status || rowStatus === status)
+            && (!usableOnly || row.dataset.usable === "yes");
+          row.hidden = !visible;
+          const output = row.nextElementSibling;
+          if (output?.classList.contains("test-output") && !visible) output.hidden = true;
+          total += 1;
+          if (visible) groupShown += 1;
+        }
+        group.hidden = groupShown === 0;
+        shown += groupShown;
+      }
+      count.textContent = shown === total ? "" : `${shown} of ${total} models shown`;
+      empty.hidden = shown > 0;
+    };
+    form.addEventListener("input", apply);
+    form.addEventListener("submit", (event) => event.preventDefault());
+    document.addEventListener("llmhub:statuses", () => {
+      if (value("status").value) apply();
+    });
+  }
 
   // --- Playground: POST the form, read the server-sent events as they arrive --------------------------------
 
@@ -273,6 +327,8 @@
   document.addEventListener("DOMContentLoaded", () => {
     menuSetUp();
     statusPoll();
+    const filters = document.querySelector("form[data-model-filters]");
+    if (filters) modelFilters(filters);
     const form = document.querySelector("form[data-playground]");
     if (form) playground(form);
   });
