@@ -15,6 +15,7 @@ from registry.selectors import (
     PreferencesSpec,
     Registry,
     TierSpec,
+    get_default_model,
     get_usable_model,
     user_model_get,
 )
@@ -90,6 +91,16 @@ def preference_badges(*, preferences: PreferencesSpec, default: ModelSpec | None
         if model is not None:
             badges.setdefault(model_ref(model), []).append(task)
     return {ref: tuple(labels) for ref, labels in badges.items()}
+
+
+def task_defaults_resolved(*, preferences: PreferencesSpec, tier: TierSpec, registry: Registry, owner_id: int,
+                           tasks: tuple[str, ...]) -> dict[str, ModelSpec | None]:
+    """The model a request of each task that names none gets: the first usable of the task's default and the
+    user's default, else the tier's (as generation resolves it)."""
+    return {task: next((model for model_id in preferences.preferred_order(task)
+                        if (model := get_usable_model(model_id, tier=tier, registry=registry, owner_id=owner_id))),
+                       None) or get_default_model(tier, registry=registry)
+            for task in tasks}
 
 
 def model_filters(rows: list[ModelRow]) -> dict[str, list[str]]:

@@ -7,6 +7,7 @@ shows the API's field errors and refuses what the API refuses.
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from asgiref.sync import sync_to_async
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -37,6 +38,7 @@ from pages.selectors import (
     preference_badges,
     ref_of,
     statuses,
+    task_defaults_resolved,
 )
 from registry.apis import caller_default_model
 from registry.authentication import user_tier_get
@@ -237,33 +239,40 @@ def model_test_detail(request: HttpRequest, test_id: int) -> JsonResponse:
 def playground_page(request: HttpRequest) -> HttpResponse:
     registry, tier = registry_get(), user_tier_get(request.user)
     rows = [row for row in model_rows(registry=registry, tier=tier, owner_id=request.user.pk) if row.allowed]
-    return _page(request, "pages/playground.html", {"groups": model_groups(rows)})
+    defaults = task_defaults_resolved(preferences=preferences_get(request.user.pk), tier=tier, registry=registry,
+                                      owner_id=request.user.pk, tasks=("generation", "translation"))
+    return _page(request, "pages/playground.html", {"groups": model_groups(rows), "defaults": defaults,
+                                                    "v1_url": request.build_absolute_uri("/v1")})
+
+
+GENERATION_FIELDS = ("prompt", "messages", "model", "temperature", "max_tokens")
+TRANSLATION_FIELDS = ("text", "target_language", "source_language", "model")
 
 
 @login_required
 @require_POST
 async def playground_stream(request: HttpRequest) -> HttpResponse:
-    """The answer to a prompt, or a translation, as server-sent events (see pages.playground). A refusal or a
-    failure before the first byte is the API's JSON error with its status, the attempts included."""
+    """The answer to a chat (or a prompt), or a translation, as server-sent events (see pages.playground). The page
+    posts JSON (a form post works too). A refusal or a failure before the first byte is the API's JSON error with
+    its status, the attempts included; a page that stops reading ends the stream, logged as `partial`."""
     user = await request.auser()
     registry = await registry_snapshot.aget()
     caller = generation.Caller(user_id=user.pk, api_key_id=None, tier=await sync_to_async(user_tier_get)(user))
     preferences = await apreferences_get(user.pk)
     try:
-        if request.POST.get("task") == "translation":
-            params = _validated(TranslateInputSerializer, request.POST, ("text", "target_language", "source_language",
-                                                                         "model"))
+        data, html_form = _playground_input(request)
+        if data.get("task") == "translation":
+            params = _validated(TranslateInputSerializer, data, TRANSLATION_FIELDS, html_form=html_form)
             result = await translation.translate(
                 caller=caller, registry=registry, text=params["text"], target_language=params["target_language"],
                 source_language=params.get("source_language"), model_id=params.get("model"),
                 preferred_ids=preferences.preferred_order("translation"), endpoint="pages.playground")
             events = playground.translation_events(result)
         else:
-            params = _validated(GenerateInputSerializer, request.POST, ("prompt", "model"))
+            params = _validated(GenerateInputSerializer, data, GENERATION_FIELDS, html_form=html_form)
             stream = await generation.chat_stream(
-                caller=caller, registry=registry, body={"messages": [{"role": "user", "content": params["prompt"]}]},
-                endpoint="pages.playground", model_id=params.get("model"),
-                preferred_ids=preferences.preferred_order("generation"))
+                caller=caller, registry=registry, body=playground.chat_body(params), endpoint="pages.playground",
+                model_id=params.get("model"), preferred_ids=preferences.preferred_order("generation"))
             events = playground.chat_events(stream)
     except serializers.ValidationError as error:
         return JsonResponse(error_body(code="invalid", message="Invalid input.", fields=error.detail), status=400)
@@ -275,9 +284,24 @@ async def playground_stream(request: HttpRequest) -> HttpResponse:
     return response
 
 
-def _validated(serializer_class: type[serializers.Serializer], post, names: tuple[str, ...]) -> dict[str, Any]:
-    """The API's own input serializer checks the playground's form: the same rules, the same messages. Empty
-    inputs count as not given (the form has inputs for both tasks)."""
-    serializer = serializer_class(data={name: post[name] for name in names if post.get(name)})
+def _playground_input(request: HttpRequest) -> tuple[dict[str, Any], bool]:
+    """The posted fields, and whether they came from a form (strings, coerced) rather than JSON (exact types)."""
+    if request.content_type != "application/json":
+        return request.POST.dict(), True
+    try:
+        data = orjson.loads(request.body)
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise serializers.ValidationError({"non_field_errors": ["Send a JSON object."]})
+    return data, False
+
+
+def _validated(serializer_class: type[serializers.Serializer], data: dict[str, Any], names: tuple[str, ...], *,
+               html_form: bool) -> dict[str, Any]:
+    """The API's own input serializer checks the playground's input: the same rules, the same messages. Empty
+    inputs count as not given (the page has inputs for both tasks)."""
+    given = {name: data[name] for name in names if data.get(name) not in (None, "", [])}
+    serializer = serializer_class(data=given, context={"html_form": html_form})
     serializer.is_valid(raise_exception=True)
     return serializer.validated_data

@@ -149,23 +149,28 @@ def test_it_turns_a_status_dot_red_without_a_reload(page, live_hub, make_user, a
     assert len(usage_rows(3)) == 3
 
 
+def answer_of(page, number: int = -1):
+    """The text of an answer in the playground's conversation (the last one by default)."""
+    return page.locator('.pg-turn[data-role="assistant"] .pg-text').nth(number)
+
+
 def test_it_streams_an_answer_in_the_playground_and_names_a_fallback(page, make_user, simulated_upstream):
     user = make_user("pat", tier="free")
     log_in(page, user)
     page.get_by_role("link", name="Playground").click()
     expect(page.locator("#id_model option[value=demo-premium]")).to_have_count(0)  # only allowed models
+    expect(page.locator("#id_model option").first).to_have_text("Your default: Demo (simulated)")  # resolved
 
     simulated_upstream.set_fault("demo", "chunk_delay=150")
     page.get_by_label("Model").select_option("demo")
-    page.get_by_role("textbox", name="Prompt").fill("tell me about streaming answers")
+    page.get_by_role("textbox", name="Message").fill("tell me about streaming answers")
     page.get_by_role("button", name="Send").click()
 
-    answer = page.locator("[data-answer]")
     # Part of the answer is on the page while the rest is still on its way.
-    page.wait_for_function("() => { const text = document.querySelector('[data-answer]').textContent;"
+    page.wait_for_function("() => { const text = document.querySelector('[data-answer]')?.textContent || '';"
                            " return text.length > 0 && !text.endsWith('answers'); }")
     expect(page.get_by_role("button", name="Send")).to_be_disabled()
-    expect(answer).to_have_text("Simulated reply from demo: tell me about streaming answers")
+    expect(answer_of(page)).to_have_text("Simulated reply from demo: tell me about streaming answers")
     expect(page.locator('[data-stat="model"]')).to_have_text("Demo (simulated) · demo")
     expect(page.locator('[data-stat="tokens"]')).to_have_text(re.compile(r"^\d+ / 9$"))
     expect(page.locator('[data-stat="cost"]')).to_have_text(re.compile(r"^\$0\.0+\d+$"))
@@ -174,9 +179,9 @@ def test_it_streams_an_answer_in_the_playground_and_names_a_fallback(page, make_
     screenshot(page, "playground")
 
     simulated_upstream.set_fault("demo", "status=500")
-    page.get_by_role("textbox", name="Prompt").fill("hi")
+    page.get_by_role("textbox", name="Message").fill("hi")
     page.get_by_role("button", name="Send").click()
-    expect(answer).to_have_text("Simulated reply from demo-backup: hi")
+    expect(answer_of(page)).to_have_text("Simulated reply from demo-backup: hi")
     fallback = page.locator("[data-fallback]")
     expect(fallback).to_be_visible()
     expect(fallback).to_contain_text("demo failed; demo-backup answered instead.")
@@ -185,12 +190,104 @@ def test_it_streams_an_answer_in_the_playground_and_names_a_fallback(page, make_
     screenshot(page, "playground-fallback")
 
     page.get_by_role("radio", name="Translate").check()
+    expect(page.locator("#id_model option").first).to_have_text("Your default: Demo (simulated)")
     page.get_by_label("Text to translate").fill("Good morning")
     page.get_by_label("Target language").fill("fr")
     page.get_by_role("button", name="Send").click()
-    expect(answer).to_contain_text("Good morning")
+    expect(answer_of(page)).to_contain_text("Good morning")
     expect(page.locator('[data-stat="tokens"]')).not_to_have_text("–")
     assert [row.endpoint for row in usage_rows(3)] == ["pages.playground", "pages.playground", "pages.playground"]
+
+
+def test_it_chats_over_several_turns_with_a_system_prompt_and_settings_and_shows_the_code(
+        sized_page, make_user, simulated_upstream):
+    page = sized_page
+    user = make_user("cleo", tier="free")
+    log_in(page, user)
+    page.goto("/playground/")
+    page.get_by_label("System prompt").fill("Be brief.")
+    page.get_by_label("Max tokens").fill("6")
+    page.get_by_label("Temperature").fill("0.2")
+    message = page.get_by_role("textbox", name="Message")
+    message.fill("one two")
+    message.press("Control+Enter")  # the keyboard sends
+    expect(answer_of(page)).to_have_text("Simulated reply from demo: one two")
+    message.fill("three four five six")
+    message.press("Control+Enter")
+    # The second turn carries the first: the simulator echoes the last user message, cut at max tokens (6 words).
+    expect(answer_of(page)).to_have_text("Simulated reply from demo: three four")
+    expect(page.locator(".pg-turn")).to_have_count(4)
+    first, second = usage_rows(2)
+    # Input tokens are the words of every message sent: the system prompt, then the whole conversation.
+    assert first.input_tokens == 4 and second.input_tokens == 4 + 6 + 4
+    assert second.output_tokens == 6
+
+    page.get_by_text("View code").click()
+    code = page.locator("[data-code-text]")
+    expect(code).to_contain_text("curl http://")
+    expect(code).to_contain_text("/v1/chat/completions")
+    expect(code).to_contain_text('"model": "demo"')
+    expect(code).to_contain_text("Bearer lh-YOUR-API-KEY")
+    page.get_by_role("button", name="Python (openai)").click()
+    expect(code).to_contain_text('client = OpenAI(base_url="http://')
+    expect(code).to_contain_text("max_tokens=6,")
+    expect(code).to_contain_text("temperature=0.2,")
+    expect(code).to_contain_text('"content": "Be brief."')
+    page.get_by_role("button", name="JavaScript").click()
+    expect(code).to_contain_text('import OpenAI from "openai";')
+    screenshot(page, f"playground-chat-{page.size}")
+
+    page.get_by_role("button", name="New chat").click()
+    expect(page.locator(".pg-turn")).to_have_count(0)
+
+
+def test_it_stops_a_stream_and_the_usage_log_records_it(page, make_user, simulated_upstream):
+    user = make_user("stef", tier="free")
+    log_in(page, user)
+    page.goto("/playground/")
+    simulated_upstream.set_fault("demo", "chunk_delay=250")
+    page.get_by_role("textbox", name="Message").fill(" ".join(f"word{n}" for n in range(40)))
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_function("() => (document.querySelector('[data-answer]')?.textContent || '').includes('word1')")
+    page.get_by_role("button", name="Stop").click()
+
+    turn = page.locator('.pg-turn[data-role="assistant"]')
+    expect(turn).to_contain_text("Stopped")
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    expect(page.get_by_role("button", name="Stop")).to_be_disabled()
+    shown = answer_of(page).text_content()
+    assert "word39" not in shown
+    [row] = usage_rows(1)
+    assert (row.status, row.error_type, row.streamed) == ("partial", "client_disconnected", True)
+    assert 0 < row.output_tokens < 44
+    screenshot(page, "playground-stopped")
+
+
+def test_it_explains_errors_in_plain_words(page, make_user, simulated_upstream):
+    user = make_user("emil", tier="free")
+    log_in(page, user)
+    page.goto("/playground/")
+    error = page.locator("[data-answer-error]")
+
+    page.get_by_role("button", name="Send").click()  # nothing typed
+    expect(error).to_have_text("Type a message first.")
+
+    page.get_by_label("Temperature").fill("7")
+    page.get_by_role("textbox", name="Message").fill("hi")
+    page.get_by_role("button", name="Send").click()
+    expect(error).to_have_text("Temperature: Ensure this value is less than or equal to 2.")
+    expect(page.get_by_role("textbox", name="Message")).to_have_value("hi")  # kept to retry
+    expect(page.locator(".pg-turn")).to_have_count(0)
+    page.get_by_label("Temperature").fill("")
+
+    simulated_upstream.set_fault("demo-backup", "status=500")
+    page.get_by_label("Model").select_option("demo-backup")
+    page.get_by_role("button", name="Send").click()
+    expect(error).to_contain_text("No model could answer")
+    fallback = page.locator("[data-fallback]")
+    expect(fallback).to_contain_text("one model was tried, demo-backup, and it failed; no other model could take over.")
+    expect(fallback).not_to_contain_text("Every model failed")
+    screenshot(page, "playground-error")
 
 
 def test_it_greys_models_above_the_tier_and_refuses_them_server_side(page, make_user):
