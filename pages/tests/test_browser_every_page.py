@@ -4,11 +4,14 @@ as `every-<page>-<size>.png` (look at them)."""
 
 import re
 
+import httpx2
 import pytest
 from playwright.sync_api import expect
 
+from conftest import usage_rows
 from pages.tests.conftest import RESULTS, axe_violations, horizontal_overflow, log_in, own_model, screenshot
 from registry.model_tests import model_test_start
+from registry.models import LLMModel
 
 pytestmark = pytest.mark.browser
 
@@ -32,7 +35,8 @@ DOC_PAGES = [
 ADMIN_PAGES = [
     ("admin", "/admin/", "Registry, users, keys and usage"),
     ("admin-models", "/admin/registry/llmmodel/", "Select LLM model to change"),
-    ("admin-usage", "/admin/usage/usagelog/", "Select usage log to view"),
+    ("admin-usage", "/admin/usage/usagelog/?created_at__gte=2000-01-01", "Totals of these filters"),
+    ("admin-model-change", "/admin/registry/llmmodel/{demo}/change/", "Change LLM model"),
 ]
 
 
@@ -79,10 +83,20 @@ def test_it_shows_the_api_docs_offline_tidy_and_accessible(sized_page, ada):
     assert not problems, "\n".join(problems)
 
 
-def test_it_shows_admin_tidy_and_accessible(sized_page, ada):
+def test_it_shows_admin_tidy_and_accessible(sized_page, ada, registry, api_key_for, live_hub):
+    with httpx2.Client(base_url=live_hub, headers={"Authorization": f"Bearer {api_key_for(ada)}"}) as api:
+        assert api.post("/api/generate/", json={"prompt": "hi", "model": "demo"}).status_code == 200
+    usage_rows(1)
+    model_test_start(llm_model=LLMModel.objects.get(public_id="demo"), requested_by=ada)
+    demo = LLMModel.objects.get(public_id="demo").pk
     log_in(sized_page, ada)
-    problems = problems_on(sized_page, ADMIN_PAGES)
+    problems = problems_on(sized_page, [(name, path.format(demo=demo), shown) for name, path, shown in ADMIN_PAGES])
     assert not problems, "\n".join(problems)
+    if sized_page.size == "desktop":  # every column of the lists in view at 1280 px, none behind a sideways scroll
+        for path in ("/admin/registry/llmmodel/", "/admin/usage/usagelog/"):
+            sized_page.goto(path)
+            assert sized_page.evaluate("() => { const table = document.getElementById('result_list');"
+                                       " return table.scrollWidth <= table.parentElement.clientWidth; }"), path
 
 
 def test_it_folds_the_header_into_a_menu_on_a_phone_and_shows_the_focus(page, phone, ada):
