@@ -180,6 +180,15 @@ def model_test_visible_get(*, test_id: int, user: AbstractBaseUser) -> ModelTest
     return test if user.is_staff else None
 
 
+def detected_capabilities_changes(test: ModelTest) -> dict[str, bool]:
+    """What a finished test of an own model found that its configuration says otherwise: capability → found."""
+    if test.user_model_id is None or test.state != ModelTest.State.SUCCEEDED:
+        return {}
+    model = test.user_model
+    return {name: found for name in CAPABILITIES if isinstance(found := test.capabilities.get(name), bool)
+            and found != getattr(model, f"supports_{name}")}
+
+
 def model_test_ref(test: ModelTest) -> str:
     """The ref of the model a test tested."""
     if test.user_model_id is not None:

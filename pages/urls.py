@@ -14,6 +14,8 @@ urlpatterns = [
     path("models/mine/", views.own_models, name="own-models"),
     path("models/mine/<slug:model_id>/edit/", views.own_model_edit, name="own-model-edit"),
     path("models/mine/<slug:model_id>/delete/", views.own_model_delete, name="own-model-delete"),
+    path("models/mine/<slug:model_id>/capabilities/", views.own_model_capabilities_apply,
+         name="own-model-capabilities"),
     re_path(r"^models/(?P<kind>registry|mine)/(?P<model_id>[^/]+)/tests/$", views.model_tests, name="model-tests"),
     path("models/tests/<int:test_id>/", views.model_test_detail, name="model-test"),
     path("playground/", views.playground_page, name="playground"),

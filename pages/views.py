@@ -27,6 +27,7 @@ from pages.forms import SerializerForm, user_model_initial
 from pages.selectors import (
     MINE,
     defaults_down,
+    detected_capabilities_changes,
     health_title,
     model_filters,
     model_groups,
@@ -55,7 +56,13 @@ from registry.selectors import (
     user_model_get,
 )
 from registry.serializers import PreferencesInputSerializer, UserModelInputSerializer, UserModelUpdateInputSerializer
-from registry.services import preferences_update, user_model_create, user_model_delete, user_model_update
+from registry.services import (
+    preferences_update,
+    user_model_create,
+    user_model_delete,
+    user_model_input_problems,
+    user_model_update,
+)
 from translation import services as translation
 from translation.apis import TranslateInputSerializer
 
@@ -75,9 +82,13 @@ def _page(request: HttpRequest, template: str, context: dict | None = None, *, s
     return render(request, template, {"tier": user_tier_get(request.user), **(context or {})}, status=status)
 
 
-def _saved(form: SerializerForm, save: Callable[[dict[str, Any]], Any]) -> bool:
-    """Validates the form, then saves through the service; a refusal lands in the form's errors."""
+def _saved(form: SerializerForm, save: Callable[[dict[str, Any]], Any],
+           problems: Callable[[dict[str, Any]], dict[str, list[str]]] | None = None) -> bool:
+    """Validates the form, then saves through the service; a refusal lands in the form's errors. `problems`: what
+    the service would also refuse, shown with the serializer's errors (every problem in one round trip)."""
     if not form.is_valid():
+        if problems is not None:
+            form.add_problems(problems(form.data))
         return False
     try:
         save(form.validated_data)
@@ -150,16 +161,36 @@ def _own_model_or_404(request: HttpRequest, model_id: str):
 @login_required
 @require_http_methods(["GET", "POST"])
 def own_models(request: HttpRequest) -> HttpResponse:
-    """The user's own models, and a form to add one (POST /api/models/ on a page)."""
+    """The user's own models, and a form to add one (POST /api/models/ on a page). A model just added is tested at
+    once; the page follows that test (`?tested=<id>`)."""
     if request.method == "POST":
         form = SerializerForm(UserModelInputSerializer, post=request.POST, labels=USER_MODEL_LABELS)
-        if _saved(form, lambda data: user_model_create(owner=request.user, **data)):
+        added = []
+        if _saved(form, lambda data: added.append(user_model_create(owner=request.user, **data)),
+                  problems=lambda data: user_model_input_problems(owner=request.user, data=data)):
             messages.success(request, f"Added {form.validated_data['display_name']}.")
-            return redirect("pages:own-models")
+            return redirect(_tested_url(request, added[0]))
     else:
         form = SerializerForm(UserModelInputSerializer, labels=USER_MODEL_LABELS)
-    context = {"rows": own_model_rows(owner=request.user), "form": form}
+    tested = model_test_visible_get(test_id=int(request.GET["tested"]), user=request.user) \
+        if request.GET.get("tested", "").isdigit() else None
+    context = {"rows": own_model_rows(owner=request.user), "form": form, "key_retype": _key_dropped(request, form),
+               "tested": _test_payload(tested, request) if tested is not None else None}
     return _page(request, "pages/own_models.html", context, status=400 if form.errors else 200)
+
+
+def _tested_url(request: HttpRequest, model) -> str:
+    """The list, following a connectivity test of the model just added (none when the queue is down)."""
+    try:
+        test = model_test_start(user_model=model, requested_by=request.user)
+    except ApplicationError:
+        return reverse("pages:own-models")
+    return f"{reverse('pages:own-models')}?tested={test.pk}"
+
+
+def _key_dropped(request: HttpRequest, form: SerializerForm) -> bool:
+    """A refused form that carried a key: the key is never sent back, so the page says it must be typed again."""
+    return bool(form.errors and request.method == "POST" and request.POST.get("api_key", "").strip())
 
 
 @login_required
@@ -172,12 +203,14 @@ def own_model_edit(request: HttpRequest, model_id: str) -> HttpResponse:
                "context": {"model_id": model.slug}}
     if request.method == "POST":
         form = SerializerForm(UserModelUpdateInputSerializer, post=request.POST, **options)
-        if _saved(form, lambda data: user_model_update(model=model, data=data)):
+        if _saved(form, lambda data: user_model_update(model=model, data=data),
+                  problems=lambda data: user_model_input_problems(owner=request.user, data=data, model=model)):
             messages.success(request, f"Saved {model.display_name}.")
             return redirect("pages:own-models")
     else:
         form = SerializerForm(UserModelUpdateInputSerializer, initial=user_model_initial(model), **options)
-    return _page(request, "pages/own_model_edit.html", {"model": model, "form": form},
+    return _page(request, "pages/own_model_edit.html",
+                 {"model": model, "form": form, "key_retype": _key_dropped(request, form)},
                  status=400 if form.errors else 200)
 
 
@@ -195,10 +228,11 @@ def own_model_delete(request: HttpRequest, model_id: str) -> HttpResponse:
 
 # --- Connectivity tests -------------------------------------------------------------------------------------
 
-def _test_payload(test: ModelTest) -> dict[str, Any]:
+def _test_payload(test: ModelTest, request: HttpRequest) -> dict[str, Any]:
+    context = {"test": test, "apply": detected_capabilities_changes(test)}
     return {"id": test.pk, "state": test.state, "finished": test.state in FINISHED,
             "url": reverse("pages:model-test", args=[test.pk]), "ref": model_test_ref(test),
-            "html": render_to_string("pages/_test_result.html", {"test": test}),
+            "html": render_to_string("pages/_test_result.html", context, request=request),
             "row": render_to_string("pages/_test_row.html", {"test": test})}
 
 
@@ -215,7 +249,7 @@ def model_tests(request: HttpRequest, kind: str, model_id: str) -> HttpResponse:
             test = model_test_start(**{field: target}, requested_by=request.user)
         except ApplicationError as error:  # the queue is down, or the model was deleted while it was tested
             return _json_error(error)
-        return JsonResponse(_test_payload(test), status=202)
+        return JsonResponse(_test_payload(test, request), status=202)
     health = model_status_of(target)
     context = {"target": target, "kind": kind, "model_id": model_id, "ref": ref_of(kind, model_id), "health": health,
                "status_title": health_title(health), "tests": model_tests_recent(**{f"{field}_id": target.pk})}
@@ -229,7 +263,24 @@ def model_test_detail(request: HttpRequest, test_id: int) -> JsonResponse:
     test = model_test_visible_get(test_id=test_id, user=request.user)
     if test is None:
         raise Http404("No such test.")
-    return JsonResponse(_test_payload(test))
+    return JsonResponse(_test_payload(test, request))
+
+
+@login_required
+@require_POST
+def own_model_capabilities_apply(request: HttpRequest, model_id: str) -> HttpResponse:
+    """Sets the own model's capabilities to what one of its finished tests detected."""
+    model = _own_model_or_404(request, model_id)
+    test = model_test_visible_get(test_id=int(request.POST.get("test", "0") or 0), user=request.user) \
+        if request.POST.get("test", "").isdigit() else None
+    changes = detected_capabilities_changes(test) if test is not None and test.user_model_id == model.pk else {}
+    if changes:
+        user_model_update(model=model, data={"capabilities": changes})
+        shown = ", ".join(f"{name} {'on' if value else 'off'}" for name, value in changes.items())
+        messages.success(request, f"{model.display_name}: capabilities set as tested ({shown}).")
+    else:
+        messages.info(request, f"{model.display_name}: nothing to change.")
+    return redirect("pages:own-models")
 
 
 # --- Playground ---------------------------------------------------------------------------------------------

@@ -57,8 +57,10 @@ def test_it_adds_edits_and_deletes_an_own_model_showing_field_errors(page, make_
 
     base_url = page.get_by_label("Base URL")
     expect(base_url).to_have_attribute("aria-invalid", "true")
-    expect(page.locator("#id_base_url_help")).to_have_text("Enter a valid URL.")
+    expect(page.locator("#id_base_url_help")).to_have_text(
+        "Enter a valid URL. Give the endpoint's full address, e.g. https://api.example.com/v1.")
     expect(page.get_by_label("API key")).to_have_value("")  # never sent back, not even the key just typed
+    expect(page.locator("[data-key-retype]")).to_contain_text("type it again")
     expect(page.get_by_label("Model id")).to_have_value("mine")
     screenshot(page, "own-models-field-error")
 
@@ -66,6 +68,7 @@ def test_it_adds_edits_and_deletes_an_own_model_showing_field_errors(page, make_
     page.get_by_label("API key").fill("sk-browser-key-0001")
     page.get_by_role("button", name="Add model").click()
     expect(page.get_by_text("Added My model.")).to_be_visible()
+    expect(page.locator('[id="test-mine/mine"]')).to_contain_text("Test succeeded")  # tested right after adding
     row = page.locator('tr[data-model-ref="mine/mine"]')
     expect(row).to_contain_text("My model")
     expect(row).to_contain_text("set")

@@ -98,6 +98,18 @@
     document.querySelector("[data-test-history-empty]")?.remove();
   }
 
+  // Shows a test until it finishes (polling its URL), then refreshes the status dots.
+  async function testFollow(panel, payload) {
+    for (;;) {
+      testPanelShow(panel, payload.html);
+      testHistoryAdd(payload);
+      if (payload.finished) break;
+      await sleep(TEST_POLL_MS);
+      payload = await getJSON(payload.url);
+    }
+    await statusRefresh();
+  }
+
   async function testRun(button) {
     const panel = document.getElementById(button.getAttribute("aria-controls"));
     button.disabled = true;
@@ -114,14 +126,7 @@
         panel.append(errorParagraph(payload.error?.message || `HTTP ${response.status}`));
         return;
       }
-      for (;;) {
-        testPanelShow(panel, payload.html);
-        testHistoryAdd(payload);
-        if (payload.finished) break;
-        await sleep(TEST_POLL_MS);
-        payload = await getJSON(payload.url);
-      }
-      await statusRefresh();
+      await testFollow(panel, payload);
     } catch (error) {
       testPanelShow(panel, "");
       panel.append(errorParagraph("The test could not be followed: " + error.message));
@@ -545,6 +550,10 @@
   document.addEventListener("DOMContentLoaded", () => {
     menuSetUp();
     statusPoll();
+    for (const panel of document.querySelectorAll("[data-follow-test]")) {  // a model just added: its first test
+      getJSON(panel.dataset.followTest).then((payload) => testFollow(panel, payload))
+        .catch((error) => console.warn("test follow failed", error));
+    }
     const filters = document.querySelector("form[data-model-filters]");
     if (filters) modelFilters(filters);
     const form = document.querySelector("form[data-playground]");
