@@ -7,6 +7,8 @@ from itertools import groupby
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
+from llmhub.crypto import secret_decrypt
+from llmhub.errors import ConfigurationError
 from registry.health import HealthSpec, model_status, model_status_of
 from registry.models import LLMModel, ModelTest, UserLLMConfig, UserModelPreferences
 from registry.selectors import (
@@ -146,6 +148,14 @@ class OwnModelRow:
     @property
     def capabilities(self) -> list[str]:
         return [name for name in CAPABILITIES if getattr(self.config, f"supports_{name}")]
+
+
+def stored_key_of(model: UserLLMConfig) -> str:
+    """An own model's stored key, for a call to its own endpoint ("" when none, or when it cannot be decrypted)."""
+    try:
+        return secret_decrypt(model.api_key_encrypted) if model.api_key_encrypted else ""
+    except ConfigurationError:
+        return ""
 
 
 def own_model_rows(*, owner: AbstractBaseUser) -> list[OwnModelRow]:

@@ -12,6 +12,7 @@ urlpatterns = [
     path("models/", views.models_picker, name="models"),
     path("models/status/", views.models_status, name="models-status"),
     path("models/mine/", views.own_models, name="own-models"),
+    path("models/mine/endpoint-models/", views.endpoint_models_list, name="endpoint-models"),
     path("models/mine/<slug:model_id>/edit/", views.own_model_edit, name="own-model-edit"),
     path("models/mine/<slug:model_id>/delete/", views.own_model_delete, name="own-model-delete"),
     path("models/mine/<slug:model_id>/capabilities/", views.own_model_capabilities_apply,

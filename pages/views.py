@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -23,7 +24,7 @@ from generation.apis import GenerateInputSerializer
 from llmhub.api import error_body
 from llmhub.errors import ApplicationError
 from pages import playground
-from pages.forms import SerializerForm, user_model_initial
+from pages.forms import SerializerForm, advised, user_model_initial
 from pages.selectors import (
     MINE,
     defaults_down,
@@ -39,10 +40,13 @@ from pages.selectors import (
     preference_badges,
     ref_of,
     statuses,
+    stored_key_of,
     task_defaults_resolved,
 )
+from pages.templatetags.pages_tags import test_error
 from registry.apis import caller_default_model
 from registry.authentication import user_tier_get
+from registry.connectivity import endpoint_models
 from registry.health import model_status_of
 from registry.model_tests import model_test_start
 from registry.models import ModelTest
@@ -264,6 +268,30 @@ def model_test_detail(request: HttpRequest, test_id: int) -> JsonResponse:
     if test is None:
         raise Http404("No such test.")
     return JsonResponse(_test_payload(test, request))
+
+
+@login_required
+@require_POST
+def endpoint_models_list(request: HttpRequest) -> JsonResponse:
+    """The model ids an endpoint offers (`GET <base_url>/models`), for the own-model form's "Fetch models": with the
+    key typed, else (editing, same base URL) the model's stored key."""
+    base_url = request.POST.get("base_url", "").strip()
+    problems = user_model_input_problems(owner=request.user, data={"base_url": base_url}) if base_url else {
+        "base_url": ["Give the base URL first."]}
+    if problems:
+        message = advised("base_url", problems["base_url"][0])
+        return JsonResponse(error_body(code="invalid", message=message, fields=problems), status=400)
+    api_key = request.POST.get("api_key", "").strip()
+    stored = user_model_get(owner_id=request.user.pk, model_id=request.POST.get("model_id", ""))
+    if not api_key and stored is not None and stored.base_url.rstrip("/") == base_url.rstrip("/"):
+        api_key = stored_key_of(stored)
+    found = endpoint_models(base_url=base_url, api_key=api_key, owner_id=request.user.pk,
+                            check_timeout=settings.LLMHUB["MODEL_TEST_CHECK_TIMEOUT_SECONDS"],
+                            max_response_bytes=settings.LLMHUB["MODEL_TEST_MAX_RESPONSE_BYTES"])
+    if found.error:
+        return JsonResponse(error_body(code="endpoint_models_unavailable", message=test_error(found.error)),
+                            status=502)
+    return JsonResponse({"models": found.ids})
 
 
 @login_required

@@ -76,6 +76,11 @@ def test_it_adds_edits_and_deletes_an_own_model_showing_field_errors(page, make_
 
     row.get_by_role("link", name="Edit My model").click()
     expect(page.get_by_label("Replace API key")).to_have_value("")
+    page.get_by_label("Upstream model name").fill("dmeo")
+    page.get_by_role("button", name="Fetch models").click()  # with the stored key: the base URL is unchanged
+    expect(page.locator("[data-fetch-models-status]")).to_contain_text(re.compile(r'\d+ models: .*demo.*"dmeo" is not'))
+    assert "demo-backup" in page.locator("#endpoint-models option").evaluate_all("options => options.map(o => o.value)")
+    page.get_by_label("Upstream model name").fill("demo")
     page.get_by_label("Display name").fill("My renamed model")
     page.get_by_label("Context window (tokens)").fill("32000")
     screenshot(page, "own-model-edit")

@@ -198,3 +198,17 @@ def test_it_applies_the_capabilities_a_test_detected(registry, make_user, page_c
     assert (model.supports_streaming, model.supports_json_mode, model.supports_tools, model.supports_vision) == (
         True, True, True, False)
     assert "Apply detected capabilities" not in client.get(f"/models/mine/?tested={test.pk}").content.decode()
+
+
+def test_it_lists_the_models_an_endpoint_offers(registry, make_user, page_client, allow_simulator):
+    user = make_user("olga")
+    client = page_client(user)
+
+    listed = client.post("/models/mine/endpoint-models/", {"base_url": allow_simulator, "api_key": OWN_KEY})
+    metadata = client.post("/models/mine/endpoint-models/", {"base_url": "https://169.254.169.254/v1"})
+    unreachable = client.post("/models/mine/endpoint-models/", {"base_url": allow_simulator.replace("/v1", "/nope")})
+
+    assert listed.status_code == 200 and {"demo", "demo-backup"} <= set(listed.json()["models"])
+    assert metadata.status_code == 400 and "cloud metadata" in metadata.json()["error"]["message"]
+    assert unreachable.status_code == 502
+    assert unreachable.json()["error"]["message"] == "The endpoint answered HTTP 404 (not found)."

@@ -148,6 +148,46 @@
     if (button) testRun(button);
   });
 
+  // --- Own-model form: "Fetch models" lists what the endpoint's /models offers, as suggestions ---------------
+
+  async function endpointModelsFetch(button) {
+    const form = button.closest("form");
+    const status = form.querySelector("[data-fetch-models-status]");
+    const list = form.querySelector("#endpoint-models");
+    const body = new FormData();
+    for (const name of ["base_url", "api_key"]) body.append(name, form.elements.namedItem(name)?.value || "");
+    body.append("model_id", button.dataset.modelId || "");
+    button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+    status.textContent = "Asking the endpoint…";
+    try {
+      const response = await fetch(button.dataset.fetchModels, {
+        method: "POST", body, credentials: "same-origin", headers: { Accept: "application/json", "X-CSRFToken": csrfToken() },
+      });
+      const payload = await response.json().catch(() => null);
+      if (!response.ok) {
+        status.textContent = payload?.error?.message || `HTTP ${response.status}`;
+        return;
+      }
+      list.replaceChildren(...payload.models.map((id) => Object.assign(document.createElement("option"), { value: id })));
+      const typed = form.elements.namedItem("model").value.trim();
+      const missing = typed && !payload.models.includes(typed) ? ` "${typed}" is not among them.` : "";
+      status.textContent = payload.models.length
+        ? `${payload.models.length} model${payload.models.length === 1 ? "" : "s"}: ${payload.models.join(", ")}.${missing}`
+        : "The endpoint lists no model.";
+    } catch (error) {
+      status.textContent = "Could not ask: " + error.message;
+    } finally {
+      button.disabled = false;
+      button.removeAttribute("aria-busy");
+    }
+  }
+
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-fetch-models]");
+    if (button) endpointModelsFetch(button);
+  });
+
   // --- Models page: search and filters (rows stay in place; a provider with no row left is hidden) ---------
 
   function modelFilters(form) {
