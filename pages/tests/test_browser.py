@@ -291,7 +291,8 @@ def test_it_explains_errors_in_plain_words(page, make_user, simulated_upstream):
     simulated_upstream.set_fault("demo-backup", "status=500")
     page.get_by_label("Model").select_option("demo-backup")
     page.get_by_role("button", name="Send").click()
-    expect(error).to_contain_text("No model could answer")
+    expect(error).to_have_text("No model could answer. See below what was tried.")
+    expect(page.locator("[data-log-empty]")).to_be_visible()  # the failed turn is taken back, the log is as it was
     fallback = page.locator("[data-fallback]")
     expect(fallback).to_contain_text("one model was tried, demo-backup, and it failed; no other model could take over.")
     expect(fallback).not_to_contain_text("Every model failed")

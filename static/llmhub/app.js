@@ -294,7 +294,9 @@
       const wait = problem.retry_after ? ` Try again in ${Math.ceil(problem.retry_after)} s.` : " Try again shortly.";
       return `You have reached a limit: ${problem.message}${wait}`;
     }
-    if (status === 502 || status === 504) return `No model could answer: ${problem.message} See below what was tried.`;
+    if (status === 502 || status === 504) {
+      return problem.attempts?.length ? "No model could answer. See below what was tried." : `No model could answer: ${problem.message}`;
+    }
     if (status === 503) return `llmhub cannot answer right now (${problem.message}). Try again in a moment.`;
     if (status === 404) return `${problem.message} Pick another model.`;
     return problem.message || `HTTP ${status}`;
@@ -407,7 +409,6 @@
     };
 
     const turnAdd = (role, text, who) => {
-      form.querySelector("[data-log-empty]")?.remove();
       const turn = document.createElement("div");
       turn.className = "pg-turn";
       turn.dataset.role = role;
