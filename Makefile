@@ -95,7 +95,7 @@ test-services: venv browser
 	DJANGO_SECURE_SSL_REDIRECT=false DJANGO_ALLOWED_HOSTS=127.0.0.1,localhost \
 	$(PY) -m pytest -q
 
-# The browser tests (pages/tests/test_browser.py) drive Debian's Chromium through Playwright's Python package; it is
+# The browser tests (pages/tests/test_browser*.py) drive Debian's Chromium through Playwright's Python package; it is
 # installed here when missing (`playwright install` is never used: its browsers are not Debian's).
 CHROMIUM ?= /usr/bin/chromium
 .PHONY: browser

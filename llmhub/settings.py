@@ -86,6 +86,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "adrf",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc, pinned and served by the app (the docs work offline)
     "registry",
     "generation",
     "translation",
@@ -222,6 +223,11 @@ SPECTACULAR_SETTINGS = {
     # Two fields named `state`: a model test's keeps the name it had, a hub API key's gets its own.
     "ENUM_NAME_OVERRIDES": {"StateEnum": "registry.models.ModelTest.State",
                             "ApiKeyStateEnum": ["active", "expired", "revoked"]},
+    # The docs' scripts and styles come from drf-spectacular-sidecar's static files, never a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"persistAuthorization": True, "displayRequestDuration": True},
 }
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL",

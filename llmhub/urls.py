@@ -2,9 +2,11 @@ import sys
 
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect
+from django.templatetags.static import static
 from django.urls import include, path
 from django.views import defaults
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 
 from llmhub.api import error_body, unavailable_error
 
@@ -38,6 +40,11 @@ def server_error(request: HttpRequest) -> HttpResponse:
     return defaults.server_error(request)
 
 
+def favicon(request: HttpRequest) -> HttpResponse:
+    # Resolved per request: the hashed name exists only once collectstatic has run.
+    return redirect(static("llmhub/favicon.svg"))
+
+
 handler404 = not_found
 handler500 = server_error
 
@@ -49,8 +56,10 @@ urlpatterns = [
     path("api/", include("translation.urls")),
     path("api/", include("usage.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("", include("llmhub.api_docs")),
     path("api-auth/", include("rest_framework.urls")),
     path("healthz", healthz, name="healthz"),
+    # Pages link the SVG icon; a browser asking for the classic name (admin, JSON answers) is sent there too.
+    path("favicon.ico", favicon),
     path("", include("pages.urls")),
 ]

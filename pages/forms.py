@@ -25,6 +25,37 @@ INPUT_TYPES: tuple[tuple[type[serializers.Field], str], ...] = (
 )
 
 
+# Advice after a refused base URL, by a phrase of the refusal (registry/ssrf.py), the first that matches.
+_PUBLIC_ONLY = "llmhub calls only endpoints on the public internet: use the provider's public https URL."
+URL_ADVICE: tuple[tuple[str, str], ...] = (
+    ("cloud metadata", "That address belongs to a cloud metadata service, never an LLM endpoint: use the provider's "
+                       "public URL (e.g. https://api.openai.com/v1)."),
+    ("only https", "Start the address with https:// (plain http is only for hosts the operator allows)."),
+    ("could not be resolved", "Check the host name for a typo: it must resolve on the public internet."),
+    ("timed out", "The host name did not resolve in time: check it, or try again."),
+    ("user name or password", "Put the key in the API key field, not in the address."),
+    ("Enter a valid URL", "Give the endpoint's full address, e.g. https://api.example.com/v1."),
+    *((phrase, _PUBLIC_ONLY) for phrase in ("loopback", "private", "link-local", "local or internal",
+                                            "single-label", "reserved", "non-public", "shared", "unspecified")),
+)
+
+
+def _sentence(message: str) -> str:
+    message = message.strip()
+    message = message[:1].upper() + message[1:]
+    return message if message.endswith((".", "!", "?")) else message + "."
+
+
+def advised(name: str, message: str) -> str:
+    """A field's error as a sentence, with advice where the API's own words give none."""
+    text = _sentence(str(message))
+    if name == "base_url":
+        advice = next((advice for phrase, advice in URL_ADVICE if phrase in text), None)
+        if advice:
+            return f"{text} {advice}"
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class FormField:
     name: str  # nested fields are "parent.child", as DRF's HTML forms name them
@@ -101,6 +132,12 @@ class SerializerForm:
         self.errors = dict(serializer.errors)
         return False
 
+    def add_problems(self, problems: Mapping[str, list[str]]) -> None:
+        """Refusals found beside the serializer's (see registry.services.user_model_input_problems), so that every
+        problem shows in one round trip; a field keeps the serializer's error when it has one."""
+        for name, messages in problems.items():
+            self.errors.setdefault(name, messages)
+
     def add_error(self, error: ApplicationError) -> None:
         """A service's refusal: beside its fields when it names them, else above the form."""
         fields = error.extra.get("fields")
@@ -133,7 +170,7 @@ class SerializerForm:
         return FormField(
             name=name, label=self.labels.get(name) or field.label or last, help_text=str(field.help_text or ""),
             input_type=_input_type(field), value=shown,
-            errors=[str(message) for message in field_errors] if isinstance(field_errors, list) else [],
+            errors=[advised(last, message) for message in field_errors] if isinstance(field_errors, list) else [],
             max_length=getattr(field, "max_length", None), step=_step(field),
         )
 

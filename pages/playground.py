@@ -17,6 +17,12 @@ from registry.selectors import ModelSpec
 from translation.services import Translation
 
 
+def chat_body(params: dict[str, Any]) -> dict[str, Any]:
+    """The chat request of the playground's validated input: its messages (or its prompt as one), its settings."""
+    messages = params.get("messages") or [{"role": "user", "content": params["prompt"]}]
+    return {"messages": messages, **{name: params[name] for name in ("temperature", "max_tokens") if name in params}}
+
+
 def sse(event: str | None, data: Any) -> bytes:
     name = f"event: {event}\n".encode() if event else b""
     return name + b"data: " + orjson.dumps(data) + b"\n\n"

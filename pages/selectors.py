@@ -7,6 +7,8 @@ from itertools import groupby
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
+from llmhub.crypto import secret_decrypt
+from llmhub.errors import ConfigurationError
 from registry.health import HealthSpec, model_status, model_status_of
 from registry.models import LLMModel, ModelTest, UserLLMConfig, UserModelPreferences
 from registry.selectors import (
@@ -15,6 +17,7 @@ from registry.selectors import (
     PreferencesSpec,
     Registry,
     TierSpec,
+    get_default_model,
     get_usable_model,
     user_model_get,
 )
@@ -92,6 +95,36 @@ def preference_badges(*, preferences: PreferencesSpec, default: ModelSpec | None
     return {ref: tuple(labels) for ref, labels in badges.items()}
 
 
+def task_defaults_resolved(*, preferences: PreferencesSpec, tier: TierSpec, registry: Registry, owner_id: int,
+                           tasks: tuple[str, ...]) -> dict[str, ModelSpec | None]:
+    """The model a request of each task that names none gets: the first usable of the task's default and the
+    user's default, else the tier's (as generation resolves it)."""
+    return {task: next((model for model_id in preferences.preferred_order(task)
+                        if (model := get_usable_model(model_id, tier=tier, registry=registry, owner_id=owner_id))),
+                       None) or get_default_model(tier, registry=registry)
+            for task in tasks}
+
+
+def model_filters(rows: list[ModelRow]) -> dict[str, list[str]]:
+    """The choices of the models page's filters: the providers and capabilities its rows have."""
+    capabilities = {name for row in rows for name in row.capabilities}
+    return {"providers": list(dict.fromkeys(row.model.provider_name for row in rows)),
+            "capabilities": [name for name in CAPABILITIES if name in capabilities]}
+
+
+def defaults_down(*, data: Mapping, registry: Registry, tier: TierSpec, owner_id: int) -> list[tuple[ModelSpec, HealthSpec]]:
+    """The models a preferences form chooses as defaults (`data`, validated) that are Down now, each once."""
+    task_defaults = data.get("task_defaults") or {}
+    chosen = dict.fromkeys(filter(None, [data.get("default_model"), *task_defaults.values()]))
+    found = []
+    for model_id in chosen:
+        model = get_usable_model(model_id, tier=tier, registry=registry, owner_id=owner_id)
+        health = model_status(model) if model is not None else None
+        if health is not None and health.status == "down":
+            found.append((model, health))
+    return found
+
+
 def model_groups(rows: list[ModelRow]) -> list[tuple[str, list[ModelRow]]]:
     """Rows grouped by provider, registry providers first, in the registry's order."""
     return [(name, list(group)) for name, group in groupby(rows, key=lambda row: row.model.provider_name)]
@@ -115,6 +148,14 @@ class OwnModelRow:
     @property
     def capabilities(self) -> list[str]:
         return [name for name in CAPABILITIES if getattr(self.config, f"supports_{name}")]
+
+
+def stored_key_of(model: UserLLMConfig) -> str:
+    """An own model's stored key, for a call to its own endpoint ("" when none, or when it cannot be decrypted)."""
+    try:
+        return secret_decrypt(model.api_key_encrypted) if model.api_key_encrypted else ""
+    except ConfigurationError:
+        return ""
 
 
 def own_model_rows(*, owner: AbstractBaseUser) -> list[OwnModelRow]:
@@ -147,6 +188,15 @@ def model_test_visible_get(*, test_id: int, user: AbstractBaseUser) -> ModelTest
     if test.user_model_id is not None:
         return test if test.user_model.owner_id == user.pk else None
     return test if user.is_staff else None
+
+
+def detected_capabilities_changes(test: ModelTest) -> dict[str, bool]:
+    """What a finished test of an own model found that its configuration says otherwise: capability → found."""
+    if test.user_model_id is None or test.state != ModelTest.State.SUCCEEDED:
+        return {}
+    model = test.user_model
+    return {name: found for name in CAPABILITIES if isinstance(found := test.capabilities.get(name), bool)
+            and found != getattr(model, f"supports_{name}")}
 
 
 def model_test_ref(test: ModelTest) -> str:

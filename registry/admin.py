@@ -5,6 +5,8 @@ from django.contrib.auth.admin import UserAdmin
 from django.db import models
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
 
 from llmhub.errors import ConfigurationError
 from registry.health import model_status_of
@@ -32,6 +34,10 @@ from registry.services import (
 )
 
 User = get_user_model()
+admin.site.site_header = "llmhub administration"
+admin.site.site_title = "llmhub admin"
+admin.site.index_title = "Registry, users, keys and usage"
+admin.site.enable_nav_sidebar = False  # the breadcrumbs lead back; the lists get the whole width
 # A base URL typed without a scheme is an https one (also Django 6's default).
 URLS_ASSUME_HTTPS = {models.URLField: {"assume_scheme": "https"}}
 
@@ -227,6 +233,13 @@ class ModelTestsAdminMixin:
             details.append(f"{health.last_latency_ms:.0f} ms")
         return ", ".join(details)
 
+    @admin.display(description="Health")
+    def health_column(self, obj: LLMModel | UserLLMConfig) -> str:
+        health = model_status_of(obj)
+        latency = f" · {health.last_latency_ms:.0f} ms" if health.last_latency_ms is not None else ""
+        return format_html('<span class="llmhub-health" data-status="{}">{}{}</span>', health.status, health.status,
+                           latency)
+
     @admin.action(description="Test connectivity")
     def test_connectivity(self, request: HttpRequest, queryset) -> None:
         target = "user_model" if queryset.model is UserLLMConfig else "llm_model"
@@ -236,24 +249,29 @@ class ModelTestsAdminMixin:
             except QueueUnavailable as error:
                 self.message_user(request, error.message, messages.ERROR)
                 return
+            # The model's page lists its recent tests (an inline): the message links to them.
+            results = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_change", args=[model.pk])
+            link = format_html('<a href="{}#tests-group">see the results</a>', results)
             if test.state == ModelTest.State.QUEUED:
-                self.message_user(request, f"{model}: test queued; its result will show on the model's page.")
+                self.message_user(request, format_html("{}: test queued; {} once it has run.", model, link))
             elif test.state == ModelTest.State.SUCCEEDED:
                 working = ", ".join(name for name, works in test.capabilities.items() if works) or "none"
-                self.message_user(request, f"{model}: answered in {test.latency_ms:.0f} ms; works: {working}.",
-                                  messages.SUCCESS)
+                self.message_user(request, format_html("{}: answered in {} ms; works: {}; {}.", model,
+                                                       f"{test.latency_ms:.0f}", working, link), messages.SUCCESS)
             else:
-                self.message_user(request, f"{model}: test failed ({test.error or test.state}).", messages.WARNING)
+                self.message_user(request, format_html("{}: test failed ({}); {}.", model, test.error or test.state,
+                                                       link), messages.WARNING)
 
 
 @admin.register(LLMModel)
 class LLMModelAdmin(ModelTestsAdminMixin, admin.ModelAdmin):
     form = SecretKeyForm
-    formfield_overrides = URLS_ASSUME_HTTPS
-    list_display = ("display_name", "public_id", "provider", "upstream_model", "enabled", "is_default", "tiers")
+    # What matters at a glance, all in view at 1280 px (the upstream name is on the model's page, and searchable).
+    list_display = ("display_name", "public_id", "provider", "enabled", "is_default", "tiers", "health_column")
     list_filter = ("provider", "kind", "api", "allowed_tiers", "enabled", "supports_streaming", "supports_tools")
     search_fields = ("public_id", "display_name", "upstream_model")
-    filter_horizontal = ("allowed_tiers",)
+    # A handful of tiers: checkboxes, all in view (the two-list picker hides them behind a search).
+    formfield_overrides = {**URLS_ASSUME_HTTPS, models.ManyToManyField: {"widget": forms.CheckboxSelectMultiple}}
     inlines = (ModelFallbackInline, LLMModelTestInline)
     actions = ("enable_models", "disable_models", "test_connectivity")
     readonly_fields = ("health_status",)
@@ -361,7 +379,7 @@ class LLMHubUserAdmin(UserAdmin):
 class UserLLMConfigAdmin(ModelTestsAdminMixin, admin.ModelAdmin):
     """Users' own models, for support: read-only but for `enabled` (their endpoint and key are their owner's)."""
 
-    list_display = ("display_name", "slug", "owner", "upstream_model", "base_url", "enabled", "health_status")
+    list_display = ("display_name", "slug", "owner", "upstream_model", "base_url", "enabled", "health_column")
     list_filter = ("enabled",)
     search_fields = ("slug", "display_name", "upstream_model", "base_url", "owner__username")
     inlines = (UserModelTestInline,)

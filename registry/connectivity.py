@@ -281,3 +281,38 @@ def _embeddings_checked(ask: Any, result: CheckResult) -> CheckResult:
     else:
         result.key_accepted, result.latency_ms, result.capabilities["embeddings"] = True, answer.latency_ms, True
     return result
+@dataclass(slots=True)
+class EndpointModels:
+    """What an endpoint's `GET /models` lists: model ids, or the generic reason it could not be read."""
+
+    ids: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+def endpoint_models(*, base_url: str, api_key: str, owner_id: int, check_timeout: float,
+                    max_response_bytes: int) -> EndpointModels:
+    """The model ids a user's endpoint offers (for a form's "fetch models"), through the same SSRF-safe client and
+    limits as a connectivity test. Errors are the test's generic words, never an upstream body."""
+    spec = ModelSpec(id="endpoint-models", pk=0, display_name="", upstream_model="", provider="user",
+                     provider_name="", base_url=base_url.rstrip("/"), api_key=api_key, timeout=check_timeout,
+                     connect_timeout=min(5.0, check_timeout), headers={}, allowed_tiers=(), required_tier=None,
+                     enabled=True, capabilities=frozenset(), context_window=1, input_price_per_million=0,
+                     output_price_per_million=0, fallbacks=(), owner_id=owner_id)
+    try:
+        with client.probe_client(spec, timeout=check_timeout, max_response_bytes=max_response_bytes) as sdk:
+            listing = client.probe(sdk, "/models", deadline=time.monotonic() + check_timeout,
+                                   max_response_bytes=max_response_bytes)
+    except client.UpstreamMisconfigured:
+        return EndpointModels(error="key or headers invalid")
+    except client.UpstreamError as error:
+        return EndpointModels(error=_failure(error))
+    if listing.status in (401, 403):
+        return EndpointModels(error=KEY_REJECTED)
+    if listing.status != 200:
+        return EndpointModels(error=f"HTTP {listing.status}")
+    data = _json(listing.body)
+    entries = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        return EndpointModels(error="bad response")
+    return EndpointModels(ids=sorted({entry["id"] for entry in entries
+                                      if isinstance(entry, dict) and isinstance(entry.get("id"), str)}))

@@ -235,6 +235,10 @@ class ModelTest(models.Model):
         ]
         indexes = [models.Index(fields=["llm_model", "-created_at"]), models.Index(fields=["user_model", "-created_at"])]
 
+    def __str__(self) -> str:
+        target = self.llm_model if self.llm_model_id is not None else self.user_model
+        return f"Test of {target} at {self.created_at:%Y-%m-%d %H:%M:%S} ({self.get_state_display().lower()})"
+
 
 class ModelHealth(models.Model):
     """The current status of a model, derived from its tests and live traffic (see registry.health)."""

@@ -112,9 +112,10 @@ class UserModelInputSerializer(StrictSerializer):
                                   help_text="The model name sent to your endpoint.")
     base_url = serializers.URLField(max_length=UserLLMConfig._meta.get_field("base_url").max_length,
                                     help_text="e.g. https://api.example.com/v1")
-    api_key = serializers.CharField(max_length=API_KEY_MAX_LENGTH, write_only=True, style={"input_type": "password"},
-                                    validators=[header_value_validator],
-                                    help_text="Write-only: stored encrypted, never shown again. Printable ASCII.")
+    api_key = serializers.CharField(max_length=API_KEY_MAX_LENGTH, write_only=True, required=False,
+                                    style={"input_type": "password"}, validators=[header_value_validator],
+                                    help_text="Write-only: stored encrypted, never shown again. Printable ASCII. "
+                                              "Leave it out for an endpoint that takes no key.")
     enabled = serializers.BooleanField(default=_default("enabled"))
     capabilities = CapabilitiesSerializer(default=lambda: {name: _default(f"supports_{name}") for name in CAPABILITIES})
     context_window = serializers.IntegerField(min_value=1, max_value=100_000_000, default=_default("context_window"))

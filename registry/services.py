@@ -490,9 +490,8 @@ def _safe_base_url(url: str) -> str:
 
 
 def _key_checked(api_key: str) -> str:
-    if not api_key or not api_key.strip():
-        raise field_error("api_key", "An API key is required.", code="key_required")
-    return api_key.strip()
+    """A key, or "" for an endpoint that takes none (a local server): calls then send no real key."""
+    return (api_key or "").strip()
 
 
 def _capability_fields(capabilities: Mapping[str, bool]) -> dict[str, bool]:
@@ -502,15 +501,42 @@ def _capability_fields(capabilities: Mapping[str, bool]) -> dict[str, bool]:
     return {f"supports_{name}": bool(value) for name, value in capabilities.items()}
 
 
+def _registry_id_taken(slug: str) -> str:
+    return f"'{slug}' is the id of a registry model: choose another."
+
+
+def _own_id_taken(slug: str) -> str:
+    return f"You already have a model '{slug}'."
+
+
+def user_model_input_problems(*, owner: AbstractBaseUser, data: Mapping[str, Any],
+                              model: UserLLMConfig | None = None) -> dict[str, list[str]]:
+    """What `user_model_create` (or, with `model`, `user_model_update`) would refuse in raw input, field by field,
+    found without saving: a form shows these beside its serializer's errors, every problem in one round trip."""
+    problems: dict[str, list[str]] = {}
+    base_url = data.get("base_url")
+    if isinstance(base_url, str) and base_url:
+        try:
+            validate_user_base_url(base_url)
+        except UnsafeURL as error:
+            problems["base_url"] = [error.message]
+    slug = data.get("id")
+    if model is None and isinstance(slug, str) and slug:
+        if LLMModel.objects.filter(public_id=slug).exists():
+            problems["id"] = [_registry_id_taken(slug)]
+        elif UserLLMConfig.objects.filter(owner=owner, slug=slug).exists():
+            problems["id"] = [_own_id_taken(slug)]
+    return problems
+
+
 def user_model_create(*, owner: AbstractBaseUser, slug: str, display_name: str, upstream_model: str, base_url: str,
-                      api_key: str, enabled: bool = True, capabilities: Mapping[str, bool] | None = None,
+                      api_key: str = "", enabled: bool = True, capabilities: Mapping[str, bool] | None = None,
                       context_window: int = 8192, input_price_per_million: Decimal = Decimal(0),
                       output_price_per_million: Decimal = Decimal(0)) -> UserLLMConfig:
     """Adds a model of the owner's own: their endpoint, which our servers must be allowed to fetch (registry/ssrf.py),
     and their key, stored encrypted. Its id may be neither one of their other models' nor a registry model's."""
     if LLMModel.objects.filter(public_id=slug).exists():
-        raise field_error("id", f"'{slug}' is the id of a registry model: choose another.", code="name_taken",
-                          status=409)
+        raise field_error("id", _registry_id_taken(slug), code="name_taken", status=409)
     model = UserLLMConfig(
         owner=owner, slug=slug, display_name=display_name, upstream_model=upstream_model,
         base_url=_safe_base_url(base_url), enabled=enabled, context_window=context_window,
@@ -523,7 +549,7 @@ def user_model_create(*, owner: AbstractBaseUser, slug: str, display_name: str, 
             _own_models_cap_check(owner=owner)
             model.save()
     except IntegrityError:
-        raise field_error("id", f"You already have a model '{slug}'.", code="name_taken", status=409) from None
+        raise field_error("id", _own_id_taken(slug), code="name_taken", status=409) from None
     return model
 
 

@@ -59,7 +59,7 @@ def realistic(case, *, simulator_url: str) -> None:
         case.body["id"] = case.path_parameters["model_id"]  # the model's own id (OpenAPI cannot relate the two)
     if case.path.endswith("/embeddings") and case.body.get("model") in CHAT_DEMO_MODELS:
         case.body["model"] = "demo-embed"  # a model of the endpoint's kind (the registry says which is which)
-    elif case.path.endswith("completions") and case.body.get("model") == "demo-embed":
+    elif case.path.endswith(("completions", "/responses")) and case.body.get("model") == "demo-embed":
         case.body["model"] = "demo"
     for name in ("target_language", "source_language"):
         if name in case.body and not (isinstance(case.body[name], str) and langcodes.tag_is_valid(case.body[name])):

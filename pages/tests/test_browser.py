@@ -2,84 +2,19 @@
 simulated upstream. Each test leaves screenshots in test-results/ (look at them: the pages must stay tidy)."""
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx2
 import pytest
-from django.conf import settings
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import expect
 
 from conftest import usage_rows
-from pages.tests.conftest import own_model
+from pages.tests.conftest import assert_not_reloaded, dot, log_in, mark_page, own_model, screenshot
+from registry.health import health_note
 from registry.models import UserLLMConfig, UserModelPreferences
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-RESULTS = Path(settings.BASE_DIR) / "test-results"
 RED = "rgb(211, 47, 47)"  # --llmhub-down
-# Generous waits: the machine may be busy with other test runs; a passing check returns as soon as it holds.
-TIMEOUT_MS = 15_000
-expect.set_options(timeout=TIMEOUT_MS)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    # Sync Playwright drives its event loop from this thread (in a greenlet), so Django takes the test thread for
-    # an async context and refuses its ORM calls (the tests' own, and the database flush after each test). They
-    # are plain synchronous calls: the guard is lifted for this module only, and only once Playwright runs.
-    with sync_playwright() as playwright, pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser, live_hub) -> Iterator[Page]:
-    context = browser.new_context(base_url=live_hub, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    # A form answered 400 is logged as a failed load; anything else in the console is a bug of the page.
-    page.on("console", lambda message: message.type == "error" and "Failed to load resource" not in message.text
-            and errors.append(message.text))
-    yield page
-    context.close()
-    assert not errors, errors
-
-
-def screenshot(page: Page, name: str) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    page.screenshot(path=RESULTS / f"{name}.png", full_page=True)
-
-
-def log_in(page: Page, user, *, shot: str | None = None) -> None:
-    page.goto("/models/")
-    expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/models/$"))
-    page.get_by_label("Username").fill(user.username)
-    page.get_by_label("Password").fill("pw-" + user.username)
-    if shot:
-        screenshot(page, shot)
-    page.get_by_label("Password").press("Enter")
-    expect(page).to_have_url(re.compile(r"/models/$"))
-
-
-def mark_page(page: Page) -> None:
-    """A reload would lose this mark: `assert_not_reloaded` checks it is still there."""
-    page.evaluate("window.__llmhubMark = 'kept'")
-
-
-def assert_not_reloaded(page: Page) -> None:
-    assert page.evaluate("window.__llmhubMark") == "kept"
-
-
-def dot(page: Page, ref: str):
-    return page.locator(f'.status[data-status-ref="{ref}"]').first
 
 
 def test_it_logs_in_and_picks_a_default_model_that_the_api_uses(page, live_hub, make_user, api_key_for):
@@ -122,8 +57,10 @@ def test_it_adds_edits_and_deletes_an_own_model_showing_field_errors(page, make_
 
     base_url = page.get_by_label("Base URL")
     expect(base_url).to_have_attribute("aria-invalid", "true")
-    expect(page.locator("#id_base_url_help")).to_have_text("Enter a valid URL.")
+    expect(page.locator("#id_base_url_help")).to_have_text(
+        "Enter a valid URL. Give the endpoint's full address, e.g. https://api.example.com/v1.")
     expect(page.get_by_label("API key")).to_have_value("")  # never sent back, not even the key just typed
+    expect(page.locator("[data-key-retype]")).to_contain_text("type it again")
     expect(page.get_by_label("Model id")).to_have_value("mine")
     screenshot(page, "own-models-field-error")
 
@@ -131,6 +68,7 @@ def test_it_adds_edits_and_deletes_an_own_model_showing_field_errors(page, make_
     page.get_by_label("API key").fill("sk-browser-key-0001")
     page.get_by_role("button", name="Add model").click()
     expect(page.get_by_text("Added My model.")).to_be_visible()
+    expect(page.locator('[id="test-mine/mine"]')).to_contain_text("Test succeeded")  # tested right after adding
     row = page.locator('tr[data-model-ref="mine/mine"]')
     expect(row).to_contain_text("My model")
     expect(row).to_contain_text("set")
@@ -138,6 +76,11 @@ def test_it_adds_edits_and_deletes_an_own_model_showing_field_errors(page, make_
 
     row.get_by_role("link", name="Edit My model").click()
     expect(page.get_by_label("Replace API key")).to_have_value("")
+    page.get_by_label("Upstream model name").fill("dmeo")
+    page.get_by_role("button", name="Fetch models").click()  # with the stored key: the base URL is unchanged
+    expect(page.locator("[data-fetch-models-status]")).to_contain_text(re.compile(r'\d+ models: .*demo.*"dmeo" is not'))
+    assert "demo-backup" in page.locator("#endpoint-models option").evaluate_all("options => options.map(o => o.value)")
+    page.get_by_label("Upstream model name").fill("demo")
     page.get_by_label("Display name").fill("My renamed model")
     page.get_by_label("Context window (tokens)").fill("32000")
     screenshot(page, "own-model-edit")
@@ -214,23 +157,28 @@ def test_it_turns_a_status_dot_red_without_a_reload(page, live_hub, make_user, a
     assert len(usage_rows(3)) == 3
 
 
+def answer_of(page, number: int = -1):
+    """The text of an answer in the playground's conversation (the last one by default)."""
+    return page.locator('.pg-turn[data-role="assistant"] .pg-text').nth(number)
+
+
 def test_it_streams_an_answer_in_the_playground_and_names_a_fallback(page, make_user, simulated_upstream):
     user = make_user("pat", tier="free")
     log_in(page, user)
     page.get_by_role("link", name="Playground").click()
     expect(page.locator("#id_model option[value=demo-premium]")).to_have_count(0)  # only allowed models
+    expect(page.locator("#id_model option").first).to_have_text("Your default: Demo (simulated)")  # resolved
 
     simulated_upstream.set_fault("demo", "chunk_delay=150")
     page.get_by_label("Model").select_option("demo")
-    page.get_by_role("textbox", name="Prompt").fill("tell me about streaming answers")
+    page.get_by_role("textbox", name="Message").fill("tell me about streaming answers")
     page.get_by_role("button", name="Send").click()
 
-    answer = page.locator("[data-answer]")
     # Part of the answer is on the page while the rest is still on its way.
-    page.wait_for_function("() => { const text = document.querySelector('[data-answer]').textContent;"
+    page.wait_for_function("() => { const text = document.querySelector('[data-answer]')?.textContent || '';"
                            " return text.length > 0 && !text.endsWith('answers'); }")
     expect(page.get_by_role("button", name="Send")).to_be_disabled()
-    expect(answer).to_have_text("Simulated reply from demo: tell me about streaming answers")
+    expect(answer_of(page)).to_have_text("Simulated reply from demo: tell me about streaming answers")
     expect(page.locator('[data-stat="model"]')).to_have_text("Demo (simulated) · demo")
     expect(page.locator('[data-stat="tokens"]')).to_have_text(re.compile(r"^\d+ / 9$"))
     expect(page.locator('[data-stat="cost"]')).to_have_text(re.compile(r"^\$0\.0+\d+$"))
@@ -239,9 +187,9 @@ def test_it_streams_an_answer_in_the_playground_and_names_a_fallback(page, make_
     screenshot(page, "playground")
 
     simulated_upstream.set_fault("demo", "status=500")
-    page.get_by_role("textbox", name="Prompt").fill("hi")
+    page.get_by_role("textbox", name="Message").fill("hi")
     page.get_by_role("button", name="Send").click()
-    expect(answer).to_have_text("Simulated reply from demo-backup: hi")
+    expect(answer_of(page)).to_have_text("Simulated reply from demo-backup: hi")
     fallback = page.locator("[data-fallback]")
     expect(fallback).to_be_visible()
     expect(fallback).to_contain_text("demo failed; demo-backup answered instead.")
@@ -250,12 +198,105 @@ def test_it_streams_an_answer_in_the_playground_and_names_a_fallback(page, make_
     screenshot(page, "playground-fallback")
 
     page.get_by_role("radio", name="Translate").check()
+    expect(page.locator("#id_model option").first).to_have_text("Your default: Demo (simulated)")
     page.get_by_label("Text to translate").fill("Good morning")
     page.get_by_label("Target language").fill("fr")
     page.get_by_role("button", name="Send").click()
-    expect(answer).to_contain_text("Good morning")
+    expect(answer_of(page)).to_contain_text("Good morning")
     expect(page.locator('[data-stat="tokens"]')).not_to_have_text("–")
     assert [row.endpoint for row in usage_rows(3)] == ["pages.playground", "pages.playground", "pages.playground"]
+
+
+def test_it_chats_over_several_turns_with_a_system_prompt_and_settings_and_shows_the_code(
+        sized_page, make_user, simulated_upstream):
+    page = sized_page
+    user = make_user("cleo", tier="free")
+    log_in(page, user)
+    page.goto("/playground/")
+    page.get_by_label("System prompt").fill("Be brief.")
+    page.get_by_label("Max tokens").fill("6")
+    page.get_by_label("Temperature").fill("0.2")
+    message = page.get_by_role("textbox", name="Message")
+    message.fill("one two")
+    message.press("Control+Enter")  # the keyboard sends
+    expect(answer_of(page)).to_have_text("Simulated reply from demo: one two")
+    message.fill("three four five six")
+    message.press("Control+Enter")
+    # The second turn carries the first: the simulator echoes the last user message, cut at max tokens (6 words).
+    expect(answer_of(page)).to_have_text("Simulated reply from demo: three four")
+    expect(page.locator(".pg-turn")).to_have_count(4)
+    first, second = usage_rows(2)
+    # Input tokens are the words of every message sent: the system prompt, then the whole conversation.
+    assert first.input_tokens == 4 and second.input_tokens == 4 + 6 + 4
+    assert second.output_tokens == 6
+
+    page.get_by_text("View code").click()
+    code = page.locator("[data-code-text]")
+    expect(code).to_contain_text("curl http://")
+    expect(code).to_contain_text("/v1/chat/completions")
+    expect(code).to_contain_text('"model": "demo"')
+    expect(code).to_contain_text("Bearer lh-YOUR-API-KEY")
+    page.get_by_role("button", name="Python (openai)").click()
+    expect(code).to_contain_text('client = OpenAI(base_url="http://')
+    expect(code).to_contain_text("max_tokens=6,")
+    expect(code).to_contain_text("temperature=0.2,")
+    expect(code).to_contain_text('"content": "Be brief."')
+    page.get_by_role("button", name="JavaScript").click()
+    expect(code).to_contain_text('import OpenAI from "openai";')
+    screenshot(page, f"playground-chat-{page.size}")
+
+    page.get_by_role("button", name="New chat").click()
+    expect(page.locator(".pg-turn")).to_have_count(0)
+
+
+def test_it_stops_a_stream_and_the_usage_log_records_it(page, make_user, simulated_upstream):
+    user = make_user("stef", tier="free")
+    log_in(page, user)
+    page.goto("/playground/")
+    simulated_upstream.set_fault("demo", "chunk_delay=250")
+    page.get_by_role("textbox", name="Message").fill(" ".join(f"word{n}" for n in range(40)))
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_function("() => (document.querySelector('[data-answer]')?.textContent || '').includes('word1')")
+    page.get_by_role("button", name="Stop").click()
+
+    turn = page.locator('.pg-turn[data-role="assistant"]')
+    expect(turn).to_contain_text("Stopped")
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    expect(page.get_by_role("button", name="Stop")).to_be_disabled()
+    shown = answer_of(page).text_content()
+    assert "word39" not in shown
+    [row] = usage_rows(1)
+    assert (row.status, row.error_type, row.streamed) == ("partial", "client_disconnected", True)
+    assert 0 < row.output_tokens < 44
+    screenshot(page, "playground-stopped")
+
+
+def test_it_explains_errors_in_plain_words(page, make_user, simulated_upstream):
+    user = make_user("emil", tier="free")
+    log_in(page, user)
+    page.goto("/playground/")
+    error = page.locator("[data-answer-error]")
+
+    page.get_by_role("button", name="Send").click()  # nothing typed
+    expect(error).to_have_text("Type a message first.")
+
+    page.get_by_label("Temperature").fill("7")
+    page.get_by_role("textbox", name="Message").fill("hi")
+    page.get_by_role("button", name="Send").click()
+    expect(error).to_have_text("Temperature: Ensure this value is less than or equal to 2.")
+    expect(page.get_by_role("textbox", name="Message")).to_have_value("hi")  # kept to retry
+    expect(page.locator(".pg-turn")).to_have_count(0)
+    page.get_by_label("Temperature").fill("")
+
+    simulated_upstream.set_fault("demo-backup", "status=500")
+    page.get_by_label("Model").select_option("demo-backup")
+    page.get_by_role("button", name="Send").click()
+    expect(error).to_have_text("No model could answer. See below what was tried.")
+    expect(page.locator("[data-log-empty]")).to_be_visible()  # the failed turn is taken back, the log is as it was
+    fallback = page.locator("[data-fallback]")
+    expect(fallback).to_contain_text("one model was tried, demo-backup, and it failed; no other model could take over.")
+    expect(fallback).not_to_contain_text("Every model failed")
+    screenshot(page, "playground-error")
 
 
 def test_it_greys_models_above_the_tier_and_refuses_them_server_side(page, make_user):
@@ -269,7 +310,7 @@ def test_it_greys_models_above_the_tier_and_refuses_them_server_side(page, make_
         page.locator('tr[data-model-ref="registry/demo"] td').first.evaluate("element => getComputedStyle(element).color")
     option = page.locator('#id_default_model option[value="demo-premium"]')
     expect(option).to_be_disabled()
-    expect(option).to_have_text("Demo Premium (simulated) (requires Premium)")
+    expect(option).to_have_text("Demo Premium (simulated) · requires Premium")
     screenshot(page, "models-picker-free-tier")
 
     # A hand-made request (the option enabled behind the page's back) is refused by the server.
@@ -281,3 +322,48 @@ def test_it_greys_models_above_the_tier_and_refuses_them_server_side(page, make_
     expect(page.get_by_label("Default model")).to_have_attribute("aria-invalid", "true")
     assert not UserModelPreferences.objects.filter(user=user).exists()
     screenshot(page, "models-picker-refused")
+
+
+def test_it_filters_the_models_and_asks_before_saving_a_down_default(sized_page, make_user, registry):
+    page = sized_page
+    user = make_user("dina", tier="free")
+    log_in(page, user)
+    rows = page.locator("tr[data-model-ref]")
+    expect(rows.first).to_be_visible()
+    total = rows.count()
+
+    page.get_by_label("Search").fill("backup")
+    expect(page.locator("tr[data-model-ref]:visible")).to_have_count(1)
+    expect(page.locator('tr[data-model-ref="registry/demo-backup"]')).to_be_visible()
+    expect(page.locator("[data-filter-count]")).to_have_text(f"1 of {total} models shown")
+    page.get_by_label("Search").fill("")
+    page.get_by_label("Only models I can use").check()
+    expect(page.locator('tr[data-model-ref="registry/demo-premium"]')).to_be_hidden()
+    page.get_by_label("Provider").select_option("DeepSeek")
+    expect(page.locator("tr[data-model-ref]:visible")).to_have_count(1)
+    expect(page.get_by_role("cell", name="Simulated upstream (local)")).to_be_hidden()  # its whole group
+    page.get_by_label("Capability").select_option("vision")
+    expect(page.locator("[data-filter-empty]")).to_be_visible()
+    screenshot(page, f"models-filtered-{page.size}")
+    page.get_by_label("Provider").select_option("")
+    page.get_by_label("Capability").select_option("")
+    page.get_by_label("Only models I can use").uncheck()
+    expect(rows.locator("visible=true")).to_have_count(total)
+
+    for _ in range(3):  # three failures in a row: demo-backup is Down, and the page shows it without a reload
+        health_note(registry.models["demo-backup"], ok=False)
+    backup_option = page.locator('#id_default_model option[value="demo-backup"]')
+    expect(backup_option).to_have_text("Demo backup (simulated) · down · $0.25 / $0.75")
+    page.get_by_label("Status").select_option("down")
+    expect(page.locator("tr[data-model-ref]:visible")).to_have_count(1)
+
+    page.get_by_label("Default model").select_option("demo-backup")
+    page.get_by_role("button", name="Save defaults").click()
+    warning = page.locator("[data-down-warning]")
+    expect(warning).to_contain_text("Demo backup (simulated) is down")
+    expect(page.get_by_label("Default model")).to_have_value("demo-backup")
+    assert not UserModelPreferences.objects.filter(user=user).exists()
+    screenshot(page, f"models-down-warning-{page.size}")
+    page.get_by_role("button", name="Save anyway").click()
+    expect(page.get_by_text("Your defaults are saved.")).to_be_visible()
+    assert UserModelPreferences.objects.get(user=user).default_model == "demo-backup"

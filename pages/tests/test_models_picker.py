@@ -6,6 +6,7 @@ import re
 import pytest
 
 from pages.tests.conftest import own_model
+from registry.health import health_note
 from registry.models import UserModelPreferences
 from registry.selectors import registry_get
 
@@ -38,8 +39,9 @@ def test_it_lists_every_model_grouped_by_provider_greying_the_ones_above_the_tie
     demo = shown["registry/demo"]
     assert "8,192" in demo and "$0.50 / $1.50" in demo and '<span class="cap">streaming</span>' in demo
     assert 'data-status="unknown" title="Unknown · never checked"' in demo
-    # The greyed models cannot be chosen in the defaults form.
-    assert re.search(r'<option value="demo-premium" disabled>Demo Premium \(simulated\) \(requires Premium\)', html)
+    # The greyed models cannot be chosen in the defaults form; the others show their status and price.
+    assert re.search(r'<option value="demo-premium" disabled [^>]*>Demo Premium \(simulated\) · requires Premium<', html)
+    assert re.search(r'<option value="demo" [^>]*>Demo \(simulated\) · unknown · \$0.50 / \$1.50<', html)
 
 
 def test_it_saves_the_defaults_and_the_api_uses_them_at_once(registry, make_user, page_client, client_for):
@@ -60,7 +62,7 @@ def test_it_saves_the_defaults_and_the_api_uses_them_at_once(registry, make_user
     page = page_client(user).get("/models/").content.decode()
     assert "Your defaults are saved." in page
     assert '<span class="badge">default</span>' in rows(page)["registry/demo-backup"]
-    assert '<option value="demo-backup" selected>' in page
+    assert '<option value="demo-backup" selected ' in page
 
 
 @pytest.mark.parametrize("field", ["default_model", "task_defaults.code"])
@@ -94,3 +96,24 @@ def test_it_reports_every_shown_models_status(registry, make_user, page_client, 
     assert set(body["models"]) == {f"registry/{model.id}" for model in registry.models.values() if model.enabled} | {
         "mine/off"}
     assert body["models"]["registry/demo"] == {"status": "unknown", "title": "Unknown · never checked"}
+
+
+def test_it_asks_before_saving_a_default_that_is_down(registry, make_user, page_client):
+    user = make_user("fred", tier="pro")
+    for _ in range(3):  # three failures in a row: Down
+        health_note(registry.models["demo-backup"], ok=False)
+    choice = {"default_model": "demo-backup", "task_defaults.translation": "demo"}
+
+    response = page_client(user).post("/models/", choice)
+
+    html = response.content.decode()
+    assert response.status_code == 200 and "data-down-warning" in html
+    assert "<strong>Demo backup (simulated) is down</strong>." in html
+    assert '<button type="submit" name="confirm_down" value="1"' in html
+    assert '<option value="demo-backup" selected ' in html  # the choice is kept for the second click
+    assert not UserModelPreferences.objects.filter(user=user).exists()
+
+    response = page_client(user).post("/models/", {**choice, "confirm_down": "1"})
+
+    assert response.status_code == 302
+    assert UserModelPreferences.objects.get(user=user).default_model == "demo-backup"

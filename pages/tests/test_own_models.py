@@ -7,6 +7,7 @@ import re
 import pytest
 
 from llmhub.crypto import secret_decrypt
+from pages.forms import advised
 from pages.tests.conftest import OWN_KEY, own_model
 from registry.models import UserLLMConfig
 
@@ -40,8 +41,8 @@ def test_it_adds_an_own_model(registry, make_user, page_client, allow_simulator)
 
     response = page_client(user).post("/models/mine/", form(allow_simulator))
 
-    assert response.status_code == 302 and response["Location"] == "/models/mine/"
     model = UserLLMConfig.objects.get(owner=user)
+    assert response.status_code == 302 and response["Location"] == f"/models/mine/?tested={model.tests.get().pk}"
     assert (model.slug, model.display_name, model.upstream_model, model.base_url) == (
         "mine", "My model", "demo", allow_simulator)
     assert (model.supports_streaming, model.supports_json_mode, model.context_window) == (True, False, 16000)
@@ -56,7 +57,7 @@ def test_it_adds_an_own_model(registry, make_user, page_client, allow_simulator)
     ({"base_url": "http://10.0.0.1/v1"}, {"base_url": "http://10.0.0.1/v1"}),
     ({"id": "demo"}, {"id": "demo"}),
     ({"id": "has space", "display_name": ""}, {"id": "has space", "display_name": ""}),
-    ({"api_key": ""}, {"api_key": ""}),
+    ({"api_key": "sk-abc\ndef"}, {"api_key": "sk-abc\ndef"}),
     ({"context_window": "0", "input_price_per_million": "-1"}, {"context_window": 0, "input_price_per_million": "-1"}),
 ])
 def test_it_shows_the_apis_field_errors(registry, make_user, page_client, client_for, allow_simulator, fields,
@@ -68,7 +69,8 @@ def test_it_shows_the_apis_field_errors(registry, make_user, page_client, client
 
     assert response.status_code == 400
     assert api.status_code == (409 if api_fields.get("id") == "demo" else 400)  # a taken id: a conflict
-    expected = {name: " ".join(messages) for name, messages in api.json()["error"]["fields"].items()}
+    expected = {name: " ".join(advised(name, message) for message in messages)
+                for name, messages in api.json()["error"]["fields"].items()}
     assert field_errors(response.content) == expected
     assert not UserLLMConfig.objects.exists()
     assert OWN_KEY not in response.content.decode()  # not even the key just typed comes back
@@ -82,6 +84,7 @@ def test_it_refuses_a_model_id_the_user_already_has(registry, make_user, page_cl
 
     assert response.status_code == 400
     assert field_errors(response.content) == {"id": "You already have a model 'mine'."}
+    assert "data-key-retype" in response.content.decode()  # the key typed is gone: the page says so
     assert UserLLMConfig.objects.count() == 1
 
 
@@ -147,3 +150,65 @@ def test_it_hides_another_users_model(registry, make_user, page_client, allow_si
     assert response.status_code == 404
     assert UserLLMConfig.objects.filter(pk=theirs.pk, display_name="Theirs").exists()
     assert "theirs" not in client.get("/models/mine/").content.decode()
+
+
+def test_it_reports_every_problem_in_one_round_trip_with_advice(registry, make_user, page_client):
+    user = make_user("olga")
+
+    response = page_client(user).post("/models/mine/", form("https://169.254.169.254/v1", id="demo", display_name="",
+                                                            context_window="0"))
+
+    assert response.status_code == 400
+    errors = field_errors(response.content)
+    assert set(errors) == {"id", "display_name", "context_window", "base_url"}  # the service's and the serializer's
+    assert errors["id"] == "'demo' is the id of a registry model: choose another."
+    assert errors["base_url"].startswith("The host '169.254.169.254' is a cloud metadata address.")
+    assert errors["base_url"].endswith("use the provider's public URL (e.g. https://api.openai.com/v1).")
+    assert not UserLLMConfig.objects.exists()
+
+
+def test_it_adds_a_model_without_a_key_and_tests_it_at_once(registry, make_user, page_client, allow_simulator):
+    user = make_user("olga")
+    client = page_client(user)
+
+    response = client.post("/models/mine/", form(allow_simulator, api_key=""))
+
+    model = UserLLMConfig.objects.get(owner=user)
+    assert model.api_key_encrypted == ""
+    test = model.tests.get()  # eager in tests: already finished
+    assert response.status_code == 302 and response["Location"] == f"/models/mine/?tested={test.pk}"
+    page = client.get(response["Location"]).content.decode()
+    assert f'data-follow-test="/models/tests/{test.pk}/"' in page and "Test succeeded" in page
+    assert "none" in re.search(r'<td data-label="Key">(.*?)</td>', page, re.S).group(1)
+
+
+def test_it_applies_the_capabilities_a_test_detected(registry, make_user, page_client, allow_simulator):
+    user = make_user("olga")
+    client = page_client(user)
+    client.post("/models/mine/", form(allow_simulator))  # streaming only; the simulator does JSON mode and tools too
+    model = UserLLMConfig.objects.get(owner=user)
+    test = model.tests.get()
+    page = client.get(f"/models/mine/?tested={test.pk}").content.decode()
+    assert "Apply detected capabilities" in page and "json_mode on, tools on" in page
+
+    response = client.post("/models/mine/mine/capabilities/", {"test": str(test.pk)})
+
+    assert response.status_code == 302
+    model.refresh_from_db()
+    assert (model.supports_streaming, model.supports_json_mode, model.supports_tools, model.supports_vision) == (
+        True, True, True, False)
+    assert "Apply detected capabilities" not in client.get(f"/models/mine/?tested={test.pk}").content.decode()
+
+
+def test_it_lists_the_models_an_endpoint_offers(registry, make_user, page_client, allow_simulator):
+    user = make_user("olga")
+    client = page_client(user)
+
+    listed = client.post("/models/mine/endpoint-models/", {"base_url": allow_simulator, "api_key": OWN_KEY})
+    metadata = client.post("/models/mine/endpoint-models/", {"base_url": "https://169.254.169.254/v1"})
+    unreachable = client.post("/models/mine/endpoint-models/", {"base_url": allow_simulator.replace("/v1", "/nope")})
+
+    assert listed.status_code == 200 and {"demo", "demo-backup"} <= set(listed.json()["models"])
+    assert metadata.status_code == 400 and "cloud metadata" in metadata.json()["error"]["message"]
+    assert unreachable.status_code == 502
+    assert unreachable.json()["error"]["message"] == "The endpoint answered HTTP 404 (not found)."

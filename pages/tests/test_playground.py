@@ -141,3 +141,36 @@ def test_it_reaches_a_model_served_on_the_responses_api(live_hub, make_user, htt
     assert named(found, "summary")["output_tokens"] == 6
     assert [(row.endpoint, row.answered_model, row.status) for row in usage_rows(1)] == [
         ("pages.playground", "demo", "ok")]
+def test_it_takes_a_conversation_with_settings_as_json(live_hub, make_user, http_as, simulated_upstream):
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "one"},
+                    {"role": "assistant", "content": "Simulated reply from demo: one"},
+                    {"role": "user", "content": "two three four five"}]
+
+    response = http_as(make_user("pat")).post("/playground/stream/", json={
+        "task": "generation", "model": "demo", "messages": conversation, "max_tokens": 6, "temperature": 0.3})
+
+    found = events(response)
+    assert answer(found) == "Simulated reply from demo: two three"  # the last user turn, cut at 6 tokens
+    [row] = usage_rows(1)
+    assert (row.input_tokens, row.output_tokens) == (2 + 1 + 5 + 4, 6)
+
+
+@pytest.mark.parametrize(("body", "fields"), [
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": 3}, {"temperature"}),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": "6"}, {"max_tokens"}),  # JSON: exact types
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, {"messages"}),
+    ({"messages": []}, {"non_field_errors"}),
+])
+def test_it_refuses_a_bad_json_conversation_with_the_apis_field_errors(live_hub, make_user, http_as, body, fields):
+    response = http_as(make_user("pat")).post("/playground/stream/", json={"task": "generation", **body})
+
+    assert response.status_code == 400
+    assert set(response.json()["error"]["fields"]) == fields
+
+
+def test_it_refuses_a_body_that_is_not_a_json_object(live_hub, make_user, http_as):
+    response = http_as(make_user("pat")).post("/playground/stream/", content=b"[1, 2",
+                                              headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {"non_field_errors": ["Send a JSON object."]}

@@ -339,7 +339,6 @@ INVALID = [
     ("url without host", {"base_url": "https:///v1"}, "base_url"),
     ("empty key", {"api_key": ""}, "api_key"),
     ("blank key", {"api_key": "   "}, "api_key"),
-    ("missing key", {"api_key": None}, "api_key"),
     ("missing name", {"display_name": None}, "display_name"),
     ("id too long", {"id": "m" * 101}, "id"),
     ("name too long", {"display_name": "n" * 201}, "display_name"),

@@ -75,3 +75,20 @@ def test_it_lets_staff_read_but_never_add_change_or_delete(staff_client, rows):
     assert staff_client.get(f"{CHANGELIST}add/").status_code == 403
     assert staff_client.post(f"{CHANGELIST}{row.pk}/delete/", {"post": "yes"}).status_code == 403
     assert UsageLog.objects.count() == 20
+
+
+def test_it_sums_a_date_range_and_rounds_latencies(staff_client):
+    now = timezone.now()
+    UsageLog.objects.bulk_create(
+        UsageLog(request_id=f"sum-{number}", endpoint="api.generate", answered_model="demo", input_tokens=10,
+                 output_tokens=5, cost="0.0015", latency_ms=3.3707069999877604, ttft_ms=1.2, status="ok",
+                 http_status=200, created_at=now - timedelta(days=days))
+        for number, days in enumerate([0, 1, 30]))
+    since = (now - timedelta(days=7)).date()
+
+    ranged = staff_client.get(CHANGELIST + f"?created_at__gte={since}").content.decode()
+    unbounded = staff_client.get(CHANGELIST).content.decode()
+
+    assert "<strong>Totals of these filters:</strong> 2 requests,\n  20 input and 10 output tokens, cost 0.003." in ranged
+    assert "3 ms (first token 1)" in ranged and "3.3707" not in ranged
+    assert "Choose a date range (By created at) to see the totals" in unbounded
