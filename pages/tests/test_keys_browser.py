@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from llmhub.testing import ServerProcess, database_url, free_port, production_env, uvicorn_command
-from pages.tests.test_browser import TIMEOUT_MS, browser, log_in, screenshot  # noqa: F401  (browser: a fixture)
+from pages.tests.conftest import TIMEOUT_MS, log_in, screenshot
 from registry.models import ApiKey, QuotaLimit, Tier
 
 pytestmark = pytest.mark.browser
@@ -35,7 +35,7 @@ def open_page(chromium: Browser, live_hub: str, viewport: dict) -> tuple[Page, l
 
 
 @pytest.fixture
-def desktop(browser, live_hub) -> Iterator[Page]:  # noqa: F811
+def desktop(browser, live_hub) -> Iterator[Page]:
     page, errors = open_page(browser, live_hub, DESKTOP)
     yield page
     page.context.close()
@@ -43,7 +43,7 @@ def desktop(browser, live_hub) -> Iterator[Page]:  # noqa: F811
 
 
 @pytest.fixture
-def phone(browser, live_hub) -> Iterator[Page]:  # noqa: F811
+def phone(browser, live_hub) -> Iterator[Page]:
     page, errors = open_page(browser, live_hub, PHONE)
     yield page
     page.context.close()
@@ -64,6 +64,9 @@ def second_app(live_hub, simulated_upstream, tmp_path) -> Iterator[str]:
 
 
 def create_key_on_page(page: Page, name: str, shot: str) -> str:
+    menu = page.get_by_role("button", name="Menu")
+    if menu.is_visible():  # on a phone the links fold behind the header's Menu button
+        menu.click()
     page.get_by_role("link", name="Keys").click()
     expect(page.get_by_role("heading", name="API keys", exact=True)).to_be_visible()
     page.get_by_label("Name").fill(name)
