@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 
-from pages import views
+from pages import usage_views, views
 
 app_name = "pages"
 
@@ -18,4 +18,8 @@ urlpatterns = [
     path("models/tests/<int:test_id>/", views.model_test_detail, name="model-test"),
     path("playground/", views.playground_page, name="playground"),
     path("playground/stream/", views.playground_stream, name="playground-stream"),
+    path("usage/", usage_views.usage_mine, name="usage"),
+    path("usage/requests/<str:request_id>/", usage_views.usage_request, name="usage-request"),
+    path("usage/all/", usage_views.usage_all, name="usage-all"),
+    path("usage/all/export.csv", usage_views.usage_export, name="usage-export"),
 ]

@@ -34,6 +34,9 @@ class UsageLog(models.Model):
     http_status = models.PositiveSmallIntegerField()
     error_type = models.CharField(max_length=100, blank=True)
     attempts = models.PositiveSmallIntegerField(default=1)
+    attempt_details = models.JSONField(
+        default=list, blank=True, help_text="Each attempt (at most the first 50): model, outcome, latency_ms, "
+        "upstream_status, message (the generic text a client sees).")
     streamed = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
