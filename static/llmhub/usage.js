@@ -58,7 +58,7 @@
       series: series,
       scales: {x: {time: true, range: function (u, min, max) { return [min - day / 2, max + day / 2]; }},
                y: {range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; }}},
-      axes: [{space: 60}, {values: axisValues(wanted[0].key), size: 56}],
+      axes: [{space: 60}, {values: axisValues(wanted[0].key), size: wanted[0].key === "cost" ? 80 : 56}],
       legend: {live: true},
       cursor: {points: {show: false}},
     }, columns, box);
