@@ -88,10 +88,13 @@ def usage_all(request: HttpRequest) -> HttpResponse:
 def usage_export(request: HttpRequest) -> HttpResponse:
     """Staff: the roll-ups of the range as CSV (`?days=7|30|90`, `?period=day|hour`), streamed in chunks."""
     days, period = _range_days(request), request.GET.get("period", UsageRollup.Period.DAY)
-    if days is None or period not in UsageRollup.Period.values:
-        return JsonResponse(error_body(code="invalid", message="Invalid input.", fields={
-            **({} if days is not None else {"days": [f"Must be one of {', '.join(map(str, RANGE_DAYS))}."]}),
-            **({} if period in UsageRollup.Period.values else {"period": ["Must be day or hour."]})}), status=400)
+    fields = {}
+    if days is None:
+        fields["days"] = [f"Must be one of {', '.join(map(str, RANGE_DAYS))}."]
+    if period not in UsageRollup.Period.values:
+        fields["period"] = ["Must be day or hour."]
+    if fields:
+        return JsonResponse(error_body(code="invalid", message="Invalid input.", fields=fields), status=400)
     rows = usage_rollups_csv_rows(days=days, period=period)
     response = StreamingHttpResponse(_csv_chunks(rows), content_type="text/csv; charset=utf-8")
     stamp = timezone.localtime().strftime("%Y%m%d")
