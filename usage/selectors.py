@@ -276,7 +276,7 @@ def usage_overview(*, days: int = PAGE_DAYS, now: datetime | None = None, top: i
 
 def _user_label(names: dict, pk: int | None) -> str:
     if pk is None:
-        return "(the system: model tests)"
+        return "(no user: model tests, deleted users)"
     return names.get(pk, f"(deleted user #{pk})")
 
 
