@@ -187,6 +187,7 @@ def main() -> None:
     env = _app_env(database_url, redis_url)
     _manage(env, "migrate", "--noinput", "-v0")
     _manage(env, "load_models", "-v0")
+    _manage(env, "collectstatic", "--noinput", "-v0")  # production serves the hashed names, as `make serve` does
     fill = "Fill: kept from an earlier run (same row count)."
     if os.environ.get("BENCH_DASHBOARD_REFILL") == "1" or _rows(database_url) != rows:
         print(f"filling {rows:,} usage rows (minutes)…", flush=True)

@@ -100,34 +100,65 @@ class Sums(Totals):
         return self.errors / self.requests if self.requests else 0.0
 
 
+class _Accumulator:
+    """Sums per key as plain lists: pages add up thousands of rows, so no object per row."""
+
+    def __init__(self) -> None:
+        self.sums: dict[tuple, list] = {}
+        self._dates: dict[datetime, date] = {}
+
+    def day(self, moment: datetime) -> date:
+        day = self._dates.get(moment)
+        if day is None:
+            day = self._dates[moment] = local_date(moment)
+        return day
+
+    def add(self, key: tuple, requests, errors, input_tokens, output_tokens, cost, sign: int = 1) -> None:
+        sums = self.sums.get(key)
+        if sums is None:
+            self.sums[key] = [sign * requests, sign * errors, sign * input_tokens, sign * output_tokens, sign * cost]
+            return
+        sums[0] += sign * requests
+        sums[1] += sign * errors
+        sums[2] += sign * input_tokens
+        sums[3] += sign * output_tokens
+        sums[4] += sign * cost
+
+    def result(self) -> dict[tuple, Sums]:
+        return {key: Sums(*sums) for key, sums in self.sums.items() if sums[0]}
+
+
+def _current_hour(filters: Q, columns: tuple[str, ...], hour_start: datetime):
+    """The raw rows of the current hour summed per `columns`: (*columns, *MEASURES) tuples."""
+    return (UsageLog.objects.filter(filters, created_at__gte=hour_start).order_by().values(*columns)
+            .annotate(requests=Count("id"), errors=Count("id", filter=Q(status=UsageLog.Status.ERROR)),
+                      input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), cost=Sum("cost"))
+            .values_list(*columns, *MEASURES))
+
+
 def _grouped(*, filters: Q, group: tuple[str, ...], first_day: date, now: datetime) -> dict[tuple, Sums]:
-    """`group` (log/roll-up columns, plus "date") → Sums, from `first_day` through now (see above)."""
+    """One user's sums ("date" first in `group`, then log/roll-up columns) from `first_day` through now, from the
+    daily roll-ups (see the top of this section for today)."""
+    assert group[0] == "date"
     today = local_date(now)
     today_start, hour_start = day_start(today), hour_floor(now)
-    columns = tuple(name for name in group if name != "date")
-    sums: dict[tuple, Sums] = defaultdict(Sums)
-
-    def key_of(row: dict, day: date) -> tuple:
-        return tuple(day if name == "date" else row[name] for name in group)
-
+    columns = group[1:]
+    sums = _Accumulator()
     rollups = (UsageRollup.objects.filter(filters)
                .filter(Q(period=UsageRollup.Period.DAY, bucket_start__gte=day_start(first_day),
                          bucket_start__lte=today_start)
                        | Q(period=UsageRollup.Period.HOUR, bucket_start=hour_start))
                .order_by().values("period", "bucket_start", *columns)
-               .annotate(**{name: Sum(name) for name in MEASURES}))
-    for row in rollups:
-        values = Totals(*(row[name] for name in MEASURES))
-        if row["period"] == UsageRollup.Period.HOUR:  # already inside today's daily bucket: taken out again
-            values = Totals(*(-value for value in (values.requests, values.errors, values.input_tokens,
-                                                      values.output_tokens, values.cost)))
-        sums[key_of(row, local_date(row["bucket_start"]))].add(values)
-    current = (UsageLog.objects.filter(filters, created_at__gte=hour_start).order_by().values(*columns)
-               .annotate(requests=Count("id"), errors=Count("id", filter=Q(status=UsageLog.Status.ERROR)),
-                         input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), cost=Sum("cost")))
-    for row in current:
-        sums[key_of(row, today)].add(Totals(*(row[name] for name in MEASURES)))
-    return {key: totals for key, totals in sums.items() if totals.requests}
+               .annotate(**{name: Sum(name) for name in MEASURES})
+               .values_list("period", "bucket_start", *columns, *MEASURES))
+    width = len(columns)
+    for period, bucket_start, *row in rollups:
+        # The current hour's bucket is already inside today's daily bucket: taken out again.
+        sums.add((sums.day(bucket_start), *row[:width]), *row[width:],
+                 sign=-1 if period == UsageRollup.Period.HOUR else 1)
+    for row in _current_hour(filters, columns, hour_start):
+        sums.add((today, *row[:width]), *row[width:])
+    return sums.result()
 
 
 def _days(first_day: date, today: date) -> list[date]:
@@ -236,18 +267,15 @@ def _summary_grouped(*, per_user: bool, by_day: bool, first_day: date, now: date
                  .values(*days, *group).annotate(sign=Value(1), **measures))
     current_bucket = (UsageRollup.objects.filter(period=UsageRollup.Period.HOUR, bucket_start=hour_start).order_by()
                       .values(*days, *group).annotate(sign=Value(-1), **measures))
-    sums: dict[tuple, Sums] = defaultdict(Sums)
-    for row in summaries.union(current_bucket, all=True):  # one statement: one snapshot of both
-        values = [row[name] * row["sign"] for name in MEASURES]
-        day = (local_date(row["bucket_start"]),) if by_day else ()
-        sums[(*day, *(row[name] for name in group))].add(Totals(*values))
-    current = (UsageLog.objects.filter(created_at__gte=hour_start).order_by().values(*group)
-               .annotate(requests=Count("id"), errors=Count("id", filter=Q(status=UsageLog.Status.ERROR)),
-                         input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), cost=Sum("cost")))
-    for row in current:
-        day = (today,) if by_day else ()
-        sums[(*day, *(row[name] for name in group))].add(Totals(*(row[name] for name in MEASURES)))
-    return {key: totals for key, totals in sums.items() if totals.requests}
+    sums = _Accumulator()
+    width = len(days) + len(group)
+    # One statement: one snapshot of both.
+    for row in summaries.union(current_bucket, all=True).values_list(*days, *group, "sign", *MEASURES):
+        key = (sums.day(row[0]), *row[1:width]) if by_day else row[:width]
+        sums.add(key, *row[width + 1:], sign=row[width])
+    for row in _current_hour(Q(), group, hour_start):
+        sums.add(((today,) if by_day else ()) + row[:len(group)], *row[len(group):])
+    return sums.result()
 
 
 def usage_overview(*, days: int = PAGE_DAYS, now: datetime | None = None, top: int = TOP_USERS) -> UsageOverview:
