@@ -144,13 +144,14 @@ def _grouped(*, filters: Q, group: tuple[str, ...], first_day: date, now: dateti
     today_start, hour_start = day_start(today), hour_floor(now)
     columns = group[1:]
     sums = _Accumulator()
-    rollups = (UsageRollup.objects.filter(filters)
-               .filter(Q(period=UsageRollup.Period.DAY, bucket_start__gte=day_start(first_day),
-                         bucket_start__lte=today_start)
-                       | Q(period=UsageRollup.Period.HOUR, bucket_start=hour_start))
-               .order_by().values("period", "bucket_start", *columns)
-               .annotate(**{name: Sum(name) for name in MEASURES})
-               .values_list("period", "bucket_start", *columns, *MEASURES))
+    measures = {name: Sum(name) for name in MEASURES}
+    days = (UsageRollup.objects.filter(filters, period=UsageRollup.Period.DAY, bucket_start__gte=day_start(first_day),
+                                       bucket_start__lte=today_start)
+            .order_by().values("period", "bucket_start", *columns).annotate(**measures))
+    current_bucket = (UsageRollup.objects.filter(filters, period=UsageRollup.Period.HOUR, bucket_start=hour_start)
+                      .order_by().values("period", "bucket_start", *columns).annotate(**measures))
+    # One statement (one snapshot), each part a range of the covering index.
+    rollups = days.union(current_bucket, all=True).values_list("period", "bucket_start", *columns, *MEASURES)
     width = len(columns)
     for period, bucket_start, *row in rollups:
         # The current hour's bucket is already inside today's daily bucket: taken out again.
