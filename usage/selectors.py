@@ -1,5 +1,7 @@
 """Reads of the usage log and its roll-ups."""
 
+import contextlib
+import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -8,6 +10,7 @@ from decimal import Decimal
 
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.db.models import Count, Q, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -16,6 +19,8 @@ from registry.models import ApiKey
 from usage.models import UsageDaySummary, UsageLog, UsageRollup
 from usage.quotas import QuotaUnavailable, quota_remaining
 from usage.rollups import MEASURES, SUMMARY_GROUPS, Totals, day_start, hour_floor, local_date
+
+logger = logging.getLogger(__name__)
 
 
 def usage_totals(*, user_id: int, since: datetime | None = None) -> dict:
@@ -256,24 +261,61 @@ class UsageOverview:
     users: int
 
 
+CLOSED_DAYS_CACHE_SECONDS = 3600
+
+
+def _summary_key(row: tuple, width: int, by_day: bool, sums: "_Accumulator") -> tuple:
+    return (sums.day(row[0]), *row[1:width]) if by_day else row[:width]
+
+
+def _closed_days(*, per_user: bool, by_day: bool, first_day: date, today_start: datetime) -> dict[tuple, list]:
+    """The summaries of the whole days before today, summed per key. Cached: those days change only when a late row
+    makes the roll-up task recompute one, which writes its summaries again under new ids, so the key holds the
+    highest id among them (found from the newest rows down the primary key: today's come first)."""
+    group = SUMMARY_GROUPS[per_user]
+    days = ("bucket_start",) if by_day else ()
+    version = (UsageDaySummary.objects.filter(bucket_start__lt=today_start).order_by("-id")
+               .values_list("id", flat=True).first())
+    key = f"llmhub:usage:closed:{int(per_user)}:{int(by_day)}:{first_day}:{today_start.date()}:{version}"
+    try:
+        cached = cache.get(key)
+    except Exception as error:  # the cache is away: the pages still work, a little slower
+        logger.warning("usage pages: cache unavailable (%s)", type(error).__name__)
+        cached = None
+    if cached is not None:
+        return cached
+    sums = _Accumulator()
+    width = len(days) + len(group)
+    rows = (UsageDaySummary.objects.filter(per_user=per_user, bucket_start__gte=day_start(first_day),
+                                           bucket_start__lt=today_start)
+            .order_by().values(*days, *group).annotate(**{name: Sum(name) for name in MEASURES})
+            .values_list(*days, *group, *MEASURES))
+    for row in rows:
+        sums.add(_summary_key(row, width, by_day, sums), *row[width:])
+    with contextlib.suppress(Exception):
+        cache.set(key, sums.sums, CLOSED_DAYS_CACHE_SECONDS)
+    return sums.sums
+
+
 def _summary_grouped(*, per_user: bool, by_day: bool, first_day: date, now: datetime) -> dict[tuple, Sums]:
     """Everyone's sums per tier and answering model (or per user), per day when `by_day` ("date" first in the keys),
-    from the day summaries (see the top of this section for the current hour)."""
+    from the day summaries: the closed days' (cached), today's (see the top of this section for the current hour)."""
     today = local_date(now)
-    hour_start = hour_floor(now)
+    today_start, hour_start = day_start(today), hour_floor(now)
     group = SUMMARY_GROUPS[per_user]
     days = ("bucket_start",) if by_day else ()
     measures = {name: Sum(name) for name in MEASURES}
-    summaries = (UsageDaySummary.objects.filter(per_user=per_user, bucket_start__gte=day_start(first_day)).order_by()
+    sums = _Accumulator()
+    closed = _closed_days(per_user=per_user, by_day=by_day, first_day=first_day, today_start=today_start)
+    sums.sums = {key: list(values) for key, values in closed.items()}
+    summaries = (UsageDaySummary.objects.filter(per_user=per_user, bucket_start__gte=today_start).order_by()
                  .values(*days, *group).annotate(sign=Value(1), **measures))
     current_bucket = (UsageRollup.objects.filter(period=UsageRollup.Period.HOUR, bucket_start=hour_start).order_by()
                       .values(*days, *group).annotate(sign=Value(-1), **measures))
-    sums = _Accumulator()
     width = len(days) + len(group)
-    # One statement: one snapshot of both.
+    # One statement: one snapshot of today's summaries and the current hour's buckets inside them.
     for row in summaries.union(current_bucket, all=True).values_list(*days, *group, "sign", *MEASURES):
-        key = (sums.day(row[0]), *row[1:width]) if by_day else row[:width]
-        sums.add(key, *row[width + 1:], sign=row[width])
+        sums.add(_summary_key(row, width, by_day, sums), *row[width + 1:], sign=row[width])
     for row in _current_hour(Q(), group, hour_start):
         sums.add(((today,) if by_day else ()) + row[:len(group)], *row[len(group):])
     return sums.result()

@@ -137,6 +137,22 @@ def test_it_counts_the_current_hour_once_before_and_after_a_run(history):
     assert after_new_row == tuple(count + 1 for count in before)
 
 
+def test_it_sees_a_late_row_of_a_closed_day_once_it_is_rolled_up(history, django_assert_max_num_queries):
+    owner, *_ = history
+    usage_overview(days=30)  # the closed days' sums are cached now
+    before = usage_overview(days=30)
+
+    log_rows(owner, [timezone.now() - timedelta(days=3)], seed=11)  # a late row of a closed day
+    unchanged = usage_overview(days=30)
+    usage_rollups_update()
+    after = usage_overview(days=30)
+
+    assert unchanged.total.requests == before.total.requests  # closed days come from the roll-ups only
+    assert after.total.requests == before.total.requests + 1
+    assert sum(totals.requests for _, totals in after.top_users) == after.total.requests
+    assert after.daily[-4][1].requests == before.daily[-4][1].requests + 1
+
+
 def test_it_lists_a_users_recent_requests_newest_first_and_only_theirs(history, django_assert_num_queries):
     owner, other, _, rows = history
 
