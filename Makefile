@@ -11,7 +11,7 @@ export LLMHUB_SIMULATOR_URL ?= http://127.0.0.1:$(SIM_PORT)/v1
 CI_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 CI_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: help venv migrate setup run serve simulator test test-embedded test-services lint bench bench-peers soak clean
+.PHONY: help venv migrate setup run serve simulator test test-embedded test-services lint bench bench-peers bench-dashboard soak clean
 
 help:
 	@echo "make run    set up everything and serve llmhub on http://$(HOST):$(PORT) (with the simulated upstream)"
@@ -145,3 +145,14 @@ SOAK_REDIS_URL ?= redis://127.0.0.1:6379/14
 
 soak: venv
 	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_DATABASE_URL=$(SOAK_DATABASE_URL) SOAK_REDIS_URL=$(SOAK_REDIS_URL) $(PY) -m bench.soak
+
+# `make bench-dashboard`: the usage pages (/usage/ and the staff view) on a PostgreSQL database filled with
+# BENCH_DASHBOARD_ROWS (10 million) usage rows by `manage.py usage_fill_bench` (kept between runs; never `test`);
+# fails when a page's median load is above 200 ms. Writes its table into bench/RESULTS.md. See bench/dashboard.py.
+BENCH_DASHBOARD_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/llmhub_bench_dashboard
+BENCH_DASHBOARD_ROWS ?= 10000000
+.PHONY: bench-dashboard
+
+bench-dashboard: venv
+	BENCH_DASHBOARD_DATABASE_URL=$(BENCH_DASHBOARD_DATABASE_URL) BENCH_DASHBOARD_ROWS=$(BENCH_DASHBOARD_ROWS) \
+		$(PY) -m bench.dashboard

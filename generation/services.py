@@ -101,6 +101,10 @@ class GenerationFailed(ApplicationError):
         self.retry_after = retry_after
 
 
+# A usage row keeps the first attempts only (a long translation makes one or more per piece).
+MAX_ATTEMPT_DETAILS = 50
+
+
 def _config(name: str) -> Any:
     return settings.LLMHUB[name]
 
@@ -301,6 +305,7 @@ class _Run:
             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, tokens_estimated=usage.estimated,
             cost=cost, latency_ms=(time.perf_counter() - self.started) * 1000, ttft_ms=ttft_ms, status=status,
             http_status=http_status, error_type=error_type, attempts=len(self.attempts), streamed=streamed,
+            attempt_details=tuple(attempt.as_dict() for attempt in self.attempts[:MAX_ATTEMPT_DETAILS]),
             tier=self.caller.tier.slug,
         ))
         self.cost = cost

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 
-from pages import keys, views
+from pages import keys, usage_views, views
 
 app_name = "pages"
 
@@ -23,4 +23,8 @@ urlpatterns = [
     path("playground/stream/", views.playground_stream, name="playground-stream"),
     path("keys/", keys.keys_page, name="keys"),
     path("keys/<int:key_id>/revoke/", keys.key_revoke, name="key-revoke"),
+    path("usage/", usage_views.usage_mine, name="usage"),
+    path("usage/requests/<str:request_id>/", usage_views.usage_request, name="usage-request"),
+    path("usage/all/", usage_views.usage_all, name="usage-all"),
+    path("usage/all/export.csv", usage_views.usage_export, name="usage-export"),
 ]

@@ -36,6 +36,9 @@ class UsageLog(models.Model):
     http_status = models.PositiveSmallIntegerField()
     error_type = models.CharField(max_length=100, blank=True)
     attempts = models.PositiveSmallIntegerField(default=1)
+    attempt_details = models.JSONField(
+        default=list, blank=True, help_text="Each attempt (at most the first 50): model, outcome, latency_ms, "
+        "upstream_status, message (the generic text a client sees).")
     streamed = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
@@ -106,11 +109,42 @@ class UsageRollup(models.Model):
     class Meta:
         indexes = [
             models.Index(fields=["period", "bucket_start"], name="usage_rollup_bucket_idx"),
-            models.Index(fields=["user", "period", "bucket_start"], name="usage_rollup_user_idx"),
+            # Covering the usage page's read (one user's days by model and key): an index-only scan, never the wide
+            # rows with their histograms.
+            models.Index(fields=["user", "period", "bucket_start"], name="usage_rollup_user_cover_idx",
+                         include=["answered_model", "api_key", "requests", "errors", "input_tokens",
+                                  "output_tokens", "cost"]),
         ]
 
     def __str__(self) -> str:
         return f"{self.period} {self.bucket_start:%Y-%m-%d %H:%M} user {self.user_id}"
+
+
+class UsageDaySummary(models.Model):
+    """A daily bucket of the roll-ups summed over every dimension but one pair: per tier and answering model
+    (`user` null) or per user (`tier` and `answered_model` blank, `per_user` true). Written with the day's roll-ups
+    in the same transaction (usage/rollups.py), so the staff view reads a few thousand rows for any range rather
+    than every user's every bucket."""
+
+    bucket_start = models.DateTimeField(help_text="The start of the day, in TIME_ZONE.")
+    per_user = models.BooleanField()
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    tier = models.CharField(max_length=50, blank=True)
+    answered_model = models.CharField(max_length=100, blank=True)
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=24, decimal_places=10, default=0)
+
+    class Meta:
+        verbose_name_plural = "usage day summaries"
+        indexes = [models.Index(fields=["per_user", "bucket_start"], name="usage_day_summary_idx",
+                                include=["user", "tier", "answered_model", "requests", "errors", "input_tokens",
+                                         "output_tokens", "cost"])]
+
+    def __str__(self) -> str:
+        return f"{self.bucket_start:%Y-%m-%d} {'user ' + str(self.user_id) if self.per_user else self.tier}"
 
 
 class UsageRollupState(models.Model):

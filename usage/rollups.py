@@ -44,7 +44,7 @@ from django.db.models.functions import Trunc
 from django.utils import timezone
 
 from usage.histograms import BOUNDS, BUCKETS, histogram_empty, histogram_merge
-from usage.models import UsageLog, UsageRollup, UsageRollupState
+from usage.models import UsageDaySummary, UsageLog, UsageRollup, UsageRollupState
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +218,22 @@ def usage_day_recompute(*, day: date, hours: Iterable[datetime]) -> None:
         for hour in sorted(set(hours)):
             _bucket_replace(period=UsageRollup.Period.HOUR, start=hour, totals=_hour_totals(hour))
         _bucket_replace(period=UsageRollup.Period.DAY, start=start, totals=_day_totals(start))
+        _day_summaries_replace(start=start)
+
+
+# The day summaries (UsageDaySummary): the day's buckets per tier and answering model, and per user.
+SUMMARY_GROUPS = {False: ("tier", "answered_model"), True: ("user_id",)}
+
+
+def _day_summaries_replace(*, start: datetime) -> None:
+    """Recomputes the day's summaries from its daily buckets, in the caller's transaction."""
+    UsageDaySummary.objects.filter(bucket_start=start).delete()
+    day = UsageRollup.objects.filter(period=UsageRollup.Period.DAY, bucket_start=start).order_by()
+    UsageDaySummary.objects.bulk_create([
+        UsageDaySummary(bucket_start=start, per_user=per_user, **row)
+        for per_user, group in SUMMARY_GROUPS.items()
+        for row in day.values(*group).annotate(**{name: Sum(name) for name in MEASURES})
+    ])
 
 
 # --- The beat task's work -----------------------------------------------------------------------------------
@@ -298,3 +314,78 @@ def usage_log_prune(*, now: datetime | None = None, budget_seconds: float | None
         with transaction.atomic():
             deleted += UsageLog.objects.filter(pk__in=ids).delete()[0]
     return deleted
+
+
+# --- Rebuilding every bucket at once (PostgreSQL) -------------------------------------------------------------
+
+# A histogram built in SQL: one plpgsql transition per row adds 1 to the row's bucket of an integer array of BUCKETS
+# counts (in place: PostgreSQL hands the aggregate's state to plpgsql as an expanded array). pg_temp: the functions
+# live only as long as the session.
+_HISTOGRAM_AGGREGATE_SQL = f"""
+CREATE OR REPLACE FUNCTION pg_temp.llmhub_histogram_add(state integer[], bucket integer) RETURNS integer[]
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  IF bucket IS NOT NULL THEN state[bucket + 1] := state[bucket + 1] + 1; END IF;
+  RETURN state;
+END $$;
+DROP AGGREGATE IF EXISTS pg_temp.llmhub_histogram(integer);
+CREATE AGGREGATE pg_temp.llmhub_histogram(integer) (
+  SFUNC = pg_temp.llmhub_histogram_add, STYPE = integer[], INITCOND = '{{{",".join(["0"] * BUCKETS)}}}');
+"""
+
+
+def usage_rollups_rebuild(*, now: datetime | None = None) -> int:
+    """Replaces every roll-up not yet final (from the retention horizon on: older days may have lost raw rows to
+    retention) by buckets recomputed from the raw log, in two set-based statements (hours, then days straight from
+    the rows), and marks the log rolled up to its last row; returns the buckets written. The same buckets as
+    `usage_rollups_update` (a test holds them equal), minutes faster on millions of rows.
+
+    PostgreSQL only, and for a log nobody writes to meanwhile (a benchmark's fill, a restore): rows inserted during
+    the rebuild are marked rolled up without being counted."""
+    if connection.vendor != "postgresql":
+        raise NotImplementedError("usage_rollups_rebuild needs PostgreSQL; use usage_rollups_update")
+    now = now or timezone.now()
+    since = rollup_horizon(now)
+    table, log = (connection.ops.quote_name(model._meta.db_table) for model in (UsageRollup, UsageLog))
+    dimensions = ", ".join(connection.ops.quote_name(UsageLog._meta.get_field(name.removesuffix("_id")).column)
+                           for name in DIMENSIONS)
+    bounds = list(BOUNDS)
+    written = 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+        # Sorting and hashing millions of rows: in memory rather than in temporary files.
+        cursor.execute("SET LOCAL work_mem = '256MB'")
+        cursor.execute(_HISTOGRAM_AGGREGATE_SQL)
+        top = UsageLog.objects.aggregate(top=Max("pk"))["top"] or 0
+        cursor.execute(f"DELETE FROM {table} WHERE bucket_start >= %s", [since])  # noqa: S608 (our own table)
+        for period in (UsageRollup.Period.HOUR, UsageRollup.Period.DAY):
+            # Built from the models' own table and column names, never from input; values are parameters.
+            cursor.execute(f"""
+                INSERT INTO {table} (period, bucket_start, {dimensions}, requests, errors, input_tokens, output_tokens,
+                                     cost, latency_histogram, ttft_histogram, computed_at)
+                SELECT %(period)s, date_trunc(%(period)s, created_at, %(zone)s), {dimensions}, count(*),
+                       count(*) FILTER (WHERE status = %(error)s), sum(input_tokens), sum(output_tokens), sum(cost),
+                       to_jsonb(pg_temp.llmhub_histogram(width_bucket(latency_ms, %(bounds)s::float8[]))),
+                       to_jsonb(pg_temp.llmhub_histogram(width_bucket(ttft_ms, %(bounds)s::float8[]))), %(now)s
+                FROM {log} WHERE id <= %(top)s AND created_at >= %(since)s
+                GROUP BY 2, {dimensions}""",  # noqa: S608
+                {"period": str(period), "zone": str(_tz()), "error": UsageLog.Status.ERROR, "bounds": bounds,
+                 "now": now, "top": top, "since": since})
+            written += cursor.rowcount
+        summary = connection.ops.quote_name(UsageDaySummary._meta.db_table)
+        cursor.execute(f"DELETE FROM {summary} WHERE bucket_start >= %s", [since])  # noqa: S608 (our own table)
+        for per_user, group in SUMMARY_GROUPS.items():
+            # The columns a summary leaves out hold what the ORM writes there: '' (and NULL for the user).
+            values = ", ".join(name if name in group else ("NULL" if name == "user_id" else "''")
+                               for name in ("user_id", "tier", "answered_model"))
+            cursor.execute(f"""
+                INSERT INTO {summary} (bucket_start, per_user, user_id, tier, answered_model, requests, errors,
+                                       input_tokens, output_tokens, cost)
+                SELECT bucket_start, %s, {values}, sum(requests), sum(errors), sum(input_tokens), sum(output_tokens),
+                       sum(cost)
+                FROM {table} WHERE period = %s AND bucket_start >= %s
+                GROUP BY bucket_start, {", ".join(group)}""",  # noqa: S608
+                [per_user, UsageRollup.Period.DAY, since])
+        UsageRollupState.objects.update_or_create(pk=1, defaults={"rolled_up_id": top, "mark_id": top,
+                                                                  "mark_at": now})
+    return written

@@ -47,6 +47,7 @@ class UsageEntry:
     ttft_ms: float | None = None
     error_type: str = ""
     attempts: int = 1
+    attempt_details: tuple[dict, ...] = ()
     streamed: bool = False
     created_at: datetime = field(default_factory=timezone.now)
 

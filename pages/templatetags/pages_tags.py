@@ -5,6 +5,7 @@ from django import template
 register = template.Library()
 
 CENT = Decimal("0.01")
+MICRO = Decimal("0.000001")
 
 
 @register.filter
@@ -77,3 +78,19 @@ def test_error(error: str) -> str:
 def field(form, name: str):
     """`form|field:"task_defaults.generation"`: a nested field, which the dot syntax cannot name."""
     return form[name]
+
+
+@register.filter
+def money(value) -> str:
+    """A usage amount: cents from a cent up ($1,234.50), below that to the micro-dollar ($0.000123)."""
+    value = Decimal(value)
+    if value == 0 or abs(value) >= CENT:
+        return f"${value.quantize(CENT):,}"
+    micro = value.quantize(MICRO)
+    return f"${micro.normalize():f}" if micro else "< $0.000001"
+
+
+@register.filter
+def percent(value: float) -> str:
+    """0.0345 → 3.5%."""
+    return f"{value * 100:.1f}%"

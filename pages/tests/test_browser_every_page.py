@@ -25,6 +25,8 @@ USER_PAGES = [
     ("registry-model-tests", "/models/registry/demo/tests/", "Recent tests"),
     ("playground", "/playground/", 'h1:has-text("Playground")'),
     ("keys", "/keys/", 'h1:has-text("API keys")'),
+    ("usage", "/usage/", 'h1:has-text("Usage")'),
+    ("usage-all", "/usage/all/", 'h1:has-text("Usage of everyone")'),
     ("browsable-api", "/api/models/", "llmhub API"),
 ]
 DOC_PAGES = [
