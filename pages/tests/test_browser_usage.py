@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from conftest import usage_rows
-from pages.tests.test_browser import TIMEOUT_MS, browser, log_in, screenshot  # noqa: F401 (fixture)
+from pages.tests.conftest import TIMEOUT_MS, log_in, screenshot
 from registry.models import QuotaLimit, Tier
 from usage.rollups import usage_rollups_update
 
@@ -22,7 +22,7 @@ VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, 
 
 
 @pytest.fixture
-def new_page(browser, live_hub):  # noqa: F811 (the imported fixture)
+def new_page(browser, live_hub):
     contexts, errors = [], []
 
     def make(viewport: str) -> Page:
