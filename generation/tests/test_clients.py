@@ -2,6 +2,7 @@
 Debian's node, installed with npm into var/ for the tests only) and LangChain's OpenAI integrations (pinned in
 requirements-dev.txt). Each call leaves one usage row with tokens and cost."""
 
+import fcntl
 import json
 import os
 import shutil
@@ -25,8 +26,17 @@ def node_sdk() -> Path:
     if node is None or npm is None:
         pytest.fail("node and npm are needed (Debian's nodejs and npm packages)")
     package = NODE_DIR / "node_modules" / "openai" / "package.json"
+    NODE_DIR.mkdir(parents=True, exist_ok=True)
+    # CI runs the embedded and the services suites at once: one of them installs, the other waits for it.
+    with open(NODE_DIR / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _node_sdk_install(npm, package)
+    shutil.copy(NODE_SCRIPT, NODE_DIR / NODE_SCRIPT.name)  # next to its node_modules, so the import resolves
+    return NODE_DIR / NODE_SCRIPT.name
+
+
+def _node_sdk_install(npm: str, package: Path) -> None:
     if not package.exists() or json.loads(package.read_text())["version"] != NODE_SDK_VERSION:
-        NODE_DIR.mkdir(parents=True, exist_ok=True)
         try:
             subprocess.run([npm, "install", f"openai@{NODE_SDK_VERSION}", "--no-audit", "--no-fund", "--silent"],
                            cwd=NODE_DIR, check=True, capture_output=True, text=True, timeout=240)
@@ -36,8 +46,6 @@ def node_sdk() -> Path:
                     or isinstance(error, subprocess.TimeoutExpired):
                 pytest.skip(f"the npm registry is unreachable, so the Node SDK cannot be installed: {output[-300:]}")
             raise
-    shutil.copy(NODE_SCRIPT, NODE_DIR / NODE_SCRIPT.name)  # next to its node_modules, so the import resolves
-    return NODE_DIR / NODE_SCRIPT.name
 
 
 def test_the_official_node_sdk_chats_streams_embeds_and_completes(live_hub, free_user, api_key_for, node_sdk):
