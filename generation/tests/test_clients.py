@@ -49,6 +49,12 @@ def _node_sdk_install(npm: str, package: Path) -> None:
 
 
 def test_the_official_node_sdk_chats_streams_embeds_and_completes(live_hub, free_user, api_key_for, node_sdk):
+    from registry.models import LLMModel
+    from registry.selectors import registry_snapshot
+
+    LLMModel.objects.filter(public_id="demo-backup").update(api="responses")  # served on the upstream's /responses
+    registry_snapshot.invalidate()
+
     run = subprocess.run(["node", str(node_sdk)], capture_output=True, text=True, timeout=60, env={
         **os.environ, "LLMHUB_BASE_URL": f"{live_hub}/v1", "LLMHUB_API_KEY": api_key_for(free_user)})
     assert run.returncode == 0, run.stderr
@@ -60,9 +66,14 @@ def test_the_official_node_sdk_chats_streams_embeds_and_completes(live_hub, free
     assert (result["completionObject"], result["completion"]) == ("text_completion", result["chat"])
     assert result["refused"]["status"] == 400 and result["refused"]["param"] == "temperature"
     assert result["refused"]["requestId"].startswith("req_")
-    rows = usage_rows(4)
+    assert result["response"] == result["chat"]  # bridged to the chat model and back
+    assert result["responseUsage"]["output_tokens"] == 7
+    assert result["responseStreamed"] == "Simulated reply from demo-backup: hello from node"  # native Responses
+    assert result["responseStreamUsage"]["output_tokens"] > 0
+    rows = usage_rows(6)
     assert [row.endpoint for row in rows] == ["v1.chat_completions", "v1.chat_completions", "v1.embeddings",
-                                              "v1.completions"]
+                                              "v1.completions", "v1.responses", "v1.responses"]
+    assert [row.answered_model for row in rows[-2:]] == ["demo", "demo-backup"]
     assert all(row.status == "ok" and row.input_tokens > 0 and row.cost > 0 for row in rows)
 
 
@@ -81,6 +92,7 @@ def test_langchains_openai_integrations_chat_stream_embed_and_complete(live_hub,
     vectors = OpenAIEmbeddings(model="demo-embed", check_embedding_ctx_length=False, **options).embed_documents(
         ["hello", "langchain"])
     completion = OpenAI(model="demo", **options).invoke("hello from langchain")
+    via_responses = ChatOpenAI(model="demo", use_responses_api=True, **options).invoke("hello from langchain")
 
     assert answer.content == streamed == "Simulated reply from demo: hello from langchain"
     assert answer.usage_metadata["input_tokens"] == 3
@@ -88,7 +100,9 @@ def test_langchains_openai_integrations_chat_stream_embed_and_complete(live_hub,
     assert tool_call.tool_calls[0]["name"] == "lookup"
     assert [len(vector) for vector in vectors] == [16, 16]
     assert completion == answer.content
-    rows = usage_rows(6)
+    assert via_responses.text == answer.content  # LangChain on /v1/responses, bridged to the chat model
+    rows = usage_rows(7)
+    assert [row.endpoint for row in rows].count("v1.responses") == 1
     assert [row.endpoint for row in rows].count("v1.embeddings") == 1
     assert [row.endpoint for row in rows].count("v1.completions") == 1
     assert all(row.status == "ok" and row.input_tokens > 0 and row.cost > 0 for row in rows)

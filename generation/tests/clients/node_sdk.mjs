@@ -1,4 +1,5 @@
-// The official openai Node SDK against llmhub's /v1: chat (plain and streaming), embeddings, legacy completions.
+// The official openai Node SDK against llmhub's /v1: chat (plain and streaming), embeddings, legacy completions, and
+// the Responses API (plain to a chat model, bridged; streaming to a model served on /responses, native).
 // Run by generation/tests/test_clients.py with LLMHUB_BASE_URL and LLMHUB_API_KEY; prints one JSON object.
 import OpenAI from "openai";
 
@@ -17,6 +18,14 @@ for await (const chunk of stream) {
 }
 const embeddings = await client.embeddings.create({ model: "demo-embed", input: ["hello from node", "again"] });
 const completion = await client.completions.create({ model: "demo", prompt: "hello from node" });
+const response = await client.responses.create({ model: "demo", input: "hello from node" });
+const responseStream = await client.responses.create({ model: "demo-backup", input: "hello from node", stream: true });
+let responseStreamed = "";
+let responseUsage = null;
+for await (const event of responseStream) {
+  if (event.type === "response.output_text.delta") responseStreamed += event.delta;
+  if (event.type === "response.completed") responseUsage = event.response.usage;
+}
 let refused = null;
 try {
   await client.chat.completions.create({ model: "demo", messages, temperature: "hot" });
@@ -32,5 +41,9 @@ console.log(JSON.stringify({
   embeddingUsage: embeddings.usage,
   completion: completion.choices[0].text,
   completionObject: completion.object,
+  response: response.output_text,
+  responseUsage: response.usage,
+  responseStreamed,
+  responseStreamUsage: responseUsage,
   refused,
 }));
