@@ -17,9 +17,11 @@ import atexit
 import collections
 import contextlib
 import logging
+import os
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, lru_cache, partial
@@ -257,9 +259,12 @@ class DatabaseQuotaBackend(QuotaBackend):
 
     def __init__(self) -> None:
         self._swept_at = 0.0
-        # One thread (a hop costs half of asgiref's, and its connection stays warm); the executor's own exit handler
-        # runs what is still queued before the interpreter ends.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quota-db")
+        # One thread of our own (a hop costs a third of an executor's, and its connection stays warm), started on
+        # the first decision of each process; at exit, what is still queued runs in the exiting thread.
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._pid = 0  # the process that started the thread (a forked child starts its own)
+        self._starting = threading.Lock()
+        self._running = threading.Lock()  # one runner at a time: the thread, or the exit handler
         self._jobs: collections.deque[_Job] = collections.deque()
         self._grouped = settings.DATABASES[DEFAULT_DB_ALIAS]["ENGINE"] == "django.db.backends.sqlite3"
         self._kick_pending = False
@@ -290,17 +295,20 @@ class DatabaseQuotaBackend(QuotaBackend):
             try:
                 asyncio.get_running_loop().call_later(SETTLE_DELAY_SECONDS, self._kick)
             except RuntimeError:  # no event loop: now
-                self._thread.submit(self._run_queued)
+                self._wake_thread()
                 return
             self._kick_pending = True
 
     def _kick(self) -> None:
         self._kick_pending = False
         if self._jobs:
-            self._thread.submit(self._run_queued)
+            self._wake_thread()
 
     async def drain(self) -> None:
-        await asyncio.wrap_future(self._thread.submit(self._run_queued))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._submit(_Job(_nothing, (), loop, future))  # answered once everything queued before it has run
+        await future
 
     def _exit(self) -> None:
         """At exit, settles still waiting for a decision to share its commit are written (in this thread)."""
@@ -315,10 +323,32 @@ class DatabaseQuotaBackend(QuotaBackend):
 
     def _submit(self, job: "_Job") -> None:
         self._jobs.append(job)
-        self._thread.submit(self._run_queued)
+        self._wake_thread()
+
+    def _wake_thread(self) -> None:
+        if self._pid != os.getpid():
+            with self._starting:
+                if self._pid != os.getpid():
+                    self._wake = queue.SimpleQueue()
+                    threading.Thread(target=self._serve, name="quota-db", daemon=True).start()
+                    self._pid = os.getpid()
+        self._wake.put(None)
+
+    def _serve(self) -> None:
+        wake = self._wake
+        while True:
+            wake.get()
+            try:
+                self._run_queued()
+            except Exception:  # never seen: _run answers every job; the thread must live on regardless
+                logger.exception("quota thread")
 
     def _run_queued(self) -> None:
         """Runs the jobs queued so far (none when an earlier run took them): on SQLite in one transaction."""
+        with self._running:
+            self._run_jobs()
+
+    def _run_jobs(self) -> None:
         db = connections[DEFAULT_DB_ALIAS]
         while self._jobs:
             jobs = [self._jobs.popleft()]
@@ -553,6 +583,10 @@ class _Job:
     loop: asyncio.AbstractEventLoop | None
     future: asyncio.Future | None  # None: nobody waits (a settle); a failure is logged
     request_id: str = ""
+
+
+def _nothing(cursor) -> None:
+    pass
 
 
 def _resolve(answers: list[tuple[asyncio.Future, object, Exception | None]]) -> None:
