@@ -259,8 +259,9 @@ class DatabaseQuotaBackend(QuotaBackend):
 
     def __init__(self) -> None:
         self._swept_at = 0.0
-        # One thread of our own (a hop costs a third of an executor's, and its connection stays warm), started on
-        # the first decision of each process; at exit, what is still queued runs in the exiting thread.
+        # One thread of our own (waking it is one SimpleQueue.put, cheaper than an executor's submit; its connection
+        # stays warm), started on the first decision of each process; at exit, what is still queued runs in the
+        # exiting thread.
         self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._pid = 0  # the process that started the thread (a forked child starts its own)
         self._starting = threading.Lock()
