@@ -63,16 +63,15 @@ class QuotaCounter(models.Model):
 
 
 class QuotaHold(models.Model):
-    """A reservation of one request on one counter, until it is settled (or expires: a crashed process leaks nothing)."""
+    """The reservation of one request on all its counters, until it is settled (or expires: a crashed process leaks
+    nothing). One row per request, whatever the number of counters: a decision inserts one row, a settle deletes it.
 
-    request_id = models.CharField(max_length=64)
-    key = models.CharField(max_length=255)
-    amount = models.BigIntegerField()
-    expires_at = models.DateTimeField()
+    `amounts` is "<counter key> <amount> <counter key> <amount> ..." (the counters of one owner, in key order);
+    `expires_at` is in epoch milliseconds, so a decision formats no timestamp."""
 
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["request_id", "key"], name="unique_quota_hold")]
-        indexes = [models.Index(fields=["key", "expires_at"], name="quota_hold_key_expiry_idx")]
+    request_id = models.CharField(max_length=64, primary_key=True)
+    amounts = models.TextField()
+    expires_at = models.BigIntegerField(db_index=True)
 
 
 class UsageRollup(models.Model):

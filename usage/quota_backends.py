@@ -5,7 +5,7 @@
   reservation is one record in its owner's hash of holds (every counter's amount), with its expiry time in the
   owner's sorted set.
 - `DatabaseQuotaBackend` (embedded): a conditional `UPDATE … SET held = held + n WHERE used + held + n <= limit`
-  per counter in one transaction, checking the row count; reservations are rows of `QuotaHold`.
+  over every counter in one statement; a reservation is one row of `QuotaHold` (every counter's amount).
 
 Amounts are integers (requests, tokens, or cost in units of 1e-10). A reservation that is never settled (its
 process crashed) expires after `hold_seconds`: the next decision that would be refused because of it, or the
@@ -17,9 +17,11 @@ import atexit
 import collections
 import contextlib
 import logging
+import os
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, lru_cache, partial
@@ -257,9 +259,13 @@ class DatabaseQuotaBackend(QuotaBackend):
 
     def __init__(self) -> None:
         self._swept_at = 0.0
-        # One thread (a hop costs half of asgiref's, and its connection stays warm); the executor's own exit handler
-        # runs what is still queued before the interpreter ends.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quota-db")
+        # One thread of our own (waking it is one SimpleQueue.put, cheaper than an executor's submit; its connection
+        # stays warm), started on the first decision of each process; at exit, what is still queued runs in the
+        # exiting thread.
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._pid = 0  # the process that started the thread (a forked child starts its own)
+        self._starting = threading.Lock()
+        self._running = threading.Lock()  # one runner at a time: the thread, or the exit handler
         self._jobs: collections.deque[_Job] = collections.deque()
         self._grouped = settings.DATABASES[DEFAULT_DB_ALIAS]["ENGINE"] == "django.db.backends.sqlite3"
         self._kick_pending = False
@@ -290,17 +296,20 @@ class DatabaseQuotaBackend(QuotaBackend):
             try:
                 asyncio.get_running_loop().call_later(SETTLE_DELAY_SECONDS, self._kick)
             except RuntimeError:  # no event loop: now
-                self._thread.submit(self._run_queued)
+                self._wake_thread()
                 return
             self._kick_pending = True
 
     def _kick(self) -> None:
         self._kick_pending = False
         if self._jobs:
-            self._thread.submit(self._run_queued)
+            self._wake_thread()
 
     async def drain(self) -> None:
-        await asyncio.wrap_future(self._thread.submit(self._run_queued))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._submit(_Job(_nothing, (), loop, future))  # answered once everything queued before it has run
+        await future
 
     def _exit(self) -> None:
         """At exit, settles still waiting for a decision to share its commit are written (in this thread)."""
@@ -315,10 +324,32 @@ class DatabaseQuotaBackend(QuotaBackend):
 
     def _submit(self, job: "_Job") -> None:
         self._jobs.append(job)
-        self._thread.submit(self._run_queued)
+        self._wake_thread()
+
+    def _wake_thread(self) -> None:
+        if self._pid != os.getpid():
+            with self._starting:
+                if self._pid != os.getpid():
+                    self._wake = queue.SimpleQueue()
+                    threading.Thread(target=self._serve, name="quota-db", daemon=True).start()
+                    self._pid = os.getpid()
+        self._wake.put(None)
+
+    def _serve(self) -> None:
+        wake = self._wake
+        while True:
+            wake.get()
+            try:
+                self._run_queued()
+            except Exception:  # never seen: _run answers every job; the thread must live on regardless
+                logger.exception("quota thread")
 
     def _run_queued(self) -> None:
         """Runs the jobs queued so far (none when an earlier run took them): on SQLite in one transaction."""
+        with self._running:
+            self._run_jobs()
+
+    def _run_jobs(self) -> None:
         db = connections[DEFAULT_DB_ALIAS]
         while self._jobs:
             jobs = [self._jobs.popleft()]
@@ -373,44 +404,28 @@ class DatabaseQuotaBackend(QuotaBackend):
         raw.execute("COMMIT")
         return outcomes
 
-    # The conditional upsert over every counter of a request: a counter takes its amount only while
-    # used + held + amount <= limit (one not there yet is created with it, if it fits); a row comes back for
-    # exactly those that did. Atomic on SQLite and PostgreSQL (ON CONFLICT locks the row and re-checks its latest
-    # version); the counters are in key order, so two transactions on PostgreSQL cannot deadlock.
-    _TAKE = ("WITH v(k, amount, window_end, lim) AS (VALUES {rows}) "
-             "INSERT INTO usage_quotacounter (key, used, held, refused, window_end) "
-             "SELECT k, 0, amount, 0, window_end FROM v WHERE amount <= lim "
-             "ON CONFLICT (key) DO UPDATE SET held = usage_quotacounter.held + excluded.held "
-             "WHERE usage_quotacounter.used + usage_quotacounter.held + excluded.held <= "
-             "(SELECT lim FROM v WHERE v.k = excluded.key) "
-             "RETURNING key, used, held")
-
     def _reserve(self, cursor, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
         now = time.time()
         if now - self._swept_at > _SWEEP_EVERY_SECONDS:
             self._swept_at = now
             self._sweep(cursor, now)
-        ordered = sorted(charges, key=lambda charge: charge.key)  # one lock order
+        ordered = sorted(charges, key=_charge_key)  # one lock order
         taken = self._take(cursor, ordered, hold_seconds)
-        if len(taken) < len(charges) and sum(self._reclaim(cursor, charge.key, now)
-                                             for charge in ordered if charge.key not in taken):
+        if len(taken) < len(charges) and self._reclaim(cursor, ordered[0].key, now):
             self._give_back(cursor, ordered, taken)
             taken = self._take(cursor, ordered, hold_seconds)
         if len(taken) == len(charges):
-            expires = _datetime(now + hold_seconds)
-            holds = [(request_id, charge.key, charge.amount, expires) for charge in charges if charge.amount]
-            if holds:
-                marks = ", ".join(["(%s, %s, %s, %s)"] * len(holds))
-                cursor.execute(f"INSERT INTO usage_quotahold (request_id, key, amount, expires_at) VALUES {marks}",  # noqa: S608
-                               [value for hold in holds for value in hold])
-            return Decision(refused=None, used=tuple(taken[c.key][0] for c in charges),
-                            held=tuple(taken[c.key][1] for c in charges))
+            amounts = " ".join([f"{charge.key} {charge.amount}" for charge in ordered if charge.amount])
+            if amounts:
+                cursor.execute(_HOLD, (request_id, amounts, int((now + hold_seconds) * 1000)))
+            return Decision(refused=None, used=tuple([taken[c.key][0] for c in charges]),
+                            held=tuple([taken[c.key][1] for c in charges]))
         refused = next(index for index, charge in enumerate(charges) if charge.key not in taken)
         self._give_back(cursor, ordered, taken)
         charge = charges[refused]
         cursor.execute("INSERT INTO usage_quotacounter (key, used, held, refused, window_end) VALUES (%s, 0, 0, 1, %s) "
                        "ON CONFLICT (key) DO UPDATE SET refused = usage_quotacounter.refused + 1",
-                       [charge.key, _datetime(charge.window_end + hold_seconds)])
+                       [charge.key, _window_datetime(charge.window_end + hold_seconds)])
         marks = ", ".join(["%s"] * len(charges))
         cursor.execute(f"SELECT key, used, held FROM usage_quotacounter WHERE key IN ({marks})",  # noqa: S608
                        [charge.key for charge in charges])
@@ -418,10 +433,12 @@ class DatabaseQuotaBackend(QuotaBackend):
         return Decision(refused=refused, used=tuple(state.get(c.key, (0, 0))[0] for c in charges),
                         held=tuple(state.get(c.key, (0, 0))[1] for c in charges))
 
-    def _take(self, cursor, ordered: list[Charge], hold_seconds: float) -> dict[str, tuple[int, int]]:
-        cursor.execute(self._TAKE.format(rows=", ".join(["(%s, %s, %s, %s)"] * len(ordered))),
-                       [value for charge in ordered for value in (
-                           charge.key, charge.amount, _window_datetime(charge.window_end + hold_seconds), charge.limit)])
+    @staticmethod
+    def _take(cursor, ordered: list[Charge], hold_seconds: float) -> dict[str, tuple[int, int]]:
+        values = []
+        for charge in ordered:
+            values += (charge.key, charge.amount, _window_datetime(charge.window_end + hold_seconds), charge.limit)
+        cursor.execute(_take_sql(len(ordered)), values)
         return {key: (used, held) for key, used, held in cursor.fetchall()}
 
     @staticmethod
@@ -431,37 +448,46 @@ class DatabaseQuotaBackend(QuotaBackend):
             if charge.key in taken:
                 cursor.execute("UPDATE usage_quotacounter SET held = held - %s WHERE key = %s", [charge.amount, charge.key])
 
+    @classmethod
+    def _reclaim(cls, cursor, key: str, now: float) -> int:
+        """Gives back the reservations of the counter's owner that expired (their process crashed); returns how
+        many there were."""
+        owner = key[:key.index("}") + 1]  # "llmhub:q:{u:<id>}": every counter of the user, its keys' included
+        cursor.execute("DELETE FROM usage_quotahold WHERE expires_at < %s AND amounts LIKE %s RETURNING amounts",
+                       [int(now * 1000), owner + "%"])
+        return cls._give_back_holds(cursor, [amounts for (amounts,) in cursor.fetchall()])
+
     @staticmethod
-    def _reclaim(cursor, key: str, now: float) -> int:
-        """Gives back the counter's reservations that expired (their process crashed); returns how much."""
-        cursor.execute("DELETE FROM usage_quotahold WHERE key = %s AND expires_at < %s RETURNING amount",
-                       [key, _datetime(now)])
-        amount = sum(row[0] for row in cursor.fetchall())
-        if amount:
-            cursor.execute("UPDATE usage_quotacounter SET held = held - %s WHERE key = %s", [amount, key])
-        return amount
+    def _give_back_holds(cursor, records: list[str]) -> int:
+        back: dict[str, int] = collections.Counter()
+        for record in records:
+            fields = record.split(" ")
+            for key, amount in zip(fields[::2], fields[1::2], strict=True):
+                back[key] += int(amount)
+        for key in sorted(back):  # one lock order
+            cursor.execute("UPDATE usage_quotacounter SET held = held - %s WHERE key = %s", [back[key], key])
+        return len(records)
 
     @staticmethod
     def _settle(cursor, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...]) -> None:
-        cursor.execute("DELETE FROM usage_quotahold WHERE request_id = %s RETURNING key, amount", [request_id])
-        held = dict(cursor.fetchall())  # a reservation that expired meanwhile was given back already
-        ordered = sorted(zip(charges, actual, strict=True), key=lambda pair: pair[0].key)
-        rows = ", ".join(["(%s, %s, %s)"] * len(ordered))
+        # The reservation's amounts are the charges' own; it is gone when it expired meanwhile (given back already).
+        cursor.execute("DELETE FROM usage_quotahold WHERE request_id = %s", (request_id,))
+        held = cursor.rowcount > 0
+        values = []
+        for charge, amount in sorted(zip(charges, actual, strict=True), key=_pair_key):  # one lock order
+            values += (charge.key, amount, charge.amount if held else 0)
         # One statement for every counter (UPDATE … FROM: PostgreSQL, SQLite ≥ 3.33).
-        cursor.execute(f"UPDATE usage_quotacounter SET used = used + v.column2, held = held - v.column3 "  # noqa: S608
-                       f"FROM (VALUES {rows}) AS v WHERE usage_quotacounter.key = v.column1 RETURNING key, used",
-                       [value for charge, amount in ordered for value in (charge.key, amount, held.get(charge.key, 0))])
+        cursor.execute(_settle_sql(len(charges)), values)
         used = dict(cursor.fetchall())
         # Billing thresholds crossed by this settle are written in its transaction (usage/billing.py).
-        crossed = quota_thresholds_crossed(charges=charges, actual=actual, used=tuple(used.get(c.key) for c in charges))
+        crossed = quota_thresholds_crossed(charges=charges, actual=actual, used=tuple([used.get(c.key) for c in charges]))
         if crossed:
             billing_events_insert_sql(cursor, crossed)
 
     def _sweep(self, cursor, now: float) -> None:
         """Gives back every expired reservation, and drops counters whose period (plus the hold time) is over."""
-        cursor.execute("SELECT DISTINCT key FROM usage_quotahold WHERE expires_at < %s", [_datetime(now)])
-        for (key,) in sorted(cursor.fetchall()):
-            self._reclaim(cursor, key, now)
+        cursor.execute("DELETE FROM usage_quotahold WHERE expires_at < %s RETURNING amounts", [int(now * 1000)])
+        self._give_back_holds(cursor, [amounts for (amounts,) in cursor.fetchall()])
         cursor.execute("DELETE FROM usage_quotacounter WHERE window_end < %s", [_datetime(now)])
 
     @staticmethod
@@ -470,9 +496,46 @@ class DatabaseQuotaBackend(QuotaBackend):
         for key in keys:
             cursor.execute("SELECT used, held, refused FROM usage_quotacounter WHERE key = %s", [key])
             row = cursor.fetchone() or (0, 0, 0)
-            cursor.execute("SELECT COUNT(*) FROM usage_quotahold WHERE key = %s", [key])
-            result[key] = {"used": row[0], "held": row[1], "refused": row[2], "holds": cursor.fetchone()[0]}
+            cursor.execute("SELECT amounts FROM usage_quotahold WHERE amounts LIKE %s", [key[:key.index("}") + 1] + "%"])
+            holds = sum(1 for (amounts,) in cursor.fetchall() if key in amounts.split(" ")[::2])
+            result[key] = {"used": row[0], "held": row[1], "refused": row[2], "holds": holds}
         return result
+
+
+# The conditional upsert over every counter of a request: a counter takes its amount only while
+# used + held + amount <= limit (one not there yet is created with it, if it fits); a row comes back for
+# exactly those that did. Atomic on SQLite and PostgreSQL (ON CONFLICT locks the row and re-checks its latest
+# version); the counters are in key order, so two transactions on PostgreSQL cannot deadlock.
+_TAKE = ("WITH v(k, amount, window_end, lim) AS (VALUES {rows}) "
+         "INSERT INTO usage_quotacounter (key, used, held, refused, window_end) "
+         "SELECT k, 0, amount, 0, window_end FROM v WHERE amount <= lim "
+         "ON CONFLICT (key) DO UPDATE SET held = usage_quotacounter.held + excluded.held "
+         "WHERE usage_quotacounter.used + usage_quotacounter.held + excluded.held <= "
+         "(SELECT lim FROM v WHERE v.k = excluded.key) "
+         "RETURNING key, used, held")
+_HOLD = "INSERT INTO usage_quotahold (request_id, amounts, expires_at) VALUES (%s, %s, %s)"
+
+
+@cache
+def _take_sql(count: int) -> str:
+    """The statements are built once per number of counters (the same object each time: the driver's statement
+    cache and `_qmark` find it by identity)."""
+    return _TAKE.format(rows=", ".join(["(%s, %s, %s, %s)"] * count))
+
+
+@cache
+def _settle_sql(count: int) -> str:
+    rows = ", ".join(["(%s, %s, %s)"] * count)
+    return (f"UPDATE usage_quotacounter SET used = used + v.column2, held = held - v.column3 "  # noqa: S608
+            f"FROM (VALUES {rows}) AS v WHERE usage_quotacounter.key = v.column1 RETURNING key, used")
+
+
+def _charge_key(charge: Charge) -> str:
+    return charge.key
+
+
+def _pair_key(pair: tuple[Charge, int]) -> str:
+    return pair[0].key
 
 
 def _thresholds_queue(charges: tuple[Charge, ...], actual: tuple[int, ...], used: list[int]) -> None:
@@ -504,6 +567,10 @@ class _QmarkCursor:
     def fetchone(self):
         return self.cursor.fetchone()
 
+    @property
+    def rowcount(self) -> int:
+        return self.cursor.rowcount
+
 
 @lru_cache(maxsize=128)
 def _qmark(sql: str) -> str:
@@ -517,6 +584,10 @@ class _Job:
     loop: asyncio.AbstractEventLoop | None
     future: asyncio.Future | None  # None: nobody waits (a settle); a failure is logged
     request_id: str = ""
+
+
+def _nothing(cursor) -> None:
+    pass
 
 
 def _resolve(answers: list[tuple[asyncio.Future, object, Exception | None]]) -> None:
