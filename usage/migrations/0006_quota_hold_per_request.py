@@ -32,7 +32,7 @@ def _one_row_per_counter(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('usage', '0004_webhooks'),
+        ('usage', '0005_usage_pages'),
     ]
 
     operations = [
