@@ -3,12 +3,14 @@ under llmhub's bar (templates/api_docs/)."""
 
 from django.http import HttpRequest
 from django.urls import path
+from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerView
 
 
 class RedocView(SpectacularRedocView):
     template_name = "api_docs/redoc.html"
 
+    @extend_schema(exclude=True)  # a page, not an operation (as the view it overrides says)
     def get(self, request: HttpRequest, *args, **kwargs):
         response = super().get(request, *args, **kwargs)
         # ReDoc's sidebar shows a logo from Redocly's CDN: refused here, so the page calls no third party.
