@@ -145,8 +145,9 @@ async def _authenticate(scope: Scope) -> Principal:
     return api_key_accept(await aapi_key_authenticate(raw_key=token.strip().decode("latin-1")))
 
 
-def chat_body_validate(data: Any) -> dict[str, Any]:
-    """Checks what the hub relies on and what could hurt; everything else is the upstream's to judge."""
+def body_envelope_validate(data: Any) -> dict[str, Any]:
+    """What every /v1 generation body must be, whatever its API: a JSON object naming no field that would choose the
+    upstream or its key, with a `model` that is a non-empty string when given."""
     if not isinstance(data, dict):
         raise BadRequest("The request body must be a JSON object.")
     forbidden = sorted(FORBIDDEN_FIELDS.intersection(data))
@@ -156,6 +157,12 @@ def chat_body_validate(data: Any) -> dict[str, Any]:
     model = data.get("model")
     if model is not None and (not isinstance(model, str) or not model):
         raise BadRequest("'model' must be a non-empty string.", extra={"param": "model"})
+    return data
+
+
+def chat_body_validate(data: Any) -> dict[str, Any]:
+    """Checks what the hub relies on and what could hurt; everything else is the upstream's to judge."""
+    data = body_envelope_validate(data)
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty list.", extra={"param": "messages"})

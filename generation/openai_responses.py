@@ -11,7 +11,6 @@ from django.conf import settings
 
 from generation import responses
 from generation.openai_compat import (
-    FORBIDDEN_FIELDS,
     BadRequest,
     Receive,
     Scope,
@@ -22,21 +21,14 @@ from generation.openai_compat import (
     _read_body,
     _respond,
     _send_stream,
+    body_envelope_validate,
 )
 from registry.selectors import apreferences_get, registry_snapshot
 
 
 def responses_body_validate(data: Any) -> dict[str, Any]:
     """Checks what the hub relies on and what could hurt; everything else is the upstream's (or the bridge's)."""
-    if not isinstance(data, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    forbidden = sorted(FORBIDDEN_FIELDS.intersection(data))
-    if forbidden:
-        raise BadRequest(f"The field '{forbidden[0]}' is not accepted: the hub chooses the upstream and its key.",
-                         code="forbidden_field", extra={"param": forbidden[0]})
-    model = data.get("model")
-    if model is not None and (not isinstance(model, str) or not model):
-        raise BadRequest("'model' must be a non-empty string.", extra={"param": "model"})
+    data = body_envelope_validate(data)
     items = data.get("input")
     stateful = any(data.get(name) is not None for name in ("previous_response_id", "conversation", "prompt"))
     if not (isinstance(items, str) or (isinstance(items, list) and items) or (items is None and stateful)):
