@@ -349,14 +349,14 @@ async def _read_capped(response: Any, *, timeout: float) -> bytes:
     return b"".join([chunk async for chunk in handle.chunks()])
 
 
-async def _post(model: ModelSpec, body: dict[str, Any], *, timeout: float,
-                api: str) -> tuple[dict[str, Any], bytes, float]:
-    """POSTs a non-streaming request to the model's `api`: its JSON object, its bytes and when it started;
-    `timeout` bounds the whole call."""
+async def _post(model: ModelSpec, body: dict[str, Any], *, timeout: float, api: str = bridge.CHAT,
+                path: str | None = None) -> tuple[dict[str, Any], bytes, float]:
+    """POSTs a non-streaming request to the model's `api` (or to `path` under its base URL): its JSON object, its
+    bytes and when it started; `timeout` bounds the whole call."""
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
-            response = await _open(model, body, first_byte_timeout=timeout, api=api)
+            response = await _open(model, body, first_byte_timeout=timeout, api=api, path=path)
             raw = await _read_capped(response, timeout=timeout)
     except (openai.APIError, httpx2.HTTPError, OSError, TimeoutError) as error:
         raise map_exception(error) from error
@@ -399,18 +399,8 @@ async def responses_create(model: ModelSpec, body: dict[str, Any], *, timeout: f
 async def embeddings(model: ModelSpec, body: dict[str, Any], *, timeout: float) -> Completion:
     """An embeddings call (`POST /embeddings`); `timeout` bounds the whole call. The answer must be a list of
     embeddings."""
-    started = time.perf_counter()
-    try:
-        async with asyncio.timeout(timeout):
-            response = await _open(model, body, first_byte_timeout=timeout, path="/embeddings")
-            raw = await _read_capped(response, timeout=timeout)
-    except (openai.APIError, httpx2.HTTPError, OSError, TimeoutError) as error:
-        raise map_exception(error) from error
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise UpstreamBadResponse("The upstream answered with something that is not JSON.") from None
-    if not isinstance(data, dict) or not isinstance(data.get("data"), list) or not all(
+    data, raw, started = await _post(model, body, timeout=timeout, path="/embeddings")
+    if not isinstance(data.get("data"), list) or not all(
             isinstance(item, dict) and isinstance(item.get("embedding"), list | str) for item in data["data"]):
         raise UpstreamBadResponse("The upstream answered with an unexpected JSON shape.")
     return Completion(raw=raw, data=data, latency_ms=(time.perf_counter() - started) * 1000)
