@@ -26,8 +26,7 @@ from generation.legacy_completions import (
 from generation.openai_edge import cors_origin, is_preflight, preflight_answer, send_wrapped
 from generation.openai_validation import chat_fields_validate, message_validate
 from generation.services import Caller, GenerationFailed, request_id_bind, request_id_new
-from llmhub.api import unavailable_error
-from llmhub.errors import ApplicationError
+from llmhub.errors import ApplicationError, unavailable_error
 from registry.authentication import Principal, aapi_key_authenticate, api_key_accept, aprincipal_tier
 from registry.selectors import (
     ModelSpec,

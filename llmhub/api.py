@@ -4,7 +4,6 @@ documents it on every operation (`AutoSchema`)."""
 import logging
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
@@ -17,12 +16,9 @@ from rest_framework.response import Response
 from rest_framework.utils import html
 from rest_framework.views import set_rollback
 
-from llmhub.db import CONNECTION_ERRORS
-from llmhub.errors import ApplicationError, ServiceUnavailable
+from llmhub.errors import ApplicationError, unavailable_error
 
 logger = logging.getLogger(__name__)
-
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 logger = logging.getLogger(__name__)
 
@@ -34,20 +30,6 @@ def error_body(*, code: str, message: str, **extra: Any) -> dict[str, Any]:
 def _drf_code(exc: exceptions.APIException) -> str:
     codes = exc.get_codes()
     return codes if isinstance(codes, str) else exc.default_code
-
-
-def unavailable_error(exc: BaseException) -> ServiceUnavailable | None:
-    """A dependency that did not answer (the database, Redis), as a 503 the client may retry; None for any
-    other error. Every renderer (this handler, /v1, the 500 page) asks it before answering 500."""
-    if isinstance(exc, CONNECTION_ERRORS):
-        error = ServiceUnavailable("The database is unavailable; try again in a moment.", code="database_unavailable")
-    elif isinstance(exc, REDIS_ERRORS):
-        error = ServiceUnavailable("The cache is unavailable; try again in a moment.", code="cache_unavailable")
-    else:
-        return None
-    # The error's class and first line say which dependency and why; no request data, no secret.
-    logger.warning("%s: %s: %s", error.code, type(exc).__name__, str(exc).partition("\n")[0])
-    return error
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:

@@ -5,7 +5,7 @@
 import os
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import worker_process_shutdown, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmhub.settings")
 
@@ -22,3 +22,11 @@ def _model_tests_schedule_now(sender, **kwargs) -> None:
 
     if settings.EMBEDDED_WORKER:
         sender.app.send_task("registry.tasks.model_tests_schedule")
+
+
+@worker_process_shutdown.connect(dispatch_uid="usage-writer-flush")
+def _usage_writer_flush(**kwargs) -> None:
+    # A forked worker process skips `atexit`: the usage writer writes what it still holds (usage.writer).
+    from usage.writer import _flush_before_worker_exit
+
+    _flush_before_worker_exit(**kwargs)

@@ -1,7 +1,17 @@
 """The one family of domain errors. A view never builds an error body itself: it raises one of these
 and `llmhub.api.exception_handler` (or `/v1`'s OpenAI renderer) turns it into a response."""
 
+import logging
 from typing import Any
+
+import redis
+
+from llmhub.db import CONNECTION_ERRORS
+
+# unavailable_error's warnings keep the logger they had in llmhub.api (which imports DRF: /v1 does not need it).
+logger = logging.getLogger("llmhub.api")
+
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 class ApplicationError(Exception):
@@ -42,3 +52,17 @@ class ServiceUnavailable(ApplicationError):
     status = 503
     code = "service_unavailable"
     retry_after = 5
+
+
+def unavailable_error(exc: BaseException) -> ServiceUnavailable | None:
+    """A dependency that did not answer (the database, Redis), as a 503 the client may retry; None for any
+    other error. Every renderer (this handler, /v1, the 500 page) asks it before answering 500."""
+    if isinstance(exc, CONNECTION_ERRORS):
+        error = ServiceUnavailable("The database is unavailable; try again in a moment.", code="database_unavailable")
+    elif isinstance(exc, REDIS_ERRORS):
+        error = ServiceUnavailable("The cache is unavailable; try again in a moment.", code="cache_unavailable")
+    else:
+        return None
+    # The error's class and first line say which dependency and why; no request data, no secret.
+    logger.warning("%s: %s: %s", error.code, type(exc).__name__, str(exc).partition("\n")[0])
+    return error

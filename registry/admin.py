@@ -23,7 +23,6 @@ from registry.models import (
     UserLLMConfig,
     UserProfile,
 )
-from registry.serializers import header_name_validator, header_value_validator
 from registry.services import (
     api_key_create,
     api_key_revoke,
@@ -32,6 +31,7 @@ from registry.services import (
     secret_redirect_check,
     user_tier_resolve,
 )
+from registry.validators import header_name_validator, header_value_validator
 
 User = get_user_model()
 admin.site.site_header = "llmhub administration"

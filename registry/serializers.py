@@ -6,7 +6,6 @@ models a user may use). An API key is write-only: outputs say whether one is set
 
 from typing import Any
 
-from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -15,21 +14,12 @@ from registry.health import UNKNOWN, model_status
 from registry.limits import METRICS, PERIODS, LimitSpec, limit_problems
 from registry.models import ApiKey, ModelTest, QuotaLimit, UserLLMConfig, UserModelPreferences
 from registry.selectors import API_KEY_STATES, CAPABILITIES, ModelSpec, PreferencesSpec, api_key_state, registry_get
+from registry.validators import header_name_validator, header_value_validator  # noqa: F401  (re-exported)
 
 MODEL_ID_MAX_LENGTH = UserLLMConfig._meta.get_field("slug").max_length
 API_KEY_MAX_LENGTH = 1000
 
 
-# Sent in an HTTP header (`Authorization: Bearer <key>`): printable ASCII only. A CR or LF would end the header
-# (and could inject another), other characters cannot be sent at all: every call would fail.
-# An HTTP header's name is a token (RFC 9110); the fixture's JSON Schema states the same two rules.
-header_name_validator = RegexValidator(
-    r"\A[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z", code="invalid_header_name",
-    message="A header name is letters, digits and !#$%%&'*+.^_`|~- only (no spaces, no colon).")
-header_value_validator = RegexValidator(
-    r"\A[\x20-\x7e]*\Z", code="invalid_characters",
-    message="Only printable ASCII characters are allowed (no line breaks, tabs or other characters "
-            "an HTTP header cannot carry).")
 
 
 def _default(name: str) -> Any:

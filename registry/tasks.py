@@ -2,6 +2,7 @@
 
 from celery import shared_task
 
+import llmhub.celery  # noqa: F401  (the configured app, current before a task is queued: llmhub loads it lazily)
 from registry import model_tests
 
 _SOFT_LIMIT, _HARD_LIMIT = model_tests.model_test_time_limits()

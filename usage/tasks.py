@@ -8,6 +8,7 @@ first, so a second task for it does nothing.
 
 from celery import shared_task
 
+import llmhub.celery  # noqa: F401  (the configured app, current before a task is queued: llmhub loads it lazily)
 from usage import billing, rollups, webhooks
 
 

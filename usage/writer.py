@@ -401,12 +401,10 @@ def _options_reload(*, setting: str, **kwargs) -> None:
 
 
 def connect() -> None:
-    """Flush on the exits that skip `atexit` (SIGTERM left at its default, Celery's forked workers); follow
-    settings changed by tests."""
-    from celery.signals import worker_process_shutdown
+    """Flush on the exits that skip `atexit` (SIGTERM left at its default; Celery's forked workers: llmhub.celery
+    connects `worker_process_shutdown`, so a web process never imports Celery); follow settings changed by tests."""
     from django.core.signals import setting_changed
 
-    worker_process_shutdown.connect(_flush_before_worker_exit, dispatch_uid="usage-writer-flush")
     setting_changed.connect(_options_reload, dispatch_uid="usage-writer-options")
     # Only over the default action (death): a handler someone installed on purpose stays theirs.
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:

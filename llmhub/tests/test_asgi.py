@@ -52,3 +52,23 @@ def test_it_serves_an_allowed_host_with_or_without_a_port(live_hub, free_user, a
     for host in ("127.0.0.1", f"127.0.0.1:{port}", f"localhost:{port}"):
         status, _, raw = request(live_hub, "GET", "/v1/models", host=host, key=key)
         assert status == 200, (host, raw)
+
+
+@pytest.mark.django_db(transaction=False)
+def test_a_web_process_starts_without_celery_drf_serializers_or_the_schema_generator(tmp_path):
+    """Start-up (issue 14): importing the ASGI app leaves out what no /v1 request needs: Celery (and kombu, yaml),
+    DRF's serializers and drf-spectacular's schema machinery (with llmhub.api, which imports them)."""
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    probe = ("import sys, llmhub.asgi; print(' '.join(m for m in ('celery.app', 'celery.exceptions', 'kombu', 'yaml',"
+             " 'rest_framework.serializers', 'drf_spectacular.openapi', 'llmhub.api') if m in sys.modules))")
+    env = {name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "REDIS_URL")}
+    env |= {"DJANGO_SETTINGS_MODULE": "llmhub.settings", "LLMHUB_SQLITE_PATH": str(tmp_path / "db.sqlite3")}
+    output = subprocess.run([sys.executable, "-c", probe], env=env, cwd=settings.BASE_DIR, capture_output=True,
+                            text=True, timeout=60)
+    assert output.returncode == 0, output.stderr[-2000:]
+    assert output.stdout.strip() == ""
