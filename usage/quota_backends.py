@@ -618,7 +618,8 @@ def _window_datetime(epoch: float):
 
 def quota_backend() -> QuotaBackend:
     """Redis when QUOTA_REDIS_URL is set (it defaults to REDIS_URL), else the database."""
-    return _backend(settings.LLMHUB["QUOTA_REDIS_URL"], settings.LLMHUB["QUOTA_TIMEOUT_SECONDS"])
+    config = settings.LLMHUB
+    return _backend(config["QUOTA_REDIS_URL"], config["QUOTA_TIMEOUT_SECONDS"])
 
 
 @cache

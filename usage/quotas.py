@@ -125,12 +125,14 @@ class Reservation:
 
     def headers(self) -> dict[str, str]:
         if self._headers is None:
-            self._headers = _rate_headers(self, self._now)
+            self._headers = _rate_headers(self)
         return self._headers
 
-    @property
-    def rate_headers(self) -> dict[str, str]:
-        return self.headers()
+    def header_bytes(self) -> list[tuple[bytes, bytes]]:
+        """`headers()` as ASGI header pairs (for the response of /v1)."""
+        if self._headers is not None or not self.charges:
+            return [(name.encode(), value.encode()) for name, value in self.headers().items()]
+        return _rate_header_bytes(self)
 
 
 _REQUESTS, _TOKENS, _COST = 0, 1, 2
@@ -142,13 +144,14 @@ class _Plan:
     counter key prefix (its window's tag completes it), period, limit units and metric. Kept in the snapshot's
     memo, so a change of limits (a new snapshot) drops it."""
 
-    __slots__ = ("applied", "metrics", "parts")
+    __slots__ = ("applied", "header_groups", "metrics", "parts")
 
     def __init__(self, applied: tuple[AppliedLimit, ...], user_id: int, api_key_id: int | None) -> None:
         self.applied = applied
         self.parts = tuple((_counter_prefix(user_id=user_id, api_key_id=api_key_id, applied=limit), limit.spec.period,
                             limit.spec.units, _METRIC_CODES.get(limit.spec.metric, _COST)) for limit in applied)
         self.metrics = tuple(part[3] for part in self.parts)
+        self.header_groups = _header_groups(applied)
 
 
 def _plan(limits, *, tier_slug: str, user_id: int, api_key_id: int | None, model: ModelSpec) -> "_Plan | None":
@@ -343,25 +346,59 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
 
 
-def _rate_headers(reservation: Reservation, now: float) -> dict[str, str]:
-    """x-ratelimit-{limit,remaining,reset}-{requests,tokens} of the tightest limit of each metric (the one with
+_HEADER_NAMES = {metric: tuple(f"x-ratelimit-{what}-{metric}" for what in ("limit", "remaining", "reset"))
+                 for metric in HEADER_METRICS}
+_HEADER_BYTES = {metric: tuple(name.encode() for name in names) for metric, names in _HEADER_NAMES.items()}
+
+
+def _header_groups(applied: tuple[AppliedLimit, ...]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The indices of the limits of each header metric, metrics in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for index, limit in enumerate(applied):
+        if limit.spec.metric in HEADER_METRICS:
+            groups.setdefault(limit.spec.metric, []).append(index)
+    return tuple((metric, tuple(indices)) for metric, indices in groups.items())
+
+
+def _tightest(reservation: Reservation) -> list[tuple[str, int, int, float]]:
+    """(metric, limit, remaining, seconds to reset) of the tightest limit of each header metric (the one with
     the least room left; the shorter period on a tie)."""
-    tightest: dict[str, tuple[int, float, int, float]] = {}
-    for charge, applied, used, held in zip(reservation.charges, reservation.applied, reservation.used, reservation.held,
-                                           strict=True):
-        metric = applied.spec.metric
-        if metric not in HEADER_METRICS:
-            continue
-        remaining = max(0, charge.limit - used - held)
-        candidate = (remaining, charge.window_end, charge.limit, charge.window_end - now)
-        if metric not in tightest or candidate[:2] < tightest[metric][:2]:
-            tightest[metric] = candidate
+    plan = reservation._plan
+    groups = plan.header_groups if plan is not None else _header_groups(reservation.applied)
+    charges, used, held = reservation.charges, reservation.used, reservation.held
+    rows = []
+    for metric, indices in groups:
+        best = None
+        for index in indices:
+            charge = charges[index]
+            remaining = charge.limit - used[index] - held[index]
+            if remaining < 0:
+                remaining = 0
+            if best is None or (remaining, charge.window_end) < (best[0], best[1].window_end):
+                best = (remaining, charge)
+        rows.append((metric, best[1].limit, best[0], best[1].window_end - reservation._now))
+    return rows
+
+
+def _rate_headers(reservation: Reservation) -> dict[str, str]:
+    """x-ratelimit-{limit,remaining,reset}-{requests,tokens} of the tightest limit of each metric."""
     headers = {}
-    for metric, (remaining, _, limit, reset) in tightest.items():
-        headers[f"x-ratelimit-limit-{metric}"] = str(limit)
-        headers[f"x-ratelimit-remaining-{metric}"] = str(remaining)
-        headers[f"x-ratelimit-reset-{metric}"] = _duration(reset)
+    for metric, limit, remaining, reset in _tightest(reservation):
+        limit_name, remaining_name, reset_name = _HEADER_NAMES[metric]
+        headers[limit_name] = str(limit)
+        headers[remaining_name] = str(remaining)
+        headers[reset_name] = _duration(reset)
     return headers
+
+
+def _rate_header_bytes(reservation: Reservation) -> list[tuple[bytes, bytes]]:
+    """`_rate_headers` as ASGI header pairs."""
+    pairs = []
+    for metric, limit, remaining, reset in _tightest(reservation):
+        limit_name, remaining_name, reset_name = _HEADER_BYTES[metric]
+        pairs += ((limit_name, b"%d" % limit), (remaining_name, b"%d" % remaining),
+                  (reset_name, _duration(reset).encode()))
+    return pairs
 
 
 async def quota_status(*, user_id: int, api_key_id: int | None, tier_slug: str) -> list[dict]:
