@@ -141,10 +141,11 @@ _METRIC_CODES = {"requests": _REQUESTS, "tokens": _TOKENS, "cost": _COST}
 
 class _Plan:
     """The static part of the charges of one (tier, user, key, model) under one limits snapshot: each limit's
-    counter key prefix (its window's tag completes it), period, limit units and metric. Kept in the snapshot's
+    counter key prefix (its window's tag completes it), period, limit units and metric; and the charges' keys and
+    window ends of the current periods (`current`), recomputed when one of them rolls over. Kept in the snapshot's
     memo, so a change of limits (a new snapshot) drops it."""
 
-    __slots__ = ("applied", "header_groups", "metrics", "parts")
+    __slots__ = ("applied", "current", "header_groups", "metrics", "parts")
 
     def __init__(self, applied: tuple[AppliedLimit, ...], user_id: int, api_key_id: int | None) -> None:
         self.applied = applied
@@ -152,6 +153,19 @@ class _Plan:
                             limit.spec.units, _METRIC_CODES.get(limit.spec.metric, _COST)) for limit in applied)
         self.metrics = tuple(part[3] for part in self.parts)
         self.header_groups = _header_groups(applied)
+        # (time zone, valid from, valid until, per limit: (counter key, limit units, metric, window end))
+        self.current: tuple[str, float, float, tuple[tuple[str, int, int, float], ...]] | None = None
+
+    def windowed(self, now: float, zone: str) -> tuple[str, float, float, tuple[tuple[str, int, int, float], ...]]:
+        current = self.current
+        if current is None or current[0] != zone or not current[1] <= now < current[2]:
+            windows = [period_window(period, now, zone) for _, period, _, _ in self.parts]
+            current = self.current = (zone, max(window.start for window in windows),
+                                      min(window.end for window in windows),
+                                      tuple((prefix + window.tag, units, metric, window.end)
+                                            for (prefix, _, units, metric), window in zip(self.parts, windows,
+                                                                                          strict=True)))
+        return current
 
 
 def _plan(limits, *, tier_slug: str, user_id: int, api_key_id: int | None, model: ModelSpec) -> "_Plan | None":
@@ -232,15 +246,8 @@ async def quota_reserve(*, request_id: str, user_id: int | None, api_key_id: int
         amounts[_COST] = cost_units_of(input_tokens=prompt_tokens, output_tokens=output,
                                        input_price_per_million=input_price, output_price_per_million=output_price)
     now = time.time()
-    zone = settings.TIME_ZONE
-    windows: dict[str, Window] = {}
-    charges = []
-    for (prefix, period, units, metric) in plan.parts:
-        window = windows.get(period)
-        if window is None:
-            window = windows[period] = period_window(period, now, zone)
-        charges.append(Charge(prefix + window.tag, units, amounts[metric], window.end))
-    charges = tuple(charges)
+    charges = tuple([Charge(key, units, amounts[metric], end)
+                     for key, units, metric, end in plan.windowed(now, settings.TIME_ZONE)[3]])
     decision = await _decide(request_id, charges, config["QUOTA_HOLD_SECONDS"])
     reservation = Reservation(request_id, charges, plan.applied, decision.used, decision.held, plan=plan, now=now)
     if decision.refused is not None:
