@@ -159,6 +159,22 @@ def test_it_applies_a_model_scoped_limit_to_that_model_only(backend, registry, u
     assert asyncio.run(reserve(user, registry, model="demo-backup")).charges == ()
 
 
+def test_it_counts_a_new_period_on_a_new_counter_when_the_minute_rolls_over(backend, registry, user, monkeypatch):
+    """The counter keys and window ends a limit plan keeps are recomputed when a period ends."""
+    import types
+
+    clock = [(time.time() // 60 + 1) * 60 + 5]  # 5 s into the next minute
+    monkeypatch.setattr("usage.quotas.time", types.SimpleNamespace(time=lambda: clock[0]))
+    limit(period="minute", value="1")
+    first = asyncio.run(reserve(user, registry))
+    with pytest.raises(QuotaExceeded):
+        asyncio.run(reserve(user, registry))
+    clock[0] += 60
+    second = asyncio.run(reserve(user, registry))
+    assert second.charges[0].key != first.charges[0].key
+    assert second.charges[0].window_end == first.charges[0].window_end + 60
+
+
 def test_it_counts_requests_but_not_cost_on_own_models_unless_the_tier_meters_them(backend, registry, user):
     import dataclasses
 
