@@ -197,7 +197,7 @@ async def _caller(principal: Principal, registry) -> Caller:
 def _meta_headers(request_id: str, model: ModelSpec, attempts: int, quota,
                   body: dict[str, Any] | None = None) -> list[tuple[bytes, bytes]]:
     headers = [(b"x-request-id", request_id.encode()), (b"x-llmhub-model", model.id.encode()),
-               (b"x-llmhub-attempts", str(attempts).encode()), *_encoded(quota.headers() if quota else None)]
+               (b"x-llmhub-attempts", str(attempts).encode()), *(quota.header_bytes() if quota else ())]
     if body is not None and (dropped := params_dropped(model, body)):  # what the model does not accept
         headers.append((b"x-llmhub-dropped-params", ",".join(dropped).encode()))
     return headers

@@ -268,6 +268,7 @@ class _Run:
     cost: Decimal = Decimal(0)
     # What each answer cost, at the prices of the model that gave it (a translation gets one answer per piece).
     charges: list[tuple[ModelSpec, Usage]] = field(default_factory=list)
+    _charged: tuple[int, Decimal] | None = None  # (len(charges), their cost): the settle and the usage row share it
 
     def remaining(self) -> float:
         return self.deadline - time.perf_counter()
@@ -281,10 +282,14 @@ class _Run:
         self.charges.append((model, usage))
 
     def charged(self) -> Decimal:
-        return sum((usage_cost(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+        if self._charged is not None and self._charged[0] == len(self.charges):  # charges are only ever appended
+            return self._charged[1]
+        cost = sum((usage_cost(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
                                input_price_per_million=model.input_price_per_million,
                                output_price_per_million=model.output_price_per_million)
                     for model, usage in self.charges), Decimal(0))
+        self._charged = (len(self.charges), cost)
+        return cost
 
     def answered_by(self) -> list[str]:
         """The models that answered, in order, once each."""

@@ -103,11 +103,12 @@ def quota_thresholds_crossed(*, charges: tuple[Charge, ...], actual: tuple[int, 
     """The threshold events of one settle: `used` is each counter's settled usage right after it took `actual`
     (None: unknown). Costs a comparison per counter when nothing is crossed."""
     events = []
+    percents = settings.LLMHUB["BILLING_THRESHOLD_PERCENTS"]  # looked up once: a settings lookup is not free
     for charge, amount, after in zip(charges, actual, used, strict=True):
         if amount <= 0 or after is None:
             continue
         before = after - amount
-        for percent in settings.LLMHUB["BILLING_THRESHOLD_PERCENTS"]:
+        for percent in percents:
             threshold = -(-charge.limit * percent // 100)  # the smallest usage that is `percent` of the limit
             if threshold > 0 and before < threshold <= after:
                 events.append(_threshold_event(charge, percent=percent, threshold=threshold, used=after))

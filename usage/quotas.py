@@ -15,7 +15,7 @@ Periods are calendar-aligned in TIME_ZONE: a day limit resets at local midnight,
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cache
@@ -74,10 +74,10 @@ def _zone(name: str) -> ZoneInfo:
 _windows: dict[tuple[str, str], Window] = {}
 
 
-def period_window(period: str, now: float | None = None) -> Window:
+def period_window(period: str, now: float | None = None, zone: str | None = None) -> Window:
     """The calendar period (minute, hour, day, month of TIME_ZONE) that `now` falls in (memoised until it ends)."""
     now = time.time() if now is None else now
-    memo_key = (period, settings.TIME_ZONE)
+    memo_key = (period, zone or settings.TIME_ZONE)
     window = _windows.get(memo_key)
     if window is None or not window.start <= now < window.end:
         window = _windows[memo_key] = _window_compute(period, now)
@@ -104,30 +104,92 @@ def _window_compute(period: str, now: float) -> Window:
 
 # --- Reservations -------------------------------------------------------------------------------------------
 
-@dataclass(slots=True)
 class Reservation:
-    """What one request holds. `charges` is empty when no limit applies (nothing to settle)."""
+    """What one request holds. `charges` is empty when no limit applies (nothing to settle). Its rate-limit headers
+    are built when first asked for (when the response is sent)."""
 
-    request_id: str
-    charges: tuple[Charge, ...] = ()
-    applied: tuple[AppliedLimit, ...] = ()
-    used: tuple[int, ...] = ()  # each counter's settled usage and reservations in flight, right after the decision
-    held: tuple[int, ...] = ()
-    settled: bool = False
-    rate_headers: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("_headers", "_now", "_plan", "applied", "charges", "held", "request_id", "settled", "used")
+
+    def __init__(self, request_id: str, charges: tuple[Charge, ...] = (), applied: tuple[AppliedLimit, ...] = (),
+                 used: tuple[int, ...] = (), held: tuple[int, ...] = (), *, plan: "_Plan | None" = None,
+                 now: float = 0.0) -> None:
+        self.request_id = request_id
+        self.charges = charges
+        self.applied = applied
+        self.used = used  # each counter's settled usage and reservations in flight, right after the decision
+        self.held = held
+        self.settled = False
+        self._plan = plan
+        self._now = now
+        self._headers: dict[str, str] | None = None if charges else {}
 
     def headers(self) -> dict[str, str]:
-        return self.rate_headers
+        if self._headers is None:
+            self._headers = _rate_headers(self)
+        return self._headers
+
+    def header_bytes(self) -> list[tuple[bytes, bytes]]:
+        """`headers()` as ASGI header pairs (for the response of /v1)."""
+        if self._headers is not None or not self.charges:
+            return [(name.encode(), value.encode()) for name, value in self.headers().items()]
+        return _rate_header_bytes(self)
+
+
+_REQUESTS, _TOKENS, _COST = 0, 1, 2
+_METRIC_CODES = {"requests": _REQUESTS, "tokens": _TOKENS, "cost": _COST}
+
+
+class _Plan:
+    """The static part of the charges of one (tier, user, key, model) under one limits snapshot: each limit's
+    counter key prefix (its window's tag completes it), period, limit units and metric; and the charges' keys and
+    window ends of the current periods (`current`), recomputed when one of them rolls over. Kept in the snapshot's
+    memo, so a change of limits (a new snapshot) drops it."""
+
+    __slots__ = ("applied", "current", "header_groups", "metrics", "parts")
+
+    def __init__(self, applied: tuple[AppliedLimit, ...], user_id: int, api_key_id: int | None) -> None:
+        self.applied = applied
+        self.parts = tuple((_counter_prefix(user_id=user_id, api_key_id=api_key_id, applied=limit), limit.spec.period,
+                            limit.spec.units, _METRIC_CODES.get(limit.spec.metric, _COST)) for limit in applied)
+        self.metrics = tuple(part[3] for part in self.parts)
+        self.header_groups = _header_groups(applied)
+        # (time zone, valid from, valid until, per limit: (counter key, limit units, metric, window end))
+        self.current: tuple[str, float, float, tuple[tuple[str, int, int, float], ...]] | None = None
+
+    def windowed(self, now: float, zone: str) -> tuple[str, float, float, tuple[tuple[str, int, int, float], ...]]:
+        current = self.current
+        if current is None or current[0] != zone or not current[1] <= now < current[2]:
+            windows = [period_window(period, now, zone) for _, period, _, _ in self.parts]
+            current = self.current = (zone, max(window.start for window in windows),
+                                      min(window.end for window in windows),
+                                      tuple((prefix + window.tag, units, metric, window.end)
+                                            for (prefix, _, units, metric), window in zip(self.parts, windows,
+                                                                                          strict=True)))
+        return current
+
+
+def _plan(limits, *, tier_slug: str, user_id: int, api_key_id: int | None, model: ModelSpec) -> "_Plan | None":
+    memo_key = ("plan", tier_slug, user_id, api_key_id, model.id, model.owned)
+    plan = limits._memo.get(memo_key, False)
+    if plan is False:
+        applied = limits.applying(tier_slug=tier_slug, user_id=user_id, api_key_id=api_key_id, model_id=model.id,
+                                  owned=model.owned)
+        plan = limits._memo[memo_key] = _Plan(applied, user_id, api_key_id) if applied else None
+    return plan
 
 
 def _config(name: str):
     return settings.LLMHUB[name]
 
 
-def _counter_key(*, user_id: int, api_key_id: int | None, applied: AppliedLimit, window: Window) -> str:
+def _counter_prefix(*, user_id: int, api_key_id: int | None, applied: AppliedLimit) -> str:
     spec = applied.spec
     owner = f"{{u:{user_id}}}" + (f":k:{api_key_id}" if applied.scope == "key" else "")
-    return f"llmhub:q:{owner}:{spec.metric}:{spec.period}:{spec.model or '*'}:{window.tag}"
+    return f"llmhub:q:{owner}:{spec.metric}:{spec.period}:{spec.model or '*'}:"
+
+
+def _counter_key(*, user_id: int, api_key_id: int | None, applied: AppliedLimit, window: Window) -> str:
+    return _counter_prefix(user_id=user_id, api_key_id=api_key_id, applied=applied) + window.tag
 
 
 def _reserved_amount(metric: str, *, tokens: int, cost_units: int) -> int:
@@ -136,6 +198,27 @@ def _reserved_amount(metric: str, *, tokens: int, cost_units: int) -> int:
 
 def _cost_units(cost: Decimal) -> int:
     return int(cost * COST_UNITS)
+
+
+@cache
+def _price_units(price) -> int | None:
+    """Cost units per token of a price per million tokens, when that is a whole number (then a cost in units is
+    exact integer arithmetic, the same number usage_cost's rounding gives); None otherwise."""
+    if not isinstance(price, Decimal):
+        return None
+    scaled = price.scaleb(4)  # per million tokens -> per token (1e-6), in units of 1e-10 (1e10)
+    return int(scaled) if scaled == scaled.to_integral_value() else None
+
+
+def cost_units_of(*, input_tokens: int, output_tokens: int, input_price_per_million: Decimal,
+                  output_price_per_million: Decimal) -> int:
+    """`_cost_units(usage_cost(...))`, without Decimal arithmetic when the prices allow it."""
+    input_units, output_units = _price_units(input_price_per_million), _price_units(output_price_per_million)
+    if input_units is not None and output_units is not None:
+        return input_tokens * input_units + output_tokens * output_units
+    return _cost_units(usage_cost(input_tokens=input_tokens, output_tokens=output_tokens,
+                                  input_price_per_million=input_price_per_million,
+                                  output_price_per_million=output_price_per_million))
 
 
 async def quota_reserve(*, request_id: str, user_id: int | None, api_key_id: int | None, tier_slug: str,
@@ -147,36 +230,34 @@ async def quota_reserve(*, request_id: str, user_id: int | None, api_key_id: int
     if user_id is None:
         return Reservation(request_id)
     limits = await limits_snapshot.aget()
-    applied = limits.applying(tier_slug=tier_slug, user_id=user_id, api_key_id=api_key_id, model_id=model.id,
-                              owned=model.owned)
-    if not applied:
+    plan = _plan(limits, tier_slug=tier_slug, user_id=user_id, api_key_id=api_key_id, model=model)
+    if plan is None:
         return Reservation(request_id)
-    output = max_tokens or min(_config("MAX_OUTPUT_TOKENS"), model.context_window)
-    tokens = prompt_tokens + output
-    priced = candidates or (model,)
-    cost_units = _cost_units(usage_cost(
-        input_tokens=prompt_tokens, output_tokens=output,
-        input_price_per_million=max(m.input_price_per_million for m in priced),
-        output_price_per_million=max(m.output_price_per_million for m in priced)))
+    config = settings.LLMHUB
+    output = max_tokens or min(config["MAX_OUTPUT_TOKENS"], model.context_window)
+    amounts = [1, prompt_tokens + output, 0]
+    if _COST in plan.metrics:
+        if len(candidates) > 1:
+            input_price = max(m.input_price_per_million for m in candidates)
+            output_price = max(m.output_price_per_million for m in candidates)
+        else:
+            priced = candidates[0] if candidates else model
+            input_price, output_price = priced.input_price_per_million, priced.output_price_per_million
+        amounts[_COST] = cost_units_of(input_tokens=prompt_tokens, output_tokens=output,
+                                       input_price_per_million=input_price, output_price_per_million=output_price)
     now = time.time()
-    charges = []
-    for limit in applied:
-        window = period_window(limit.spec.period, now)
-        charges.append(Charge(key=_counter_key(user_id=user_id, api_key_id=api_key_id, applied=limit, window=window),
-                              limit=limit.spec.units, window_end=window.end,
-                              amount=_reserved_amount(limit.spec.metric, tokens=tokens, cost_units=cost_units)))
-    decision = await _decide(request_id, tuple(charges))
-    reservation = Reservation(request_id, tuple(charges), applied, decision.used, decision.held)
-    reservation.rate_headers = _rate_headers(reservation, now)
+    charges = tuple([Charge(key, units, amounts[metric], end)
+                     for key, units, metric, end in plan.windowed(now, settings.TIME_ZONE)[3]])
+    decision = await _decide(request_id, charges, config["QUOTA_HOLD_SECONDS"])
+    reservation = Reservation(request_id, charges, plan.applied, decision.used, decision.held, plan=plan, now=now)
     if decision.refused is not None:
         raise _exceeded(reservation, decision.refused, now)
     return reservation
 
 
-async def _decide(request_id: str, charges: tuple[Charge, ...]) -> Decision:
+async def _decide(request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
     try:
-        return await quota_backend().reserve(request_id=request_id, charges=charges,
-                                             hold_seconds=_config("QUOTA_HOLD_SECONDS"))
+        return await quota_backend().reserve(request_id=request_id, charges=charges, hold_seconds=hold_seconds)
     except QuotaBackendError as error:
         logger.error("quota back end unavailable (%s): request %s refused with 503", error, request_id)
         quota_unavailable_count()
@@ -200,7 +281,7 @@ def _exceeded(reservation: Reservation, index: int, now: float) -> QuotaExceeded
         message = f"This request needs more than the limit{scope} of {spec.as_dict()['limit']} {what}{model} " \
                   f"per {spec.period} (lower max_tokens)."
     return QuotaExceeded(message, code=f"{spec.metric}_per_{spec.period}", retry_after=retry_after,
-                         headers=reservation.rate_headers,
+                         headers=reservation.headers(),
                          extra={"limit": {**spec.as_dict(), "scope": reservation.applied[index].scope},
                                 "retry_after": retry_after})
 
@@ -246,15 +327,18 @@ def _settlement(reservation: Reservation | None, model: ModelSpec | None, input_
     if reservation is None or not reservation.charges or reservation.settled:
         return None
     reservation.settled = True
-    tokens = input_tokens + output_tokens
-    if cost is None:
-        cost = Decimal(0) if model is None else usage_cost(
-            input_tokens=input_tokens, output_tokens=output_tokens,
-            input_price_per_million=model.input_price_per_million,
-            output_price_per_million=model.output_price_per_million)
-    cost_units = _cost_units(cost)
-    return tuple(_reserved_amount(applied.spec.metric, tokens=tokens, cost_units=cost_units)
-                 for applied in reservation.applied)
+    plan = reservation._plan
+    metrics = plan.metrics if plan is not None else tuple(_METRIC_CODES.get(applied.spec.metric, _COST)
+                                                         for applied in reservation.applied)
+    amounts = [1, input_tokens + output_tokens, 0]
+    if _COST in metrics:
+        if cost is not None:
+            amounts[_COST] = _cost_units(cost)
+        elif model is not None:
+            amounts[_COST] = cost_units_of(input_tokens=input_tokens, output_tokens=output_tokens,
+                                           input_price_per_million=model.input_price_per_million,
+                                           output_price_per_million=model.output_price_per_million)
+    return tuple([amounts[metric] for metric in metrics])
 
 
 # --- OpenAI's rate-limit headers ------------------------------------------------------------------------------
@@ -269,25 +353,59 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
 
 
-def _rate_headers(reservation: Reservation, now: float) -> dict[str, str]:
-    """x-ratelimit-{limit,remaining,reset}-{requests,tokens} of the tightest limit of each metric (the one with
+_HEADER_NAMES = {metric: tuple(f"x-ratelimit-{what}-{metric}" for what in ("limit", "remaining", "reset"))
+                 for metric in HEADER_METRICS}
+_HEADER_BYTES = {metric: tuple(name.encode() for name in names) for metric, names in _HEADER_NAMES.items()}
+
+
+def _header_groups(applied: tuple[AppliedLimit, ...]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The indices of the limits of each header metric, metrics in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for index, limit in enumerate(applied):
+        if limit.spec.metric in HEADER_METRICS:
+            groups.setdefault(limit.spec.metric, []).append(index)
+    return tuple((metric, tuple(indices)) for metric, indices in groups.items())
+
+
+def _tightest(reservation: Reservation) -> list[tuple[str, int, int, float]]:
+    """(metric, limit, remaining, seconds to reset) of the tightest limit of each header metric (the one with
     the least room left; the shorter period on a tie)."""
-    tightest: dict[str, tuple[int, float, int, float]] = {}
-    for charge, applied, used, held in zip(reservation.charges, reservation.applied, reservation.used, reservation.held,
-                                           strict=True):
-        metric = applied.spec.metric
-        if metric not in HEADER_METRICS:
-            continue
-        remaining = max(0, charge.limit - used - held)
-        candidate = (remaining, charge.window_end, charge.limit, charge.window_end - now)
-        if metric not in tightest or candidate[:2] < tightest[metric][:2]:
-            tightest[metric] = candidate
+    plan = reservation._plan
+    groups = plan.header_groups if plan is not None else _header_groups(reservation.applied)
+    charges, used, held = reservation.charges, reservation.used, reservation.held
+    rows = []
+    for metric, indices in groups:
+        best = None
+        for index in indices:
+            charge = charges[index]
+            remaining = charge.limit - used[index] - held[index]
+            if remaining < 0:
+                remaining = 0
+            if best is None or (remaining, charge.window_end) < (best[0], best[1].window_end):
+                best = (remaining, charge)
+        rows.append((metric, best[1].limit, best[0], best[1].window_end - reservation._now))
+    return rows
+
+
+def _rate_headers(reservation: Reservation) -> dict[str, str]:
+    """x-ratelimit-{limit,remaining,reset}-{requests,tokens} of the tightest limit of each metric."""
     headers = {}
-    for metric, (remaining, _, limit, reset) in tightest.items():
-        headers[f"x-ratelimit-limit-{metric}"] = str(limit)
-        headers[f"x-ratelimit-remaining-{metric}"] = str(remaining)
-        headers[f"x-ratelimit-reset-{metric}"] = _duration(reset)
+    for metric, limit, remaining, reset in _tightest(reservation):
+        limit_name, remaining_name, reset_name = _HEADER_NAMES[metric]
+        headers[limit_name] = str(limit)
+        headers[remaining_name] = str(remaining)
+        headers[reset_name] = _duration(reset)
     return headers
+
+
+def _rate_header_bytes(reservation: Reservation) -> list[tuple[bytes, bytes]]:
+    """`_rate_headers` as ASGI header pairs."""
+    pairs = []
+    for metric, limit, remaining, reset in _tightest(reservation):
+        limit_name, remaining_name, reset_name = _HEADER_BYTES[metric]
+        pairs += ((limit_name, b"%d" % limit), (remaining_name, b"%d" % remaining),
+                  (reset_name, _duration(reset).encode()))
+    return pairs
 
 
 async def quota_status(*, user_id: int, api_key_id: int | None, tier_slug: str) -> list[dict]:

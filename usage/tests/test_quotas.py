@@ -159,6 +159,22 @@ def test_it_applies_a_model_scoped_limit_to_that_model_only(backend, registry, u
     assert asyncio.run(reserve(user, registry, model="demo-backup")).charges == ()
 
 
+def test_it_counts_a_new_period_on_a_new_counter_when_the_minute_rolls_over(backend, registry, user, monkeypatch):
+    """The counter keys and window ends a limit plan keeps are recomputed when a period ends."""
+    import types
+
+    clock = [(time.time() // 60 + 1) * 60 + 5]  # 5 s into the next minute
+    monkeypatch.setattr("usage.quotas.time", types.SimpleNamespace(time=lambda: clock[0]))
+    limit(period="minute", value="1")
+    first = asyncio.run(reserve(user, registry))
+    with pytest.raises(QuotaExceeded):
+        asyncio.run(reserve(user, registry))
+    clock[0] += 60
+    second = asyncio.run(reserve(user, registry))
+    assert second.charges[0].key != first.charges[0].key
+    assert second.charges[0].window_end == first.charges[0].window_end + 60
+
+
 def test_it_counts_requests_but_not_cost_on_own_models_unless_the_tier_meters_them(backend, registry, user):
     import dataclasses
 
@@ -241,3 +257,21 @@ def test_it_aligns_periods_on_the_calendar_of_time_zone(settings):
     assert period_window("hour", now).end == datetime(2026, 3, 29, 13, 0, tzinfo=UTC).timestamp()
     assert period_window("minute", now).tag == "202603291430"
     quotas._windows.clear()
+
+
+def test_costs_in_units_are_usage_costs_exactly():
+    """The reserve and the settle count cost in integer units without Decimal arithmetic when the prices allow
+    it: the same number as the usage log's cost (usage_cost, rounded half up to 1e-10), whatever the prices."""
+    from usage.quotas import _cost_units, cost_units_of
+    from usage.services import usage_cost
+
+    prices = [Decimal("0"), Decimal("0.15"), Decimal("10"), Decimal("2.5000"), Decimal("0.0001"),
+              Decimal("0.00005"), Decimal("0.123456789"), Decimal("1E+1"), Decimal("3.33333333333")]
+    for input_price in prices:
+        for output_price in prices:
+            for input_tokens, output_tokens in ((0, 0), (1, 0), (10, 20), (7, 1), (123457, 98765)):
+                assert cost_units_of(input_tokens=input_tokens, output_tokens=output_tokens,
+                                     input_price_per_million=input_price, output_price_per_million=output_price) == \
+                    _cost_units(usage_cost(input_tokens=input_tokens, output_tokens=output_tokens,
+                                           input_price_per_million=input_price,
+                                           output_price_per_million=output_price))
