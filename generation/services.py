@@ -521,6 +521,17 @@ def completion_text(data: dict[str, Any]) -> str:
     return "".join(((choice.get("message") or {}).get("content") or "") for choice in choices if isinstance(choice, dict))
 
 
+def _event_object(payload: bytes) -> dict[str, Any] | client.UpstreamBadResponse:
+    """A server-sent event's JSON object, or the error that breaks the stream when it is not one."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return client.UpstreamBadResponse("The upstream sent an event that is not JSON.")
+    if not isinstance(data, dict):
+        return client.UpstreamBadResponse("The upstream sent an event of an unexpected shape.")
+    return data
+
+
 class ChatStream:
     """A streaming request whose upstream has answered 2xx. Iterate `events()` for SSE bytes to send;
     it settles and logs exactly once, however the stream ends (done, upstream break, client gone).
@@ -604,13 +615,9 @@ class ChatStream:
         if payload == b"[DONE]":
             self._done = True
             return event + b"\n\n"
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            self._broken = client.UpstreamBadResponse("The upstream sent an event that is not JSON.")
-            return b""
+        data = _event_object(payload)
         if not isinstance(data, dict):
-            self._broken = client.UpstreamBadResponse("The upstream sent an event of an unexpected shape.")
+            self._broken = data
             return b""
         texts = []
         for choice in data.get("choices") or ():
@@ -651,13 +658,9 @@ class ChatFromResponsesStream(ChatStream):
         name, payload = bridge.event_parts(event)
         if payload is None or (name is not None and name not in self._chunks.USED):
             return b""
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            self._broken = client.UpstreamBadResponse("The upstream sent an event that is not JSON.")
-            return b""
+        data = _event_object(payload)
         if not isinstance(data, dict):
-            self._broken = client.UpstreamBadResponse("The upstream sent an event of an unexpected shape.")
+            self._broken = data
             return b""
         kind = data.get("type")
         if kind == "response.output_text.delta":
