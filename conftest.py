@@ -113,7 +113,7 @@ def live_hub(transactional_db, registry, _hub_server, settings) -> Iterator[str]
 
 
 def usage_wait_idle() -> None:
-    from registry.health import health_flush
+    from health.status import health_flush
     from usage.services import usage_flush
 
     usage_flush()

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible API under /v1, as a bare ASGI app in front of Django.
+"""The OpenAI-compatible API under /v1, as a bare ASGI app in front of Django (its routes: openai_app.py).
 
 Django's ASGI handler costs about 0.8 ms a request (a thread per request for signals and close());
 this path is the hot one, so it skips Django's request machinery and speaks ASGI directly. It uses the
@@ -23,10 +23,9 @@ from generation.legacy_completions import (
     chat_events_to_completion,
     completion_request_to_chat,
 )
-from generation.openai_edge import cors_origin, is_preflight, preflight_answer, send_wrapped
-from generation.openai_validation import chat_fields_validate, message_validate
-from generation.services import Caller, GenerationFailed, request_id_bind, request_id_new
-from llmhub.errors import ApplicationError, unavailable_error
+from generation.openai_validation import FORBIDDEN_FIELDS, ROLES, chat_fields_validate, message_validate
+from generation.services import Caller, GenerationFailed
+from llmhub.errors import ApplicationError
 from registry.authentication import Principal, aapi_key_authenticate, api_key_accept, aprincipal_tier
 from registry.selectors import (
     ModelSpec,
@@ -43,10 +42,6 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-# Fields that would let a caller redirect the stored key to another host, or smuggle headers.
-FORBIDDEN_FIELDS = frozenset({"api_key", "api_base", "base_url", "extra_headers", "headers", "extra_body",
-                              "custom_llm_provider", "organization", "api_version", "deployment_id"})
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
                 404: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error",
                 422: "invalid_request_error", 429: "rate_limit_error"}
@@ -295,64 +290,4 @@ async def _model_detail(scope: Scope, receive: Receive, send: Send, model_id: st
     await _respond(send, 200, orjson.dumps(_model_object(model)))
 
 
-async def _openapi(scope: Scope, receive: Receive, send: Send) -> None:
-    from generation.openai_schema import openapi_json  # it describes this module: imported once both exist
-
-    await _respond(send, 200, openapi_json())
-
-
-def _route(path: str) -> tuple[str, Callable[..., Awaitable[None]]] | None:
-    """The method a /v1 path takes and its handler (trailing slashes ignored), or None for an unknown path."""
-    if path == "/v1/chat/completions":
-        return "POST", _chat_completions
-    if path == "/v1/embeddings":
-        return "POST", _embeddings
-    if path == "/v1/completions":
-        return "POST", lambda scope, receive, send: _chat_completions(scope, receive, send, legacy=True)
-    if path == "/v1/models":
-        return "GET", _models
-    if path.startswith("/v1/models/"):
-        model_id = path.removeprefix("/v1/models/")
-        return "GET", lambda scope, receive, send: _model_detail(scope, receive, send, model_id)
-    if path == "/v1/openapi.json":
-        return "GET", _openapi
-    if path == "/v1/responses":
-        from generation.openai_responses import v1_responses  # it builds on this module
-
-        return "POST", v1_responses
-    return None
-
-
-async def application(scope: Scope, receive: Receive, send: Send, *, mistaken: str | None = None) -> None:
-    """/v1. `mistaken`: the message of a path outside /v1 that a misconfigured client tried (a JSON 404)."""
-    path, method = scope["path"].rstrip("/"), scope["method"]
-    request_id = request_id_new()
-    request_id_bind(request_id)  # the run takes it: the usage row, the headers and any error carry one id
-    origin = cors_origin(scope)
-    if method == "OPTIONS" and is_preflight(scope):
-        await preflight_answer(scope, send, origin, request_id)
-        return
-    send = send_wrapped(send, request_id=request_id, head=method == "HEAD", origin=origin)
-    try:
-        route = None if mistaken else _route(path)
-        if route is None:
-            raise ApplicationError(mistaken or f"Unknown route: {method} {scope['path']}", status=404,
-                                   code="unknown_route")
-        allowed, handler = route
-        if method != allowed and not (method == "HEAD" and allowed == "GET"):
-            raise MethodNotAllowed(f"Use {allowed}.", extra={"allow": allowed})
-        await handler(scope, receive, send)
-    except ApplicationError as error:
-        await _respond_error(send, error)
-    except asyncio.CancelledError:
-        raise
-    except Exception as error:
-        unavailable = unavailable_error(error)
-        if unavailable is not None:
-            await _respond_error(send, unavailable)
-            return
-        logger.exception("unexpected error on %s %s", method, path)
-        await _respond(send, 500, error_payload(status=500, message="Internal error.", code="internal_error"))
-
-
-__all__ = ["GenerationFailed", "application"]
+__all__ = ["GenerationFailed"]

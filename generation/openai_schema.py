@@ -13,8 +13,7 @@ import orjson
 from django.conf import settings
 
 from generation.embeddings import ENCODING_FORMATS, MAX_DIMENSIONS, MAX_INPUTS, MAX_TOKEN_ID
-from generation.openai_compat import FORBIDDEN_FIELDS, ROLES
-from generation.openai_validation import MAX_STOP, MAX_TOOLS, RESPONSE_FORMATS, TOOL_CHOICES
+from generation.openai_validation import FORBIDDEN_FIELDS, MAX_STOP, MAX_TOOLS, RESPONSE_FORMATS, ROLES, TOOL_CHOICES
 
 _NAME = {"type": "string", "pattern": "^[a-zA-Z0-9_-]+$", "minLength": 1, "maxLength": 64}
 _PART_KINDS = {"text": {"type": "string"}, "image_url": {"type": "object", "required": ["url"],

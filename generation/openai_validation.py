@@ -27,6 +27,10 @@ MAX_TOOLS = 128
 MAX_STOP = 4
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 TOOL_CHOICES = ("none", "auto", "required")
+# Fields that would let a caller redirect the stored key to another host, or smuggle headers.
+FORBIDDEN_FIELDS = frozenset({"api_key", "api_base", "base_url", "extra_headers", "headers", "extra_body",
+                              "custom_llm_provider", "organization", "api_version", "deployment_id"})
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
 class InvalidField(ApplicationError):

@@ -21,8 +21,8 @@ from generation import client
 from generation import responses_bridge as bridge
 from generation.adaptation import context_exceeded_error, parameter_refused_error, params_refused, request_adapt
 from generation.routing import candidate_models, earliest_retry
+from health.status import health_note, unhealthy_keys
 from llmhub.errors import ApplicationError, NotFound
-from registry.health import health_note, unhealthy_keys
 from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, get_default_model, get_model_by_id
 from usage.metrics import upstream_error_count
 from usage.quotas import Reservation, quota_reserve, quota_settle_nowait

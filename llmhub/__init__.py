@@ -1,5 +1,5 @@
 """The Celery app (llmhub.celery) is loaded on first use, not with the package: a web process imports Celery only
-when it queues a task (registry.model_tests imports llmhub.celery before it does), which keeps it out of the
+when it queues a task (llmhub.celery.task_get), which keeps it out of the
 start-up. `celery -A llmhub` finds it as `llmhub.celery` (or through `celery_app`)."""
 
 

@@ -24,7 +24,7 @@ metrics_folder_prepare(settings.LLMHUB["METRICS_DIR"])
 
 django_application = get_asgi_application()
 
-from generation import openai_compat  # noqa: E402  (needs the app registry ready)
+from generation import openai_app, openai_compat  # noqa: E402  (needs the app registry ready)
 from generation.client import clients_close  # noqa: E402
 from generation.openai_edge import is_mistaken_path, mistaken_path_message  # noqa: E402
 from llmhub import memory  # noqa: E402
@@ -140,9 +140,9 @@ async def application(scope, receive, send) -> None:
             await _metrics(scope, receive, send)
             return
         if not is_v1:
-            await openai_compat.application(scope, receive, send, mistaken=mistaken_path_message(scope))
+            await openai_app.application(scope, receive, send, mistaken=mistaken_path_message(scope))
             return
-    app = openai_compat.application if is_v1 else django_application
+    app = openai_app.application if is_v1 else django_application
     endpoint = in_flight.PATHS.get(path)
     if endpoint is None:
         await app(scope, receive, send)

@@ -14,6 +14,15 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+def task_get(name: str):
+    """The task registered under `name`. A web process imports no tasks module until it queues a task: the first
+    such call imports every app's tasks.py (what a worker does as it starts), so a service can queue another app's
+    task by name without importing it."""
+    if name not in app.tasks:
+        app.loader.import_default_modules()
+    return app.tasks[name]
+
+
 @worker_ready.connect
 def _model_tests_schedule_now(sender, **kwargs) -> None:
     # Beat's first run comes one interval after it starts: the embedded worker tests the models at once, so a

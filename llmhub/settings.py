@@ -88,6 +88,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and ReDoc, pinned and served by the app (the docs work offline)
     "registry",
+    "health",
     "generation",
     "translation",
     "usage",
@@ -221,7 +222,7 @@ SPECTACULAR_SETTINGS = {
     # The API is JSON: forms are for the browsable API's and the pages' own use, not a documented interface.
     "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],
     # Two fields named `state`: a model test's keeps the name it had, a hub API key's gets its own.
-    "ENUM_NAME_OVERRIDES": {"StateEnum": "registry.models.ModelTest.State",
+    "ENUM_NAME_OVERRIDES": {"StateEnum": "health.models.ModelTest.State",
                             "ApiKeyStateEnum": ["active", "expired", "revoked"]},
     # The docs' scripts and styles come from drf-spectacular-sidecar's static files, never a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",

@@ -52,6 +52,7 @@ handler500 = server_error
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("registry.urls")),
+    path("api/", include("health.urls")),
     path("api/", include("generation.urls")),
     path("api/", include("translation.urls")),
     path("api/", include("usage.urls")),

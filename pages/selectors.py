@@ -7,10 +7,11 @@ from itertools import groupby
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
+from health.models import ModelTest
+from health.status import HealthSpec, model_status, model_status_of
 from llmhub.crypto import secret_decrypt
 from llmhub.errors import ConfigurationError
-from registry.health import HealthSpec, model_status, model_status_of
-from registry.models import LLMModel, ModelTest, UserLLMConfig, UserModelPreferences
+from registry.models import LLMModel, UserLLMConfig, UserModelPreferences
 from registry.selectors import (
     CAPABILITIES,
     ModelSpec,

@@ -21,6 +21,11 @@ from rest_framework import serializers
 
 from generation import services as generation
 from generation.apis import GenerateInputSerializer
+from generation.connectivity import endpoint_models
+from health.model_tests import model_test_start
+from health.models import ModelTest
+from health.selectors import model_tests_recent
+from health.status import model_status_of
 from llmhub.api import error_body
 from llmhub.errors import ApplicationError
 from pages import playground
@@ -46,14 +51,9 @@ from pages.selectors import (
 from pages.templatetags.pages_tags import test_error
 from registry.apis import caller_default_model
 from registry.authentication import user_tier_get
-from registry.connectivity import endpoint_models
-from registry.health import model_status_of
-from registry.model_tests import model_test_start
-from registry.models import ModelTest
 from registry.selectors import (
     apreferences_get,
     get_default_model,
-    model_tests_recent,
     preferences_get,
     registry_get,
     registry_snapshot,

@@ -5,18 +5,13 @@ from django.contrib.auth.admin import UserAdmin
 from django.db import models
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.urls import reverse
-from django.utils.html import format_html
 
 from llmhub.errors import ConfigurationError
-from registry.health import model_status_of
 from registry.limits import LimitSpec, api_key_limits_problems, limit_problems, limits_build
-from registry.model_tests import QueueUnavailable, model_test_start
 from registry.models import (
     ApiKey,
     LLMModel,
     ModelFallback,
-    ModelTest,
     Provider,
     QuotaLimit,
     Tier,
@@ -194,90 +189,20 @@ class ModelFallbackInline(admin.TabularInline):
     autocomplete_fields = ("fallback",)
 
 
-class ModelTestInline(admin.TabularInline):
-    """The model's recent connectivity tests, read-only (the history is trimmed by the scheduler)."""
-
-    model = ModelTest
-    extra = 0
-    max_num = 0
-    can_delete = False
-    ordering = ("-created_at",)
-    fields = readonly_fields = ("created_at", "state", "reachable", "key_accepted", "model_found", "latency_ms",
-                                "capabilities", "error", "finished_at")
-    verbose_name_plural = "recent connectivity tests"
-
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-
-class LLMModelTestInline(ModelTestInline):
-    fk_name = "llm_model"
-
-
-class UserModelTestInline(ModelTestInline):
-    fk_name = "user_model"
-
-
-class ModelTestsAdminMixin:
-    """The "Test connectivity" action and the health line of registry models and users' models."""
-
-    @admin.display(description="Health")
-    def health_status(self, obj: LLMModel | UserLLMConfig) -> str:
-        if obj.pk is None:
-            return "-"
-        health = model_status_of(obj)
-        details = [health.status]
-        if health.last_checked_at is not None:
-            details.append(f"last tested {health.last_checked_at:%Y-%m-%d %H:%M:%S %Z}")
-        if health.last_latency_ms is not None:
-            details.append(f"{health.last_latency_ms:.0f} ms")
-        return ", ".join(details)
-
-    @admin.display(description="Health")
-    def health_column(self, obj: LLMModel | UserLLMConfig) -> str:
-        health = model_status_of(obj)
-        latency = f" · {health.last_latency_ms:.0f} ms" if health.last_latency_ms is not None else ""
-        return format_html('<span class="llmhub-health" data-status="{}">{}{}</span>', health.status, health.status,
-                           latency)
-
-    @admin.action(description="Test connectivity")
-    def test_connectivity(self, request: HttpRequest, queryset) -> None:
-        target = "user_model" if queryset.model is UserLLMConfig else "llm_model"
-        for model in queryset:
-            try:
-                test = model_test_start(**{target: model}, requested_by=request.user)
-            except QueueUnavailable as error:
-                self.message_user(request, error.message, messages.ERROR)
-                return
-            # The model's page lists its recent tests (an inline): the message links to them.
-            results = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_change", args=[model.pk])
-            link = format_html('<a href="{}#tests-group">see the results</a>', results)
-            if test.state == ModelTest.State.QUEUED:
-                self.message_user(request, format_html("{}: test queued; {} once it has run.", model, link))
-            elif test.state == ModelTest.State.SUCCEEDED:
-                working = ", ".join(name for name, works in test.capabilities.items() if works) or "none"
-                self.message_user(request, format_html("{}: answered in {} ms; works: {}; {}.", model,
-                                                       f"{test.latency_ms:.0f}", working, link), messages.SUCCESS)
-            else:
-                self.message_user(request, format_html("{}: test failed ({}); {}.", model, test.error or test.state,
-                                                       link), messages.WARNING)
-
-
 @admin.register(LLMModel)
-class LLMModelAdmin(ModelTestsAdminMixin, admin.ModelAdmin):
+class LLMModelAdmin(admin.ModelAdmin):
     form = SecretKeyForm
     # What matters at a glance, all in view at 1280 px (the upstream name is on the model's page, and searchable).
-    list_display = ("display_name", "public_id", "provider", "enabled", "is_default", "tiers", "health_column")
+    list_display = ("display_name", "public_id", "provider", "enabled", "is_default", "tiers")
     list_filter = ("provider", "kind", "api", "allowed_tiers", "enabled", "supports_streaming", "supports_tools")
     search_fields = ("public_id", "display_name", "upstream_model")
     # A handful of tiers: checkboxes, all in view (the two-list picker hides them behind a search).
     formfield_overrides = {**URLS_ASSUME_HTTPS, models.ManyToManyField: {"widget": forms.CheckboxSelectMultiple}}
-    inlines = (ModelFallbackInline, LLMModelTestInline)
-    actions = ("enable_models", "disable_models", "test_connectivity")
-    readonly_fields = ("health_status",)
+    inlines = (ModelFallbackInline,)
+    actions = ("enable_models", "disable_models")
     fieldsets = (
         (None, {"fields": ("public_id", "display_name", "upstream_model", "provider", "kind", "enabled",
-                           "is_default", "health_status")}),
+                           "is_default")}),
         ("Endpoint", {"fields": ("base_url", "api", "api_key", "clear_api_key")}),
         ("Access", {"fields": ("allowed_tiers",)}),
         ("Capabilities", {"fields": ("supports_streaming", "supports_json_mode", "supports_tools", "supports_vision",
@@ -376,15 +301,13 @@ class LLMHubUserAdmin(UserAdmin):
 
 
 @admin.register(UserLLMConfig)
-class UserLLMConfigAdmin(ModelTestsAdminMixin, admin.ModelAdmin):
+class UserLLMConfigAdmin(admin.ModelAdmin):
     """Users' own models, for support: read-only but for `enabled` (their endpoint and key are their owner's)."""
 
-    list_display = ("display_name", "slug", "owner", "upstream_model", "base_url", "enabled", "health_column")
+    list_display = ("display_name", "slug", "owner", "upstream_model", "base_url", "enabled")
     list_filter = ("enabled",)
     search_fields = ("slug", "display_name", "upstream_model", "base_url", "owner__username")
-    inlines = (UserModelTestInline,)
-    actions = ("test_connectivity",)
-    fields = ("owner", "slug", "display_name", "upstream_model", "base_url", "api_key_last4", "enabled", "health_status",
+    fields = ("owner", "slug", "display_name", "upstream_model", "base_url", "api_key_last4", "enabled",
               "supports_streaming", "supports_json_mode", "supports_tools", "supports_vision", "context_window",
               "input_price_per_million", "output_price_per_million", "created_at", "updated_at")
     readonly_fields = tuple(name for name in fields if name != "enabled")

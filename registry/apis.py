@@ -1,5 +1,5 @@
-"""The registry API: the models a caller may use (the registry's and their own), their own models' CRUD,
-connectivity tests, the caller's preferences, and their hub API keys.
+"""The registry API: the models a caller may use (the registry's and their own), their own models' CRUD, the
+caller's preferences, and their hub API keys (models' connectivity tests: health/apis.py).
 
 A user's own model is only ever found for its owner: for anyone else it is as unknown as a model that does not
 exist (404), in every endpoint. Registry models are read-only here (403); only staff test them.
@@ -16,9 +16,8 @@ from rest_framework.views import APIView
 from llmhub.api import error_responses
 from registry import openapi  # noqa: F401  (registers the API key scheme with drf-spectacular)
 from registry.authentication import request_tier
-from registry.model_tests import model_test_start
-from registry.models import LLMModel, UserLLMConfig
-from registry.permissions import CanTestRegistryModel, CanUseModel, KeysChangedInSession, RegistryModelReadOnly
+from registry.models import UserLLMConfig
+from registry.permissions import CanUseModel, KeysChangedInSession, RegistryModelReadOnly
 from registry.selectors import (
     ModelSpec,
     Registry,
@@ -29,8 +28,6 @@ from registry.selectors import (
     get_default_model,
     get_model_by_id,
     get_usable_model,
-    model_test_get,
-    model_tests_recent,
     preferences_get,
     registry_get,
     user_model_get,
@@ -41,8 +38,6 @@ from registry.serializers import (
     ApiKeyOutputSerializer,
     ModelListOutputSerializer,
     ModelOutputSerializer,
-    ModelTestOutputSerializer,
-    ModelTestStartOutputSerializer,
     PreferencesInputSerializer,
     PreferencesOutputSerializer,
     UserModelInputSerializer,
@@ -155,48 +150,6 @@ class ModelDetailApi(ModelTargetApi):
     def delete(self, request: Request, model_id: str) -> Response:
         user_model_delete(model=self.model_target(request, model_id))
         return Response(status=204)
-
-
-def _test_subject(model: UserLLMConfig | ModelSpec) -> dict[str, int]:
-    return {"user_model_id": model.pk} if isinstance(model, UserLLMConfig) else {"llm_model_id": model.pk}
-
-
-class ModelTestStartApi(ModelTargetApi):
-    """Start a connectivity test of one of your models (staff: of a registry model too). Answers 202 with the
-    test's id; follow it at /api/models/<id>/tests/<test_id>/."""
-
-    permission_classes = [*APIView.permission_classes, CanTestRegistryModel]
-
-    @extend_schema(request=None, responses={202: ModelTestStartOutputSerializer}, operation_id="models_test")
-    def post(self, request: Request, model_id: str) -> Response:
-        model = self.model_target(request, model_id)
-        if isinstance(model, UserLLMConfig):
-            test = model_test_start(user_model=model, requested_by=request.user)
-        else:
-            test = model_test_start(llm_model=LLMModel.objects.get(pk=model.pk), requested_by=request.user)
-        return Response(ModelTestStartOutputSerializer(test).data, status=202)
-
-
-class ModelTestListApi(ModelTargetApi):
-    """The model's recent connectivity tests, newest first."""
-
-    permission_classes = [*APIView.permission_classes, CanTestRegistryModel]
-
-    @extend_schema(responses=ModelTestOutputSerializer(many=True), operation_id="models_tests_list")
-    def get(self, request: Request, model_id: str) -> Response:
-        model = self.model_target(request, model_id)
-        return Response(ModelTestOutputSerializer(model_tests_recent(**_test_subject(model)), many=True).data)
-
-
-class ModelTestDetailApi(ModelTargetApi):
-    """One connectivity test of the model: its state and, once finished, its result."""
-
-    permission_classes = [*APIView.permission_classes, CanTestRegistryModel]
-
-    @extend_schema(responses=ModelTestOutputSerializer, operation_id="models_tests_retrieve")
-    def get(self, request: Request, model_id: str, test_id: int) -> Response:
-        model = self.model_target(request, model_id)
-        return Response(ModelTestOutputSerializer(model_test_get(test_id=test_id, **_test_subject(model))).data)
 
 
 class PreferencesApi(APIView):

@@ -19,10 +19,8 @@ from llmhub.errors import ApplicationError
 from registry.key_usage import api_key_used
 from registry.limits import limits_get, limits_snapshot
 from registry.models import ApiKey, QuotaLimit
-from registry.selectors import Registry, TierSpec, api_key_snapshot, registry_get
+from registry.selectors import Registry, TierSpec, api_key_snapshot, memo_put, registry_get
 from registry.services import api_key_hash, user_tier_resolve
-
-_MEMO_LIMIT = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +46,6 @@ def api_key_accept(principal: Principal | None) -> Principal:
         raise ApiKeyRefused("This API key has expired: create a new one.", code="api_key_expired")
     api_key_used(principal.api_key_id)
     return principal
-
-
-def _memoise(memo: dict, key: Any, value: Any) -> None:
-    if len(memo) >= _MEMO_LIMIT:
-        memo.clear()
-    memo[key] = value
 
 
 def _made_since_limits_checked(api_key: ApiKey) -> bool:
@@ -84,7 +76,7 @@ def api_key_authenticate(*, raw_key: str) -> Principal | None:
     expires_at = api_key.expires_at.timestamp() if api_key.expires_at is not None else None
     principal = Principal(user=api_key.user, api_key_id=api_key.pk, tier_slug=user_tier_resolve(user=api_key.user).slug,
                           expires_at=expires_at)
-    _memoise(memo, key_hash, principal)
+    memo_put(memo, key_hash, principal)
     return principal
 
 
@@ -116,7 +108,7 @@ def user_tier_get(user: AbstractBaseUser) -> TierSpec:
     slug = memo.get(("tier", user.pk))
     if slug is None:
         slug = user_tier_resolve(user=user).slug
-        _memoise(memo, ("tier", user.pk), slug)
+        memo_put(memo, ("tier", user.pk), slug)
     return _tier_of(user, slug)
 
 

@@ -199,68 +199,6 @@ class UserModelPreferences(models.Model):
         verbose_name_plural = "user model preferences"
 
 
-class ModelTest(models.Model):
-    """One connectivity test of a registry model or a user model, and its result."""
-
-    class State(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"
-
-    llm_model = models.ForeignKey(LLMModel, null=True, blank=True, on_delete=models.CASCADE, related_name="tests")
-    user_model = models.ForeignKey(UserLLMConfig, null=True, blank=True, on_delete=models.CASCADE,
-                                   related_name="tests")
-    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                     related_name="+")
-    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
-    reachable = models.BooleanField(null=True)
-    key_accepted = models.BooleanField(null=True)
-    model_found = models.BooleanField(null=True)
-    latency_ms = models.FloatField(null=True)
-    capabilities = models.JSONField(default=dict, blank=True)
-    error = models.CharField(max_length=300, blank=True, help_text="A generic message, never an upstream body.")
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    started_at = models.DateTimeField(null=True)
-    finished_at = models.DateTimeField(null=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-        constraints = [
-            models.CheckConstraint(
-                condition=models.Q(llm_model__isnull=False, user_model__isnull=True)
-                | models.Q(llm_model__isnull=True, user_model__isnull=False),
-                name="model_test_has_one_target",
-            )
-        ]
-        indexes = [models.Index(fields=["llm_model", "-created_at"]), models.Index(fields=["user_model", "-created_at"])]
-
-    def __str__(self) -> str:
-        target = self.llm_model if self.llm_model_id is not None else self.user_model
-        return f"Test of {target} at {self.created_at:%Y-%m-%d %H:%M:%S} ({self.get_state_display().lower()})"
-
-
-class ModelHealth(models.Model):
-    """The current status of a model, derived from its tests and live traffic (see registry.health)."""
-
-    class Status(models.TextChoices):
-        HEALTHY = "healthy"
-        DEGRADED = "degraded"
-        DOWN = "down"
-        UNKNOWN = "unknown"
-
-    llm_model = models.OneToOneField(LLMModel, null=True, blank=True, on_delete=models.CASCADE, related_name="health")
-    user_model = models.OneToOneField(UserLLMConfig, null=True, blank=True, on_delete=models.CASCADE,
-                                      related_name="health")
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.UNKNOWN)
-    last_checked_at = models.DateTimeField(null=True)
-    last_latency_ms = models.FloatField(null=True)
-    live_failures = models.PositiveIntegerField(default=0, help_text="Consecutive failed live requests.")
-    last_live_failure_at = models.DateTimeField(null=True)
-    last_live_success_at = models.DateTimeField(null=True)
-    updated_at = models.DateTimeField(auto_now=True)
-
-
 class QuotaLimit(models.Model):
     """One limit of a tier, of one user (overriding their tier's limit of the same metric, period and model), or
     of one hub API key (on top of its owner's; never above them). Enforced by usage.quotas."""

@@ -1,10 +1,11 @@
 """Reads of the model registry, served from an in-memory snapshot (no query once warm)."""
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -19,7 +20,6 @@ from registry.models import (
     ApiKey,
     LLMModel,
     ModelFallback,
-    ModelTest,
     Provider,
     QuotaLimit,
     Tier,
@@ -202,8 +202,16 @@ def _user_models_build(tiers: Mapping[str, TierSpec]) -> dict[int, dict[str, Mod
 
 
 registry_snapshot: LocalSnapshot[Registry] = LocalSnapshot("registry", _registry_build)
-# Memo of hub API keys and users' tiers (filled by registry.authentication), emptied on any change.
+# Memo of hub API keys, users' tiers (filled by registry.authentication) and preferences, emptied on any change.
 api_key_snapshot: LocalSnapshot[dict] = LocalSnapshot("api-keys", dict)
+_MEMO_LIMIT = 50_000
+
+
+def memo_put(memo: dict, key: Any, value: Any) -> None:
+    """Adds to the memo of `api_key_snapshot`, within one bound for all it holds."""
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
 
 
 def registry_get() -> Registry:
@@ -267,20 +275,26 @@ def user_model_get(*, owner_id: int, model_id: str) -> UserLLMConfig | None:
     return UserLLMConfig.objects.filter(owner_id=owner_id, slug=model_id).first()
 
 
-def model_tests_recent(*, llm_model_id: int | None = None, user_model_id: int | None = None,
-                       limit: int | None = None):
-    """The newest tests of one model (a registry model or a user's)."""
-    limit = settings.LLMHUB["MODEL_TEST_HISTORY"] if limit is None else limit
-    return ModelTest.objects.filter(llm_model_id=llm_model_id, user_model_id=user_model_id).order_by(
-        "-created_at", "-pk")[:limit]
+# --- Status ---------------------------------------------------------------------------------------------
+
+UNKNOWN_STATUS = MappingProxyType({"status": "unknown", "last_checked_at": None, "last_latency_ms": None})
+# What is known of a model's health is the health app's: it installs its reader here as it starts (health/apps.py),
+# the registry importing no app above it. Without one every model is "unknown".
+_status_reader: Callable[[ModelSpec], Any] | None = None
 
 
-def model_test_get(*, test_id: int, llm_model_id: int | None = None, user_model_id: int | None = None) -> ModelTest:
-    """A test of that very model; a test of any other model (or user) is as absent as one that does not exist."""
-    test = ModelTest.objects.filter(pk=test_id, llm_model_id=llm_model_id, user_model_id=user_model_id).first()
-    if test is None:
-        raise NotFound(f"The test '{test_id}' does not exist.", code="test_not_found")
-    return test
+def model_status_reader_install(reader: Callable[[ModelSpec], Any]) -> None:
+    """Makes `reader(model)` (an object or mapping with the fields of the API's model status) the source of the
+    models' status."""
+    global _status_reader
+    _status_reader = reader
+
+
+def model_status_read(model: ModelSpec | None) -> Any:
+    """The status of a model the registry serves (None: a model it does not, such as a disabled one)."""
+    if model is None or _status_reader is None:
+        return UNKNOWN_STATUS
+    return _status_reader(model)
 
 
 # --- Preferences ----------------------------------------------------------------------------------------
@@ -323,9 +337,7 @@ def preferences_get(user_id: int | None) -> PreferencesSpec:
                                         if task in UserModelPreferences.TASK_TYPES and model_id}),
         favourites=tuple(row.favourites or ()),
     )
-    from registry.authentication import _memoise  # one bound for the whole memo; authentication imports us
-
-    _memoise(memo, _preferences_key(user_id), spec)
+    memo_put(memo, _preferences_key(user_id), spec)
     return spec
 
 

@@ -10,10 +10,17 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from llmhub.api import StrictSerializer
-from registry.health import UNKNOWN, model_status
 from registry.limits import METRICS, PERIODS, LimitSpec, limit_problems
-from registry.models import ApiKey, ModelTest, QuotaLimit, UserLLMConfig, UserModelPreferences
-from registry.selectors import API_KEY_STATES, CAPABILITIES, ModelSpec, PreferencesSpec, api_key_state, registry_get
+from registry.models import ApiKey, QuotaLimit, UserLLMConfig, UserModelPreferences
+from registry.selectors import (
+    API_KEY_STATES,
+    CAPABILITIES,
+    ModelSpec,
+    PreferencesSpec,
+    api_key_state,
+    model_status_read,
+    registry_get,
+)
 from registry.validators import header_name_validator, header_value_validator  # noqa: F401  (re-exported)
 
 MODEL_ID_MAX_LENGTH = UserLLMConfig._meta.get_field("slug").max_length
@@ -35,7 +42,7 @@ class HealthOutputSerializer(serializers.Serializer):
 
 
 def _status(model: ModelSpec | None) -> dict[str, Any]:
-    return HealthOutputSerializer(model_status(model) if model is not None else UNKNOWN).data
+    return HealthOutputSerializer(model_status_read(model)).data
 
 
 # --- Models -----------------------------------------------------------------------------------------------
@@ -173,27 +180,6 @@ class UserModelOutputSerializer(serializers.Serializer):
     def get_status(self, model: UserLLMConfig) -> dict[str, Any]:
         # A disabled model is not in the registry snapshot: it takes no traffic, its status is unknown.
         return _status(registry_get().own_models(model.owner_id).get(model.slug))
-
-
-# --- Connectivity tests -----------------------------------------------------------------------------------
-
-class ModelTestStartOutputSerializer(serializers.Serializer):
-    test_id = serializers.IntegerField(source="pk")
-    state = serializers.ChoiceField(choices=ModelTest.State.choices)
-
-
-class ModelTestOutputSerializer(ModelTestStartOutputSerializer):
-    reachable = serializers.BooleanField(allow_null=True)
-    key_accepted = serializers.BooleanField(allow_null=True)
-    model_found = serializers.BooleanField(allow_null=True)
-    latency_ms = serializers.FloatField(allow_null=True)
-    capabilities = serializers.DictField(child=serializers.BooleanField(allow_null=True),
-                                         help_text="Detected features (chat, streaming, json_mode, tools): "
-                                                   "true, false, or null when the check itself failed.")
-    error = serializers.CharField(allow_blank=True)
-    created_at = serializers.DateTimeField()
-    started_at = serializers.DateTimeField(allow_null=True)
-    finished_at = serializers.DateTimeField(allow_null=True)
 
 
 # --- Preferences ------------------------------------------------------------------------------------------

@@ -39,8 +39,8 @@ from django.utils import timezone
 from registry.limits import COST_UNITS, decimal_text
 
 if TYPE_CHECKING:
+    from usage.entries import Charge
     from usage.models import BillingEvent
-    from usage.quota_backends import Charge
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from usage.metrics_process import ENVIRONMENT_VARIABLE, dead_workers_mark
 
 if TYPE_CHECKING:
-    from usage.services import UsageEntry
+    from usage.entries import UsageEntry
 
 logger = logging.getLogger(__name__)
 

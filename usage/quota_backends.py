@@ -31,6 +31,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections, transaction
 
 from usage.billing import billing_events_insert_sql, quota_thresholds_crossed
+from usage.entries import Charge
 from usage.redis_client import RedisClient, RedisUnavailable
 from usage.writer import writer
 
@@ -39,13 +40,6 @@ logger = logging.getLogger(__name__)
 
 class QuotaBackendError(Exception):
     """The back end could not decide (unreachable, timed out, refused the command)."""
-
-
-class Charge(NamedTuple):  # a named tuple: built per limit per request, cheaper than a frozen dataclass
-    key: str  # the counter: owner, limit and period window
-    limit: int
-    amount: int  # reserved
-    window_end: float  # epoch seconds: the counter is kept until then plus the hold time
 
 
 class Decision(NamedTuple):

@@ -26,8 +26,9 @@ from django.conf import settings
 from llmhub.errors import ApplicationError
 from registry.limits import COST_UNITS, AppliedLimit, decimal_text, limits_snapshot
 from registry.selectors import ModelSpec
+from usage.entries import Charge
 from usage.metrics import quota_refusal_count, quota_unavailable_count
-from usage.quota_backends import Charge, Decision, QuotaBackendError, quota_backend
+from usage.quota_backends import Decision, QuotaBackendError, quota_backend
 from usage.services import usage_cost
 
 logger = logging.getLogger(__name__)

@@ -10,46 +10,18 @@ import hashlib
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from importlib.metadata import distribution
 
 import tiktoken
 from django.db import DatabaseError
-from django.utils import timezone
 
+from usage.entries import UsageEntry
 from usage.metrics import usage_metrics_observe
 from usage.stream import stream_append
 from usage.writer import rows_insert, writer
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True, kw_only=True)
-class UsageEntry:
-    """One request's usage, as `UsageLog` stores it (see its fields for their meaning)."""
-
-    request_id: str
-    endpoint: str
-    status: str
-    http_status: int
-    user_id: int | None = None
-    api_key_id: int | None = None
-    tier: str = ""
-    requested_model: str = ""
-    answered_model: str = ""
-    input_tokens: int = 0
-    output_tokens: int = 0
-    tokens_estimated: bool = False
-    cost: Decimal = Decimal(0)
-    latency_ms: float = 0.0
-    ttft_ms: float | None = None
-    error_type: str = ""
-    attempts: int = 1
-    attempt_details: tuple[dict, ...] = ()
-    streamed: bool = False
-    created_at: datetime = field(default_factory=timezone.now)
 
 
 def usage_record(entry: UsageEntry) -> None:

@@ -38,7 +38,7 @@ from usage.redis_client import RedisClient
 from usage.writer import rows_insert, writer
 
 if TYPE_CHECKING:
-    from usage.services import UsageEntry
+    from usage.entries import UsageEntry
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def _append_failed(entry: UsageEntry, error: Exception) -> None:
 
 
 def entry_decode(payload: bytes) -> UsageEntry:
-    from usage.services import UsageEntry
+    from usage.entries import UsageEntry
 
     fields = orjson.loads(payload)
     fields["cost"] = Decimal(fields["cost"])

@@ -54,7 +54,7 @@ from usage.metrics import usage_metrics_observe
 
 if TYPE_CHECKING:
     from usage.billing import BillingEventEntry
-    from usage.services import UsageEntry
+    from usage.entries import UsageEntry
 
 logger = logging.getLogger(__name__)
 

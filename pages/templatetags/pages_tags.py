@@ -38,7 +38,7 @@ def option_label(row) -> str:
     return f"{model.display_name} · {row.health.status} · {prices}"
 
 
-# What a connectivity test's generic error (registry/connectivity.py) means, in plain words.
+# What a connectivity test's generic error (generation/connectivity.py) means, in plain words.
 TEST_ERRORS = {
     "unreachable": "Could not connect: no answer from that address (a wrong URL, the server is off, or a firewall "
                    "is in the way).",

@@ -12,9 +12,10 @@ from django.conf import settings
 from django.db import connections
 from django.test import Client
 
+from health.models import ModelTest
+from health.status import health_flush, health_reset
 from llmhub.celery import app
-from registry.health import health_flush, health_reset
-from registry.models import ModelTest, UserLLMConfig
+from registry.models import UserLLMConfig
 from registry.services import secret_assign
 
 # Any 32 letters are a valid CSRF secret: a test sends the same one as cookie and header, as the pages' script does.

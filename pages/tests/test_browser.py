@@ -8,8 +8,8 @@ import pytest
 from playwright.sync_api import expect
 
 from conftest import usage_rows
+from health.status import health_note
 from pages.tests.conftest import assert_not_reloaded, dot, log_in, mark_page, own_model, screenshot
-from registry.health import health_note
 from registry.models import UserLLMConfig, UserModelPreferences
 
 pytestmark = pytest.mark.browser

@@ -9,8 +9,8 @@ import pytest
 from playwright.sync_api import expect
 
 from conftest import usage_rows
+from health.model_tests import model_test_start
 from pages.tests.conftest import RESULTS, axe_violations, horizontal_overflow, log_in, own_model, screenshot
-from registry.model_tests import model_test_start
 from registry.models import LLMModel
 
 pytestmark = pytest.mark.browser

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from health.models import ModelTest
 from pages.tests.conftest import own_model
-from registry.models import ModelTest
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("celery_worker")]
 

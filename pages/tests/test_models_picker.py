@@ -5,8 +5,8 @@ import re
 
 import pytest
 
+from health.status import health_note
 from pages.tests.conftest import own_model
-from registry.health import health_note
 from registry.models import UserModelPreferences
 from registry.selectors import registry_get
 

@@ -13,9 +13,10 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from conftest import usage_rows
+from health.models import ModelTest
 from llmhub.celery import app
 from llmhub.crypto import secret_decrypt
-from registry.models import LLMModel, ModelTest, UserLLMConfig
+from registry.models import LLMModel, UserLLMConfig
 from registry.selectors import registry_get
 from registry.ssrf import UnsafeURL, validate_user_base_url
 

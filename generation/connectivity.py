@@ -14,7 +14,7 @@ A capability is True (it works), False (the upstream refused the request or igno
 `budget` seconds; each request gets at most `check_timeout` of it.
 
 What the requests use is metered (`CheckUsage`, filled as they answer, so a test cut short keeps what it used):
-the tokens the upstream reports, else counted locally as the usage log counts them; registry/model_tests.py
+the tokens the upstream reports, else counted locally as the usage log counts them; generation/model_testing.py
 records them as the test's usage row.
 """
 

@@ -6,7 +6,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from registry.health import (
+from health.models import ModelHealth, ModelTest
+from health.status import (
     health_flush,
     health_note,
     health_record_test,
@@ -17,7 +18,7 @@ from registry.health import (
     status_from_test,
     unhealthy_keys,
 )
-from registry.models import LLMModel, ModelHealth, ModelTest
+from registry.models import LLMModel
 from registry.selectors import registry_get, registry_snapshot
 
 ALL_WORK = {"chat": True, "streaming": True, "json_mode": True, "tools": True}
@@ -185,7 +186,7 @@ def test_it_sees_another_process_mark_a_model_down(registry):
     demo = registry.models["demo"]
     ModelHealth.objects.create(llm_model_id=demo.pk, status="down", live_failures=3,
                                last_live_failure_at=timezone.now())
-    from registry.health import health_snapshot
+    from health.status import health_snapshot
 
     health_snapshot.invalidate()  # what that process's save did
     assert model_status(demo).status == "down" and unhealthy_keys() == {"demo"}

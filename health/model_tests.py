@@ -1,46 +1,39 @@
-"""Connectivity tests of models: start one, run one (in a Celery task), re-test what is due, reap the stuck.
+"""Connectivity tests of models: start one, claim and finish one, re-test what is due, reap the stuck.
 
 A test is a `ModelTest` row: queued → running → succeeded (the model answered a plain chat) or failed (it
 did not, or the test itself crashed or timed out; `error` says which, in generic words). Running a test is
 idempotent: it is claimed with a conditional UPDATE, a finished test is never run again, and its result is
-written only over its own claim.
-
-A test's upstream requests are metered like any request: one usage row per run of a test (endpoint
-`model_test`), with its tokens and their cost at the model's prices. A registry model's test is the system's own
-usage (no user); a user's own model's test counts for that user, at no cost (their key pays). No quota applies.
+written only over its own claim. The run itself calls the upstream: it is generation's
+(`generation/model_testing.py`, Celery task `MODEL_TEST_RUN_TASK`), which claims and finishes the test here.
 """
 
 import contextlib
 import logging
-import time
-import uuid
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
-from billiard.exceptions import SoftTimeLimitExceeded  # celery.exceptions' own: that module imports kombu (0.17 s)
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError, transaction
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
-from generation.client import UpstreamMisconfigured
+from health.models import ModelTest
+from health.status import health_record_test
 from llmhub.crypto import secret_decrypt
-from llmhub.errors import ConfigurationError, NotFound, ServiceUnavailable
-from registry.connectivity import CheckResult, CheckUsage, model_check
-from registry.health import health_record_test
-from registry.models import LLMModel, ModelTest, UserLLMConfig, UserProfile
+from llmhub.errors import NotFound, ServiceUnavailable
+from registry.models import LLMModel, UserLLMConfig
 from registry.selectors import ModelSpec
-from usage.services import UsageEntry, usage_cost, usage_record_now
 
 logger = logging.getLogger(__name__)
 
 State = ModelTest.State
 FINISHED = (State.SUCCEEDED, State.FAILED)
 QUEUE_UNAVAILABLE = "queue unavailable"
-MODEL_TEST_ENDPOINT = "model_test"  # the usage log's endpoint of tests' requests
 TIMED_OUT = "timed out"
+# Defined in generation/tasks.py (it calls the upstream), queued by name from here; the name predates the health app.
+MODEL_TEST_RUN_TASK = "registry.tasks.model_test_run"
 
 
 def _config(name: str) -> Any:
@@ -59,11 +52,11 @@ class QueueUnavailable(ServiceUnavailable):
 
 
 def _enqueue(test_id: int) -> None:
-    from registry.tasks import model_test_run
+    from llmhub.celery import task_get
 
     # No retry: with the broker down the caller must hear it now (CELERY_BROKER_TRANSPORT_OPTIONS keep a
     # refused connection to well under 2 s).
-    model_test_run.apply_async((test_id,), retry=False)
+    task_get(MODEL_TEST_RUN_TASK).apply_async((test_id,), retry=False)
 
 
 def _enqueue_or_fail(test_id: int) -> None:
@@ -138,15 +131,30 @@ def model_test_target(test: ModelTest) -> ModelSpec:
     )
 
 
-def _claim(test_id: int) -> bool:
-    """queued → running; also a test left running by a worker that died (past the hard time limit)."""
+def model_test_claim(*, test_id: int) -> bool:
+    """Whether this run may go on: queued → running; also a test left running by a worker that died (past the hard time limit)."""
     now = timezone.now()
     abandoned = now - timedelta(seconds=model_test_time_limits()[1])
     claimable = Q(state=State.QUEUED) | Q(state=State.RUNNING, started_at__lt=abandoned)
     return bool(ModelTest.objects.filter(claimable, pk=test_id).update(state=State.RUNNING, started_at=now))
 
 
-def _finish(test_id: int, *, result: CheckResult | None = None, error: str = "") -> None:
+class TestFindings(Protocol):
+    """What a run of a test found (generation.connectivity.CheckResult)."""
+
+    reachable: bool | None
+    key_accepted: bool | None
+    model_found: bool | None
+    latency_ms: float | None
+    capabilities: dict[str, bool | None]
+    error: str
+
+    @property
+    def answered(self) -> bool: ...
+
+
+def model_test_finish(*, test_id: int, result: TestFindings | None = None, error: str = "") -> None:
+    """Records a run's result (or, with none, its `error`) over its own claim, and the model's health with it."""
     if result is None:
         fields: dict[str, Any] = {"state": State.FAILED, "error": error}
     else:
@@ -166,60 +174,6 @@ def _finish(test_id: int, *, result: CheckResult | None = None, error: str = "")
                 health_record_test(test)
         except DatabaseError as failure:
             logger.warning("model test %s: health not updated (%s)", test_id, type(failure).__name__)
-
-
-def model_test_execute(*, test_id: int) -> None:
-    """Runs a queued test and records its result; a test already claimed or finished is left alone. Ends
-    in a recorded state whatever happens: a crash or the soft time limit gives a failed test. What its
-    requests used is recorded too, however it ended."""
-    if not _claim(test_id):
-        return
-    started = time.perf_counter()
-    target, usage = None, CheckUsage()
-    result, error = None, ""
-    try:
-        test = ModelTest.objects.select_related("llm_model", "user_model").get(pk=test_id)
-        target = model_test_target(test)
-        result = model_check(target, check_timeout=_config("MODEL_TEST_CHECK_TIMEOUT_SECONDS"),
-                             budget=_config("MODEL_TEST_BUDGET_SECONDS"),
-                             max_response_bytes=_config("MODEL_TEST_MAX_RESPONSE_BYTES"), usage=usage)
-    except SoftTimeLimitExceeded:
-        error = TIMED_OUT
-    except ConfigurationError:
-        error = "key unreadable"  # encrypted with a key this server no longer has
-    except UpstreamMisconfigured:
-        error = "key or headers invalid"  # characters HTTP cannot carry, stored before they were refused
-    except ModelTest.DoesNotExist:
-        return  # its model was deleted meanwhile
-    except Exception:
-        logger.exception("model test %s crashed", test_id)
-        error = "test crashed"
-    finally:
-        if target is not None and usage.calls:
-            model_test_usage_record(model=target, usage=usage, result=result, error=error,
-                                    latency_ms=(time.perf_counter() - started) * 1000)
-    _finish(test_id, result=result, error=error)
-
-
-def model_test_usage_record(*, model: ModelSpec, usage: CheckUsage, result: CheckResult | None, error: str,
-                            latency_ms: float) -> None:
-    """Writes the usage row of one run of a test (a rerun after a worker died called the upstream again: a row
-    of its own). Outside quotas: a test is never refused for a limit, nor counted toward one."""
-    answered = result is not None and result.answered
-    tier = ""
-    if model.owner_id is not None:
-        tier = UserProfile.objects.filter(user_id=model.owner_id).values_list("tier__slug", flat=True).first() or ""
-    usage_record_now(UsageEntry(
-        request_id=f"test_{uuid.uuid4().hex}", endpoint=MODEL_TEST_ENDPOINT, user_id=model.owner_id, tier=tier,
-        requested_model=model.id, answered_model=model.id if usage.input_tokens or usage.output_tokens else "",
-        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, tokens_estimated=usage.estimated,
-        cost=usage_cost(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                        input_price_per_million=model.input_price_per_million,
-                        output_price_per_million=model.output_price_per_million),
-        latency_ms=latency_ms, status="ok" if answered else "error", http_status=200 if answered else 502,
-        error_type="" if answered else (result.error if result is not None else error) or "model_test_failed",
-        attempts=usage.calls,
-    ))
 
 
 # --- Periodic work ------------------------------------------------------------------------------------------

@@ -41,9 +41,10 @@ from django.db.models import OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from health.models import ModelHealth, ModelTest
 from llmhub.db import connection_heal
 from llmhub.snapshot import LocalSnapshot
-from registry.models import LLMModel, ModelHealth, ModelTest, UserLLMConfig
+from registry.models import LLMModel, UserLLMConfig
 from registry.selectors import CAPABILITIES, ModelSpec, Registry, registry_snapshot
 
 logger = logging.getLogger(__name__)

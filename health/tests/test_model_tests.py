@@ -17,19 +17,21 @@ from django.contrib.messages import get_messages
 from django.db import connections
 from django.utils import timezone
 
-from llmhub.celery import app
-from registry.health import health_flush, health_reset, model_status
-from registry.model_tests import (
+from generation.tasks import model_test_run
+from health.model_tests import (
     QueueUnavailable,
     model_test_start,
     model_tests_enqueue_due,
     model_tests_reap,
 )
-from registry.models import LLMModel, ModelHealth, ModelTest, UserLLMConfig
+from health.models import ModelHealth, ModelTest
+from health.status import health_flush, health_reset, model_status
+from health.tasks import model_tests_reap as reap_task
+from health.tasks import model_tests_schedule
+from llmhub.celery import app
+from registry.models import LLMModel, UserLLMConfig
 from registry.selectors import registry_get, registry_snapshot
 from registry.services import secret_assign
-from registry.tasks import model_test_run, model_tests_schedule
-from registry.tasks import model_tests_reap as reap_task
 
 FINISHED = (ModelTest.State.SUCCEEDED, ModelTest.State.FAILED)
 ALL_CAPABILITIES = {"chat": True, "streaming": True, "json_mode": True, "tools": True}
@@ -214,7 +216,7 @@ def test_it_records_a_crashed_test_as_failed(registry, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("boom: something in our own code broke")
 
-    monkeypatch.setattr("registry.model_tests.model_check", crash)
+    monkeypatch.setattr("generation.model_testing.model_check", crash)
 
     test = finished(model_test_start(llm_model=registry_model()))
 
