@@ -88,6 +88,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and ReDoc, pinned and served by the app (the docs work offline)
     "registry",
+    "prompts",
     "generation",
     "translation",
     "usage",

@@ -50,6 +50,8 @@ class UsageEntry:
     attempt_details: tuple[dict, ...] = ()
     streamed: bool = False
     created_at: datetime = field(default_factory=timezone.now)
+    prompt_template: str = ""
+    prompt_version: int | None = None
 
 
 def usage_record(entry: UsageEntry) -> None:
