@@ -226,11 +226,11 @@ def version_compile(*, name: str, version: int, system: str | None, user: str | 
             table = by_model if targets[0] == "model" else by_provider
             if variant[targets[0]] in table:
                 problems.append(f'{at}.{targets[0]}: a second variant for "{variant[targets[0]]}"')
-            # A variant's missing text or parameter is the base's.
-            merged_params = {**base.params, **(variant.get("params") or {})} \
-                if isinstance(variant.get("params") or {}, Mapping) else variant.get("params")
-            variant_part = part(variant.get("system", system), variant.get("user", user), merged_params, f"{at}.")
-            table[variant[targets[0]]] = variant_part
+            # A variant's missing text or parameter is the base's (checked once, there).
+            own = part(variant.get("system"), variant.get("user"), variant.get("params"), f"{at}.")
+            table[variant[targets[0]]] = Part(own.system if "system" in variant else base.system,
+                                              own.user if "user" in variant else base.user,
+                                              {**base.params, **own.params})
     if problems:
         raise TemplateRefused(problems)
     return CompiledVersion(name=name, version=version, variables=declared, base=base, by_model=by_model,
