@@ -84,7 +84,7 @@ def test_it_chooses_the_models_variant_then_the_providers_then_the_base():
                       params={"temperature": 0.7, "max_tokens": 50})
 
     class Model:
-        def __init__(self, id, provider):  # noqa: A002
+        def __init__(self, id, provider):
             self.id, self.provider = id, provider
 
     def system(model):
