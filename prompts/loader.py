@@ -41,13 +41,13 @@ def prompts_section_parse(value: Any, problems: list[str]) -> list[TemplateEntry
     names = [item.get("name") for item in value]
     for index, item in enumerate(value):
         where = f"prompts[{index}]"
-        if names.count(item["name"]) > 1:
+        if item["name"] in names[:index]:
             problems.append(f'{where}.name: duplicate prompt "{item["name"]}"')
         numbers = [version["version"] for version in item["versions"]]
         versions = []
         for position, version in enumerate(item["versions"]):
             at = f"{where}.versions[{position}]"
-            if numbers.count(version["version"]) > 1:
+            if version["version"] in numbers[:position]:
                 problems.append(f"{at}.version: duplicate version {version['version']}")
             try:
                 version_compile(name=item["name"], version=version["version"], where=at,
