@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from prompts.selectors import prompt_snapshot
 from registry.limits import limits_snapshot
 from registry.selectors import api_key_snapshot, registry_snapshot
 
@@ -33,7 +34,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _fresh_snapshots() -> Iterator[None]:
     # Each test's database is rolled back afterwards: in-memory snapshots must not outlive it.
     cache.clear()
-    snapshots = (registry_snapshot, api_key_snapshot, limits_snapshot)
+    snapshots = (registry_snapshot, api_key_snapshot, limits_snapshot, prompt_snapshot)
     for snapshot in snapshots:
         snapshot.invalidate()
     yield

@@ -602,6 +602,19 @@ def build_table(results: dict, targets: list[Target]) -> tuple[Table, dict]:
     return table, headline
 
 
+def _prompt_template_row(table: Table) -> float:
+    """A prompt template's cost on the hot path (bench/prompts.py, in its own process: it fakes the snapshot)."""
+    from bench.prompts import TARGET_US
+
+    output = subprocess.run([str(VENV_BIN / "python"), "-m", "bench.prompts", "--json"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    figures = json.loads(output)
+    total = figures["parse"] + figures["apply"]
+    table.add("prompt template: parse + resolve + render + assemble (µs of CPU a request, bench/prompts.py)",
+              {HUB: _fmt(total, 1)}, "", f"≤ {TARGET_US:.0f} µs", _verdict(total <= TARGET_US, total <= TARGET_US / 2))
+    return total
+
+
 def _versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in ("django", "openai", "aiohttp", "uvicorn", "uvloop", "httptools", "orjson"):
@@ -761,6 +774,7 @@ def main() -> None:
             if target.process is not None and target.startup_s is not None:
                 target.peak_rss_mb = _tree_peak_mb(target.process.pid)
         table, headline = build_table(results, targets)
+        headline["prompt_template_us"] = _prompt_template_row(table)
         raw = {"headline": headline, "others_cpu_share": others, "runs": results}
         (VAR / "bench-results.json").write_text(json.dumps(raw, indent=1))
         write_results(table, results, targets, pinning, started_at, others)

@@ -34,7 +34,32 @@ def request_adapt(model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
             adapted.setdefault(target, value)
     for name in params.unsupported:
         adapted.pop(name, None)
+    if params.fold_system and isinstance(adapted.get("messages"), list):
+        adapted["messages"] = system_folded(adapted["messages"])
     return adapted
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, list):
+        return "\n".join(part.get("text") or "" for part in content if isinstance(part, dict))
+    return content or ""
+
+
+def system_folded(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages for a model that takes no system role: the system (and developer) messages' text leads the first
+    user message (a user message of that text when there is none), separated by a blank line."""
+    system = [message for message in messages if message.get("role") in ("system", "developer")]
+    if not system:
+        return messages
+    lead = "\n\n".join(text for message in system if (text := _text_of(message.get("content"))))
+    rest = [message for message in messages if message.get("role") not in ("system", "developer")]
+    for index, message in enumerate(rest):
+        if message.get("role") == "user":
+            content = message.get("content")
+            folded = [{"type": "text", "text": lead}, *content] if isinstance(content, list) \
+                else f"{lead}\n\n{content or ''}"
+            return [*rest[:index], {**message, "content": folded}, *rest[index + 1:]]
+    return [{"role": "user", "content": lead}, *rest]
 
 
 def params_dropped(model: ModelSpec, body: dict[str, Any]) -> list[str]:

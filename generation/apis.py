@@ -9,6 +9,8 @@ from generation import services
 from generation.openai_compat import BadRequest, chat_body_validate
 from generation.openai_schema import messages_schema
 from llmhub.api import StrictSerializer, error_responses
+from prompts.services import HEADER as PROMPT_HEADER
+from prompts.services import VARIABLES_HEADER, PromptRequest, prompt_request_parse
 from registry.authentication import request_tier
 from registry.selectors import preferences_get, registry_get
 
@@ -26,9 +28,22 @@ class CallerAPIView(APIView):
         request.preferences = preferences_get(request.user.pk)
 
 
-def quota_headers(reservation) -> dict[str, str]:
-    """OpenAI's x-ratelimit-* headers of the request's quota reservation (none when no limit applies)."""
-    return reservation.headers() if reservation is not None else {}
+def quota_headers(reservation, prompt=None) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers of the request's quota reservation (none when no limit applies), and the
+    prompt template's (`x-llmhub-prompt`, `x-llmhub-trimmed-turns`) when one served it."""
+    headers = reservation.headers() if reservation is not None else {}
+    return {**headers, **prompt.headers()} if prompt is not None else headers
+
+
+class PromptMetadataSerializer(StrictSerializer):
+    prompt = serializers.CharField(max_length=160, help_text="A prompt template: name, name@label or name@version.")
+    variables = serializers.DictField(required=False, help_text="The template's variables, by name.")
+
+
+def prompt_from(request: Request, metadata: dict | None) -> PromptRequest | None:
+    """The prompt template a request names: `metadata.prompt` (+ `variables`), else the x-llmhub-prompt headers."""
+    return prompt_request_parse(metadata=metadata, header=request.headers.get(PROMPT_HEADER),
+                                variables_header=request.headers.get(VARIABLES_HEADER))
 
 
 class AttemptSerializer(serializers.Serializer):
@@ -51,7 +66,10 @@ class MessagesField(serializers.ListField):
 
 
 class GenerateInputSerializer(StrictSerializer):
-    exactly_one_of = ("prompt", "messages")
+    # `prompt` or `messages`, not both; neither only with a prompt template (`metadata`, or the x-llmhub-prompt header
+    # with which the schema cannot reckon).
+    input_rules = {"not": {"required": ["prompt", "messages"]},
+                   "anyOf": [{"required": ["prompt"]}, {"required": ["messages"]}, {"required": ["metadata"]}]}
 
     prompt = serializers.CharField(required=False, max_length=500_000, trim_whitespace=False)  # sent as written
     messages = MessagesField(required=False, allow_empty=False)
@@ -60,6 +78,17 @@ class GenerateInputSerializer(StrictSerializer):
                                      help_text="Legacy: a provider slug instead of a model id.")
     max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=settings.LLMHUB["MAX_OUTPUT_TOKENS"])
     temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
+    metadata = PromptMetadataSerializer(required=False, help_text="A prompt template to use, and its variables: its "
+                                        "system part leads the messages, its user part ends them.")
+
+    def validate(self, data: dict) -> dict:
+        if "prompt" in data and "messages" in data:
+            raise serializers.ValidationError("Give either 'prompt' or 'messages', not both.")
+        if "prompt" not in data and "messages" not in data and "metadata" not in data \
+                and not self.context.get("prompt_header"):
+            raise serializers.ValidationError("Give either 'prompt' or 'messages' (or a prompt template in "
+                                              "'metadata.prompt').")
+        return super().validate(data)
 
     def validate_messages(self, messages: list) -> list:
         try:
@@ -87,11 +116,14 @@ class GenerateApi(CallerAPIView):
     @extend_schema(request=GenerateInputSerializer, operation_id="generate",
                    responses={200: GenerateOutputSerializer, **error_responses(404, 429, 502, 504)})
     async def post(self, request: Request) -> Response:
-        data = GenerateInputSerializer(data=request.data)
+        data = GenerateInputSerializer(data=request.data,
+                                       context={"prompt_header": bool(request.headers.get(PROMPT_HEADER))})
         data.is_valid(raise_exception=True)
         params = dict(data.validated_data)
+        template = prompt_from(request, params.pop("metadata", None))
         outcome = await services.generate(caller=request.caller, registry=request.registry,
                                           prompt=params.pop("prompt", None), messages=params.pop("messages", None),
                                           model_id=params.pop("model", None), provider=params.pop("provider", None),
-                                          preferred_ids=request.preferences.preferred_order("generation"), **params)
-        return Response(GenerateOutputSerializer(outcome).data, headers=quota_headers(outcome.quota))
+                                          preferred_ids=request.preferences.preferred_order("generation"),
+                                          template=template, **params)
+        return Response(GenerateOutputSerializer(outcome).data, headers=quota_headers(outcome.quota, outcome.prompt))

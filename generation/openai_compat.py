@@ -26,6 +26,8 @@ from generation.legacy_completions import (
 from generation.openai_validation import FORBIDDEN_FIELDS, ROLES, chat_fields_validate, message_validate
 from generation.services import Caller, GenerationFailed
 from llmhub.errors import ApplicationError
+from prompts.services import HEADER as PROMPT_HEADER
+from prompts.services import VARIABLES_HEADER, PromptRequest, prompt_request_parse
 from registry.authentication import Principal, aapi_key_authenticate, api_key_accept, aprincipal_tier
 from registry.selectors import (
     ModelSpec,
@@ -190,12 +192,19 @@ async def _caller(principal: Principal, registry) -> Caller:
 
 
 def _meta_headers(request_id: str, model: ModelSpec, attempts: int, quota,
-                  body: dict[str, Any] | None = None) -> list[tuple[bytes, bytes]]:
+                  body: dict[str, Any] | None = None, prompt=None) -> list[tuple[bytes, bytes]]:
     headers = [(b"x-request-id", request_id.encode()), (b"x-llmhub-model", model.id.encode()),
-               (b"x-llmhub-attempts", str(attempts).encode()), *(quota.header_bytes() if quota else ())]
+               (b"x-llmhub-attempts", str(attempts).encode()), *(quota.header_bytes() if quota else ()),
+               *(prompt.header_bytes() if prompt else ())]
     if body is not None and (dropped := params_dropped(model, body)):  # what the model does not accept
         headers.append((b"x-llmhub-dropped-params", ",".join(dropped).encode()))
     return headers
+
+
+def prompt_requested(scope: Scope, body: dict[str, Any]) -> PromptRequest | None:
+    """The prompt template the request names: `metadata.prompt` (+ `metadata.variables`), else the headers."""
+    return prompt_request_parse(metadata=body.get("metadata"), header=_header(scope, PROMPT_HEADER.encode()),
+                                variables_header=_header(scope, VARIABLES_HEADER.encode()))
 
 
 async def _json_body(scope: Scope, receive: Receive) -> Any:
@@ -214,15 +223,17 @@ async def _chat_completions(scope: Scope, receive: Receive, send: Send, *, legac
     registry = await registry_snapshot.aget()
     caller = await _caller(principal, registry)
     model_id = body.pop("model", None)
+    prompt = prompt_requested(scope, body)
     preferred_ids = () if model_id else (await apreferences_get(caller.user_id)).preferred_order("generation")
     if not body.get("stream"):
         outcome = await services.chat(caller=caller, registry=registry, body=body, endpoint=endpoint,
-                                      model_id=model_id, preferred_ids=preferred_ids)
+                                      model_id=model_id, preferred_ids=preferred_ids, prompt=prompt)
         await _respond(send, 200, chat_answer_to_completion(outcome.data) if legacy else outcome.raw,
-                       _meta_headers(outcome.request_id, outcome.model, len(outcome.attempts), outcome.quota, body))
+                       _meta_headers(outcome.request_id, outcome.model, len(outcome.attempts), outcome.quota, body,
+                                     outcome.prompt))
         return
     stream = await services.chat_stream(caller=caller, registry=registry, body=body, endpoint=endpoint,
-                                        model_id=model_id, preferred_ids=preferred_ids)
+                                        model_id=model_id, preferred_ids=preferred_ids, prompt=prompt)
     await _send_stream(stream, receive, send, body=body, legacy=legacy)
 
 
@@ -244,7 +255,7 @@ async def _send_stream(stream: services.ChatStream, receive: Receive, send: Send
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"), *_meta_headers(stream.request_id, stream.model, len(stream.attempts),
-                                               stream.run.reservation, body)]})
+                                               stream.run.reservation, body, stream.run.prompt)]})
         events = chat_events_to_completion(stream.events()) if legacy else stream.events()
         try:
             async for chunk in events:

@@ -22,6 +22,7 @@ from generation.openai_compat import (
     _respond,
     _send_stream,
     body_envelope_validate,
+    prompt_requested,
 )
 from registry.selectors import apreferences_get, registry_snapshot
 
@@ -72,13 +73,14 @@ async def v1_responses(scope: Scope, receive: Receive, send: Send) -> None:
     registry = await registry_snapshot.aget()
     caller = await _caller(principal, registry)
     model_id = body.pop("model", None)
+    prompt = prompt_requested(scope, body)
     preferred_ids = () if model_id else (await apreferences_get(caller.user_id)).preferred_order("generation")
     if not body.get("stream"):
         outcome = await responses.respond(caller=caller, registry=registry, body=body, model_id=model_id,
-                                          preferred_ids=preferred_ids)
+                                          preferred_ids=preferred_ids, prompt=prompt)
         await _respond(send, 200, outcome.raw, _meta_headers(outcome.request_id, outcome.model, len(outcome.attempts),
-                                                           outcome.quota))
+                                                           outcome.quota, prompt=outcome.prompt))
         return
     stream = await responses.respond_stream(caller=caller, registry=registry, body=body, model_id=model_id,
-                                            preferred_ids=preferred_ids)
+                                            preferred_ids=preferred_ids, prompt=prompt)
     await _send_stream(stream, receive, send)

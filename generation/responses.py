@@ -18,6 +18,7 @@ import orjson
 from generation import client, services
 from generation import responses_bridge as bridge
 from generation.services import Attempt, Caller, ChatStream, Usage
+from prompts.services import PromptRequest
 from registry.selectors import ModelSpec, Registry
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class ResponseOutcome:
     usage: Usage
     cost: Decimal
     quota: Any = None  # its rate-limit headers go on the response
+    prompt: Any = None  # the prompt template it was served with (prompting.PromptUse)
 
 
 class _Forms:
@@ -68,10 +70,11 @@ async def _native_usage(run: Any, model: ModelSpec, forms: _Forms, completion: c
 
 
 async def respond(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str = "v1.responses",
-                  model_id: str | None = None, preferred_ids: Sequence[str] = ()) -> ResponseOutcome:
+                  model_id: str | None = None, preferred_ids: Sequence[str] = (),
+                  prompt: PromptRequest | None = None) -> ResponseOutcome:
     """One non-streaming Responses request, with fallback, settled and logged exactly once."""
     run = await services.start_run(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
-                                   provider=None, preferred_ids=preferred_ids, api=bridge.RESPONSES)
+                                   provider=None, preferred_ids=preferred_ids, api=bridge.RESPONSES, prompt=prompt)
     forms = _Forms(body)
 
     def call(model: ModelSpec, remaining: float) -> Awaitable[client.Completion]:
@@ -95,7 +98,8 @@ async def respond(*, caller: Caller, registry: Registry, body: dict[str, Any], e
     finally:
         await asyncio.shield(services.run_finish(run, model=model, usage=usage, error=error))
     return ResponseOutcome(request_id=run.request_id, model=model, raw=completion.raw, data=completion.data,
-                           attempts=run.attempts, usage=usage, cost=run.cost, quota=run.reservation)
+                           attempts=run.attempts, usage=usage, cost=run.cost, quota=run.reservation,
+                           prompt=run.prompt)
 
 
 class NativeResponsesStream(ChatStream):
@@ -186,11 +190,12 @@ class ResponsesFromChatStream(ChatStream):
 
 
 async def respond_stream(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str = "v1.responses",
-                         model_id: str | None = None, preferred_ids: Sequence[str] = ()) -> ChatStream:
+                         model_id: str | None = None, preferred_ids: Sequence[str] = (),
+                         prompt: PromptRequest | None = None) -> ChatStream:
     """Opens a streaming Responses request, falling back while no byte has been sent. Raises GenerationFailed
     (logged) when every candidate fails before streaming."""
     run = await services.start_run(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
-                                   provider=None, preferred_ids=preferred_ids, api=bridge.RESPONSES)
+                                   provider=None, preferred_ids=preferred_ids, api=bridge.RESPONSES, prompt=prompt)
     forms = _Forms(body)
 
     def open_stream(model: ModelSpec, remaining: float) -> Awaitable[client.StreamHandle]:

@@ -20,9 +20,11 @@ from django.conf import settings
 from generation import client
 from generation import responses_bridge as bridge
 from generation.adaptation import context_exceeded_error, parameter_refused_error, params_refused, request_adapt
+from generation.prompting import PromptUse, prompt_apply
 from generation.routing import candidate_models, earliest_retry
 from health.status import health_note, unhealthy_keys
 from llmhub.errors import ApplicationError, NotFound
+from prompts.services import PromptRequest
 from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, get_default_model, get_model_by_id
 from usage.metrics import upstream_error_count
 from usage.quotas import Reservation, quota_reserve, quota_settle_nowait
@@ -81,6 +83,7 @@ class ChatOutcome:
     cost: Decimal
     latency_ms: float
     quota: Reservation | None = None  # its rate-limit headers go on the response
+    prompt: PromptUse | None = None  # the prompt template it was served with (its headers go on the response)
 
     @property
     def text(self) -> str:
@@ -269,6 +272,7 @@ class _Run:
     # What each answer cost, at the prices of the model that gave it (a translation gets one answer per piece).
     charges: list[tuple[ModelSpec, Usage]] = field(default_factory=list)
     _charged: tuple[int, Decimal] | None = None  # (len(charges), their cost): the settle and the usage row share it
+    prompt: PromptUse | None = None  # the prompt template version the request was served with
 
     def remaining(self) -> float:
         return self.deadline - time.perf_counter()
@@ -311,7 +315,8 @@ class _Run:
             cost=cost, latency_ms=(time.perf_counter() - self.started) * 1000, ttft_ms=ttft_ms, status=status,
             http_status=http_status, error_type=error_type, attempts=len(self.attempts), streamed=streamed,
             attempt_details=tuple(attempt.as_dict() for attempt in self.attempts[:MAX_ATTEMPT_DETAILS]),
-            tier=self.caller.tier.slug,
+            tier=self.caller.tier.slug, prompt_template=self.prompt.name if self.prompt else "",
+            prompt_version=self.prompt.version if self.prompt else None,
         ))
         self.cost = cost
         return cost
@@ -378,15 +383,18 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
                     model_id: str | None, provider: str | None, preferred_ids: Sequence[str], kind: str = "chat",
                     fit_context: bool = False, prompt_tokens: int | None = None, context_tokens: int | None = None,
                     output_tokens: int | None = None, context_param: str = "messages",
-                    api: str = bridge.CHAT) -> _Run:
+                    api: str = bridge.CHAT, prompt: PromptRequest | None = None) -> _Run:
     """Resolves, authorises and reserves a request. With `fit_context`, models whose window is too small for
     the request (`context_tokens`, by default the estimated prompt plus max_tokens) are skipped (a 400
     context_length_exceeded when none is left); a translation splits its text to fit instead. `api` is the API
     the request is written for: candidates served on the other one get it translated, and those it cannot be
-    translated for are skipped (a 400 naming the field when the primary is one of them)."""
+    translated for are skipped (a 400 naming the field when the primary is one of them). `prompt`: the template the
+    request names, assembled into `body` for the primary model (generation/prompting.py)."""
     primary = model_resolve(caller=caller, registry=registry, model_id=model_id, provider=provider,
                             preferred_ids=preferred_ids)
     model_kind_check(primary, kind)
+    prompt_use = None if prompt is None else \
+        await prompt_apply(body, prompt, model=primary, user_id=caller.user_id, api=api)
     candidates = candidate_models(primary=primary, registry=registry, tier=caller.tier,
                                   cooled_until=_cooled_until, now=time.monotonic(), unhealthy=unhealthy_keys())
     if prompt_tokens is None:
@@ -399,7 +407,7 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
                                               needed_tokens=context_tokens if fit_context else None)
     candidates = bridge.servable(candidates, primary=primary, body=body, source=api)
     run = _Run(caller=caller, endpoint=endpoint, requested=model_id or provider or primary.id, primary=primary,
-               candidates=candidates, attempts=skipped)
+               candidates=candidates, attempts=skipped, prompt=prompt_use)
     run.deadline = run.started + _config("GENERATION_DEADLINE_SECONDS")
     logger.info("request %s: model %s for user %s (tier %s), candidates %s", run.request_id, primary.id,
                 caller.user_id, caller.tier.slug, [m.id for m in candidates])
@@ -452,10 +460,10 @@ async def complete(run: _Run, body: dict[str, Any]) -> tuple[ModelSpec, client.C
 
 async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
                model_id: str | None = None, provider: str | None = None,
-               preferred_ids: Sequence[str] = ()) -> ChatOutcome:
+               preferred_ids: Sequence[str] = (), prompt: PromptRequest | None = None) -> ChatOutcome:
     """One non-streaming chat completion request, with fallback, settled and logged exactly once."""
     run = await start_run(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
-                          provider=provider, preferred_ids=preferred_ids, fit_context=True)
+                          provider=provider, preferred_ids=preferred_ids, fit_context=True, prompt=prompt)
     usage, model, error = Usage(), None, None
     try:
         model, completion = await complete(run, body)
@@ -467,7 +475,8 @@ async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endp
         await asyncio.shield(run_finish(run, model=model, usage=usage, error=error))  # even when cancelled
     return ChatOutcome(request_id=run.request_id, model=model, raw=completion.raw, data=completion.data,
                        attempts=run.attempts, usage=usage, cost=run.cost,
-                       latency_ms=(time.perf_counter() - run.started) * 1000, quota=run.reservation)
+                       latency_ms=(time.perf_counter() - run.started) * 1000, quota=run.reservation,
+                       prompt=run.prompt)
 
 
 async def completion_usage(run: _Run, model: ModelSpec, body: dict[str, Any], completion: client.Completion) -> Usage:
@@ -687,11 +696,11 @@ class ChatFromResponsesStream(ChatStream):
 
 async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
                       model_id: str | None = None, provider: str | None = None,
-                      preferred_ids: Sequence[str] = ()) -> ChatStream:
+                      preferred_ids: Sequence[str] = (), prompt: PromptRequest | None = None) -> ChatStream:
     """Opens a streaming request, falling back while no byte has been sent. Raises GenerationFailed
     (logged) when every candidate fails before streaming."""
     run = await start_run(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
-                          provider=provider, preferred_ids=preferred_ids, fit_context=True)
+                          provider=provider, preferred_ids=preferred_ids, fit_context=True, prompt=prompt)
     client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     upstream = {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
 
@@ -712,13 +721,14 @@ async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any
 async def generate(*, caller: Caller, registry: Registry, prompt: str | None = None,
                    messages: list[dict[str, Any]] | None = None, model_id: str | None = None,
                    provider: str | None = None, preferred_ids: Sequence[str] = (), endpoint: str = "api.generate",
-                   **params: Any) -> ChatOutcome:
-    """Generates text from a prompt or messages. `provider` is the legacy way of choosing a model."""
+                   template: PromptRequest | None = None, **params: Any) -> ChatOutcome:
+    """Generates text from a prompt or messages (or a prompt `template` alone). `provider` is the legacy way of
+    choosing a model."""
     if messages is None:
-        messages = [{"role": "user", "content": prompt or ""}]
+        messages = [] if prompt is None and template is not None else [{"role": "user", "content": prompt or ""}]
     body = {"messages": messages, **{k: v for k, v in params.items() if v is not None}}
     return await chat(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
-                      provider=provider, preferred_ids=preferred_ids)
+                      provider=provider, preferred_ids=preferred_ids, prompt=template)
 
 
 def cooldowns_reset() -> None:

@@ -102,9 +102,11 @@ class StrictSerializer(serializers.Serializer):
     ignored) and values of another JSON type. HTML forms (all strings) keep DRF's coercion: pass data from a
     QueryDict, or the context `{"html_form": True}`.
 
-    `exactly_one_of` names fields of which a request must give exactly one (the schema says so with `oneOf`)."""
+    `exactly_one_of` names fields of which a request must give exactly one (the schema says so with `oneOf`);
+    `input_rules` is JSON Schema a serializer with rules of its own (checked in its `validate`) adds to its input's."""
 
     exactly_one_of: tuple[str, ...] = ()
+    input_rules: dict[str, Any] | None = None
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, dict) and not html.is_html_input(data):
@@ -210,7 +212,8 @@ class AutoSchema(openapi.AutoSchema):
 
     def _get_request_body(self, direction: str = "request") -> dict[str, Any] | None:
         body = super()._get_request_body(direction)
-        if body is not None and getattr(force_instance(self.get_request_serializer()), "exactly_one_of", ()):
+        serializer = force_instance(self.get_request_serializer())
+        if body is not None and (getattr(serializer, "exactly_one_of", ()) or getattr(serializer, "input_rules", None)):
             body["required"] = True  # no property is required alone, but an empty body lacks the one of them
         return body
 
@@ -220,6 +223,8 @@ class AutoSchema(openapi.AutoSchema):
             schema["additionalProperties"] = False
             if serializer.exactly_one_of:
                 schema["oneOf"] = [{"required": [name]} for name in serializer.exactly_one_of]
+            if serializer.input_rules:
+                schema.update(serializer.input_rules)
             if schema.get("description") == get_doc(StrictSerializer):
                 del schema["description"]  # inherited, about the class rather than the input
         return schema

@@ -89,6 +89,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",  # Swagger UI and ReDoc, pinned and served by the app (the docs work offline)
     "registry",
     "health",
+    "prompts",
     "generation",
     "translation",
     "usage",

@@ -7,7 +7,7 @@ problem by its JSON path; it never touches the database. `registry.services.regi
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -101,6 +101,28 @@ class RegistryFile:
     tier_defaults: dict[str, str]
     # Things that are valid but probably not what the operator meant; `load_models` prints them.
     warnings: list[str] = field(default_factory=list)
+    # Sections other apps own (see `file_section_register`), as their `parse` returned them.
+    sections: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FileSection:
+    """A section of the registry file that another app owns (prompts): `parse(value, problems)` checks it without
+    the database (appending path-precise problems) and returns what `sync(parsed, problems)` applies inside the
+    load's transaction; `sync` returns a (kind, key, state) for each thing it counts, state being created, updated
+    or unchanged."""
+
+    parse: Callable[[Any, list[str]], Any]
+    sync: Callable[[Any, list[str]], list[tuple[str, str, str]]]
+
+
+# Registered by the owning apps' AppConfig.ready(): the registry imports none of them.
+FILE_SECTIONS: dict[str, FileSection] = {}
+
+
+def file_section_register(name: str, *, parse: Callable[[Any, list[str]], Any],
+                          sync: Callable[[Any, list[str]], list[tuple[str, str, str]]]) -> None:
+    FILE_SECTIONS[name] = FileSection(parse, sync)
 
 
 def _path(parts: Any) -> str:
@@ -334,10 +356,11 @@ def registry_file_parse(
     problems += tiers_quota_parse(data, tiers, model_ids={model.public_id for model in models})
     default_model, tier_defaults = _defaults_parse(data, models=models, tiers=tiers or list(known_tiers),
                                                    problems=problems, warnings=warnings)
+    sections = {name: section.parse(data[name], problems) for name, section in FILE_SECTIONS.items() if name in data}
     if problems:
         raise RegistryFileInvalid(problems)
     return RegistryFile(tiers=tiers, providers=providers, models=models, default_model=default_model,
-                        tier_defaults=tier_defaults, warnings=warnings)
+                        tier_defaults=tier_defaults, warnings=warnings, sections=sections)
 
 
 def registry_file_read(path: Path, **kwargs: Any) -> RegistryFile:

@@ -31,6 +31,7 @@ from registry.limits import (
 )
 from registry.loader import (
     DEFAULT_MODELS_FILE,
+    FILE_SECTIONS,
     RegistryFile,
     RegistryFileInvalid,
     RegistryFileMissing,
@@ -268,6 +269,11 @@ def registry_sync(*, spec: RegistryFile) -> SyncReport:
         LLMModel.objects.filter(from_fixture=True, enabled=True).exclude(public_id__in=models).update(enabled=False)
     )
     _defaults_sync(spec, models, changes)
+    for name, parsed in spec.sections.items():  # other apps' sections (prompts), in the same transaction
+        for kind, key, state in FILE_SECTIONS[name].sync(parsed, problems):
+            changes.record(kind, key, state)
+    if problems:
+        raise RegistryFileInvalid(problems)
     # Bulk updates above send no signals.
     registry_snapshot.invalidate()
     return changes.count(SyncReport(disabled=disabled, warnings=warnings))

@@ -3,7 +3,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from generation.apis import CallerAPIView, GenerateOutputSerializer, quota_headers
+from generation.apis import CallerAPIView, GenerateOutputSerializer, PromptMetadataSerializer, prompt_from, quota_headers
 from llmhub.api import StrictSerializer, error_responses
 from translation import services
 
@@ -14,6 +14,9 @@ class TranslateInputSerializer(StrictSerializer):
     source_language = serializers.CharField(max_length=35, required=False)
     model = serializers.CharField(required=False, max_length=200)
     provider = serializers.CharField(required=False, max_length=100, help_text="Legacy: a provider slug.")
+    metadata = PromptMetadataSerializer(required=False, help_text="A prompt template instead of the built-in "
+                                        "`translation` one, and its variables (`text`, `target_language` and "
+                                        "`source_clause` are supplied when it declares them).")
 
     def to_internal_value(self, data):
         return super().to_internal_value(services.legacy_arguments(data) if isinstance(data, dict) else data)
@@ -42,5 +45,6 @@ class TranslateApi(CallerAPIView):
             caller=request.caller, registry=request.registry, text=params["text"],
             target_language=params["target_language"], source_language=params.get("source_language"),
             model_id=params.get("model"), provider=params.get("provider"),
-            preferred_ids=request.preferences.preferred_order("translation"))
-        return Response(TranslateOutputSerializer(result).data, headers=quota_headers(result.quota))
+            preferred_ids=request.preferences.preferred_order("translation"),
+            prompt=prompt_from(request, params.get("metadata")))
+        return Response(TranslateOutputSerializer(result).data, headers=quota_headers(result.quota, result.prompt))

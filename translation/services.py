@@ -16,8 +16,11 @@ from dataclasses import dataclass
 import langcodes
 
 from generation import services as generation
+from generation.prompting import PromptUse
 from generation.services import Caller, GenerationFailed, Usage
 from llmhub.errors import ApplicationError
+from prompts.builtin import TRANSLATION
+from prompts.services import PromptRequest, ResolvedPrompt, prompt_render, prompt_resolve, prompt_version_get
 from registry.selectors import ModelSpec, Registry
 from usage.services import tokens_count_text
 
@@ -67,6 +70,7 @@ class Translation:
     cost: object
     latency_ms: float
     quota: object = None  # the usage.quotas reservation, whose rate-limit headers go on the response
+    prompt: PromptUse | None = None  # the prompt template version it was served with
 
 
 def language_validate(code: str, *, field: str) -> str:
@@ -140,34 +144,48 @@ def _words(sentence: str, max_tokens: int) -> list[tuple[str, int]]:
     return units
 
 
-def _messages(piece: str, *, target: str, source: str | None) -> list[dict[str, str]]:
-    source_text = f" from {_language_name(source)}" if source else ""
-    return [
-        {"role": "system", "content": f"Translate the user's text{source_text} into {_language_name(target)}. "
-                                      "Answer with the translation only, keeping paragraphs and formatting."},
-        {"role": "user", "content": piece},
-    ]
+def _messages(piece: str, *, target: str, source: str | None, prompt: ResolvedPrompt | None = None,
+              request: PromptRequest | None = None, model: ModelSpec | None = None) -> list[dict[str, str]]:
+    """The piece's messages from the translation's template (`translation` unless the request names another):
+    `text`, `target_language` and `source_clause` are supplied to any template that declares them."""
+    request = request or PromptRequest(name=TRANSLATION)
+    prompt = prompt or prompt_version_get(request.name)
+    supplied = {"text": piece, "target_language": _language_name(target),
+                "source_clause": f" from {_language_name(source)}" if source else ""}
+    rendered = prompt_render(prompt, variables=request.variables, model=model, supplied=supplied,
+                             param=request.variables_param)
+    messages = [{"role": "system", "content": rendered.system}] if rendered.system is not None else []
+    return [*messages, {"role": "user", "content": piece if rendered.user is None else rendered.user}]
 
 
 async def translate(*, caller: Caller, registry: Registry, text: str, target_language: str,
                     source_language: str | None = None, model_id: str | None = None, provider: str | None = None,
-                    preferred_ids: Sequence[str] = (), endpoint: str = "api.translate") -> Translation:
+                    preferred_ids: Sequence[str] = (), endpoint: str = "api.translate",
+                    prompt: PromptRequest | None = None) -> Translation:
     target = language_validate(target_language, field="target_language")
     source = language_validate(source_language, field="source_language") if source_language else None
     if not isinstance(text, str) or not text.strip():
         message = "There is no text to translate."
         raise ApplicationError(message, code="invalid", extra={"fields": {"text": [message]}})
+    # The template, resolved for the model that will answer and checked (variables) before anything is reserved.
+    prompt = prompt or PromptRequest(name=TRANSLATION)
+    primary = generation.model_resolve(caller=caller, registry=registry, model_id=model_id, provider=provider,
+                                       preferred_ids=preferred_ids)
+    resolved = await prompt_resolve(prompt, model=primary, user_id=caller.user_id)
+    _messages("", target=target, source=source, prompt=resolved, request=prompt, model=primary)
 
     run = await generation.start_run(caller=caller, registry=registry, body={"messages": [{"content": text}]},
                                      endpoint=endpoint, model_id=model_id, provider=provider,
                                      preferred_ids=preferred_ids)
+    run.prompt = PromptUse(resolved.name, resolved.version)
     usage, model, error, answered_by, results = Usage(), None, None, [], []
     try:
         # Counting a long text's tokens takes a while: not on the event loop.
         pieces = await asyncio.to_thread(text_split, text,
                                          max_tokens=max(64, int(run.primary.context_window * _PIECE_SHARE)))
         for index, piece in enumerate(pieces):
-            body = {"messages": _messages(piece, target=target, source=source)}
+            body = {"messages": _messages(piece, target=target, source=source, prompt=resolved, request=prompt,
+                                          model=run.primary)}
             try:
                 model, completion = await generation.complete(run, body)
             except GenerationFailed as failure:
@@ -191,7 +209,7 @@ async def translate(*, caller: Caller, registry: Registry, text: str, target_lan
     return Translation(request_id=run.request_id, text="\n\n".join(results), model=model, source_language=source,
                        target_language=target, pieces=len(pieces), answered_by=answered_by, attempts=run.attempts,
                        usage=usage, cost=run.cost, latency_ms=(time.perf_counter() - run.started) * 1000,
-                       quota=run.reservation)
+                       quota=run.reservation, prompt=run.prompt)
 
 
 def legacy_arguments(data: dict) -> dict:

@@ -33,6 +33,8 @@ class UsageEntry:
     attempt_details: tuple[dict, ...] = ()
     streamed: bool = False
     created_at: datetime = field(default_factory=timezone.now)
+    prompt_template: str = ""
+    prompt_version: int | None = None
 
 
 class Charge(NamedTuple):  # a named tuple: built per limit per request, cheaper than a frozen dataclass

@@ -41,6 +41,9 @@ class UsageLog(models.Model):
         "upstream_status, message (the generic text a client sees).")
     streamed = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    prompt_template = models.CharField(max_length=100, blank=True, default="",
+                                       help_text="The prompt template the request was served with, if any.")
+    prompt_version = models.PositiveIntegerField(null=True, blank=True, help_text="That template's version.")
 
     class Meta:
         indexes = [models.Index(fields=["user", "created_at"], name="usage_user_created_idx")]
