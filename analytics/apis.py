@@ -21,7 +21,8 @@ RECOMMENDATIONS_SHOWN = 100
 
 
 def _query(request: Request) -> dict:
-    query = AnalyticsQuerySerializer(data=request.query_params)
+    # A plain dict, not the QueryDict: DRF would take an empty value of a form field for an absent one.
+    query = AnalyticsQuerySerializer(data=request.query_params.dict())
     query.is_valid(raise_exception=True)
     return {"window_key": query.validated_data["window"], "task": query.validated_data.get("task")}
 

@@ -11,7 +11,7 @@ from decimal import Decimal
 import httpx2
 import pytest
 from django.utils import timezone
-from openai import OpenAI
+from openai import APIStatusError, OpenAI
 
 from analytics.selectors import analytics_model, analytics_models, model_key_of, task_of, window_get
 from conftest import usage_wait_idle
@@ -44,10 +44,10 @@ def traffic(live_hub: str, key: str, simulated_upstream) -> None:
         client.chat.completions.create(model="demo-backup", messages=[{"role": "user", "content": f"backup {number}"}])
     simulated_upstream.set_fault("demo-backup", "status=500")
     for _ in range(2):  # demo-backup has no fallback: every attempt fails and the row counts against it
-        with pytest.raises(Exception):  # noqa: B017 (the SDK's 502)
+        with pytest.raises(APIStatusError):  # the hub's 502
             client.chat.completions.create(model="demo-backup", messages=[{"role": "user", "content": "fail"}])
     simulated_upstream.set_fault("demo-backup", "malformed")
-    with pytest.raises(Exception):  # noqa: B017
+    with pytest.raises(APIStatusError):
         client.chat.completions.create(model="demo-backup", messages=[{"role": "user", "content": "garbled"}])
     simulated_upstream.clear_faults()
     for number in range(3):
