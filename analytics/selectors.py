@@ -20,6 +20,9 @@ The figures:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
 from django.db.models import Count, Q
 from django.db.models.functions import Trunc
 from django.utils import timezone
@@ -35,7 +39,7 @@ from llmhub.errors import NotFound
 from registry.models import ModelTest, UserLLMConfig
 from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, registry_get
 from usage.histograms import BUCKETS, bucket_middle, histogram_empty, histogram_percentile
-from usage.models import UsageLog, UsageRollup
+from usage.models import UsageDaySummary, UsageLog, UsageRollup
 from usage.rollups import day_start, hour_floor, local_date, usage_hour_totals
 
 # window -> (the step of its points, how many)
@@ -47,6 +51,7 @@ TRANSLATION_ENDPOINTS = frozenset({"api.translate"})
 TEST_ENDPOINT = "model_test"
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 OK = UsageLog.Status.OK
+logger = logging.getLogger(__name__)
 
 
 def task_of(endpoint: str) -> str:
@@ -199,39 +204,29 @@ def _model_filter(ids: Iterable[str]) -> Q:
             | Q(answered_model__contains=","))
 
 
-def _rollup_rows(window: Window, ids: Iterable[str]) -> Iterator[tuple]:
-    """The window's buckets of these models (ids as logged), as `_COLUMNS` tuples: closed days from the daily
-    roll-ups, today's (or the 24 hours') closed hours from the hourly ones, the current hour from the raw log."""
-    hour_start = hour_floor(window.now)
-    if window.step == "hour":
-        periods = Q(period=UsageRollup.Period.HOUR, bucket_start__gte=window.start, bucket_start__lt=hour_start)
-    else:
-        today_start = window.points[-1]
-        periods = (Q(period=UsageRollup.Period.DAY, bucket_start__gte=window.start, bucket_start__lt=today_start)
-                   | Q(period=UsageRollup.Period.HOUR, bucket_start__gte=today_start, bucket_start__lt=hour_start))
-    ids = list(ids)
-    rows = (UsageRollup.objects.filter(periods, _model_filter(ids)).exclude(endpoint=TEST_ENDPOINT).order_by()
-            .values_list(*_COLUMNS))
-    yield from rows.iterator(chunk_size=2000)
-    wanted = set(ids)
+def _rollup_rows(periods: Q, ids: Iterable[str] | None) -> Iterator[tuple]:
+    """The roll-up buckets of `periods` (of these models, ids as logged; None: every model) as `_COLUMNS` tuples."""
+    rows = UsageRollup.objects.filter(periods).exclude(endpoint=TEST_ENDPOINT)
+    if ids is not None:
+        rows = rows.filter(_model_filter(ids))
+    yield from rows.order_by().values_list(*_COLUMNS).iterator(chunk_size=2000)
+
+
+def _current_hour_rows(hour_start: datetime) -> Iterator[tuple]:
+    """The raw rows of the current hour summed as a roll-up run would, as `_COLUMNS` tuples."""
     for key, sums in usage_hour_totals(hour_start).items():
         user_id, _key_id, requested, answered, tier, endpoint, status, error_type = key
-        if endpoint == TEST_ENDPOINT or not (answered.split(",", 1)[0] in wanted or (not answered and requested in wanted)):
-            continue
-        yield (hour_start, user_id, requested, answered, tier, endpoint, status, error_type, sums.requests,
-               sums.input_tokens, sums.output_tokens, sums.cost, sums.latency_histogram, sums.ttft_histogram)
+        if endpoint != TEST_ENDPOINT:
+            yield (hour_start, user_id, requested, answered, tier, endpoint, status, error_type, sums.requests,
+                   sums.input_tokens, sums.output_tokens, sums.cost, sums.latency_histogram, sums.ttft_histogram)
 
 
-def analytics_grouped(*, window: Window, models: Iterable[ModelSpec]) -> Grouped:
-    """The window's stats of `models` per (point, model key, task, tier)."""
-    models = list(models)
-    keys = {model.key for model in models}
-    owners = _owners_by_slug()
-    grouped: Grouped = {}
+def _group_into(grouped: Grouped, rows: Iterable[tuple], *, window: Window, owners: dict[str, set[int]],
+                keys: set[str] | None) -> None:
     for (bucket_start, user_id, requested, answered, tier, endpoint, status, error_type, requests, input_tokens,
-         output_tokens, cost, latency, ttft) in _rollup_rows(window, {model.id for model in models}):
+         output_tokens, cost, latency, ttft) in rows:
         key = model_key_of(answered=answered, requested=requested, user_id=user_id, owners=owners)
-        if key not in keys:
+        if key is None or (keys is not None and key not in keys):
             continue
         group = (window.point_of(bucket_start), key, task_of(endpoint), tier)
         stats = grouped.get(group)
@@ -239,6 +234,52 @@ def analytics_grouped(*, window: Window, models: Iterable[ModelSpec]) -> Grouped
             stats = grouped[group] = Stats()
         stats.add_bucket(status=status, error_type=error_type, requests=requests, input_tokens=input_tokens,
                          output_tokens=output_tokens, cost=Decimal(cost), latency=latency, ttft=ttft)
+
+
+CLOSED_DAYS_CACHE_SECONDS = 3600
+
+
+def _closed_days_grouped(window: Window, owners: dict[str, set[int]]) -> Grouped:
+    """Every model's stats of the window's days before today, from the daily roll-ups. Cached: those days change only
+    when a late row makes the roll-up task recompute one, which writes its day summaries again under new ids, so the
+    key holds the highest summary id before today (as the usage pages' cache does), and who owns which model id."""
+    today_start = window.points[-1]
+    version = (UsageDaySummary.objects.filter(bucket_start__lt=today_start).order_by("-id")
+               .values_list("id", flat=True).first())
+    owned = hashlib.sha256(repr(sorted((slug, sorted(ids)) for slug, ids in owners.items())).encode()).hexdigest()
+    key = f"llmhub:analytics:closed:{window.start.isoformat()}:{today_start.isoformat()}:{version}:{owned[:16]}"
+    try:
+        cached = cache.get(key)
+    except Exception as error:  # the cache is away: the pages still work, a little slower
+        logger.warning("analytics: cache unavailable (%s)", type(error).__name__)
+        cached = None
+    if cached is not None:
+        return cached
+    grouped: Grouped = {}
+    periods = Q(period=UsageRollup.Period.DAY, bucket_start__gte=window.start, bucket_start__lt=today_start)
+    _group_into(grouped, _rollup_rows(periods, None), window=window, owners=owners, keys=None)
+    with contextlib.suppress(Exception):
+        cache.set(key, grouped, CLOSED_DAYS_CACHE_SECONDS)
+    return grouped
+
+
+def analytics_grouped(*, window: Window, models: Iterable[ModelSpec]) -> Grouped:
+    """The window's stats of `models` per (point, model key, task, tier): closed days from the daily roll-ups
+    (cached), closed hours of today (or of the 24 hours) from the hourly ones, the current hour from the raw log."""
+    models = list(models)
+    keys = {model.key for model in models}
+    owners = _owners_by_slug()
+    hour_start = hour_floor(window.now)
+    grouped: Grouped = {}
+    if window.step == "day":
+        grouped.update((group, stats) for group, stats in _closed_days_grouped(window, owners).items()
+                       if group[1] in keys)
+        first_hour = window.points[-1]
+    else:
+        first_hour = window.start
+    hours = Q(period=UsageRollup.Period.HOUR, bucket_start__gte=first_hour, bucket_start__lt=hour_start)
+    _group_into(grouped, _rollup_rows(hours, {model.id for model in models}), window=window, owners=owners, keys=keys)
+    _group_into(grouped, _current_hour_rows(hour_start), window=window, owners=owners, keys=keys)
     return grouped
 
 

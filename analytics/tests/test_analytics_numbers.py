@@ -184,3 +184,15 @@ def test_its_uptime_counts_finished_model_tests(history):
     assert sum(point["uptime"]["tests"] for point in week["points"]) == 3
     month = analytics_model(user=history, tier=tier, model_id="demo", window_key="30d")
     assert month["uptime"]["tests"] == 4
+
+
+def test_a_late_row_of_a_closed_day_counts_once_rolled_up(history):
+    """The closed days are cached; a late row's roll-up (which rewrites that day's summaries) is seen at once."""
+    tier = user_tier_get(history)
+    before = analytics_model(user=history, tier=tier, model_id="demo", window_key="7d")["requests"]
+    late = UsageLog.objects.filter(answered_model="demo").first()
+    late.pk, late.request_id, late.created_at = None, "late-row", timezone.now() - timedelta(days=4)
+    late.save()
+    assert analytics_model(user=history, tier=tier, model_id="demo", window_key="7d")["requests"] == before
+    usage_rollups_update()
+    assert analytics_model(user=history, tier=tier, model_id="demo", window_key="7d")["requests"] == before + 1
