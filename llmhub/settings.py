@@ -93,6 +93,7 @@ INSTALLED_APPS = [
     "generation",
     "translation",
     "usage",
+    "analytics",
     "pages",
 ]
 
@@ -281,6 +282,9 @@ CELERY_BEAT_SCHEDULE = {
                        "options": {"expires": max(1.0, WEBHOOK_SWEEP_SECONDS - 1)}},
     "billing-periods-close": {"task": "usage.tasks.billing_periods_close", "schedule": 300.0,
                               "options": {"expires": 290}},
+    # Model recommendations (analytics/services.py): at most one per task, tier and day, so hourly is enough.
+    "analytics-recommendations": {"task": "analytics.tasks.recommendations_update", "schedule": 3600.0,
+                                  "options": {"expires": 3500}},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule"))
 

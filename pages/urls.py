@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 
-from pages import keys, usage_views, views
+from pages import analytics_views, keys, usage_views, views
 
 app_name = "pages"
 
@@ -23,6 +23,9 @@ urlpatterns = [
     path("playground/stream/", views.playground_stream, name="playground-stream"),
     path("keys/", keys.keys_page, name="keys"),
     path("keys/<int:key_id>/revoke/", keys.key_revoke, name="key-revoke"),
+    path("models/<str:model_id>/analytics/", analytics_views.model_analytics, name="model-analytics"),
+    path("analytics/", analytics_views.analytics_compare, name="analytics"),
+    path("analytics/recommendations/", analytics_views.recommendations, name="analytics-recommendations"),
     path("usage/", usage_views.usage_mine, name="usage"),
     path("usage/requests/<str:request_id>/", usage_views.usage_request, name="usage-request"),
     path("usage/all/", usage_views.usage_all, name="usage-all"),

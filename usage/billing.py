@@ -16,6 +16,8 @@ dispatched: a `WebhookDelivery` per subscribed endpoint (sent by usage/webhooks.
   daily roll-ups. `billing_periods_close` (beat) closes each day once, in order, when the day ended at least
   `LLMHUB["BILLING_PERIOD_CLOSE_DELAY_SECONDS"]` ago and every log row of it is rolled up; the events and the
   state's advance share one transaction, so a rerun or two runs at once write each event once.
+- `recommendation.created`: a cheaper model at the same success and latency for a task and tier, with its evidence
+  (analytics/services.py), once per period.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ logger = logging.getLogger(__name__)
 
 QUOTA_THRESHOLD = "quota.threshold"
 PERIOD_CLOSED = "usage.period_closed"
-EVENT_TYPES = (QUOTA_THRESHOLD, PERIOD_CLOSED)
+# Written by analytics/services.py (a model recommendation, with its evidence), in the same transaction as its row.
+RECOMMENDATION_CREATED = "recommendation.created"
+EVENT_TYPES = (QUOTA_THRESHOLD, PERIOD_CLOSED, RECOMMENDATION_CREATED)
 DISPATCH_BATCH = 500
 
 # usage.quotas._counter_key: llmhub:q:{u:<user>}[:k:<key>]:<metric>:<period>:<model or *>:<window tag>

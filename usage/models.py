@@ -79,7 +79,7 @@ class QuotaHold(models.Model):
 
 class UsageRollup(models.Model):
     """The usage log summed per hour or per day (calendar-aligned in TIME_ZONE) and per user, API key, requested
-    model, answering model, tier, endpoint and status. Rows are recomputed from the log and replaced, never
+    model, answering model, tier, endpoint, status and error type. Rows are recomputed from the log and replaced, never
     incremented (usage/rollups.py); they outlive the raw rows, which retention deletes.
 
     Latency and TTFT are fixed log-scale histograms (usage/histograms.py: a list of counts, the same bounds
@@ -99,6 +99,8 @@ class UsageRollup(models.Model):
     tier = models.CharField(max_length=50, blank=True)
     endpoint = models.CharField(max_length=64)
     status = models.CharField(max_length=16, choices=UsageLog.Status.choices)
+    error_type = models.CharField(max_length=100, blank=True, default="",
+                                  help_text="The failure's kind (the log's error_type): model analytics count them.")
     requests = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0, help_text='Requests with status "error".')
     input_tokens = models.BigIntegerField(default=0)
@@ -174,6 +176,7 @@ class BillingEvent(models.Model):
     class Type(models.TextChoices):
         QUOTA_THRESHOLD = "quota.threshold", "quota.threshold"
         PERIOD_CLOSED = "usage.period_closed", "usage.period_closed"
+        RECOMMENDATION_CREATED = "recommendation.created", "recommendation.created"
 
     public_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
     type = models.CharField(max_length=64, choices=Type.choices)

@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 # What a bucket is keyed by. Both models are kept: `answered_model` is what was used and billed,
 # `requested_model` what was asked for (they differ after a fallback, or when the request named none).
-DIMENSIONS = ("user_id", "api_key_id", "requested_model", "answered_model", "tier", "endpoint", "status")
+DIMENSIONS = ("user_id", "api_key_id", "requested_model", "answered_model", "tier", "endpoint", "status", "error_type")
 # Log ids read per scan for touched hours; the state moves on after each chunk.
 SCAN_CHUNK_IDS = 1_000_000
 # pg_advisory_xact_lock(namespace, day): the namespace keeps these locks apart from anyone else's.
@@ -389,3 +389,9 @@ def usage_rollups_rebuild(*, now: datetime | None = None) -> int:
         UsageRollupState.objects.update_or_create(pk=1, defaults={"rolled_up_id": top, "mark_id": top,
                                                                   "mark_at": now})
     return written
+
+
+def usage_hour_totals(start: datetime) -> dict[tuple, BucketTotals]:
+    """The raw rows of the hour starting at `start`, summed per bucket key (`DIMENSIONS`) with their histograms,
+    exactly as a roll-up run would write that hour: how readers add the current hour to the roll-ups."""
+    return _hour_totals(start)
