@@ -35,8 +35,9 @@ from django.db.models import Count, Q
 from django.db.models.functions import Trunc
 from django.utils import timezone
 
+from health.models import ModelTest
 from llmhub.errors import NotFound
-from registry.models import ModelTest, UserLLMConfig
+from registry.models import UserLLMConfig
 from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, registry_get
 from usage.histograms import BUCKETS, bucket_middle, histogram_empty, histogram_percentile
 from usage.models import UsageDaySummary, UsageLog, UsageRollup

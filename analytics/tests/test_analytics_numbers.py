@@ -15,8 +15,9 @@ from openai import APIStatusError, OpenAI
 
 from analytics.selectors import analytics_model, analytics_models, model_key_of, task_of, window_get
 from conftest import usage_wait_idle
+from health.models import ModelTest
 from registry.authentication import user_tier_get
-from registry.models import LLMModel, ModelTest
+from registry.models import LLMModel
 from usage.histograms import RELATIVE_ERROR, histogram_of, histogram_percentile
 from usage.models import UsageLog
 from usage.rollups import hour_floor, usage_rollups_update

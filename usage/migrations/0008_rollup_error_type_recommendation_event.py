@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('usage', '0006_quota_hold_per_request'),
+        ('usage', '0007_usage_prompt_version'),
     ]
 
     operations = [
