@@ -28,6 +28,7 @@ from usage.metrics import upstream_error_count
 from usage.quotas import Reservation, quota_reserve, quota_settle_nowait
 from usage.services import (
     UsageEntry,
+    prompt_hash,
     tokens_count_messages,
     tokens_count_text,
     tokens_encoding,
@@ -264,6 +265,7 @@ class _Run:
     started: float = field(default_factory=time.perf_counter)
     deadline: float = 0.0
     attempts: list[Attempt] = field(default_factory=list)
+    prompt_hash: str = ""  # the same prompt again soon after is a retry (feedback/implicit.py)
     reservation: Reservation | None = None
     cost: Decimal = Decimal(0)
     # What each answer cost, at the prices of the model that gave it (a translation gets one answer per piece).
@@ -311,7 +313,7 @@ class _Run:
             cost=cost, latency_ms=(time.perf_counter() - self.started) * 1000, ttft_ms=ttft_ms, status=status,
             http_status=http_status, error_type=error_type, attempts=len(self.attempts), streamed=streamed,
             attempt_details=tuple(attempt.as_dict() for attempt in self.attempts[:MAX_ATTEMPT_DETAILS]),
-            tier=self.caller.tier.slug,
+            tier=self.caller.tier.slug, prompt_hash=self.prompt_hash,
         ))
         self.cost = cost
         return cost
@@ -399,7 +401,9 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
                                               needed_tokens=context_tokens if fit_context else None)
     candidates = bridge.servable(candidates, primary=primary, body=body, source=api)
     run = _Run(caller=caller, endpoint=endpoint, requested=model_id or provider or primary.id, primary=primary,
-               candidates=candidates, attempts=skipped)
+               candidates=candidates, attempts=skipped,
+               prompt_hash=prompt_hash(body.get("messages") if api == bridge.CHAT
+                                       else [body.get("instructions"), body.get("input")]) if kind == "chat" else "")
     run.deadline = run.started + _config("GENERATION_DEADLINE_SECONDS")
     logger.info("request %s: model %s for user %s (tier %s), candidates %s", run.request_id, primary.id,
                 caller.user_id, caller.tier.slug, [m.id for m in candidates])

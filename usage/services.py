@@ -15,6 +15,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from importlib.metadata import distribution
 
+import orjson
 import tiktoken
 from django.db import DatabaseError
 from django.utils import timezone
@@ -49,6 +50,7 @@ class UsageEntry:
     attempts: int = 1
     attempt_details: tuple[dict, ...] = ()
     streamed: bool = False
+    prompt_hash: str = ""
     created_at: datetime = field(default_factory=timezone.now)
 
 
@@ -172,6 +174,15 @@ def tokens_count_messages(messages: list[dict]) -> int:
             if key == "name":
                 total += 1
     return total
+
+
+def prompt_hash(messages: object) -> str:
+    """The usage row's `prompt_hash`: 128 bits of BLAKE2b over the messages' JSON as the client sent them (key order
+    kept). A few microseconds for a usual prompt, about 2 ms per MiB; "" for what JSON cannot hold."""
+    try:
+        return hashlib.blake2b(orjson.dumps(messages), digest_size=16).hexdigest()
+    except (TypeError, orjson.JSONEncodeError):
+        return ""
 
 
 def tokens_estimate_messages(messages: list[dict]) -> int:
