@@ -41,6 +41,11 @@ class FeedbackOutputSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField(allow_null=True)
 
 
+# As FeedbackQuerySerializer takes it: DRF trims the value and refuses a blank one or a NUL character.
+REQUEST_ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"[^\s\x1c-\x1f\x85\ufeff]",
+                     "not": {"pattern": r"\x00"}}
+
+
 def feedback_data(feedback: Feedback) -> dict:
     return {"request_id": feedback.request_id, "score": feedback.score, "source": feedback.source,
             "comment": feedback.comment, "model": feedback.model_id, "task": feedback.task,
@@ -63,7 +68,8 @@ class FeedbackApi(APIView):
 
     @extend_schema(operation_id="feedback_retrieve", responses={200: FeedbackOutputSerializer,
                                                                 **error_responses(400, 404)},
-                   parameters=[OpenApiParameter("request_id", str, required=True, description="The request's id.")])
+                   parameters=[OpenApiParameter("request_id", REQUEST_ID_SCHEMA, required=True,
+                                                description="The request's id.")])
     def get(self, request: Request) -> Response:
         query = FeedbackQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)

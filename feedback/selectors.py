@@ -77,7 +77,7 @@ _worker: threading.Thread | None = None
 
 def preference_counts(user_id: int, task: str) -> Counts:
     """model id → (positive, negative) signals of this user on this task over the window, explicit and implicit (a
-    retry counts -1). From memory, no I/O: a few hundred nanoseconds. A missing or stale snapshot is refreshed in
+    retry counts -1). From memory, no I/O: a few microseconds. A missing or stale snapshot is refreshed in
     the background (this call returns what is there: {} the first time). The dict is the caller's to keep."""
     entry = _snapshots.get(user_id)
     if entry is None or time.monotonic() >= entry[0]:
