@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from feedback.models import Feedback
-from feedback.selectors import feedback_get, task_of
+from feedback.selectors import feedback_get
 from feedback.services import feedback_submit
 from llmhub.api import StrictSerializer, error_responses
 from llmhub.errors import NotFound
@@ -75,11 +75,11 @@ class FeedbackApi(APIView):
         query.is_valid(raise_exception=True)
         request_id = query.validated_data["request_id"]
         found, feedback = feedback_get(user_id=request.user.pk, request_id=request_id)
-        if not found:
+        if found is None:
             raise NotFound("No request of yours has this id.", code="request_not_found")
         if feedback is None:
-            data = {"request_id": request_id, "score": None, "source": None, "comment": "", "model": "",
-                    "task": task_of(""), "updated_at": None}
+            data = {"request_id": request_id, "score": None, "source": None, "comment": "", "updated_at": None,
+                    **found}
         else:
             data = feedback_data(feedback)
         return Response(FeedbackOutputSerializer(data).data)

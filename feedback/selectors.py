@@ -47,12 +47,13 @@ def models_of(model_id: str) -> list[str]:
     return [model for model in dict.fromkeys(model_id.split(",")) if model]
 
 
-def feedback_get(*, user_id: int, request_id: str) -> tuple[bool, Feedback | None]:
-    """Whether `request_id` is one of the user's requests, and its feedback (None when it has none)."""
+def feedback_get(*, user_id: int, request_id: str) -> tuple[dict[str, str] | None, Feedback | None]:
+    """The user's request `request_id` (`{"model", "task"}`; None when it is not one of theirs) and its feedback."""
     feedback = Feedback.objects.filter(request_id=request_id, user_id=user_id).first()
     if feedback is not None:
-        return True, feedback
-    return UsageLog.objects.filter(request_id=request_id, user_id=user_id).exists(), None
+        return {"model": feedback.model_id, "task": feedback.task}, feedback
+    row = UsageLog.objects.filter(request_id=request_id, user_id=user_id).values("answered_model", "endpoint").first()
+    return (None if row is None else {"model": row["answered_model"], "task": task_of(row["endpoint"])}), None
 
 
 def feedback_for_requests(*, user_id: int, request_ids: Iterable[str]) -> dict[str, Feedback]:

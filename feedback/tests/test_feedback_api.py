@@ -48,7 +48,7 @@ def test_it_records_a_vote_on_the_callers_request_and_a_second_vote_replaces_the
     key = api_key_for(owner)
     request_id = ask(live_hub, key)
     assert state(live_hub, key, request_id).json() == {
-        "request_id": request_id, "score": None, "source": None, "comment": "", "model": "", "task": "generation",
+        "request_id": request_id, "score": None, "source": None, "comment": "", "model": "demo", "task": "generation",
         "updated_at": None}
 
     first = vote(live_hub, key, {"request_id": request_id, "score": 1})

@@ -17,13 +17,6 @@ from feedback.services import feedback_implicit_scan
 from usage.models import UsageLog
 
 
-@pytest.fixture(autouse=True)
-def _no_snapshots():
-    preference_snapshots_clear()
-    yield
-    preference_snapshots_clear()
-
-
 @pytest.fixture
 def owner(make_user):
     return make_user("signals-owner", tier="free")
