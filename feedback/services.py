@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from feedback.models import Feedback, FeedbackScanState
@@ -71,25 +72,32 @@ def feedback_implicit_scan(*, now: datetime | None = None, budget_seconds: float
     started = time.monotonic()
     written = 0
     with transaction.atomic():
-        state, _ = FeedbackScanState.objects.select_for_update().get_or_create(pk=1)
-        cursor, covered = state.scanned_id, None  # covered: scanned every committed row up to this id (None: all)
-        while True:
-            rows = [_Row(*values) for values in UsageLog.objects.filter(id__gt=cursor, user__isnull=False)
+        state, created = FeedbackScanState.objects.select_for_update().get_or_create(pk=1)
+        if created:
+            # Rows logged before prompt hashes existed have none: start a day back, not at the log's first row.
+            first = (UsageLog.objects.filter(created_at__gte=now - timedelta(days=1)).order_by("id")
+                     .values_list("id", flat=True).first())
+            state.scanned_id = state.mark_id = first - 1 if first is not None else _highest_id()
+        top = _highest_id()  # rows inserted from now on are the next run's
+        cursor = state.scanned_id
+        while cursor < top:
+            rows = [_Row(*values) for values in UsageLog.objects.filter(id__gt=cursor, id__lte=top, user__isnull=False)
                     .exclude(prompt_hash="").order_by("id").values_list(*_FIELDS)[:SCAN_BATCH_SIZE]]
             written += _signals_write(rows)
-            if rows:
-                cursor = rows[-1].id
-            if len(rows) < SCAN_BATCH_SIZE:
-                break
+            cursor = rows[-1].id if len(rows) == SCAN_BATCH_SIZE else top
             if time.monotonic() - started > budget_seconds:
-                covered = cursor
                 break
+        # `cursor`: every row with an id up to it that had committed is scanned. A row whose id was taken before the
+        # mark commits within moments: once the mark is SCAN_SETTLE_SECONDS old, rows up to it are done for good.
         if state.mark_at is None or now - state.mark_at >= timedelta(seconds=SCAN_SETTLE_SECONDS):
-            # Every row up to the mark had committed by now: never scanned again.
-            state.scanned_id = max(state.scanned_id, state.mark_id if covered is None else min(state.mark_id, covered))
-            state.mark_id, state.mark_at = max(cursor, state.scanned_id), now
+            state.scanned_id = max(state.scanned_id, min(state.mark_id, cursor))
+            state.mark_id, state.mark_at = cursor, now
         state.save()
     return written
+
+
+def _highest_id() -> int:
+    return UsageLog.objects.aggregate(highest=Max("id"))["highest"] or 0
 
 
 def _signals_write(rows: list[_Row]) -> int:

@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 
 from conftest import usage_rows
-from feedback.models import Feedback
+from feedback.models import Feedback, FeedbackScanState
 from feedback.selectors import feedback_summary, preference_counts, preference_snapshots_clear
 from feedback.services import feedback_implicit_scan
 from usage.models import UsageLog
@@ -148,3 +148,19 @@ def test_preference_counts_cost_microseconds(registry, owner):
         preference_counts(owner.pk, "generation")
     per_call = (time.perf_counter() - started) / calls
     assert per_call < 20e-6, per_call
+
+
+def test_the_first_scan_starts_a_day_back_and_the_cursor_moves_once_rows_settled(registry, owner):
+    log_row(owner, "before-hashes-1", -2 * 86400)  # two days old: before the scan's first run, never read
+    log_row(owner, "before-hashes-2", -2 * 86400 + 10)
+    first = log_row(owner, "recent-1", 0)
+    last = log_row(owner, "recent-2", 10)
+    now = timezone.now()
+
+    assert feedback_implicit_scan(now=now) == 1
+    assert signals() == {"recent-1": (-1, "implicit", "demo", "generation")}
+    assert FeedbackScanState.objects.get().scanned_id == first.id - 1  # read again until settled
+    assert feedback_implicit_scan(now=now + timedelta(seconds=30)) == 0
+    assert FeedbackScanState.objects.get().scanned_id == first.id - 1
+    assert feedback_implicit_scan(now=now + timedelta(seconds=61)) == 0
+    assert FeedbackScanState.objects.get().scanned_id == last.id
