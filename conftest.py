@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from feedback.selectors import preference_snapshots_clear
 from prompts.selectors import prompt_snapshot
 from registry.limits import limits_snapshot
 from registry.selectors import api_key_snapshot, registry_snapshot
@@ -37,9 +38,11 @@ def _fresh_snapshots() -> Iterator[None]:
     snapshots = (registry_snapshot, api_key_snapshot, limits_snapshot, prompt_snapshot)
     for snapshot in snapshots:
         snapshot.invalidate()
+    preference_snapshots_clear()
     yield
     for snapshot in snapshots:
         snapshot.invalidate()
+    preference_snapshots_clear()
 
 
 @pytest.fixture(scope="session", autouse=True)

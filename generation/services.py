@@ -30,6 +30,7 @@ from usage.metrics import upstream_error_count
 from usage.quotas import Reservation, quota_reserve, quota_settle_nowait
 from usage.services import (
     UsageEntry,
+    prompt_hash,
     tokens_count_messages,
     tokens_count_text,
     tokens_encoding,
@@ -267,6 +268,7 @@ class _Run:
     started: float = field(default_factory=time.perf_counter)
     deadline: float = 0.0
     attempts: list[Attempt] = field(default_factory=list)
+    prompt_hash: str = ""  # the same prompt again soon after is a retry (feedback/implicit.py)
     reservation: Reservation | None = None
     cost: Decimal = Decimal(0)
     # What each answer cost, at the prices of the model that gave it (a translation gets one answer per piece).
@@ -317,6 +319,7 @@ class _Run:
             attempt_details=tuple(attempt.as_dict() for attempt in self.attempts[:MAX_ATTEMPT_DETAILS]),
             tier=self.caller.tier.slug, prompt_template=self.prompt.name if self.prompt else "",
             prompt_version=self.prompt.version if self.prompt else None,
+            prompt_hash=self.prompt_hash,
         ))
         self.cost = cost
         return cost
@@ -407,7 +410,9 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
                                               needed_tokens=context_tokens if fit_context else None)
     candidates = bridge.servable(candidates, primary=primary, body=body, source=api)
     run = _Run(caller=caller, endpoint=endpoint, requested=model_id or provider or primary.id, primary=primary,
-               candidates=candidates, attempts=skipped, prompt=prompt_use)
+               candidates=candidates, attempts=skipped, prompt=prompt_use,
+               prompt_hash=prompt_hash(body.get("messages") if api == bridge.CHAT
+                                       else [body.get("instructions"), body.get("input")]) if kind == "chat" else "")
     run.deadline = run.started + _config("GENERATION_DEADLINE_SECONDS")
     logger.info("request %s: model %s for user %s (tier %s), candidates %s", run.request_id, primary.id,
                 caller.user_id, caller.tier.slug, [m.id for m in candidates])

@@ -94,6 +94,7 @@ INSTALLED_APPS = [
     "translation",
     "usage",
     "analytics",
+    "feedback",
     "pages",
 ]
 
@@ -267,6 +268,7 @@ if BILLING_EVENT_RETENTION_DAYS < 35:
     # An event's dedupe key must outlive its period (a month), or a threshold of this month could fire twice.
     raise ImproperlyConfigured("LLMHUB_BILLING_EVENT_RETENTION_DAYS must be at least 35.")
 WEBHOOK_SWEEP_SECONDS = env.float("LLMHUB_WEBHOOK_SWEEP_SECONDS", default=10.0)
+FEEDBACK_SCAN_SECONDS = env.float("LLMHUB_FEEDBACK_SCAN_SECONDS", default=30.0)
 CELERY_BEAT_SCHEDULE = {
     # Checks every minute which models are due a test (LLMHUB["MODEL_TEST_INTERVAL_SECONDS"]).
     "model-tests-schedule": {"task": "registry.tasks.model_tests_schedule", "schedule": 60.0,
@@ -285,10 +287,18 @@ CELERY_BEAT_SCHEDULE = {
     # Model recommendations (analytics/services.py): at most one per task, tier and day, so hourly is enough.
     "analytics-recommendations": {"task": "analytics.tasks.recommendations_update", "schedule": 3600.0,
                                   "options": {"expires": 3500}},
+    # Feedback (feedback/services.py): retries found in the new usage rows count against the earlier answer.
+    "feedback-implicit-scan": {"task": "feedback.tasks.feedback_implicit_scan", "schedule": FEEDBACK_SCAN_SECONDS,
+                               "options": {"expires": max(1.0, FEEDBACK_SCAN_SECONDS - 1)}},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule"))
 
 LLMHUB = {
+    # Feedback (feedback/): the same prompt sent again within this many seconds of an answer counts against it; the
+    # router's counts cover this many days and are re-read per user at most this often (seconds) in each process.
+    "FEEDBACK_RETRY_SECONDS": env.float("LLMHUB_FEEDBACK_RETRY_SECONDS", default=120.0),
+    "FEEDBACK_WINDOW_DAYS": env.int("LLMHUB_FEEDBACK_WINDOW_DAYS", default=30),
+    "FEEDBACK_SNAPSHOT_SECONDS": env.float("LLMHUB_FEEDBACK_SNAPSHOT_SECONDS", default=60.0),
     # The registry file `load_models` (and `make run`) reads; empty: fixtures/llm_models.json. A path named here that
     # does not exist is an error (never the legacy OPENAI_* fallback).
     "MODELS_FILE": env.str("LLMHUB_MODELS_FILE", default=""),

@@ -13,6 +13,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, Stream
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from feedback.selectors import feedback_for_requests
 from llmhub.api import error_body
 from pages.views import _page
 from registry.authentication import user_tier_get
@@ -44,9 +45,12 @@ staff_required = user_passes_test(_staff)
 @require_GET
 def usage_mine(request: HttpRequest) -> HttpResponse:
     tier = user_tier_get(request.user)
+    recent = usage_requests_recent(user_id=request.user.pk)
+    feedback = feedback_for_requests(user_id=request.user.pk, request_ids=[row.request_id for row in recent])
+    for row in recent:
+        row.feedback = feedback.get(row.request_id)
     context = {"usage": usage_page_user(user_id=request.user.pk),
-               "quotas": usage_quota_bars(user_id=request.user.pk, tier_slug=tier.slug),
-               "recent": usage_requests_recent(user_id=request.user.pk)}
+               "quotas": usage_quota_bars(user_id=request.user.pk, tier_slug=tier.slug), "recent": recent}
     return _page(request, "pages/usage.html", context)
 
 
@@ -57,7 +61,8 @@ def usage_request(request: HttpRequest, request_id: str) -> HttpResponse:
     row = usage_request_get(user_id=request.user.pk, request_id=request_id)
     if row is None:
         raise Http404("No such request.")
-    return _page(request, "pages/usage_request.html", {"row": row})
+    feedback = feedback_for_requests(user_id=request.user.pk, request_ids=[row.request_id]).get(row.request_id)
+    return _page(request, "pages/usage_request.html", {"row": row, "feedback": feedback})
 
 
 def _range_days(request: HttpRequest) -> int | None:

@@ -35,6 +35,7 @@ class UsageEntry:
     created_at: datetime = field(default_factory=timezone.now)
     prompt_template: str = ""
     prompt_version: int | None = None
+    prompt_hash: str = ""
 
 
 class Charge(NamedTuple):  # a named tuple: built per limit per request, cheaper than a frozen dataclass

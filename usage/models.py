@@ -40,6 +40,9 @@ class UsageLog(models.Model):
         default=list, blank=True, help_text="Each attempt (at most the first 50): model, outcome, latency_ms, "
         "upstream_status, message (the generic text a client sees).")
     streamed = models.BooleanField(default=False)
+    prompt_hash = models.CharField(
+        max_length=32, blank=True, default="", help_text="A hash of the request's messages (feedback/: the same "
+        "prompt sent again soon after is a retry, which counts against the earlier answer). Blank: not a chat.")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     prompt_template = models.CharField(max_length=100, blank=True, default="",
                                        help_text="The prompt template the request was served with, if any.")

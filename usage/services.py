@@ -13,6 +13,7 @@ import threading
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from importlib.metadata import distribution
 
+import orjson
 import tiktoken
 from django.db import DatabaseError
 
@@ -144,6 +145,15 @@ def tokens_count_messages(messages: list[dict]) -> int:
             if key == "name":
                 total += 1
     return total
+
+
+def prompt_hash(messages: object) -> str:
+    """The usage row's `prompt_hash`: 128 bits of BLAKE2b over the messages' JSON as the client sent them (key order
+    kept). A few microseconds for a usual prompt, about 2 ms per MiB; "" for what JSON cannot hold."""
+    try:
+        return hashlib.blake2b(orjson.dumps(messages), digest_size=16).hexdigest()
+    except (TypeError, orjson.JSONEncodeError):
+        return ""
 
 
 def tokens_estimate_messages(messages: list[dict]) -> int:

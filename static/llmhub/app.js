@@ -553,6 +553,8 @@
             stat("cost").textContent = `$${data.cost}`;
             stat("latency").textContent = `${Math.round(data.latency_ms)} ms` +
               (data.ttft_ms != null ? ` (first token ${Math.round(data.ttft_ms)} ms)` : "");
+            // Thumbs on the answer (static/llmhub/feedback.js): they feed the router's learned preferences.
+            if (data.request_id) window.llmhubFeedback?.attach(answerTurn, data.request_id);
           } else if (data.error) {
             errorShow(`The answer broke off: ${data.error.message}`);
           } else {
