@@ -19,6 +19,12 @@ FIXTURE_FILE = Path(settings.BASE_DIR) / "fixtures" / "llm_models.json"
 SERVICES_CONFIGURED = bool(os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
 SERVICES_REQUIRED = os.environ.get("LLMHUB_REQUIRE_SERVICES") == "true"
 
+# Production's default hands usage rows to a Redis stream that a consumer process writes (usage/stream.py). No test
+# runs a consumer unless it says so (usage/tests/test_usage_stream.py): this process and the app processes tests
+# start write their own rows.
+os.environ["LLMHUB_USAGE_STREAM_URL"] = ""
+settings.LLMHUB["USAGE_STREAM_URL"] = ""
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # In the embedded run, tests that need PostgreSQL and Redis are skipped; under CI they run, and fail

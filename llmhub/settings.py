@@ -322,8 +322,9 @@ LLMHUB = {
     "USAGE_FLUSH_INTERVAL_SECONDS": env.float("LLMHUB_USAGE_FLUSH_INTERVAL_SECONDS", default=0.25),
     "USAGE_BATCH_SIZE": env.int("LLMHUB_USAGE_BATCH_SIZE", default=500),
     # A Redis URL: request processes hand usage rows to a Redis stream there, and `manage.py usage_consume` writes
-    # them (usage/stream.py). Empty: each process writes its own rows (usage/writer.py).
-    "USAGE_STREAM_URL": env.str("LLMHUB_USAGE_STREAM_URL", default=""),
+    # them (usage/stream.py). Production's default: REDIS_URL (set it empty to opt out). Empty: each process writes
+    # its own rows (usage/writer.py).
+    "USAGE_STREAM_URL": env.str("LLMHUB_USAGE_STREAM_URL", default="" if EMBEDDED else REDIS_URL),
     # Roll-ups and retention (usage/rollups.py): raw usage rows older than this many days (whole days in TIME_ZONE)
     # are deleted, this many per transaction; the roll-ups stay. A log id counts as rolled up for good once a scan
     # this many seconds after it was handed out has covered it.

@@ -1,7 +1,7 @@
 """Production: usage rows leave the request process through a Redis stream, and a consumer writes them.
 
-`stream_append` (called by `usage_record` on an event loop, when `USAGE_STREAM_URL` is set: it defaults to
-REDIS_URL) serialises the entry and writes one `XADD llmhub:usage * e <json>` on the process's Redis connection at
+`stream_append` (called by `usage_record` on an event loop, when `USAGE_STREAM_URL` is set: production's default
+is REDIS_URL) serialises the entry and writes one `XADD llmhub:usage * e <json>` on the process's Redis connection at
 once, before the response is sent: from then on the bytes are the kernel's, which delivers them to Redis even if
 the process is killed the next moment (SIGKILL, OOM). The request path holds the interpreter for a few
 microseconds; no batch is ever written by the app process. When there is no connection yet, or Redis refuses or

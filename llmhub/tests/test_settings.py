@@ -34,6 +34,7 @@ print(json.dumps({
     "ALLOWED_HOSTS": settings.ALLOWED_HOSTS,
     "SSL_REDIRECT": settings.SECURE_SSL_REDIRECT,
     "VERSIONS": settings.LLMHUB["SNAPSHOT_VERSIONS"],
+    "USAGE_STREAM": settings.LLMHUB["USAGE_STREAM_URL"],
 }))
 """
 
@@ -79,6 +80,8 @@ def test_it_runs_production_on_postgresql_redis_and_real_workers():
     assert shown["ALLOWED_HOSTS"] == ["llmhub.example.com"]
     assert shown["SSL_REDIRECT"] is True
     assert shown["VERSIONS"] == "cache"  # the snapshots' version tokens live in Redis
+    assert shown["USAGE_STREAM"] == PRODUCTION["REDIS_URL"]  # usage rows leave through the Redis stream
+    assert shown_settings(production(LLMHUB_USAGE_STREAM_URL=""))["USAGE_STREAM"] == ""  # unless opted out
 
 
 def test_it_runs_embedded_with_nothing_set():
@@ -92,6 +95,7 @@ def test_it_runs_embedded_with_nothing_set():
     assert shown["BROKER"] == "memory://"
     # The cache is per process: the snapshots' version tokens live in files every process reads.
     assert shown["VERSIONS"] == "files"
+    assert shown["USAGE_STREAM"] == ""  # each process writes its own usage rows
 
 
 def test_it_generates_an_encryption_key_in_production_before_any_key_is_set():

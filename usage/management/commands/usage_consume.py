@@ -18,7 +18,8 @@ class Command(BaseCommand):
     def handle(self, *args, batch_size: int, once: bool, **options) -> None:
         url = settings.LLMHUB["USAGE_STREAM_URL"]
         if not url:
-            raise CommandError("LLMHUB_USAGE_STREAM_URL is not set: app processes write their own usage rows.")
+            raise CommandError("No usage stream (LLMHUB_USAGE_STREAM_URL, by default REDIS_URL, is empty): app processes "
+                               "write their own usage rows.")
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
