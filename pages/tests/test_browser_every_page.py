@@ -27,6 +27,9 @@ USER_PAGES = [
     ("keys", "/keys/", 'h1:has-text("API keys")'),
     ("usage", "/usage/", 'h1:has-text("Usage")'),
     ("usage-all", "/usage/all/", 'h1:has-text("Usage of everyone")'),
+    ("analytics", "/analytics/", 'h1:has-text("Model analytics")'),
+    ("model-analytics", "/models/demo/analytics/", "Cost per 1,000 requests"),
+    ("analytics-recommendations", "/analytics/recommendations/", 'h1:has-text("Recommendations")'),
     ("browsable-api", "/api/models/", "llmhub API"),
 ]
 DOC_PAGES = [
