@@ -248,3 +248,15 @@ def test_it_serves_a_moved_label_from_the_next_request_on_in_every_process(sdk, 
         assert time.monotonic() < deadline, "the other process still serves the old version"
         time.sleep(0.05)
     assert served(other) == served(sdk) == "support@2"
+
+
+def test_it_sends_the_same_messages_for_the_same_input(sdk, support, simulated_upstream):
+    def sent_for(variables: dict) -> list:
+        simulated_upstream.reset()
+        sdk.chat.completions.create(model="demo", messages=[{"role": "user", "content": "x"}],
+                                    metadata={"prompt": "support", "variables": json.dumps(variables)})
+        return sent(simulated_upstream)["messages"]
+
+    first = sent_for({"question": "q {{ tone }}", "tone": "dry"})
+    assert sent_for({"tone": "dry", "question": "q {{ tone }}"}) == first  # key order changes nothing
+    assert first[-1]["content"] == "Question: q {{ tone }}"  # a value is never read as template text
