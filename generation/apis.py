@@ -6,6 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from generation import services
+from generation.arms import HEADER, experiment_bind
 from generation.openai_compat import BadRequest, chat_body_validate
 from generation.openai_schema import messages_schema
 from llmhub.api import StrictSerializer, error_responses
@@ -24,6 +25,7 @@ class CallerAPIView(APIView):
                                          tier=request_tier(request))
         request.registry = registry_get()
         request.preferences = preferences_get(request.user.pk)
+        experiment_bind(request.headers.get(HEADER))
 
 
 def quota_headers(reservation) -> dict[str, str]:
@@ -50,6 +52,15 @@ class MessagesField(serializers.ListField):
     child = serializers.DictField()
 
 
+class JsonStringField(serializers.CharField):
+    """A string as JSON has it: DRF's CharField would take 5 for "5"."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class GenerateInputSerializer(StrictSerializer):
     exactly_one_of = ("prompt", "messages")
 
@@ -60,6 +71,9 @@ class GenerateInputSerializer(StrictSerializer):
                                      help_text="Legacy: a provider slug instead of a model id.")
     max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=settings.LLMHUB["MAX_OUTPUT_TOKENS"])
     temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
+    metadata = serializers.DictField(child=JsonStringField(max_length=512, allow_blank=True), required=False,
+                                     help_text="Strings by name; `experiment` joins that experiment "
+                                                              "(as does the x-llmhub-experiment header).")
 
     def validate_messages(self, messages: list) -> list:
         try:

@@ -17,6 +17,7 @@ from django.conf import settings
 
 from generation import services
 from generation.adaptation import params_dropped
+from generation.arms import experiment_bind
 from generation.embeddings import embeddings_body_validate, embeddings_create
 from generation.legacy_completions import (
     chat_answer_to_completion,
@@ -328,6 +329,7 @@ async def application(scope: Scope, receive: Receive, send: Send, *, mistaken: s
     path, method = scope["path"].rstrip("/"), scope["method"]
     request_id = request_id_new()
     request_id_bind(request_id)  # the run takes it: the usage row, the headers and any error carry one id
+    experiment_bind(_header(scope, b"x-llmhub-experiment").decode("latin-1"))
     origin = cors_origin(scope)
     if method == "OPTIONS" and is_preflight(scope):
         await preflight_answer(scope, send, origin, request_id)

@@ -17,9 +17,11 @@ from typing import Any, TypeVar
 import orjson
 from django.conf import settings
 
+from experiments.selectors import Assignment
 from generation import client
 from generation import responses_bridge as bridge
 from generation.adaptation import context_exceeded_error, parameter_refused_error, params_refused, request_adapt
+from generation.arms import request_arm
 from generation.routing import candidate_models, earliest_retry
 from llmhub.errors import ApplicationError, NotFound
 from registry.health import health_note, unhealthy_keys
@@ -269,6 +271,11 @@ class _Run:
     # What each answer cost, at the prices of the model that gave it (a translation gets one answer per piece).
     charges: list[tuple[ModelSpec, Usage]] = field(default_factory=list)
     _charged: tuple[int, Decimal] | None = None  # (len(charges), their cost): the settle and the usage row share it
+    arm: Assignment | None = None  # the experiment arm serving the request (its model and parameters)
+
+    def arm_applied(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`body` with the arm's parameters, which win over the client's (a translation's pieces get them too)."""
+        return {**body, **self.arm.params} if self.arm is not None and self.arm.params else body
 
     def remaining(self) -> float:
         return self.deadline - time.perf_counter()
@@ -311,7 +318,8 @@ class _Run:
             cost=cost, latency_ms=(time.perf_counter() - self.started) * 1000, ttft_ms=ttft_ms, status=status,
             http_status=http_status, error_type=error_type, attempts=len(self.attempts), streamed=streamed,
             attempt_details=tuple(attempt.as_dict() for attempt in self.attempts[:MAX_ATTEMPT_DETAILS]),
-            tier=self.caller.tier.slug,
+            tier=self.caller.tier.slug, experiment_id=self.arm.experiment_id if self.arm else None,
+            experiment_arm=self.arm.arm if self.arm else "",
         ))
         self.cost = cost
         return cost
@@ -383,7 +391,13 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
     the request (`context_tokens`, by default the estimated prompt plus max_tokens) are skipped (a 400
     context_length_exceeded when none is left); a translation splits its text to fit instead. `api` is the API
     the request is written for: candidates served on the other one get it translated, and those it cannot be
-    translated for are skipped (a 400 naming the field when the primary is one of them)."""
+    translated for are skipped (a 400 naming the field when the primary is one of them). A request an experiment
+    arm serves gets the arm's model and parameters (generation/arms.py)."""
+    arm = await request_arm(user_id=caller.user_id, tier=caller.tier, registry=registry, body=body) \
+        if kind == "chat" else None
+    if arm is not None:
+        model_id, provider = arm.model_id, None
+        body.update(arm.params)
     primary = model_resolve(caller=caller, registry=registry, model_id=model_id, provider=provider,
                             preferred_ids=preferred_ids)
     model_kind_check(primary, kind)
@@ -399,7 +413,7 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
                                               needed_tokens=context_tokens if fit_context else None)
     candidates = bridge.servable(candidates, primary=primary, body=body, source=api)
     run = _Run(caller=caller, endpoint=endpoint, requested=model_id or provider or primary.id, primary=primary,
-               candidates=candidates, attempts=skipped)
+               candidates=candidates, attempts=skipped, arm=arm)
     run.deadline = run.started + _config("GENERATION_DEADLINE_SECONDS")
     logger.info("request %s: model %s for user %s (tier %s), candidates %s", run.request_id, primary.id,
                 caller.user_id, caller.tier.slug, [m.id for m in candidates])
@@ -445,7 +459,8 @@ async def complete(run: _Run, body: dict[str, Any]) -> tuple[ModelSpec, client.C
     """One non-streaming completion for the run, from the first candidate that answers."""
 
     def call(model: ModelSpec, remaining: float) -> Awaitable[client.Completion]:
-        return client.chat_completion(model, request_adapt(model, body), timeout=min(model.timeout, remaining))
+        return client.chat_completion(model, request_adapt(model, run.arm_applied(body)),
+                                      timeout=min(model.timeout, remaining))
 
     return await _first_answer(run, call, latency_ms=lambda completion: completion.latency_ms)
 

@@ -91,6 +91,7 @@ INSTALLED_APPS = [
     "generation",
     "translation",
     "usage",
+    "experiments",
     "pages",
 ]
 
@@ -279,6 +280,9 @@ CELERY_BEAT_SCHEDULE = {
                        "options": {"expires": max(1.0, WEBHOOK_SWEEP_SECONDS - 1)}},
     "billing-periods-close": {"task": "usage.tasks.billing_periods_close", "schedule": 300.0,
                               "options": {"expires": 290}},
+    # Experiments: guardrails and the sequential test of every running experiment (also run on its page's view).
+    "experiments-evaluate": {"task": "experiments.tasks.experiments_evaluate", "schedule": 60.0,
+                             "options": {"expires": 55}},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule"))
 

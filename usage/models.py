@@ -41,9 +41,17 @@ class UsageLog(models.Model):
         "upstream_status, message (the generic text a client sees).")
     streamed = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # The experiment arm that served the request (experiments app; a plain id, so usage depends on no experiment).
+    experiment_id = models.PositiveIntegerField(null=True, blank=True)
+    experiment_arm = models.CharField(max_length=50, blank=True, default="")
 
     class Meta:
-        indexes = [models.Index(fields=["user", "created_at"], name="usage_user_created_idx")]
+        indexes = [
+            models.Index(fields=["user", "created_at"], name="usage_user_created_idx"),
+            # Partial: the rows of no experiment (nearly all) cost the index nothing.
+            models.Index(fields=["experiment_id", "experiment_arm"], name="usage_experiment_arm_idx",
+                         condition=models.Q(experiment_id__isnull=False)),
+        ]
 
     def __str__(self) -> str:
         return self.request_id

@@ -50,6 +50,8 @@ class UsageEntry:
     attempt_details: tuple[dict, ...] = ()
     streamed: bool = False
     created_at: datetime = field(default_factory=timezone.now)
+    experiment_id: int | None = None
+    experiment_arm: str = ""
 
 
 def usage_record(entry: UsageEntry) -> None:
