@@ -72,8 +72,8 @@ class GenerateInputSerializer(StrictSerializer):
     max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=settings.LLMHUB["MAX_OUTPUT_TOKENS"])
     temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
     metadata = serializers.DictField(child=JsonStringField(max_length=512, allow_blank=True), required=False,
-                                     help_text="Strings by name; `experiment` joins that experiment "
-                                                              "(as does the x-llmhub-experiment header).")
+                                     help_text="Strings by name; `experiment` joins that experiment (as does the "
+                                               "x-llmhub-experiment header).")
 
     def validate_messages(self, messages: list) -> list:
         try:

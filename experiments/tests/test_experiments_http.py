@@ -12,7 +12,7 @@ import pytest
 
 from conftest import usage_rows
 from experiments.models import Arm, Experiment
-from experiments.services import experiment_evaluate, experiment_promote
+from experiments.services import experiment_assign, experiment_evaluate, experiment_promote
 from llmhub.testing import ServerProcess, database_url, free_port, production_env, uvicorn_command
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -33,11 +33,19 @@ def served_by(client: openai.OpenAI, *, experiment: str | None = None, header: s
     return response.headers["x-llmhub-model"]
 
 
+def users_on_both_arms(make_user, key: str, *, at_least: int, **fields) -> list:
+    """At least `at_least` users, more until both arms have some (the hash of user and experiment decides)."""
+    users = []
+    while len(users) < at_least or len({experiment_assign(user.pk, key=key).arm for user in users}) < 2:
+        users.append(make_user(f"user-{len(users)}", **fields))
+    return users
+
+
 def test_it_keeps_each_user_on_one_arm_across_requests_and_sessions_and_records_it(
         live_hub, make_user, api_key_for, make_experiment, simulated_upstream):
     experiment = make_experiment("sticky", arms=(("control", "demo", {"temperature": 0.3}, 1),
                                                  ("treatment", "demo-backup", {"temperature": 0.9}, 1)))
-    users = [make_user(f"user-{n}") for n in range(8)]
+    users = users_on_both_arms(make_user, "sticky", at_least=8)
     arms_of = {}
     for user in users:
         # Two sessions (API keys) and both ways of naming the experiment: always the same arm.
@@ -46,7 +54,7 @@ def test_it_keeps_each_user_on_one_arm_across_requests_and_sessions_and_records_
                 served_by(first, header="sticky", model="demo-backup"), served_by(second, experiment="sticky")}
         assert len(seen) == 1, (user.username, seen)
         arms_of[user.pk] = seen.pop()
-    assert set(arms_of.values()) == {"demo", "demo-backup"}  # 8 users: both arms drawn (fixed by the hash)
+    assert set(arms_of.values()) == {"demo", "demo-backup"}
 
     # The arm's parameters reach the upstream, whatever the client sent.
     treated = next(user for user in users if arms_of[user.pk] == "demo-backup")
@@ -54,8 +62,8 @@ def test_it_keeps_each_user_on_one_arm_across_requests_and_sessions_and_records_
                                                                 metadata={"experiment": "sticky"})
     assert simulated_upstream.last_request("demo-backup")["temperature"] == 0.9
 
-    rows = usage_rows(33)
-    assert len(rows) == 33
+    rows = usage_rows(4 * len(users) + 1)
+    assert len(rows) == 4 * len(users) + 1
     for row in rows:
         assert row.experiment_id == experiment.pk
         assert row.experiment_arm == {"demo": "control", "demo-backup": "treatment"}[arms_of[row.user_id]]
@@ -71,7 +79,7 @@ def test_it_serves_requests_naming_no_running_experiment_as_usual(live_hub, free
     assert [(row.experiment_id, row.experiment_arm) for row in usage_rows(2)] == [(None, ""), (None, "")]
 
 
-def test_it_joins_api_generate_by_header_and_metadata(live_hub, free_user, api_key_for, make_experiment):
+def test_it_joins_api_generate_and_translate_by_header_and_metadata(live_hub, free_user, api_key_for, make_experiment):
     experiment = make_experiment("generate", arms=(("only-backup", "demo-backup", {}, 1),
                                                    ("also-backup", "demo-backup", {}, 1)))
     key = api_key_for(free_user)
@@ -79,11 +87,13 @@ def test_it_joins_api_generate_by_header_and_metadata(live_hub, free_user, api_k
         by_header = http.post("/api/generate/", json={"prompt": "hi"}, headers={"x-llmhub-experiment": "generate"})
         by_metadata = http.post("/api/generate/", json={"prompt": "hi", "metadata": {"experiment": "generate"}})
         bad = http.post("/api/generate/", json={"prompt": "hi", "metadata": {"experiment": ["not", "a", "string"]}})
+        translated = http.post("/api/translate/", json={"text": "hello", "target_language": "fr"},
+                               headers={"x-llmhub-experiment": "generate"})
 
-    assert by_header.status_code == by_metadata.status_code == 200
-    assert by_header.json()["model"] == by_metadata.json()["model"] == "demo-backup"
+    assert by_header.status_code == by_metadata.status_code == translated.status_code == 200
+    assert by_header.json()["model"] == by_metadata.json()["model"] == translated.json()["model"] == "demo-backup"
     assert bad.status_code == 400 and "metadata" in bad.json()["error"]["fields"]
-    assert {row.experiment_id for row in usage_rows(2)} == {experiment.pk}
+    assert {row.experiment_id for row in usage_rows(3)} == {experiment.pk}
 
 
 def test_a_guardrail_stops_an_arm_that_doubles_the_cost_and_its_users_move_to_the_control(
@@ -91,13 +101,15 @@ def test_a_guardrail_stops_an_arm_that_doubles_the_cost_and_its_users_move_to_th
     # demo-pro costs 4× demo per token: the treatment's cost per request is far past 2× the control's.
     experiment = make_experiment("pricey", arms=(("control", "demo", {}, 1), ("pricier", "demo-pro", {}, 1)),
                                  guardrail_min_requests=6, guardrail_cost_ratio=2.0)
-    clients = {user.pk: sdk(live_hub, api_key_for(user)) for user in [make_user(f"pro-{n}", tier="pro")
-                                                                     for n in range(10)]}
-    served = {pk: served_by(client, experiment="pricey") for pk, client in clients.items()}
-    assert set(served.values()) == {"demo", "demo-pro"}
-    for client in clients.values():
-        served_by(client, experiment="pricey")
-    usage_rows(20)
+    clients, served = [], []
+    while len(set(served)) < 2 or len(clients) < 4:  # users until both arms have some (which ones: the hash's say)
+        clients.append(sdk(live_hub, api_key_for(make_user(f"pro-{len(clients)}", tier="pro"))))
+        served.append(served_by(clients[-1], experiment="pricey"))
+    for model in ("demo", "demo-pro"):  # each arm past the guardrails' minimum
+        client = clients[served.index(model)]
+        while served.count(model) < 6:
+            served.append(served_by(client, experiment="pricey"))
+    usage_rows(len(served))
 
     evaluation = experiment_evaluate(experiment_id=experiment.pk)
 
@@ -107,7 +119,7 @@ def test_a_guardrail_stops_an_arm_that_doubles_the_cost_and_its_users_move_to_th
     assert "pricier stopped" in evaluation.decision
     assert Arm.objects.get(experiment=experiment, name="control").state == Arm.State.ACTIVE
     # From the next request on, everyone is served by the control.
-    assert {served_by(client, experiment="pricey") for client in clients.values()} == {"demo"}
+    assert {served_by(client, experiment="pricey") for client in clients} == {"demo"}
     assert Experiment.objects.get(pk=experiment.pk).status == Experiment.Status.RUNNING
 
 
@@ -151,7 +163,7 @@ def two_app_processes(live_hub, tmp_path):
 def test_a_promoted_arm_is_served_from_the_next_request_on_in_every_process(
         two_app_processes, make_user, api_key_for, make_experiment, settings):
     experiment = make_experiment("promote", arms=(("control", "demo", {}, 1), ("treatment", "demo-backup", {}, 1)))
-    users = [make_user(f"user-{n}") for n in range(8)]
+    users = users_on_both_arms(make_user, "promote", at_least=4)
     keys = {user.pk: api_key_for(user) for user in users}
     before = {(root, pk): served_by(sdk(root, key), experiment="promote")
               for root in two_app_processes for pk, key in keys.items()}

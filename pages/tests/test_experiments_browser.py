@@ -11,6 +11,7 @@ from playwright.sync_api import expect
 
 from conftest import usage_rows
 from experiments.models import Experiment
+from experiments.services import experiment_assign
 from pages.tests.conftest import axe_violations, log_in, screenshot
 
 pytestmark = pytest.mark.browser
@@ -45,13 +46,15 @@ def test_a_staff_user_creates_an_experiment_sends_traffic_and_sees_the_arms_metr
     page.locator('button[name="index"]').click()
     expect(page.locator(".messagelist")).to_contain_text("Experiment greeting-test is running.")
 
-    for n in range(6):
-        sdk = openai.OpenAI(base_url=f"{live_hub}/v1", api_key=api_key_for(make_user(f"user-{n}")), max_retries=0,
-                            timeout=20)
+    users = []  # until both arms have some (the hash of user and experiment decides)
+    while len(users) < 6 or len({experiment_assign(user.pk, key="greeting-test").arm for user in users}) < 2:
+        users.append(make_user(f"user-{len(users)}"))
+    for user in users:
+        sdk = openai.OpenAI(base_url=f"{live_hub}/v1", api_key=api_key_for(user), max_retries=0, timeout=20)
         for _ in range(3):
             sdk.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}],
                                         metadata={"experiment": "greeting-test"})
-    rows = usage_rows(18)
+    rows = usage_rows(3 * len(users))
     assert {row.experiment_arm for row in rows} == {"control", "cooler"}
     counts = {arm: sum(row.experiment_arm == arm for row in rows) for arm in ("control", "cooler")}
 
