@@ -123,6 +123,7 @@ LITELLM_VERSION ?= 1.108.7
 
 bench: venv bench-tools
 	$(PY) -m bench.run
+	$(PY) manage.py simulate_experiments
 
 bench-peers: venv bench-tools
 	@test -f $(LITELLM_VENV)/.installed || { \

@@ -6,6 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from generation import services
+from generation.arms import HEADER, experiment_bind
 from generation.openai_compat import BadRequest, chat_body_validate
 from generation.openai_schema import messages_schema
 from llmhub.api import StrictSerializer, error_responses
@@ -26,6 +27,7 @@ class CallerAPIView(APIView):
                                          tier=request_tier(request))
         request.registry = registry_get()
         request.preferences = preferences_get(request.user.pk)
+        experiment_bind(request.headers.get(HEADER))
 
 
 def quota_headers(reservation, prompt=None) -> dict[str, str]:
@@ -36,8 +38,11 @@ def quota_headers(reservation, prompt=None) -> dict[str, str]:
 
 
 class PromptMetadataSerializer(StrictSerializer):
-    prompt = serializers.CharField(max_length=160, help_text="A prompt template: name, name@label or name@version.")
+    prompt = serializers.CharField(max_length=160, required=False,
+                                   help_text="A prompt template: name, name@label or name@version.")
     variables = serializers.DictField(required=False, help_text="The template's variables, by name.")
+    experiment = serializers.CharField(max_length=100, required=False,
+                                       help_text="Join this experiment (as does the x-llmhub-experiment header).")
 
 
 def prompt_from(request: Request, metadata: dict | None) -> PromptRequest | None:
@@ -65,6 +70,15 @@ class MessagesField(serializers.ListField):
     child = serializers.DictField()
 
 
+class JsonStringField(serializers.CharField):
+    """A string as JSON has it: DRF's CharField would take 5 for "5"."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class GenerateInputSerializer(StrictSerializer):
     # `prompt` or `messages`, not both; neither only with a prompt template (`metadata`, or the x-llmhub-prompt header
     # with which the schema cannot reckon).
@@ -84,7 +98,7 @@ class GenerateInputSerializer(StrictSerializer):
     def validate(self, data: dict) -> dict:
         if "prompt" in data and "messages" in data:
             raise serializers.ValidationError("Give either 'prompt' or 'messages', not both.")
-        if "prompt" not in data and "messages" not in data and "metadata" not in data \
+        if "prompt" not in data and "messages" not in data and "prompt" not in data.get("metadata", {}) \
                 and not self.context.get("prompt_header"):
             raise serializers.ValidationError("Give either 'prompt' or 'messages' (or a prompt template in "
                                               "'metadata.prompt').")
@@ -120,7 +134,10 @@ class GenerateApi(CallerAPIView):
                                        context={"prompt_header": bool(request.headers.get(PROMPT_HEADER))})
         data.is_valid(raise_exception=True)
         params = dict(data.validated_data)
-        template = prompt_from(request, params.pop("metadata", None))
+        metadata = params.pop("metadata", None) or {}
+        if metadata.get("experiment"):
+            experiment_bind(metadata["experiment"])
+        template = prompt_from(request, metadata)
         outcome = await services.generate(caller=request.caller, registry=request.registry,
                                           prompt=params.pop("prompt", None), messages=params.pop("messages", None),
                                           model_id=params.pop("model", None), provider=params.pop("provider", None),

@@ -5,6 +5,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from generation.arms import experiment_bind
 from generation.openai_compat import (
     MethodNotAllowed,
     Receive,
@@ -12,6 +13,7 @@ from generation.openai_compat import (
     Send,
     _chat_completions,
     _embeddings,
+    _header,
     _model_detail,
     _models,
     _respond,
@@ -56,6 +58,7 @@ async def application(scope: Scope, receive: Receive, send: Send, *, mistaken: s
     path, method = scope["path"].rstrip("/"), scope["method"]
     request_id = request_id_new()
     request_id_bind(request_id)  # the run takes it: the usage row, the headers and any error carry one id
+    experiment_bind(_header(scope, b"x-llmhub-experiment").decode("latin-1"))
     origin = cors_origin(scope)
     if method == "OPTIONS" and is_preflight(scope):
         await preflight_answer(scope, send, origin, request_id)

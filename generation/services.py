@@ -17,9 +17,11 @@ from typing import Any, TypeVar
 import orjson
 from django.conf import settings
 
+from experiments.selectors import Assignment
 from generation import client
 from generation import responses_bridge as bridge
 from generation.adaptation import context_exceeded_error, parameter_refused_error, params_refused, request_adapt
+from generation.arms import request_arm
 from generation.prompting import PromptUse, prompt_apply
 from generation.routing import candidate_models, earliest_retry
 from health.status import health_note, unhealthy_keys
@@ -275,6 +277,11 @@ class _Run:
     charges: list[tuple[ModelSpec, Usage]] = field(default_factory=list)
     _charged: tuple[int, Decimal] | None = None  # (len(charges), their cost): the settle and the usage row share it
     prompt: PromptUse | None = None  # the prompt template version the request was served with
+    arm: Assignment | None = None  # the experiment arm serving the request (its model and parameters)
+
+    def arm_applied(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`body` with the arm's parameters, which win over the client's (a translation's pieces get them too)."""
+        return {**body, **self.arm.params} if self.arm is not None and self.arm.params else body
 
     def remaining(self) -> float:
         return self.deadline - time.perf_counter()
@@ -320,6 +327,8 @@ class _Run:
             tier=self.caller.tier.slug, prompt_template=self.prompt.name if self.prompt else "",
             prompt_version=self.prompt.version if self.prompt else None,
             prompt_hash=self.prompt_hash,
+            experiment_id=self.arm.experiment_id if self.arm else None,
+            experiment_arm=self.arm.arm if self.arm else "",
         ))
         self.cost = cost
         return cost
@@ -392,7 +401,13 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
     context_length_exceeded when none is left); a translation splits its text to fit instead. `api` is the API
     the request is written for: candidates served on the other one get it translated, and those it cannot be
     translated for are skipped (a 400 naming the field when the primary is one of them). `prompt`: the template the
-    request names, assembled into `body` for the primary model (generation/prompting.py)."""
+    request names, assembled into `body` for the primary model (generation/prompting.py).
+    A request an experiment arm serves gets the arm's model and parameters (generation/arms.py)."""
+    arm = await request_arm(user_id=caller.user_id, tier=caller.tier, registry=registry, body=body,
+                            prompt_name=prompt.name if prompt is not None else None) if kind == "chat" else None
+    if arm is not None:
+        model_id, provider = arm.model_id, None
+        body.update(arm.params)
     primary = model_resolve(caller=caller, registry=registry, model_id=model_id, provider=provider,
                             preferred_ids=preferred_ids)
     model_kind_check(primary, kind)
@@ -412,7 +427,8 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
     run = _Run(caller=caller, endpoint=endpoint, requested=model_id or provider or primary.id, primary=primary,
                candidates=candidates, attempts=skipped, prompt=prompt_use,
                prompt_hash=prompt_hash(body.get("messages") if api == bridge.CHAT
-                                       else [body.get("instructions"), body.get("input")]) if kind == "chat" else "")
+                                       else [body.get("instructions"), body.get("input")]) if kind == "chat" else "",
+               arm=arm)
     run.deadline = run.started + _config("GENERATION_DEADLINE_SECONDS")
     logger.info("request %s: model %s for user %s (tier %s), candidates %s", run.request_id, primary.id,
                 caller.user_id, caller.tier.slug, [m.id for m in candidates])
@@ -458,7 +474,8 @@ async def complete(run: _Run, body: dict[str, Any]) -> tuple[ModelSpec, client.C
     """One non-streaming completion for the run, from the first candidate that answers."""
 
     def call(model: ModelSpec, remaining: float) -> Awaitable[client.Completion]:
-        return client.chat_completion(model, request_adapt(model, body), timeout=min(model.timeout, remaining))
+        return client.chat_completion(model, request_adapt(model, run.arm_applied(body)),
+                                      timeout=min(model.timeout, remaining))
 
     return await _first_answer(run, call, latency_ms=lambda completion: completion.latency_ms)
 

@@ -95,6 +95,7 @@ INSTALLED_APPS = [
     "usage",
     "analytics",
     "feedback",
+    "experiments",
     "pages",
 ]
 
@@ -290,6 +291,9 @@ CELERY_BEAT_SCHEDULE = {
     # Feedback (feedback/services.py): retries found in the new usage rows count against the earlier answer.
     "feedback-implicit-scan": {"task": "feedback.tasks.feedback_implicit_scan", "schedule": FEEDBACK_SCAN_SECONDS,
                                "options": {"expires": max(1.0, FEEDBACK_SCAN_SECONDS - 1)}},
+    # Experiments: guardrails and the sequential test of every running experiment (also run on its page's view).
+    "experiments-evaluate": {"task": "experiments.tasks.experiments_evaluate", "schedule": 60.0,
+                             "options": {"expires": 55}},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule"))
 

@@ -51,6 +51,10 @@ class LocalSnapshot(Generic[T]):
             return value
         return None
 
+    def peek(self) -> T | None:
+        """The value while it is fresh, else None: never builds it (safe on the event loop)."""
+        return self._warm()
+
     def get(self) -> T:
         value = self._warm()
         if value is not None:

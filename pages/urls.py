@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 
-from pages import analytics_views, keys, usage_views, views
+from pages import analytics_views, experiments, keys, usage_views, views
 
 app_name = "pages"
 
@@ -30,4 +30,8 @@ urlpatterns = [
     path("usage/requests/<str:request_id>/", usage_views.usage_request, name="usage-request"),
     path("usage/all/", usage_views.usage_all, name="usage-all"),
     path("usage/all/export.csv", usage_views.usage_export, name="usage-export"),
+    path("experiments/", experiments.experiments_list, name="experiments"),
+    path("experiments/<int:experiment_id>/", experiments.experiment_detail, name="experiment"),
+    path("experiments/<int:experiment_id>/promote/", experiments.experiment_promote_view, name="experiment-promote"),
+    path("experiments/<int:experiment_id>/stop/", experiments.experiment_stop_view, name="experiment-stop"),
 ]

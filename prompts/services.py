@@ -22,7 +22,7 @@ DEFAULT_LABEL = "production"
 HEADER = "x-llmhub-prompt"
 VARIABLES_HEADER = "x-llmhub-prompt-variables"
 # Keys of a request's `metadata` that are the hub's: taken out before the upstream sees the metadata.
-METADATA_KEYS = ("prompt", "variables")
+METADATA_KEYS = ("prompt", "variables", "experiment")  # the hub's own: never sent upstream
 
 
 class PromptInvalid(ApplicationError):

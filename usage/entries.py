@@ -36,6 +36,8 @@ class UsageEntry:
     prompt_template: str = ""
     prompt_version: int | None = None
     prompt_hash: str = ""
+    experiment_id: int | None = None
+    experiment_arm: str = ""
 
 
 class Charge(NamedTuple):  # a named tuple: built per limit per request, cheaper than a frozen dataclass

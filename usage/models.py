@@ -47,9 +47,17 @@ class UsageLog(models.Model):
     prompt_template = models.CharField(max_length=100, blank=True, default="",
                                        help_text="The prompt template the request was served with, if any.")
     prompt_version = models.PositiveIntegerField(null=True, blank=True, help_text="That template's version.")
+    # The experiment arm that served the request (experiments app; a plain id, so usage depends on no experiment).
+    experiment_id = models.PositiveIntegerField(null=True, blank=True)
+    experiment_arm = models.CharField(max_length=50, blank=True, default="")
 
     class Meta:
-        indexes = [models.Index(fields=["user", "created_at"], name="usage_user_created_idx")]
+        indexes = [
+            models.Index(fields=["user", "created_at"], name="usage_user_created_idx"),
+            # Partial: the rows of no experiment (nearly all) cost the index nothing.
+            models.Index(fields=["experiment_id", "experiment_arm"], name="usage_experiment_arm_idx",
+                         condition=models.Q(experiment_id__isnull=False)),
+        ]
 
     def __str__(self) -> str:
         return self.request_id
