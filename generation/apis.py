@@ -11,6 +11,8 @@ from generation.openai_schema import messages_schema
 from llmhub.api import StrictSerializer, error_responses
 from registry.authentication import request_tier
 from registry.selectors import preferences_get, registry_get
+from routing.policies import Route
+from routing.services import TASK_HEADER, task_resolve
 
 
 class CallerAPIView(APIView):
@@ -26,9 +28,16 @@ class CallerAPIView(APIView):
         request.preferences = preferences_get(request.user.pk)
 
 
-def quota_headers(reservation) -> dict[str, str]:
-    """OpenAI's x-ratelimit-* headers of the request's quota reservation (none when no limit applies)."""
-    return reservation.headers() if reservation is not None else {}
+def quota_headers(reservation, route: Route | None = None) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers of the request's quota reservation (none when no limit applies), and
+    `x-llmhub-route`: how the model was chosen."""
+    headers = reservation.headers() if reservation is not None else {}
+    return {**headers, "x-llmhub-route": route.header()} if route is not None else headers
+
+
+def request_task(request: Request, endpoint: str) -> str:
+    """The request's task type: the `x-llmhub-task` header, else the endpoint's."""
+    return task_resolve(endpoint=endpoint, hint=request.headers.get(TASK_HEADER))
 
 
 class AttemptSerializer(serializers.Serializer):
@@ -90,8 +99,9 @@ class GenerateApi(CallerAPIView):
         data = GenerateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         params = dict(data.validated_data)
+        task = request_task(request, "api.generate")
         outcome = await services.generate(caller=request.caller, registry=request.registry,
                                           prompt=params.pop("prompt", None), messages=params.pop("messages", None),
                                           model_id=params.pop("model", None), provider=params.pop("provider", None),
-                                          preferred_ids=request.preferences.preferred_order("generation"), **params)
-        return Response(GenerateOutputSerializer(outcome).data, headers=quota_headers(outcome.quota))
+                                          preferred_ids=request.preferences.preferred_order(task), task=task, **params)
+        return Response(GenerateOutputSerializer(outcome).data, headers=quota_headers(outcome.quota, outcome.route))

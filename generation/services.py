@@ -20,10 +20,15 @@ from django.conf import settings
 from generation import client
 from generation import responses_bridge as bridge
 from generation.adaptation import context_exceeded_error, parameter_refused_error, params_refused, request_adapt
-from generation.routing import candidate_models, earliest_retry
+from generation.routing import earliest_retry
 from llmhub.errors import ApplicationError, NotFound
 from registry.health import health_note, unhealthy_keys
 from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, get_default_model, get_model_by_id
+from routing.policies import Health, Route, request_needs
+from routing.preferences import preference_counts
+from routing.selectors import arouting_plan
+from routing.services import plan_needs_counts, route_request, task_resolve
+from routing.stats import stats_note
 from usage.metrics import upstream_error_count
 from usage.quotas import Reservation, quota_reserve, quota_settle_nowait
 from usage.services import (
@@ -81,6 +86,7 @@ class ChatOutcome:
     cost: Decimal
     latency_ms: float
     quota: Reservation | None = None  # its rate-limit headers go on the response
+    route: Route | None = None  # how it was routed (the x-llmhub-route header)
 
     @property
     def text(self) -> str:
@@ -207,6 +213,8 @@ def request_messages(body: dict[str, Any], *, api: str = bridge.CHAT) -> list[di
 
 def _note_failure(model: ModelSpec, error: client.UpstreamError) -> None:
     upstream_error_count(model=model.id, kind=error.kind)
+    if error.retryable or isinstance(error, client.UpstreamMisconfigured):
+        stats_note(model.key, ok=False)
     if isinstance(error, client.UpstreamRateLimited):
         seconds = error.retry_after if error.retry_after is not None else _config("DEFAULT_COOLDOWN_SECONDS")
         _cooled_until[model.key] = time.monotonic() + seconds
@@ -269,13 +277,14 @@ class _Run:
     # What each answer cost, at the prices of the model that gave it (a translation gets one answer per piece).
     charges: list[tuple[ModelSpec, Usage]] = field(default_factory=list)
     _charged: tuple[int, Decimal] | None = None  # (len(charges), their cost): the settle and the usage row share it
+    route: Route | None = None
 
     def remaining(self) -> float:
         return self.deadline - time.perf_counter()
 
     def tried_keys(self) -> list[str]:
         """The primary and its fallbacks, cooling down or not (for the Retry-After of a 429)."""
-        return [self.primary.key, *self.primary.fallbacks]
+        return [self.primary.key, *self.primary.fallbacks, *(model.key for model in self.candidates)]
 
     def charge(self, model: ModelSpec, usage: Usage) -> None:
         """Bills one answer at its own model's prices (for requests answered in several parts)."""
@@ -311,7 +320,7 @@ class _Run:
             cost=cost, latency_ms=(time.perf_counter() - self.started) * 1000, ttft_ms=ttft_ms, status=status,
             http_status=http_status, error_type=error_type, attempts=len(self.attempts), streamed=streamed,
             attempt_details=tuple(attempt.as_dict() for attempt in self.attempts[:MAX_ATTEMPT_DETAILS]),
-            tier=self.caller.tier.slug,
+            tier=self.caller.tier.slug, route=self.route.explanation() if self.route is not None else None,
         ))
         self.cost = cost
         return cost
@@ -378,28 +387,33 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
                     model_id: str | None, provider: str | None, preferred_ids: Sequence[str], kind: str = "chat",
                     fit_context: bool = False, prompt_tokens: int | None = None, context_tokens: int | None = None,
                     output_tokens: int | None = None, context_param: str = "messages",
-                    api: str = bridge.CHAT) -> _Run:
+                    api: str = bridge.CHAT, task: str | None = None) -> _Run:
     """Resolves, authorises and reserves a request. With `fit_context`, models whose window is too small for
     the request (`context_tokens`, by default the estimated prompt plus max_tokens) are skipped (a 400
     context_length_exceeded when none is left); a translation splits its text to fit instead. `api` is the API
     the request is written for: candidates served on the other one get it translated, and those it cannot be
-    translated for are skipped (a 400 naming the field when the primary is one of them)."""
+    translated for are skipped (a 400 naming the field when the primary is one of them). The candidates and their
+    order are the tier's routing policy's for the task (`task`, else the endpoint's: routing/)."""
     primary = model_resolve(caller=caller, registry=registry, model_id=model_id, provider=provider,
                             preferred_ids=preferred_ids)
     model_kind_check(primary, kind)
-    candidates = candidate_models(primary=primary, registry=registry, tier=caller.tier,
-                                  cooled_until=_cooled_until, now=time.monotonic(), unhealthy=unhealthy_keys())
     if prompt_tokens is None:
         prompt_tokens = tokens_estimate_messages(request_messages(body, api=api))
     max_tokens = (body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")) \
         if output_tokens is None else output_tokens
     if fit_context and context_tokens is None:
         context_tokens = prompt_tokens + (max_tokens or 0)
+    route = await _route(caller=caller, registry=registry, body=body, primary=primary, task=task, endpoint=endpoint,
+                         pinned="explicit" if model_id or provider else
+                         "user default" if primary.id in preferred_ids else None,
+                         context_tokens=context_tokens if fit_context else 0, prompt_tokens=prompt_tokens,
+                         max_tokens=max_tokens)
+    candidates = route.models
     candidates, skipped = candidates_admitted(primary, candidates, body, context_param=context_param,
                                               needed_tokens=context_tokens if fit_context else None)
     candidates = bridge.servable(candidates, primary=primary, body=body, source=api)
     run = _Run(caller=caller, endpoint=endpoint, requested=model_id or provider or primary.id, primary=primary,
-               candidates=candidates, attempts=skipped)
+               candidates=candidates, attempts=skipped, route=route)
     run.deadline = run.started + _config("GENERATION_DEADLINE_SECONDS")
     logger.info("request %s: model %s for user %s (tier %s), candidates %s", run.request_id, primary.id,
                 caller.user_id, caller.tier.slug, [m.id for m in candidates])
@@ -407,6 +421,19 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
         request_id=run.request_id, user_id=caller.user_id, api_key_id=caller.api_key_id, tier_slug=caller.tier.slug,
         model=primary, candidates=candidates, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
     return run
+
+
+async def _route(*, caller: Caller, registry: Registry, body: dict[str, Any], primary: ModelSpec, task: str | None,
+                 endpoint: str, pinned: str | None, context_tokens: int, prompt_tokens: int,
+                 max_tokens: int | None) -> Route:
+    """The tier's routing policy over the request's candidates (health and statistics as of now)."""
+    task = task or task_resolve(endpoint=endpoint)
+    plan = await arouting_plan(caller.tier.slug, task)
+    counts = await asyncio.to_thread(preference_counts, caller.user_id, task) if plan_needs_counts(plan) else None
+    needs = request_needs(body, context_tokens=context_tokens, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    health = Health(open_keys=unhealthy_keys(), cooled_until=_cooled_until, now=time.monotonic())
+    return route_request(primary=primary, pinned=pinned, registry=registry, tier=caller.tier, user_id=caller.user_id,
+                         task=task, needs=needs, health=health, plan=plan, counts=counts)
 
 
 async def _first_answer(run: _Run, call: Callable[[ModelSpec, float], Awaitable[T]], *,
@@ -437,6 +464,7 @@ async def _first_answer(run: _Run, call: Callable[[ModelSpec, float], Awaitable[
             continue
         run.attempts.append(Attempt(model.id, "ok", latency_ms(answer)))
         health_note(model, ok=True)
+        stats_note(model.key, ok=True, latency_ms=run.attempts[-1].latency_ms)
         return model, answer
     raise _failure(run.attempts, last, run.tried_keys(), since=since, out_of_time=out_of_time)
 
@@ -452,10 +480,10 @@ async def complete(run: _Run, body: dict[str, Any]) -> tuple[ModelSpec, client.C
 
 async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
                model_id: str | None = None, provider: str | None = None,
-               preferred_ids: Sequence[str] = ()) -> ChatOutcome:
+               preferred_ids: Sequence[str] = (), task: str | None = None) -> ChatOutcome:
     """One non-streaming chat completion request, with fallback, settled and logged exactly once."""
     run = await start_run(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
-                          provider=provider, preferred_ids=preferred_ids, fit_context=True)
+                          provider=provider, preferred_ids=preferred_ids, fit_context=True, task=task)
     usage, model, error = Usage(), None, None
     try:
         model, completion = await complete(run, body)
@@ -467,7 +495,7 @@ async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endp
         await asyncio.shield(run_finish(run, model=model, usage=usage, error=error))  # even when cancelled
     return ChatOutcome(request_id=run.request_id, model=model, raw=completion.raw, data=completion.data,
                        attempts=run.attempts, usage=usage, cost=run.cost,
-                       latency_ms=(time.perf_counter() - run.started) * 1000, quota=run.reservation)
+                       latency_ms=(time.perf_counter() - run.started) * 1000, quota=run.reservation, route=run.route)
 
 
 async def completion_usage(run: _Run, model: ModelSpec, body: dict[str, Any], completion: client.Completion) -> Usage:
@@ -687,11 +715,11 @@ class ChatFromResponsesStream(ChatStream):
 
 async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
                       model_id: str | None = None, provider: str | None = None,
-                      preferred_ids: Sequence[str] = ()) -> ChatStream:
+                      preferred_ids: Sequence[str] = (), task: str | None = None) -> ChatStream:
     """Opens a streaming request, falling back while no byte has been sent. Raises GenerationFailed
     (logged) when every candidate fails before streaming."""
     run = await start_run(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
-                          provider=provider, preferred_ids=preferred_ids, fit_context=True)
+                          provider=provider, preferred_ids=preferred_ids, fit_context=True, task=task)
     client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     upstream = {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
 
@@ -712,13 +740,13 @@ async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any
 async def generate(*, caller: Caller, registry: Registry, prompt: str | None = None,
                    messages: list[dict[str, Any]] | None = None, model_id: str | None = None,
                    provider: str | None = None, preferred_ids: Sequence[str] = (), endpoint: str = "api.generate",
-                   **params: Any) -> ChatOutcome:
+                   task: str | None = None, **params: Any) -> ChatOutcome:
     """Generates text from a prompt or messages. `provider` is the legacy way of choosing a model."""
     if messages is None:
         messages = [{"role": "user", "content": prompt or ""}]
     body = {"messages": messages, **{k: v for k, v in params.items() if v is not None}}
     return await chat(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
-                      provider=provider, preferred_ids=preferred_ids)
+                      provider=provider, preferred_ids=preferred_ids, task=task)
 
 
 def cooldowns_reset() -> None:

@@ -67,6 +67,7 @@ class ModelSpec:
     kind: str = "chat"  # or "embedding"
     request_params: RequestParams = NO_PARAMS
     api: str = "chat"  # the upstream API: "chat" (/chat/completions) or "responses" (/responses)
+    fallbacks_auto: bool = False  # fall back to equivalent models (routing/policies.py) instead of `fallbacks`
 
     @property
     def key(self) -> str:
@@ -171,6 +172,7 @@ def _registry_build() -> Registry:
             kind=row.kind,
             request_params=request_params_parse(row.request_params),
             api=row.api,
+            fallbacks_auto=row.fallbacks_auto,
         )
         if row.is_default:
             default_model_id = row.public_id

@@ -43,4 +43,4 @@ class TranslateApi(CallerAPIView):
             target_language=params["target_language"], source_language=params.get("source_language"),
             model_id=params.get("model"), provider=params.get("provider"),
             preferred_ids=request.preferences.preferred_order("translation"))
-        return Response(TranslateOutputSerializer(result).data, headers=quota_headers(result.quota))
+        return Response(TranslateOutputSerializer(result).data, headers=quota_headers(result.quota, result.route))

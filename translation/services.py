@@ -67,6 +67,7 @@ class Translation:
     cost: object
     latency_ms: float
     quota: object = None  # the usage.quotas reservation, whose rate-limit headers go on the response
+    route: object = None  # routing.policies.Route: how the model was chosen (the x-llmhub-route header)
 
 
 def language_validate(code: str, *, field: str) -> str:
@@ -160,7 +161,7 @@ async def translate(*, caller: Caller, registry: Registry, text: str, target_lan
 
     run = await generation.start_run(caller=caller, registry=registry, body={"messages": [{"content": text}]},
                                      endpoint=endpoint, model_id=model_id, provider=provider,
-                                     preferred_ids=preferred_ids)
+                                     preferred_ids=preferred_ids, task="translation")
     usage, model, error, answered_by, results = Usage(), None, None, [], []
     try:
         # Counting a long text's tokens takes a while: not on the event loop.
@@ -191,7 +192,7 @@ async def translate(*, caller: Caller, registry: Registry, text: str, target_lan
     return Translation(request_id=run.request_id, text="\n\n".join(results), model=model, source_language=source,
                        target_language=target, pieces=len(pieces), answered_by=answered_by, attempts=run.attempts,
                        usage=usage, cost=run.cost, latency_ms=(time.perf_counter() - run.started) * 1000,
-                       quota=run.reservation)
+                       quota=run.reservation, route=run.route)
 
 
 def legacy_arguments(data: dict) -> dict:

@@ -41,6 +41,9 @@ class UsageLog(models.Model):
         "upstream_status, message (the generic text a client sees).")
     streamed = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    route = models.JSONField(null=True, blank=True, help_text=(
+        "How the request was routed: the policy, the winner and why, each other candidate and why it was skipped "
+        "(tier, health, capability, context, quota, cost), and what the shadow policy would have chosen."))
 
     class Meta:
         indexes = [models.Index(fields=["user", "created_at"], name="usage_user_created_idx")]

@@ -50,6 +50,7 @@ class UsageEntry:
     attempt_details: tuple[dict, ...] = ()
     streamed: bool = False
     created_at: datetime = field(default_factory=timezone.now)
+    route: dict | None = None  # the routing explanation (routing/policies.py: Route.explanation)
 
 
 def usage_record(entry: UsageEntry) -> None:
