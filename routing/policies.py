@@ -55,11 +55,30 @@ class Needs:
     output_tokens: int = 256
 
 
+# Live figures drift back to the model's baseline (roll-ups, else the priors) with this half-life when no new outcome
+# comes: a model a policy stopped choosing after failures is tried again once its record has had time to heal.
+RECOVERY_HALF_LIFE_SECONDS = 30.0
+
+
 @dataclass(frozen=True, slots=True)
 class ModelStats:
+    """Expected latency and success of one model. Live figures (`at`: the monotonic time of the last outcome) drift
+    back towards `base_*` as time passes (`current`)."""
+
     latency_ms: float = PRIOR_LATENCY_MS
     success: float = PRIOR_SUCCESS
     samples: int = 0
+    at: float | None = None
+    base_latency_ms: float = PRIOR_LATENCY_MS
+    base_success: float = PRIOR_SUCCESS
+
+    def current(self, now: float) -> tuple[float, float]:
+        """(latency, success) expected at `now`."""
+        if self.at is None or now <= self.at:
+            return self.latency_ms, self.success
+        weight = 0.5 ** ((now - self.at) / RECOVERY_HALF_LIFE_SECONDS)
+        return (self.base_latency_ms + (self.latency_ms - self.base_latency_ms) * weight,
+                self.base_success + (self.success - self.base_success) * weight)
 
 
 NO_STATS = ModelStats()
@@ -124,11 +143,11 @@ class Route:
         return text.encode("ascii", "replace").decode()[:200]
 
 
-def expected(model: ModelSpec, *, needs: Needs, stats: Mapping[str, ModelStats]) -> Scored:
-    known = stats.get(model.key, NO_STATS)
+def expected(model: ModelSpec, *, needs: Needs, stats: Mapping[str, ModelStats], now: float = 0.0) -> Scored:
+    latency, success = stats.get(model.key, NO_STATS).current(now)
     cost = (needs.prompt_tokens * float(model.input_price_per_million)
             + needs.output_tokens * float(model.output_price_per_million)) / 1_000_000
-    return Scored(model, known.latency_ms, known.success, cost)
+    return Scored(model, latency, success, cost)
 
 
 def unfit_reason(model: ModelSpec, *, tier: TierSpec, kind: str, needs: Needs, health: Health) -> str | None:
@@ -280,7 +299,7 @@ def route(*, primary: ModelSpec, pinned: str | None, pool: Sequence[ModelSpec], 
         if primary.fallbacks_auto:
             followers = [model for model in fit if model.key != primary.key and equivalent(model, primary)]
             ranked, out = _rank(policy if policy.name in SCORED else PolicySpec("cost"),
-                                [expected(m, needs=needs, stats=stats) for m in followers], budget=budget,
+                                [expected(m, needs=needs, stats=stats, now=health.now) for m in followers], budget=budget,
                                 counts=counts, rng=rng)
             ordered += [s.model for s in ranked]
             scores = {s.model.key: s for s in ranked}
@@ -303,7 +322,7 @@ def route(*, primary: ModelSpec, pinned: str | None, pool: Sequence[ModelSpec], 
                 if model.key not in taken:
                     considered.append(_entry(None, model, "skipped", f"not a fallback of {primary.id}"))
     else:
-        ranked, out = _rank(policy, [expected(m, needs=needs, stats=stats) for m in fit], budget=budget,
+        ranked, out = _rank(policy, [expected(m, needs=needs, stats=stats, now=health.now) for m in fit], budget=budget,
                             counts=counts, rng=rng)
         limit = max(1, int(policy.param("max_candidates")))
         ordered = [s.model for s in ranked[:limit]]

@@ -14,8 +14,8 @@ TRANSLATION_ENDPOINTS = ("api.translate", "pages.translate")
 TASK_HEADER = "x-llmhub-task"
 
 _rng = random.Random()  # noqa: S311  (Thompson sampling, not secrets)
-# The pools of the latest registry snapshot: (tier slug, kind) -> the models that tier may use, in registry order.
-_pools: tuple[Registry | None, dict[tuple[str, str], tuple[ModelSpec, ...]]] = (None, {})
+# The pools of the latest registry snapshot: kind -> its enabled models, in registry order.
+_pools: tuple[Registry | None, dict[str, tuple[ModelSpec, ...]]] = (None, {})
 
 
 def task_resolve(*, endpoint: str, hint: object = None) -> str:
@@ -26,17 +26,17 @@ def task_resolve(*, endpoint: str, hint: object = None) -> str:
     return "translation" if endpoint in TRANSLATION_ENDPOINTS else "generation"
 
 
-def tier_pool(registry: Registry, tier: TierSpec, kind: str) -> tuple[ModelSpec, ...]:
-    """The registry models `tier` may use of `kind`, computed once per registry snapshot."""
+def registry_pool(registry: Registry, kind: str) -> tuple[ModelSpec, ...]:
+    """The enabled registry models of `kind`, computed once per registry snapshot: the policies skip those the
+    caller's tier may not use, and say so in the explanation."""
     global _pools
     cached_registry, pools = _pools
     if cached_registry is not registry:
         pools = {}
         _pools = (registry, pools)
-    pool = pools.get((tier.slug, kind))
+    pool = pools.get(kind)
     if pool is None:
-        pool = pools[(tier.slug, kind)] = tuple(
-            model for model in registry.models.values() if model.enabled and model.kind == kind and model.allows(tier))
+        pool = pools[kind] = tuple(model for model in registry.models.values() if model.enabled and model.kind == kind)
     return pool
 
 
@@ -49,7 +49,7 @@ def route_request(*, primary: ModelSpec, pinned: str | None, registry: Registry,
                   counts: Mapping[str, tuple[int, int]] | None = None, budget: float | None = None,
                   stats: Mapping[str, ModelStats] | None = None) -> Route:
     """The live policy's route, with what the shadow policy would have chosen beside it (changing nothing)."""
-    pool: Sequence[ModelSpec] = tier_pool(registry, tier, primary.kind)
+    pool: Sequence[ModelSpec] = registry_pool(registry, primary.kind)
     own = registry.own_models(user_id)
     if own:
         pool = (*pool, *(model for model in own.values() if model.kind == primary.kind))
@@ -61,17 +61,17 @@ def route_request(*, primary: ModelSpec, pinned: str | None, registry: Registry,
     chosen = route(policy=live, rng=_rng, **common)
     if shadow is not None and shadow.name != live.name:
         chosen.shadow = shadow_compare(chosen, route(policy=shadow, rng=_rng, **common), shadow=shadow,
-                                       needs=needs, stats=stats)
+                                       needs=needs, stats=stats, now=health.now)
     return chosen
 
 
 def shadow_compare(live: Route, other: Route, *, shadow: PolicySpec, needs: Needs,
-                   stats: Mapping[str, ModelStats]) -> dict:
+                   stats: Mapping[str, ModelStats], now: float) -> dict:
     """What the shadow policy would have chosen, and the expectations of both winners."""
     def summary(winner: ModelSpec | None) -> tuple[float | None, float | None]:
         if winner is None:
             return None, None
-        scored = expected(winner, needs=needs, stats=stats)
+        scored = expected(winner, needs=needs, stats=stats, now=now)
         return round(scored.cost, 8), round(scored.latency_ms, 1)
 
     live_cost, live_latency = summary(live.winner)

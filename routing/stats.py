@@ -13,7 +13,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import connection
 
-from routing.policies import ModelStats
+from routing.policies import PRIOR_LATENCY_MS, ModelStats
 
 logger = logging.getLogger(__name__)
 
@@ -41,25 +41,36 @@ class StatsBoard:
             threading.Thread(target=self._refresh, name="routing-stats", daemon=True).start()
         return self._stats
 
-    def note(self, key: str, *, ok: bool, latency_ms: float | None = None) -> None:
-        """One live outcome of `key` (a model's key): moves its expectations."""
+    def note(self, key: str, *, ok: bool, latency_ms: float | None = None, now: float | None = None) -> None:
+        """One live outcome of `key` (a model's key) at `now` (monotonic seconds): moves its expectations."""
+        now = time.monotonic() if now is None else now
         with self._lock:
             known = self._stats.get(key)
-            if known is None:
-                known = ModelStats(latency_ms=latency_ms or ModelStats().latency_ms, success=1.0 if ok else 0.5)
-            latency = known.latency_ms if not ok or latency_ms is None else \
-                known.latency_ms + ALPHA_LATENCY * (latency_ms - known.latency_ms)
-            success = known.success + ALPHA_SUCCESS * ((1.0 if ok else 0.0) - known.success)
+            if known is None:  # nothing known yet: the first answer sets the scale of its latency
+                known = ModelStats(latency_ms=latency_ms if ok and latency_ms is not None else PRIOR_LATENCY_MS)
+            base_latency = known.base_latency_ms if known.at is not None else known.latency_ms
+            base_success = known.base_success if known.at is not None else known.success
+            latency, success = known.current(now)
+            if ok and latency_ms is not None:
+                latency += ALPHA_LATENCY * (latency_ms - latency)
+            success += ALPHA_SUCCESS * ((1.0 if ok else 0.0) - success)
             stats = dict(self._stats)
-            stats[key] = ModelStats(latency_ms=latency, success=success, samples=known.samples + 1)
+            stats[key] = ModelStats(latency_ms=latency, success=success, samples=known.samples + 1, at=now,
+                                    base_latency_ms=base_latency, base_success=base_success)
             self._stats = stats  # readers hold the previous dict: replaced, never changed in place
 
     def _refresh(self) -> None:
         try:
             baseline = self._load()
             with self._lock:
-                # Live outcomes since are newer than any roll-up: a model seen live keeps its live figures.
-                self._stats = {**baseline, **{key: value for key, value in self._stats.items() if value.samples}}
+                # Live figures are newer than any roll-up: they stay, drifting towards the new baseline.
+                stats = dict(baseline)
+                for key, live in self._stats.items():
+                    if live.at is not None:
+                        base = baseline.get(key, ModelStats())
+                        stats[key] = ModelStats(live.latency_ms, live.success, live.samples, live.at,
+                                                base.latency_ms, base.success)
+                self._stats = stats
         except Exception:
             logger.warning("routing statistics could not be read from the roll-ups; kept the previous ones",
                            exc_info=True)

@@ -7,8 +7,9 @@ import pytest
 
 from generation.routing import earliest_retry
 from registry.selectors import ModelSpec, Registry, TierSpec
-from routing.policies import Health, ModelStats, Needs, PolicySpec, request_needs, route
+from routing.policies import DEFAULT_POLICY, Health, ModelStats, Needs, PolicySpec, request_needs, route
 
+NEEDS = Needs()
 FREE, PRO, PREMIUM = TierSpec("free", "Free", 0), TierSpec("pro", "Pro", 10), TierSpec("premium", "Premium", 20)
 TIERS = {tier.slug: tier for tier in (FREE, PRO, PREMIUM)}
 
@@ -37,7 +38,7 @@ def ids(models: list[ModelSpec]) -> list[str]:
 
 
 def candidate_models(*, primary: ModelSpec, registry: Registry, tier: TierSpec, cooled_until=None, now: float = 0.0,
-                     unhealthy=frozenset(), needs: Needs = Needs(), policy: PolicySpec = PolicySpec(),
+                     unhealthy=frozenset(), needs: Needs = NEEDS, policy: PolicySpec = DEFAULT_POLICY,
                      stats=None, pinned: str | None = "explicit") -> list[ModelSpec]:
     """The route's models for a request naming `primary` (the order the hand-written fallbacks gave before)."""
     return routed(primary=primary, registry=registry, tier=tier, cooled_until=cooled_until, now=now,
@@ -45,9 +46,9 @@ def candidate_models(*, primary: ModelSpec, registry: Registry, tier: TierSpec, 
 
 
 def routed(*, primary: ModelSpec, registry: Registry, tier: TierSpec, cooled_until=None, now: float = 0.0,
-           unhealthy=frozenset(), needs: Needs = Needs(), policy: PolicySpec = PolicySpec(), stats=None,
+           unhealthy=frozenset(), needs: Needs = NEEDS, policy: PolicySpec = DEFAULT_POLICY, stats=None,
            pinned: str | None = "explicit", counts=None, budget=None, rng=None):
-    pool = [model for model in registry.models.values() if model.enabled and model.allows(tier)]
+    pool = [model for model in registry.models.values() if model.enabled]
     return route(primary=primary, pinned=pinned, pool=pool, tier=tier, needs=needs,
                  health=Health(open_keys=unhealthy, cooled_until=cooled_until or {}, now=now), stats=stats or {},
                  policy=policy, counts=counts, budget=budget, rng=rng or random.Random(1), fallbacks=registry.models)
@@ -175,7 +176,7 @@ def test_it_falls_back_automatically_to_equivalent_models_cheapest_first():
     assert ids(result.models) == ["auto", "cheap", "pricey"]
     reasons = {entry["model"]: entry["reason"] for entry in result.considered}
     assert reasons["no-tools"] == "not equivalent (capabilities or kind)"
-    assert "pro-only" not in reasons  # not in the free tier's pool at all
+    assert reasons["pro-only"] == "tier: needs pro"
 
 
 def test_it_skips_models_whose_context_is_too_small():
