@@ -24,6 +24,7 @@ import math
 import random
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from registry.selectors import ModelSpec, TierSpec
@@ -105,7 +106,7 @@ class PolicySpec:
 DEFAULT_POLICY = PolicySpec()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Scored:
     """One model's expectations for this request, and its score under the policy (lower is better)."""
 
@@ -123,7 +124,7 @@ class Route:
     models: list[ModelSpec]
     policy: str
     reason: str
-    considered: list[dict[str, Any]]
+    considered: list[tuple]  # (model id, outcome, reason, Scored or None): see `explanation`
     task: str = "generation"
     shadow: dict[str, Any] | None = None
 
@@ -134,7 +135,8 @@ class Route:
     def explanation(self) -> dict[str, Any]:
         winner = self.winner
         return {"policy": self.policy, "task": self.task, "winner": winner.id if winner else None,
-                "reason": self.reason, "candidates": self.considered, **({"shadow": self.shadow} if self.shadow else {})}
+                "reason": self.reason, "candidates": [_entry_dict(entry) for entry in self.considered],
+                **({"shadow": self.shadow} if self.shadow else {})}
 
     def header(self) -> str:
         """The `x-llmhub-route` value: short, ASCII, no secrets."""
@@ -144,10 +146,29 @@ class Route:
 
 
 def expected(model: ModelSpec, *, needs: Needs, stats: Mapping[str, ModelStats], now: float = 0.0) -> Scored:
-    latency, success = stats.get(model.key, NO_STATS).current(now)
-    cost = (needs.prompt_tokens * float(model.input_price_per_million)
-            + needs.output_tokens * float(model.output_price_per_million)) / 1_000_000
+    known = stats.get(model.key)
+    if known is None:
+        latency, success = PRIOR_LATENCY_MS, PRIOR_SUCCESS
+    elif known.at is None:
+        latency, success = known.latency_ms, known.success
+    else:
+        latency, success = known.current(now)
+    cost = (needs.prompt_tokens * _price(model.input_price_per_million)
+            + needs.output_tokens * _price(model.output_price_per_million)) / 1_000_000
     return Scored(model, latency, success, cost)
+
+
+_prices: dict[Decimal, float] = {}
+
+
+def _price(value: Decimal) -> float:
+    """A price as a float (a handful of distinct prices: converted once)."""
+    price = _prices.get(value)
+    if price is None:
+        if len(_prices) > 10_000:
+            _prices.clear()
+        price = _prices[value] = float(value)
+    return price
 
 
 def unfit_reason(model: ModelSpec, *, tier: TierSpec, kind: str, needs: Needs, health: Health) -> str | None:
@@ -156,14 +177,14 @@ def unfit_reason(model: ModelSpec, *, tier: TierSpec, kind: str, needs: Needs, h
         return "disabled"
     if model.kind != kind:
         return "kind"
-    if not model.allows(tier):
-        return f"tier: needs {model.required_tier.slug if model.required_tier else 'none'}"
-    missing = needs.capabilities - model.capabilities
-    if missing:
-        return "capability: no " + ", ".join(sorted(missing))
+    required = model.required_tier
+    if required is None or tier.rank < required.rank:
+        return f"tier: needs {required.slug if required else 'none'}"
+    if needs.capabilities and not needs.capabilities <= model.capabilities:
+        return "capability: no " + ", ".join(sorted(needs.capabilities - model.capabilities))
     if needs.context_tokens > model.context_window:
         return f"context: needs {needs.context_tokens} > {model.context_window}"
-    if health.cooled_until.get(model.key, 0.0) > health.now:
+    if health.cooled_until and health.cooled_until.get(model.key, 0.0) > health.now:
         return f"health: cooling {health.cooled_until[model.key] - health.now:.0f}s"
     return None
 
@@ -173,12 +194,18 @@ def equivalent(model: ModelSpec, to: ModelSpec) -> bool:
     return model is not to and model.kind == to.kind and to.capabilities <= model.capabilities
 
 
-def _entry(scored: Scored | None, model: ModelSpec, outcome: str, reason: str) -> dict[str, Any]:
-    entry: dict[str, Any] = {"model": model.id, "outcome": outcome, "reason": reason}
+def _entry(scored: Scored | None, model: ModelSpec, outcome: str, reason: str) -> tuple:
+    """A line of the explanation, formatted only when the explanation is (`Route.explanation`)."""
+    return (model.id, outcome, reason, scored)
+
+
+def _entry_dict(entry: tuple) -> dict[str, Any]:
+    model_id, outcome, reason, scored = entry
+    line: dict[str, Any] = {"model": model_id, "outcome": outcome, "reason": reason}
     if scored is not None:
-        entry.update(score=round(scored.score, 6), latency_ms=round(scored.latency_ms, 1),
-                     success=round(scored.success, 4), cost=round(scored.cost, 8))
-    return entry
+        line.update(score=round(scored.score, 6), latency_ms=round(scored.latency_ms, 1),
+                    success=round(scored.success, 4), cost=round(scored.cost, 8))
+    return line
 
 
 def _rank(policy: PolicySpec, scored: list[Scored], *, budget: float | None, counts: Mapping[str, tuple[int, int]],
@@ -267,7 +294,7 @@ def route(*, primary: ModelSpec, pinned: str | None, pool: Sequence[ModelSpec], 
     counts = counts or {}
     by_id = fallbacks if fallbacks is not None else {model.id: model for model in pool}
     kind = primary.kind
-    considered: list[dict[str, Any]] = []
+    considered: list[tuple] = []
     fit: list[ModelSpec] = []
     for model in pool:
         why = unfit_reason(model, tier=tier, kind=kind, needs=needs, health=health)
@@ -327,8 +354,8 @@ def route(*, primary: ModelSpec, pinned: str | None, pool: Sequence[ModelSpec], 
         limit = max(1, int(policy.param("max_candidates")))
         ordered = [s.model for s in ranked[:limit]]
         scores = {s.model.key: s for s in ranked}
-        for s in ranked[limit:]:
-            out[s.model.key] = f"ranked {ranked.index(s) + 1} of {len(ranked)}"
+        for position, s in enumerate(ranked[limit:], start=limit + 1):
+            out[s.model.key] = f"ranked {position} of {len(ranked)}"
         if not ordered:  # nothing fits: the resolved model, so the request gets its own clear error
             ordered = [primary]
         winner_reason = _won(policy.name, ranked[0], len(ranked)) if ranked else "no model fits; resolved model"

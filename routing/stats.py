@@ -18,10 +18,11 @@ from routing.policies import PRIOR_LATENCY_MS, ModelStats
 logger = logging.getLogger(__name__)
 
 # Live outcomes move the expectation by this share each: a model that starts failing falls below a 0.95 floor
-# after its first failure from 1.0 (1 - ALPHA_SUCCESS < 0.95), and a model whose latency jumps from L to J is
-# expected at L + (J - L)(1 - (1 - ALPHA_LATENCY)^k) after k requests.
+# after three failures in a row from 1.0 ((1 - ALPHA_SUCCESS)^3 < 0.95) while one failure among ~50 answers keeps it
+# above; a model whose latency jumps from L to J is expected at L + (J - L)(1 - (1 - ALPHA_LATENCY)^k) after k
+# requests.
 ALPHA_LATENCY = 0.3
-ALPHA_SUCCESS = 0.1
+ALPHA_SUCCESS = 0.02
 
 
 class StatsBoard:
@@ -61,16 +62,7 @@ class StatsBoard:
 
     def _refresh(self) -> None:
         try:
-            baseline = self._load()
-            with self._lock:
-                # Live figures are newer than any roll-up: they stay, drifting towards the new baseline.
-                stats = dict(baseline)
-                for key, live in self._stats.items():
-                    if live.at is not None:
-                        base = baseline.get(key, ModelStats())
-                        stats[key] = ModelStats(live.latency_ms, live.success, live.samples, live.at,
-                                                base.latency_ms, base.success)
-                self._stats = stats
+            self.baseline_set(self._load())
         except Exception:
             logger.warning("routing statistics could not be read from the roll-ups; kept the previous ones",
                            exc_info=True)
@@ -78,6 +70,18 @@ class StatsBoard:
             self._loaded_at = time.monotonic()
             self._refreshing = False
             connection.close()  # this thread's own connection
+
+    def baseline_set(self, baseline: Mapping[str, ModelStats]) -> None:
+        """New baseline figures (the roll-ups'); live figures stay, drifting towards them."""
+        with self._lock:
+            # Live figures are newer than any roll-up: they stay, drifting towards the new baseline.
+            stats = dict(baseline)
+            for key, live in self._stats.items():
+                if live.at is not None:
+                    base = baseline.get(key, ModelStats())
+                    stats[key] = ModelStats(live.latency_ms, live.success, live.samples, live.at,
+                                            base.latency_ms, base.success)
+            self._stats = stats
 
 
 def rollup_stats() -> dict[str, ModelStats]:

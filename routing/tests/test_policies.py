@@ -160,7 +160,7 @@ def test_it_never_falls_back_from_a_vision_request_to_a_model_without_vision():
     result = routed(primary=primary, registry=registry, tier=FREE, needs=needs)
 
     assert ids(result.models) == ["seeing", "also-seeing"]
-    [blind] = [entry for entry in result.considered if entry["model"] == "blind"]
+    [blind] = [entry for entry in result.explanation()["candidates"] if entry["model"] == "blind"]
     assert (blind["outcome"], blind["reason"]) == ("skipped", "capability: no vision")
 
 
@@ -174,7 +174,7 @@ def test_it_falls_back_automatically_to_equivalent_models_cheapest_first():
     result = routed(primary=primary, registry=registry, tier=FREE)
 
     assert ids(result.models) == ["auto", "cheap", "pricey"]
-    reasons = {entry["model"]: entry["reason"] for entry in result.considered}
+    reasons = {entry["model"]: entry["reason"] for entry in result.explanation()["candidates"]}
     assert reasons["no-tools"] == "not equivalent (capabilities or kind)"
     assert reasons["pro-only"] == "tier: needs pro"
 
@@ -186,7 +186,7 @@ def test_it_skips_models_whose_context_is_too_small():
     result = routed(primary=primary, registry=registry, tier=FREE, needs=Needs(context_tokens=50_000))
 
     assert ids(result.models) == ["big", "bigger"]
-    assert {e["model"]: e["reason"] for e in result.considered}["small"] == "context: needs 50000 > 4000"
+    assert {e["model"]: e["reason"] for e in result.explanation()["candidates"]}["small"] == "context: needs 50000 > 4000"
 
 
 def test_the_performance_policy_picks_the_fastest_model_above_the_success_floor():
@@ -200,7 +200,7 @@ def test_the_performance_policy_picks_the_fastest_model_above_the_success_floor(
 
     assert ids(result.models) == ["fast", "default", "slow"]
     assert result.reason.startswith("fastest of 3")
-    assert {e["model"]: e["reason"] for e in result.considered}["fast-flaky"] == "success 0.800 < floor 0.95"
+    assert {e["model"]: e["reason"] for e in result.explanation()["candidates"]}["fast-flaky"] == "success 0.800 < floor 0.95"
 
 
 def test_the_cost_policy_picks_the_cheapest_model_meeting_the_objectives_within_the_budget():
@@ -214,7 +214,7 @@ def test_the_cost_policy_picks_the_cheapest_model_meeting_the_objectives_within_
                     needs=Needs(prompt_tokens=1000, output_tokens=1000), budget=0.02)
 
     assert ids(result.models) == ["cheap", "default"]
-    reasons = {e["model"]: e["reason"] for e in result.considered}
+    reasons = {e["model"]: e["reason"] for e in result.explanation()["candidates"]}
     assert reasons["cheapest-slow"] == "latency 9000ms > objective 3000ms"
     assert reasons["cheap-flaky"].startswith("success 0.500")
     assert reasons["pricey"].startswith("quota: cost 0.030000 > remaining 0.020000")
