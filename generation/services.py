@@ -27,7 +27,7 @@ from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access
 from routing.policies import Health, Route, request_needs
 from routing.preferences import preference_counts
 from routing.selectors import arouting_plan
-from routing.services import plan_needs_counts, route_request, task_resolve
+from routing.services import budget_remaining, plan_needs_budget, plan_needs_counts, route_request, task_resolve
 from routing.stats import stats_note
 from usage.metrics import upstream_error_count
 from usage.quotas import Reservation, quota_reserve, quota_settle_nowait
@@ -430,10 +430,12 @@ async def _route(*, caller: Caller, registry: Registry, body: dict[str, Any], pr
     task = task or task_resolve(endpoint=endpoint)
     plan = await arouting_plan(caller.tier.slug, task)
     counts = await asyncio.to_thread(preference_counts, caller.user_id, task) if plan_needs_counts(plan) else None
+    budget = await budget_remaining(user_id=caller.user_id, api_key_id=caller.api_key_id,
+                                    tier_slug=caller.tier.slug) if plan_needs_budget(plan) else None
     needs = request_needs(body, context_tokens=context_tokens, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
     health = Health(open_keys=unhealthy_keys(), cooled_until=_cooled_until, now=time.monotonic())
     return route_request(primary=primary, pinned=pinned, registry=registry, tier=caller.tier, user_id=caller.user_id,
-                         task=task, needs=needs, health=health, plan=plan, counts=counts)
+                         task=task, needs=needs, health=health, plan=plan, counts=counts, budget=budget)
 
 
 async def _first_answer(run: _Run, call: Callable[[ModelSpec, float], Awaitable[T]], *,

@@ -55,6 +55,7 @@ urlpatterns = [
     path("api/", include("generation.urls")),
     path("api/", include("translation.urls")),
     path("api/", include("usage.urls")),
+    path("api/", include("routing.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("", include("llmhub.api_docs")),
     path("api-auth/", include("rest_framework.urls")),

@@ -4,10 +4,12 @@ registry snapshot; the tier's plan; expected latency and success) and runs the l
 import random
 from collections.abc import Mapping, Sequence
 
+from llmhub.errors import ApplicationError
 from registry.selectors import ModelSpec, Registry, TierSpec
 from routing.policies import TASKS, Health, ModelStats, Needs, PolicySpec, Route, expected, route
 from routing.selectors import Plan
 from routing.stats import stats_view
+from usage.quotas import quota_remaining
 
 # The endpoints whose requests are translations; every other one generates (unless the request says otherwise).
 TRANSLATION_ENDPOINTS = ("api.translate", "pages.translate")
@@ -42,6 +44,23 @@ def registry_pool(registry: Registry, kind: str) -> tuple[ModelSpec, ...]:
 
 def plan_needs_counts(plan: Plan) -> bool:
     return any(policy is not None and policy.name == "preference" for policy in plan)
+
+
+def plan_needs_budget(plan: Plan) -> bool:
+    return any(policy is not None and policy.name in ("cost", "preference") for policy in plan)
+
+
+async def budget_remaining(*, user_id: int | None, api_key_id: int | None, tier_slug: str) -> float | None:
+    """The least cost the caller may still spend this period under their cost limits (every model), or None when
+    no cost limit applies or the quota back end does not answer (the reservation then decides, failing closed)."""
+    if user_id is None:
+        return None
+    try:
+        limits = await quota_remaining(user_id=user_id, api_key_id=api_key_id, tier_slug=tier_slug)
+    except ApplicationError:
+        return None
+    left = [float(limit["remaining"]) for limit in limits if limit["metric"] == "cost" and not limit["model"]]
+    return min(left) if left else None
 
 
 def route_request(*, primary: ModelSpec, pinned: str | None, registry: Registry, tier: TierSpec,

@@ -1,6 +1,8 @@
 """Routing over real HTTP against the simulated upstream: the openai SDK on /v1, a hub API key on /api/generate
 and /api/translate. Capability-aware fallbacks, "fallbacks": "auto", tier policies, task hints, explanations."""
 
+import io
+
 import httpx2
 import openai
 import pytest
@@ -155,3 +157,28 @@ def test_translate_and_streams_carry_the_route_header(live_hub, sdk, free_key, s
     assert streamed_header == "explicit; demo; explicit"
     rows = usage_rows(2)
     assert {row.route["task"] for row in rows} == {"translation", "generation"}
+
+
+def test_the_shadow_report_compares_the_shadow_policy_with_the_live_one(live_hub, only_local_models, free_key,
+                                                                        make_user, api_key_for, simulated_upstream):
+    from django.core.management import call_command
+
+    routing_policy("free", "cost", shadow="performance")
+    for _ in range(3):
+        response = httpx2.post(f"{live_hub}/api/generate/", json={"prompt": "hello hub"},
+                               headers={"Authorization": f"Bearer {free_key}"}, timeout=10)
+        assert response.status_code == 200, response.text
+    usage_rows(3)
+    staff_key = api_key_for(make_user("staff", tier="free", is_staff=True))
+
+    report = httpx2.get(f"{live_hub}/api/routing/shadow/?hours=1", headers={"Authorization": f"Bearer {staff_key}"})
+    refused = httpx2.get(f"{live_hub}/api/routing/shadow/", headers={"Authorization": f"Bearer {free_key}"})
+
+    assert report.status_code == 200, report.text
+    [row] = report.json()
+    assert (row["tier"], row["live_policy"], row["shadow_policy"], row["requests"]) == ("free", "cost", "performance", 3)
+    assert 0 <= row["agreement"] <= 1 and row["live_expected_cost"] > 0
+    assert refused.status_code == 403
+    out = io.StringIO()
+    call_command("routing_shadow_report", "--hours", "1", stdout=out)
+    assert "| free | cost | performance | 3 |" in out.getvalue()
