@@ -320,7 +320,7 @@ class _Run:
             cost=cost, latency_ms=(time.perf_counter() - self.started) * 1000, ttft_ms=ttft_ms, status=status,
             http_status=http_status, error_type=error_type, attempts=len(self.attempts), streamed=streamed,
             attempt_details=tuple(attempt.as_dict() for attempt in self.attempts[:MAX_ATTEMPT_DETAILS]),
-            tier=self.caller.tier.slug, route=self.route.explanation() if self.route is not None else None,
+            tier=self.caller.tier.slug, route=self.route,
         ))
         self.cost = cost
         return cost

@@ -145,7 +145,19 @@ class Route:
         return text.encode("ascii", "replace").decode()[:200]
 
 
-def expected(model: ModelSpec, *, needs: Needs, stats: Mapping[str, ModelStats], now: float = 0.0) -> Scored:
+def expected(model: ModelSpec, *, needs: Needs, stats: Mapping[str, ModelStats], now: float = 0.0,
+             memo: dict[str, tuple[float, float, float]] | None = None) -> Scored:
+    """The model's expected latency, success and cost for this request (`memo`: those already worked out for
+    it, shared by the live and the shadow policy)."""
+    if memo is not None:
+        known_figures = memo.get(model.key)
+        if known_figures is None:
+            known_figures = memo[model.key] = _figures(model, needs, stats, now)
+        return Scored(model, *known_figures)
+    return Scored(model, *_figures(model, needs, stats, now))
+
+
+def _figures(model: ModelSpec, needs: Needs, stats: Mapping[str, ModelStats], now: float) -> tuple[float, float, float]:
     known = stats.get(model.key)
     if known is None:
         latency, success = PRIOR_LATENCY_MS, PRIOR_SUCCESS
@@ -155,7 +167,7 @@ def expected(model: ModelSpec, *, needs: Needs, stats: Mapping[str, ModelStats],
         latency, success = known.current(now)
     cost = (needs.prompt_tokens * _price(model.input_price_per_million)
             + needs.output_tokens * _price(model.output_price_per_million)) / 1_000_000
-    return Scored(model, latency, success, cost)
+    return latency, success, cost
 
 
 _prices: dict[Decimal, float] = {}
@@ -282,26 +294,29 @@ def route(*, primary: ModelSpec, pinned: str | None, pool: Sequence[ModelSpec], 
           health: Health, stats: Mapping[str, ModelStats], policy: PolicySpec = DEFAULT_POLICY,
           task: str = "generation", counts: Mapping[str, tuple[int, int]] | None = None,
           budget: float | None = None, rng: random.Random | None = None,
-          fallbacks: Mapping[str, ModelSpec] | None = None) -> Route:
+          fallbacks: Mapping[str, ModelSpec] | None = None, explain: bool = True,
+          memo: dict[str, tuple[float, float, float]] | None = None) -> Route:
     """The models to try for one request, in order, with the explanation.
 
     `primary` is the model resolution found (explicit, the user's default, or the tier's); `pinned` says why it is
     fixed ("explicit", "user default") or is None when the policy may choose. `pool` is every model the caller could
     use (the tier's and their own), `fallbacks` resolves hand-written fallback ids (default: the pool by id).
-    Unhealthy models (open breakers) are tried last, never dropped: they are better than no answer.
+    Unhealthy models (open breakers) are tried last, never dropped: they are better than no answer. Without
+    `explain` (a shadow policy's run) no explanation is built.
     """
     rng = rng or random.Random()  # noqa: S311  (sampling, not secrets)
     counts = counts or {}
     by_id = fallbacks if fallbacks is not None else {model.id: model for model in pool}
     kind = primary.kind
     considered: list[tuple] = []
+    note = considered.append if explain else _ignore
     fit: list[ModelSpec] = []
     for model in pool:
         why = unfit_reason(model, tier=tier, kind=kind, needs=needs, health=health)
         if why is None:
             fit.append(model)
         elif model.key != primary.key:
-            considered.append(_entry(None, model, "skipped", why))
+            note(_entry(None, model, "skipped", why))
     fit_keys = {model.key for model in fit}
     pool_keys = {model.key for model in pool}
 
@@ -321,18 +336,18 @@ def route(*, primary: ModelSpec, pinned: str | None, pool: Sequence[ModelSpec], 
             f"health: cooling {health.cooled_until[primary.key] - health.now:.0f}s" if cooling else None
         ordered = [] if head_out else [primary]
         if head_out:
-            considered.append(_entry(None, primary, "skipped", head_out))
+            note(_entry(None, primary, "skipped", head_out))
         taken = {primary.key}
         if primary.fallbacks_auto:
             followers = [model for model in fit if model.key != primary.key and equivalent(model, primary)]
             ranked, out = _rank(policy if policy.name in SCORED else PolicySpec("cost"),
-                                [expected(m, needs=needs, stats=stats, now=health.now) for m in followers], budget=budget,
-                                counts=counts, rng=rng)
+                                [expected(m, needs=needs, stats=stats, now=health.now, memo=memo) for m in followers],
+                                budget=budget, counts=counts, rng=rng)
             ordered += [s.model for s in ranked]
             scores = {s.model.key: s for s in ranked}
             for model in fit:
                 if model.key != primary.key and not equivalent(model, primary):
-                    considered.append(_entry(None, model, "skipped", "not equivalent (capabilities or kind)"))
+                    note(_entry(None, model, "skipped", "not equivalent (capabilities or kind)"))
         else:
             out, scores = {}, {}
             for model_id in primary.fallbacks:
@@ -344,28 +359,31 @@ def route(*, primary: ModelSpec, pinned: str | None, pool: Sequence[ModelSpec], 
                     ordered.append(model)
                 elif model.key not in pool_keys and \
                         (why := unfit_reason(model, tier=tier, kind=kind, needs=needs, health=health)) is not None:
-                    considered.append(_entry(None, model, "skipped", why))
+                    note(_entry(None, model, "skipped", why))
             for model in fit:
                 if model.key not in taken:
-                    considered.append(_entry(None, model, "skipped", f"not a fallback of {primary.id}"))
+                    note(_entry(None, model, "skipped", f"not a fallback of {primary.id}"))
     else:
-        ranked, out = _rank(policy, [expected(m, needs=needs, stats=stats, now=health.now) for m in fit], budget=budget,
-                            counts=counts, rng=rng)
+        ranked, out = _rank(policy, [expected(m, needs=needs, stats=stats, now=health.now, memo=memo) for m in fit],
+                            budget=budget, counts=counts, rng=rng)
         limit = max(1, int(policy.param("max_candidates")))
         ordered = [s.model for s in ranked[:limit]]
         scores = {s.model.key: s for s in ranked}
-        for position, s in enumerate(ranked[limit:], start=limit + 1):
-            out[s.model.key] = f"ranked {position} of {len(ranked)}"
+        if explain:
+            for position, s in enumerate(ranked[limit:], start=limit + 1):
+                out[s.model.key] = f"ranked {position} of {len(ranked)}"
         if not ordered:  # nothing fits: the resolved model, so the request gets its own clear error
             ordered = [primary]
         winner_reason = _won(policy.name, ranked[0], len(ranked)) if ranked else "no model fits; resolved model"
 
     healthy = [model for model in ordered if model.key not in health.open_keys]
     ordered = healthy + [model for model in ordered if model.key in health.open_keys]
+    if not explain:
+        return Route(models=ordered, policy=chosen_by, reason=winner_reason, considered=considered, task=task)
     ordered_keys = {model.key for model in ordered}
     for model in pool:
         if model.key in out and model.key not in ordered_keys:
-            considered.append(_entry(scores.get(model.key), model, "skipped", out[model.key]))
+            note(_entry(scores.get(model.key), model, "skipped", out[model.key]))
     for position, model in enumerate(ordered):
         scored = scores.get(model.key)
         if position == 0:
@@ -378,6 +396,10 @@ def route(*, primary: ModelSpec, pinned: str | None, pool: Sequence[ModelSpec], 
     if ordered and ordered[0].key in health.open_keys:
         winner_reason += "; breaker open"
     return Route(models=ordered, policy=chosen_by, reason=winner_reason, considered=considered, task=task)
+
+
+def _ignore(entry: tuple) -> None:
+    """Where the explanation's lines go when none is built."""
 
 
 def _won(policy: str, best: Scored, of: int) -> str:

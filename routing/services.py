@@ -76,11 +76,11 @@ def route_request(*, primary: ModelSpec, pinned: str | None, registry: Registry,
     stats = stats_view() if stats is None else stats
     live, shadow = plan
     common = dict(primary=primary, pinned=pinned, pool=pool, tier=tier, needs=needs, health=health, stats=stats,
-                  task=task, counts=counts, budget=budget, fallbacks=by_id)
+                  task=task, counts=counts, budget=budget, fallbacks=by_id, memo={})
     chosen = route(policy=live, rng=_rng, **common)
     if shadow is not None and shadow.name != live.name:
-        chosen.shadow = shadow_compare(chosen, route(policy=shadow, rng=_rng, **common), shadow=shadow,
-                                       needs=needs, stats=stats, now=health.now)
+        other = route(policy=shadow, rng=_rng, explain=False, **common)
+        chosen.shadow = shadow_compare(chosen, other, shadow=shadow, needs=needs, stats=stats, now=health.now)
     return chosen
 
 

@@ -207,8 +207,10 @@ def routing_overhead(models: int = 20, calls: int = 5_000) -> dict[str, float]:
         return route_request(primary=auto_registry.models["m00"], pinned="explicit", registry=auto_registry, tier=TIER,
                              user_id=None, task="generation", needs=NEEDS, health=health, plan=default, stats=stats)
 
-    return {"cost + shadow": _per_call_us(scored_call, calls), "explicit + auto fallbacks": _per_call_us(auto_call, calls),
-            "explanation (JSON-ready dict)": _per_call_us(lambda: scored_call().explanation(), calls)}
+    return {"cost policy + performance shadow (request path)": _per_call_us(scored_call, calls),
+            "named model + automatic fallbacks (request path)": _per_call_us(auto_call, calls),
+            "cost + shadow + its explanation (the usage writer makes it)": _per_call_us(
+                lambda: scored_call().explanation(), calls)}
 
 
 def _with_auto(model: ModelSpec) -> ModelSpec:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from importlib.metadata import distribution
+from typing import Any
 
 import tiktoken
 from django.db import DatabaseError
@@ -50,7 +51,9 @@ class UsageEntry:
     attempt_details: tuple[dict, ...] = ()
     streamed: bool = False
     created_at: datetime = field(default_factory=timezone.now)
-    route: dict | None = None  # the routing explanation (routing/policies.py: Route.explanation)
+    # The routing explanation: a dict, or an object whose `explanation()` makes it (routing's Route), made when the
+    # row is written, off the response path.
+    route: Any = None
 
 
 def usage_record(entry: UsageEntry) -> None:

@@ -43,7 +43,7 @@ from collections import deque
 from collections.abc import Sequence
 from decimal import Decimal
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -134,6 +134,11 @@ def _insert_statement() -> tuple[tuple, str]:
     return columns, sql
 
 
+def route_explained(route: Any) -> dict | None:
+    """A usage entry's routing explanation as the row stores it (see `UsageEntry.route`)."""
+    return route if route is None or isinstance(route, dict) else route.explanation()
+
+
 def _row_values(entry: UsageEntry, columns: tuple) -> tuple:
     fields = _row_fields(entry)
     return tuple(field.get_db_prep_save(fields[field.attname], connection) for field in columns)
@@ -141,6 +146,7 @@ def _row_values(entry: UsageEntry, columns: tuple) -> tuple:
 
 def _row_fields(entry: UsageEntry) -> dict:
     fields = {name: getattr(entry, name) for name in entry.__slots__}
+    fields["route"] = route_explained(fields["route"])
     for name, max_length in _string_limits().items():
         fields[name] = fields[name][:max_length]
     for name, (low, high) in _number_ranges().items():

@@ -147,7 +147,7 @@ def test_a_task_hint_reads_the_users_default_for_that_task(live_hub, sdk, free_u
 
 def test_translate_and_streams_carry_the_route_header(live_hub, sdk, free_key, simulated_upstream):
     translated = httpx2.post(f"{live_hub}/api/translate/", json={"text": "hello", "target_language": "fr"},
-                             headers={"Authorization": f"Bearer {free_key}"}, timeout=10)
+                             headers={"Authorization": f"Bearer {free_key}"}, timeout=30)
     with sdk.chat.completions.with_streaming_response.create(model="demo", messages=MESSAGES, stream=True) as stream:
         streamed_header = stream.headers["x-llmhub-route"]
         list(stream.iter_lines())

