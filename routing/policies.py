@@ -295,7 +295,7 @@ def route(*, primary: ModelSpec, pinned: str | None, pool: Sequence[ModelSpec], 
           task: str = "generation", counts: Mapping[str, tuple[int, int]] | None = None,
           budget: float | None = None, rng: random.Random | None = None,
           fallbacks: Mapping[str, ModelSpec] | None = None, explain: bool = True,
-          memo: dict[str, tuple[float, float, float]] | None = None) -> Route:
+          memo: dict[str, Any] | None = None) -> Route:
     """The models to try for one request, in order, with the explanation.
 
     `primary` is the model resolution found (explicit, the user's default, or the tier's); `pinned` says why it is
@@ -308,15 +308,22 @@ def route(*, primary: ModelSpec, pinned: str | None, pool: Sequence[ModelSpec], 
     counts = counts or {}
     by_id = fallbacks if fallbacks is not None else {model.id: model for model in pool}
     kind = primary.kind
-    considered: list[tuple] = []
+    screened = memo.get(_SCREENED) if memo is not None else None  # the live policy's screening, for its shadow
+    if screened is None:
+        fit: list[ModelSpec] = []
+        unfit: list[tuple] = []
+        for model in pool:
+            why = unfit_reason(model, tier=tier, kind=kind, needs=needs, health=health)
+            if why is None:
+                fit.append(model)
+            elif model.key != primary.key:
+                unfit.append(_entry(None, model, "skipped", why))
+        screened = (fit, unfit)
+        if memo is not None:
+            memo[_SCREENED] = screened
+    fit, unfit = screened
+    considered: list[tuple] = list(unfit) if explain else []
     note = considered.append if explain else _ignore
-    fit: list[ModelSpec] = []
-    for model in pool:
-        why = unfit_reason(model, tier=tier, kind=kind, needs=needs, health=health)
-        if why is None:
-            fit.append(model)
-        elif model.key != primary.key:
-            note(_entry(None, model, "skipped", why))
     fit_keys = {model.key for model in fit}
     pool_keys = {model.key for model in pool}
 
@@ -396,6 +403,9 @@ def route(*, primary: ModelSpec, pinned: str | None, pool: Sequence[ModelSpec], 
     if ordered and ordered[0].key in health.open_keys:
         winner_reason += "; breaker open"
     return Route(models=ordered, policy=chosen_by, reason=winner_reason, considered=considered, task=task)
+
+
+_SCREENED = "\0screened"  # memo key: the pool split into fit models and the others' explanation lines
 
 
 def _ignore(entry: tuple) -> None:

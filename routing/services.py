@@ -66,7 +66,7 @@ async def budget_remaining(*, user_id: int | None, api_key_id: int | None, tier_
 def route_request(*, primary: ModelSpec, pinned: str | None, registry: Registry, tier: TierSpec,
                   user_id: int | None, task: str, needs: Needs, health: Health, plan: Plan,
                   counts: Mapping[str, tuple[int, int]] | None = None, budget: float | None = None,
-                  stats: Mapping[str, ModelStats] | None = None) -> Route:
+                  stats: Mapping[str, ModelStats] | None = None, rng: random.Random | None = None) -> Route:
     """The live policy's route, with what the shadow policy would have chosen beside it (changing nothing)."""
     pool: Sequence[ModelSpec] = registry_pool(registry, primary.kind)
     own = registry.own_models(user_id)
@@ -75,11 +75,12 @@ def route_request(*, primary: ModelSpec, pinned: str | None, registry: Registry,
     by_id = {**registry.models, **own} if own else registry.models
     stats = stats_view() if stats is None else stats
     live, shadow = plan
+    rng = rng or _rng
     common = dict(primary=primary, pinned=pinned, pool=pool, tier=tier, needs=needs, health=health, stats=stats,
                   task=task, counts=counts, budget=budget, fallbacks=by_id, memo={})
-    chosen = route(policy=live, rng=_rng, **common)
+    chosen = route(policy=live, rng=rng, **common)
     if shadow is not None and shadow.name != live.name:
-        other = route(policy=shadow, rng=_rng, explain=False, **common)
+        other = route(policy=shadow, rng=rng, explain=False, **common)
         chosen.shadow = shadow_compare(chosen, other, shadow=shadow, needs=needs, stats=stats, now=health.now)
     return chosen
 

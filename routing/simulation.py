@@ -78,7 +78,7 @@ class Fleet:
         primary = self.models[self.profiles[0].model_id]
         return route_request(primary=primary, pinned=None, registry=self.registry, tier=TIER, user_id=None,
                              task="generation", needs=NEEDS, plan=(policy, None), counts=counts,
-                             health=Health(now=request * SECONDS_PER_REQUEST), stats=self.board.view())
+                             health=Health(now=request * SECONDS_PER_REQUEST), stats=self.board.view(), rng=self.rng)
 
     def serve(self, request: int, route: Route) -> tuple[str | None, float]:
         """Tries the route's models in order like the gateway; (the model that answered or None, its cost)."""
