@@ -1,6 +1,7 @@
 """Drives the real router with a simulated fleet (routing/simulation.py) and prints the table of results."""
 
 import itertools
+import os
 import time
 from pathlib import Path
 
@@ -36,8 +37,9 @@ class Command(BaseCommand):
                 micros <= BUDGET_US for name, micros in overhead.items() if "request path" in name),
         }
         lines = [
-            f"Seeded, simulated clock of 10 requests/s; {time.monotonic() - started:.1f} s of CPU. "
-            "`python manage.py simulate_fleet` (also `make bench`).", "",
+            f"Seeded, simulated clock of 10 requests/s; {time.monotonic() - started:.1f} s. "
+            "`python manage.py simulate_fleet` (also `make bench`). Overheads are this process's CPU time per "
+            f"request; load average while measured: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs.", "",
             "| scenario | figure | value | target | verdict |", "|---|---|---|---|---|",
             f"| cost-aware ({cost['requests']:,} requests, 6 models) | cost / oracle's ({cost['oracle']}) | "
             f"{cost['ratio']:.3f} | <= 1.05 | {_ok(cost['ratio'] <= 1.05)} |",
