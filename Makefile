@@ -115,8 +115,9 @@ clean:
 	rm -rf var .pytest_cache
 
 # `make bench`: the simulated upstream and one llmhub worker on loopback, driven side by side (bench/run.py);
-# prints one table and writes it to bench/RESULTS.md. `make bench-peers` adds the LiteLLM proxy, installed once
-# into its own throwaway venv, as a third column; if it cannot be installed the table is made without it.
+# prints one table and writes it to bench/RESULTS.md; then the router against a simulated fleet (simulate_fleet,
+# its own section). `make bench-peers` adds the LiteLLM proxy, installed once into its own throwaway venv, as a
+# third column; if it cannot be installed the table is made without it.
 LITELLM_VENV := var/litellm-venv
 LITELLM_VERSION ?= 1.108.7
 .PHONY: bench-tools
@@ -124,6 +125,7 @@ LITELLM_VERSION ?= 1.108.7
 bench: venv bench-tools
 	$(PY) -m bench.run
 	$(PY) manage.py simulate_experiments
+	$(PY) manage.py simulate_fleet --write
 
 bench-peers: venv bench-tools
 	@test -f $(LITELLM_VENV)/.installed || { \

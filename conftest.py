@@ -12,6 +12,7 @@ from feedback.selectors import preference_snapshots_clear
 from prompts.selectors import prompt_snapshot
 from registry.limits import limits_snapshot
 from registry.selectors import api_key_snapshot, registry_snapshot
+from routing.selectors import policies_snapshot
 
 pytest_plugins = ["llmhub.testing"]  # the simulated_upstream fixture
 
@@ -41,7 +42,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _fresh_snapshots() -> Iterator[None]:
     # Each test's database is rolled back afterwards: in-memory snapshots must not outlive it.
     cache.clear()
-    snapshots = (registry_snapshot, api_key_snapshot, limits_snapshot, prompt_snapshot)
+    snapshots = (registry_snapshot, api_key_snapshot, limits_snapshot, prompt_snapshot, policies_snapshot)
     for snapshot in snapshots:
         snapshot.invalidate()
     preference_snapshots_clear()
@@ -110,12 +111,15 @@ def _hub_server():
 def live_hub(transactional_db, registry, _hub_server, settings) -> Iterator[str]:
     """The whole app (ASGI, as in production) on a real port, with the registry loaded; yields its root URL."""
     from generation.services import cooldowns_reset
+    from routing.stats import stats_reset
 
     # Production settings allow no host by default; the test server is reached as 127.0.0.1.
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1", "localhost"]
     cooldowns_reset()
+    stats_reset()
     yield _hub_server.root_url
     cooldowns_reset()
+    stats_reset()
     # Before the database is emptied: a request still in flight (a hung upstream) would write its usage row
     # or health change during the flush, and PostgreSQL picks the flush as a deadlock victim.
     _hub_server.wait_idle()

@@ -119,9 +119,25 @@ def _no_feedback(experiment_id: int) -> dict[str, Sums]:
     return {}
 
 
-# Per-request thumbs (1 up, 0 down) summed per arm. The feedback app plugs its reader in with `feedback_source_set`;
-# until then (or without it) the feedback metric has no data.
-_feedback_source: Callable[[int], dict[str, Sums]] = _no_feedback
+def arm_votes(experiment_id: int) -> dict[str, Sums]:
+    """Users' thumbs (feedback app: 1 up, 0 down, explicit and implicit) on the experiment's requests, per arm."""
+    from feedback.models import Feedback
+    from usage.models import UsageLog
+
+    requests = UsageLog.objects.filter(experiment_id=experiment_id)
+    arms = dict(requests.filter(request_id__in=Feedback.objects.values("request_id"))
+                .values_list("request_id", "experiment_arm"))
+    sums: dict[str, list[float]] = {}
+    for request_id, score in Feedback.objects.filter(request_id__in=list(arms)).values_list("request_id", "score"):
+        up = 1.0 if score > 0 else 0.0
+        totals = sums.setdefault(arms[request_id], [0, 0.0])
+        totals[0] += 1
+        totals[1] += up
+    return {arm: Sums(n, total, total) for arm, (n, total) in sums.items()}
+
+
+# Per-request thumbs (1 up, 0 down) summed per arm; `feedback_source_set` points it elsewhere (None: no feedback).
+_feedback_source: Callable[[int], dict[str, Sums]] = arm_votes
 
 
 def feedback_source_set(reader: Callable[[int], dict[str, Sums]] | None) -> None:

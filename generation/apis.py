@@ -14,6 +14,8 @@ from prompts.services import HEADER as PROMPT_HEADER
 from prompts.services import VARIABLES_HEADER, PromptRequest, prompt_request_parse
 from registry.authentication import request_tier
 from registry.selectors import preferences_get, registry_get
+from routing.policies import Route
+from routing.services import TASK_HEADER, task_resolve
 
 
 class CallerAPIView(APIView):
@@ -30,11 +32,14 @@ class CallerAPIView(APIView):
         experiment_bind(request.headers.get(HEADER))
 
 
-def quota_headers(reservation, prompt=None) -> dict[str, str]:
-    """OpenAI's x-ratelimit-* headers of the request's quota reservation (none when no limit applies), and the
-    prompt template's (`x-llmhub-prompt`, `x-llmhub-trimmed-turns`) when one served it."""
+def quota_headers(reservation, prompt=None, route: Route | None = None) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers of the request's quota reservation (none when no limit applies), the prompt
+    template's (`x-llmhub-prompt`, `x-llmhub-trimmed-turns`) when one served it, and `x-llmhub-route`: how the model
+    was chosen."""
     headers = reservation.headers() if reservation is not None else {}
-    return {**headers, **prompt.headers()} if prompt is not None else headers
+    if prompt is not None:
+        headers = {**headers, **prompt.headers()}
+    return {**headers, "x-llmhub-route": route.header()} if route is not None else headers
 
 
 class PromptMetadataSerializer(StrictSerializer):
@@ -49,6 +54,11 @@ def prompt_from(request: Request, metadata: dict | None) -> PromptRequest | None
     """The prompt template a request names: `metadata.prompt` (+ `variables`), else the x-llmhub-prompt headers."""
     return prompt_request_parse(metadata=metadata, header=request.headers.get(PROMPT_HEADER),
                                 variables_header=request.headers.get(VARIABLES_HEADER))
+
+
+def request_task(request: Request, endpoint: str) -> str:
+    """The request's task type: the `x-llmhub-task` header, else the endpoint's."""
+    return task_resolve(endpoint=endpoint, hint=request.headers.get(TASK_HEADER))
 
 
 class AttemptSerializer(serializers.Serializer):
@@ -134,6 +144,7 @@ class GenerateApi(CallerAPIView):
                                        context={"prompt_header": bool(request.headers.get(PROMPT_HEADER))})
         data.is_valid(raise_exception=True)
         params = dict(data.validated_data)
+        task = request_task(request, "api.generate")
         metadata = params.pop("metadata", None) or {}
         if metadata.get("experiment"):
             experiment_bind(metadata["experiment"])
@@ -141,6 +152,7 @@ class GenerateApi(CallerAPIView):
         outcome = await services.generate(caller=request.caller, registry=request.registry,
                                           prompt=params.pop("prompt", None), messages=params.pop("messages", None),
                                           model_id=params.pop("model", None), provider=params.pop("provider", None),
-                                          preferred_ids=request.preferences.preferred_order("generation"),
-                                          template=template, **params)
-        return Response(GenerateOutputSerializer(outcome).data, headers=quota_headers(outcome.quota, outcome.prompt))
+                                          preferred_ids=request.preferences.preferred_order(task), template=template,
+                                          task=task, **params)
+        return Response(GenerateOutputSerializer(outcome).data,
+                        headers=quota_headers(outcome.quota, outcome.prompt, outcome.route))

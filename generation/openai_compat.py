@@ -37,6 +37,8 @@ from registry.selectors import (
     get_model_by_id,
     registry_snapshot,
 )
+from routing.policies import Route
+from routing.services import TASK_HEADER, task_resolve
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +101,12 @@ def _header(scope: Scope, name: bytes) -> bytes:
         if key == name:
             return value
     return b""
+
+
+def request_task(scope: Scope, body: dict[str, Any], *, endpoint: str) -> str:
+    """The task type of a /v1 request: the `x-llmhub-task` header, else `metadata.task`, else the endpoint's."""
+    hint = _header(scope, TASK_HEADER.encode()).decode("latin-1") or (body.get("metadata") or {}).get("task")
+    return task_resolve(endpoint=endpoint, hint=hint)
 
 
 async def _read_body(scope: Scope, receive: Receive) -> bytes:
@@ -192,10 +200,13 @@ async def _caller(principal: Principal, registry) -> Caller:
 
 
 def _meta_headers(request_id: str, model: ModelSpec, attempts: int, quota,
-                  body: dict[str, Any] | None = None, prompt=None) -> list[tuple[bytes, bytes]]:
+                  body: dict[str, Any] | None = None, prompt=None,
+                  route: Route | None = None) -> list[tuple[bytes, bytes]]:
     headers = [(b"x-request-id", request_id.encode()), (b"x-llmhub-model", model.id.encode()),
                (b"x-llmhub-attempts", str(attempts).encode()), *(quota.header_bytes() if quota else ()),
                *(prompt.header_bytes() if prompt else ())]
+    if route is not None:  # how the model was chosen (the whole explanation is on the usage row)
+        headers.append((b"x-llmhub-route", route.header().encode()))
     if body is not None and (dropped := params_dropped(model, body)):  # what the model does not accept
         headers.append((b"x-llmhub-dropped-params", ",".join(dropped).encode()))
     return headers
@@ -224,16 +235,19 @@ async def _chat_completions(scope: Scope, receive: Receive, send: Send, *, legac
     caller = await _caller(principal, registry)
     model_id = body.pop("model", None)
     prompt = prompt_requested(scope, body)
-    preferred_ids = () if model_id else (await apreferences_get(caller.user_id)).preferred_order("generation")
+    task = request_task(scope, body, endpoint=endpoint)
+    preferred_ids = () if model_id else (await apreferences_get(caller.user_id)).preferred_order(task)
     if not body.get("stream"):
         outcome = await services.chat(caller=caller, registry=registry, body=body, endpoint=endpoint,
-                                      model_id=model_id, preferred_ids=preferred_ids, prompt=prompt)
+                                      model_id=model_id, preferred_ids=preferred_ids, prompt=prompt,
+                                      task=task)
         await _respond(send, 200, chat_answer_to_completion(outcome.data) if legacy else outcome.raw,
                        _meta_headers(outcome.request_id, outcome.model, len(outcome.attempts), outcome.quota, body,
-                                     outcome.prompt))
+                                     outcome.prompt, outcome.route))
         return
     stream = await services.chat_stream(caller=caller, registry=registry, body=body, endpoint=endpoint,
-                                        model_id=model_id, preferred_ids=preferred_ids, prompt=prompt)
+                                        model_id=model_id, preferred_ids=preferred_ids, prompt=prompt,
+                                        task=task)
     await _send_stream(stream, receive, send, body=body, legacy=legacy)
 
 
@@ -255,7 +269,7 @@ async def _send_stream(stream: services.ChatStream, receive: Receive, send: Send
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"), *_meta_headers(stream.request_id, stream.model, len(stream.attempts),
-                                               stream.run.reservation, body, stream.run.prompt)]})
+                                               stream.run.reservation, body, stream.run.prompt, stream.run.route)]})
         events = chat_events_to_completion(stream.events()) if legacy else stream.events()
         try:
             async for chunk in events:

@@ -12,7 +12,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 # Paths an OpenAI client reaches when its base URL lacks `/v1` (or is `/v1` itself).
 MISTAKEN_PATHS = frozenset({"/chat/completions", "/completions", "/embeddings", "/responses", "/models", "/v1"})
-EXPOSED_HEADERS = (b"x-request-id, x-llmhub-model, x-llmhub-attempts, x-llmhub-dropped-params, retry-after, "
+EXPOSED_HEADERS = (b"x-request-id, x-llmhub-model, x-llmhub-attempts, x-llmhub-dropped-params, x-llmhub-route, retry-after, "
                    b"x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, "
                    b"x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens")
 ALLOWED_METHODS = b"GET, POST, HEAD, OPTIONS"

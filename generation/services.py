@@ -23,11 +23,16 @@ from generation import responses_bridge as bridge
 from generation.adaptation import context_exceeded_error, parameter_refused_error, params_refused, request_adapt
 from generation.arms import request_arm
 from generation.prompting import PromptUse, prompt_apply
-from generation.routing import candidate_models, earliest_retry
+from generation.routing import earliest_retry
 from health.status import health_note, unhealthy_keys
 from llmhub.errors import ApplicationError, NotFound
 from prompts.services import PromptRequest
 from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, get_default_model, get_model_by_id
+from routing.policies import Health, Route, request_needs
+from routing.preferences import preference_counts
+from routing.selectors import arouting_plan
+from routing.services import budget_remaining, plan_needs_budget, plan_needs_counts, route_request, task_resolve
+from routing.stats import stats_note
 from usage.metrics import upstream_error_count
 from usage.quotas import Reservation, quota_reserve, quota_settle_nowait
 from usage.services import (
@@ -87,6 +92,7 @@ class ChatOutcome:
     latency_ms: float
     quota: Reservation | None = None  # its rate-limit headers go on the response
     prompt: PromptUse | None = None  # the prompt template it was served with (its headers go on the response)
+    route: Route | None = None  # how it was routed (the x-llmhub-route header)
 
     @property
     def text(self) -> str:
@@ -213,6 +219,8 @@ def request_messages(body: dict[str, Any], *, api: str = bridge.CHAT) -> list[di
 
 def _note_failure(model: ModelSpec, error: client.UpstreamError) -> None:
     upstream_error_count(model=model.id, kind=error.kind)
+    if error.retryable or isinstance(error, client.UpstreamMisconfigured):
+        stats_note(model.key, ok=False)
     if isinstance(error, client.UpstreamRateLimited):
         seconds = error.retry_after if error.retry_after is not None else _config("DEFAULT_COOLDOWN_SECONDS")
         _cooled_until[model.key] = time.monotonic() + seconds
@@ -282,13 +290,14 @@ class _Run:
     def arm_applied(self, body: dict[str, Any]) -> dict[str, Any]:
         """`body` with the arm's parameters, which win over the client's (a translation's pieces get them too)."""
         return {**body, **self.arm.params} if self.arm is not None and self.arm.params else body
+    route: Route | None = None
 
     def remaining(self) -> float:
         return self.deadline - time.perf_counter()
 
     def tried_keys(self) -> list[str]:
         """The primary and its fallbacks, cooling down or not (for the Retry-After of a 429)."""
-        return [self.primary.key, *self.primary.fallbacks]
+        return [self.primary.key, *self.primary.fallbacks, *(model.key for model in self.candidates)]
 
     def charge(self, model: ModelSpec, usage: Usage) -> None:
         """Bills one answer at its own model's prices (for requests answered in several parts)."""
@@ -329,6 +338,7 @@ class _Run:
             prompt_hash=self.prompt_hash,
             experiment_id=self.arm.experiment_id if self.arm else None,
             experiment_arm=self.arm.arm if self.arm else "",
+            route=self.route,
         ))
         self.cost = cost
         return cost
@@ -395,14 +405,15 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
                     model_id: str | None, provider: str | None, preferred_ids: Sequence[str], kind: str = "chat",
                     fit_context: bool = False, prompt_tokens: int | None = None, context_tokens: int | None = None,
                     output_tokens: int | None = None, context_param: str = "messages",
-                    api: str = bridge.CHAT, prompt: PromptRequest | None = None) -> _Run:
+                    api: str = bridge.CHAT, prompt: PromptRequest | None = None, task: str | None = None) -> _Run:
     """Resolves, authorises and reserves a request. With `fit_context`, models whose window is too small for
     the request (`context_tokens`, by default the estimated prompt plus max_tokens) are skipped (a 400
     context_length_exceeded when none is left); a translation splits its text to fit instead. `api` is the API
     the request is written for: candidates served on the other one get it translated, and those it cannot be
     translated for are skipped (a 400 naming the field when the primary is one of them). `prompt`: the template the
-    request names, assembled into `body` for the primary model (generation/prompting.py).
-    A request an experiment arm serves gets the arm's model and parameters (generation/arms.py)."""
+    request names, assembled into `body` for the primary model (generation/prompting.py). A request an experiment arm
+    serves gets the arm's model and parameters (generation/arms.py). The candidates and their order are the tier's
+    routing policy's for the task (`task`, else the endpoint's: routing/)."""
     arm = await request_arm(user_id=caller.user_id, tier=caller.tier, registry=registry, body=body,
                             prompt_name=prompt.name if prompt is not None else None) if kind == "chat" else None
     if arm is not None:
@@ -413,14 +424,18 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
     model_kind_check(primary, kind)
     prompt_use = None if prompt is None else \
         await prompt_apply(body, prompt, model=primary, user_id=caller.user_id, api=api)
-    candidates = candidate_models(primary=primary, registry=registry, tier=caller.tier,
-                                  cooled_until=_cooled_until, now=time.monotonic(), unhealthy=unhealthy_keys())
     if prompt_tokens is None:
         prompt_tokens = tokens_estimate_messages(request_messages(body, api=api))
     max_tokens = (body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")) \
         if output_tokens is None else output_tokens
     if fit_context and context_tokens is None:
         context_tokens = prompt_tokens + (max_tokens or 0)
+    route = await _route(caller=caller, registry=registry, body=body, primary=primary, task=task, endpoint=endpoint,
+                         pinned="explicit" if model_id or provider else
+                         "user default" if primary.id in preferred_ids else None,
+                         context_tokens=context_tokens if fit_context else 0, prompt_tokens=prompt_tokens,
+                         max_tokens=max_tokens)
+    candidates = route.models
     candidates, skipped = candidates_admitted(primary, candidates, body, context_param=context_param,
                                               needed_tokens=context_tokens if fit_context else None)
     candidates = bridge.servable(candidates, primary=primary, body=body, source=api)
@@ -428,7 +443,7 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
                candidates=candidates, attempts=skipped, prompt=prompt_use,
                prompt_hash=prompt_hash(body.get("messages") if api == bridge.CHAT
                                        else [body.get("instructions"), body.get("input")]) if kind == "chat" else "",
-               arm=arm)
+               arm=arm, route=route)
     run.deadline = run.started + _config("GENERATION_DEADLINE_SECONDS")
     logger.info("request %s: model %s for user %s (tier %s), candidates %s", run.request_id, primary.id,
                 caller.user_id, caller.tier.slug, [m.id for m in candidates])
@@ -436,6 +451,21 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
         request_id=run.request_id, user_id=caller.user_id, api_key_id=caller.api_key_id, tier_slug=caller.tier.slug,
         model=primary, candidates=candidates, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
     return run
+
+
+async def _route(*, caller: Caller, registry: Registry, body: dict[str, Any], primary: ModelSpec, task: str | None,
+                 endpoint: str, pinned: str | None, context_tokens: int, prompt_tokens: int,
+                 max_tokens: int | None) -> Route:
+    """The tier's routing policy over the request's candidates (health and statistics as of now)."""
+    task = task or task_resolve(endpoint=endpoint)
+    plan = await arouting_plan(caller.tier.slug, task)
+    counts = preference_counts(caller.user_id, task) if plan_needs_counts(plan) else None  # memory, no I/O
+    budget = await budget_remaining(user_id=caller.user_id, api_key_id=caller.api_key_id,
+                                    tier_slug=caller.tier.slug) if plan_needs_budget(plan) else None
+    needs = request_needs(body, context_tokens=context_tokens, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    health = Health(open_keys=unhealthy_keys(), cooled_until=_cooled_until, now=time.monotonic())
+    return route_request(primary=primary, pinned=pinned, registry=registry, tier=caller.tier, user_id=caller.user_id,
+                         task=task, needs=needs, health=health, plan=plan, counts=counts, budget=budget)
 
 
 async def _first_answer(run: _Run, call: Callable[[ModelSpec, float], Awaitable[T]], *,
@@ -466,6 +496,7 @@ async def _first_answer(run: _Run, call: Callable[[ModelSpec, float], Awaitable[
             continue
         run.attempts.append(Attempt(model.id, "ok", latency_ms(answer)))
         health_note(model, ok=True)
+        stats_note(model.key, ok=True, latency_ms=run.attempts[-1].latency_ms)
         return model, answer
     raise _failure(run.attempts, last, run.tried_keys(), since=since, out_of_time=out_of_time)
 
@@ -482,10 +513,11 @@ async def complete(run: _Run, body: dict[str, Any]) -> tuple[ModelSpec, client.C
 
 async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
                model_id: str | None = None, provider: str | None = None,
-               preferred_ids: Sequence[str] = (), prompt: PromptRequest | None = None) -> ChatOutcome:
+               preferred_ids: Sequence[str] = (), prompt: PromptRequest | None = None,
+               task: str | None = None) -> ChatOutcome:
     """One non-streaming chat completion request, with fallback, settled and logged exactly once."""
     run = await start_run(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
-                          provider=provider, preferred_ids=preferred_ids, fit_context=True, prompt=prompt)
+                          provider=provider, preferred_ids=preferred_ids, fit_context=True, prompt=prompt, task=task)
     usage, model, error = Usage(), None, None
     try:
         model, completion = await complete(run, body)
@@ -498,7 +530,7 @@ async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endp
     return ChatOutcome(request_id=run.request_id, model=model, raw=completion.raw, data=completion.data,
                        attempts=run.attempts, usage=usage, cost=run.cost,
                        latency_ms=(time.perf_counter() - run.started) * 1000, quota=run.reservation,
-                       prompt=run.prompt)
+                       prompt=run.prompt, route=run.route)
 
 
 async def completion_usage(run: _Run, model: ModelSpec, body: dict[str, Any], completion: client.Completion) -> Usage:
@@ -718,11 +750,12 @@ class ChatFromResponsesStream(ChatStream):
 
 async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
                       model_id: str | None = None, provider: str | None = None,
-                      preferred_ids: Sequence[str] = (), prompt: PromptRequest | None = None) -> ChatStream:
+                      preferred_ids: Sequence[str] = (), prompt: PromptRequest | None = None,
+                      task: str | None = None) -> ChatStream:
     """Opens a streaming request, falling back while no byte has been sent. Raises GenerationFailed
     (logged) when every candidate fails before streaming."""
     run = await start_run(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
-                          provider=provider, preferred_ids=preferred_ids, fit_context=True, prompt=prompt)
+                          provider=provider, preferred_ids=preferred_ids, fit_context=True, prompt=prompt, task=task)
     client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     upstream = {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
 
@@ -743,14 +776,14 @@ async def chat_stream(*, caller: Caller, registry: Registry, body: dict[str, Any
 async def generate(*, caller: Caller, registry: Registry, prompt: str | None = None,
                    messages: list[dict[str, Any]] | None = None, model_id: str | None = None,
                    provider: str | None = None, preferred_ids: Sequence[str] = (), endpoint: str = "api.generate",
-                   template: PromptRequest | None = None, **params: Any) -> ChatOutcome:
+                   template: PromptRequest | None = None, task: str | None = None, **params: Any) -> ChatOutcome:
     """Generates text from a prompt or messages (or a prompt `template` alone). `provider` is the legacy way of
     choosing a model."""
     if messages is None:
         messages = [] if prompt is None and template is not None else [{"role": "user", "content": prompt or ""}]
     body = {"messages": messages, **{k: v for k, v in params.items() if v is not None}}
     return await chat(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
-                      provider=provider, preferred_ids=preferred_ids, prompt=template)
+                      provider=provider, preferred_ids=preferred_ids, prompt=template, task=task)
 
 
 def cooldowns_reset() -> None:

@@ -96,6 +96,7 @@ INSTALLED_APPS = [
     "analytics",
     "feedback",
     "experiments",
+    "routing",
     "pages",
 ]
 
@@ -309,6 +310,10 @@ LLMHUB = {
     # How often a process re-checks the shared registry version (seconds); changes made in the same
     # process are seen at once.
     "REGISTRY_CACHE_CHECK_SECONDS": env.float("LLMHUB_REGISTRY_CACHE_CHECK_SECONDS", default=1.0),
+    # Routing (routing/): expected latency and success per model come from this many hours of hourly roll-ups,
+    # re-read this often (seconds) off the request path, and move with live outcomes in between.
+    "ROUTING_STATS_WINDOW_HOURS": env.int("LLMHUB_ROUTING_STATS_WINDOW_HOURS", default=24),
+    "ROUTING_STATS_REFRESH_SECONDS": env.float("LLMHUB_ROUTING_STATS_REFRESH_SECONDS", default=60.0),
     # While the shared cache (Redis) is unreachable, the snapshots serve from memory; one older than this is
     # rebuilt from the database, so a change made meanwhile is seen within this bound.
     "SNAPSHOT_MAX_STALE_SECONDS": env.float("LLMHUB_SNAPSHOT_MAX_STALE_SECONDS", default=30.0),

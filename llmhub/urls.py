@@ -58,6 +58,7 @@ urlpatterns = [
     path("api/", include("usage.urls")),
     path("api/", include("analytics.urls")),
     path("api/", include("feedback.urls")),
+    path("api/", include("routing.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("", include("llmhub.api_docs")),
     path("api-auth/", include("rest_framework.urls")),

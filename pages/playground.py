@@ -14,6 +14,7 @@ import orjson
 
 from generation.services import Attempt, ChatStream, Usage
 from registry.selectors import ModelSpec
+from routing.policies import Route
 from translation.services import Translation
 
 
@@ -28,9 +29,11 @@ def sse(event: str | None, data: Any) -> bytes:
     return name + b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-def _meta(model: ModelSpec, attempts: list[Attempt]) -> bytes:
+def _meta(model: ModelSpec, attempts: list[Attempt], route: Route | None) -> bytes:
+    """The model that answered, every attempt, and how it was chosen (the routing explanation)."""
     return sse("meta", {"model": model.id, "display_name": model.display_name,
-                        "attempts": [attempt.as_dict() for attempt in attempts]})
+                        "attempts": [attempt.as_dict() for attempt in attempts],
+                        "route": route.explanation() if route is not None else None})
 
 
 def _summary(*, request_id: str, usage: Usage, cost: Any, latency_ms: float, ttft_ms: float | None = None) -> bytes:
@@ -43,7 +46,7 @@ def _summary(*, request_id: str, usage: Usage, cost: Any, latency_ms: float, ttf
 
 async def chat_events(stream: ChatStream) -> AsyncIterator[bytes]:
     """Settles and logs the request however it ends (`ChatStream.events` does), also when the page goes away."""
-    yield _meta(stream.model, stream.attempts)
+    yield _meta(stream.model, stream.attempts, stream.run.route)
     events = stream.events()
     try:
         async for chunk in events:
@@ -55,6 +58,6 @@ async def chat_events(stream: ChatStream) -> AsyncIterator[bytes]:
 
 
 async def translation_events(result: Translation) -> AsyncIterator[bytes]:
-    yield _meta(result.model, result.attempts)
+    yield _meta(result.model, result.attempts, result.route)
     yield sse(None, {"choices": [{"index": 0, "delta": {"content": result.text}}]})
     yield _summary(request_id=result.request_id, usage=result.usage, cost=result.cost, latency_ms=result.latency_ms)

@@ -204,7 +204,7 @@ class LLMModelAdmin(admin.ModelAdmin):
         (None, {"fields": ("public_id", "display_name", "upstream_model", "provider", "kind", "enabled",
                            "is_default")}),
         ("Endpoint", {"fields": ("base_url", "api", "api_key", "clear_api_key")}),
-        ("Access", {"fields": ("allowed_tiers",)}),
+        ("Access", {"fields": ("allowed_tiers", "fallbacks_auto")}),
         ("Capabilities", {"fields": ("supports_streaming", "supports_json_mode", "supports_tools", "supports_vision",
                                      "context_window", "request_params")}),
         ("Prices (per million tokens)", {"fields": ("input_price_per_million", "output_price_per_million")}),

@@ -86,6 +86,7 @@ class ModelEntry:
     input_price_per_million: Decimal = Decimal(0)
     output_price_per_million: Decimal = Decimal(0)
     fallbacks: list[str] = field(default_factory=list)
+    fallbacks_auto: bool = False  # "fallbacks": "auto"
     no_key_reason: str = ""
     kind: str = "chat"
     request_params: dict[str, Any] = field(default_factory=dict)
@@ -264,7 +265,8 @@ def _models_parse(data: Any, *, providers: list[ProviderEntry], tier_slugs: set[
             context_window=item.get("context_window", 8192),
             input_price_per_million=Decimal(str(item.get("input_price_per_million", 0))),
             output_price_per_million=Decimal(str(item.get("output_price_per_million", 0))),
-            fallbacks=list(item.get("fallbacks", [])),
+            fallbacks=[] if item.get("fallbacks") == "auto" else list(item.get("fallbacks", [])),
+            fallbacks_auto=item.get("fallbacks") == "auto",
             kind=item.get("kind", "chat"),
             request_params=dict(item.get("request_params", {})),
             api=item.get("api", "chat"),

@@ -101,6 +101,10 @@ class LLMModel(StoredKey, ModelTraits):
     fallbacks = models.ManyToManyField(
         "self", through="ModelFallback", symmetrical=False, related_name="fallback_for", blank=True
     )
+    fallbacks_auto = models.BooleanField(
+        default=False, verbose_name="Automatic fallbacks", help_text=(
+            "Fall back to equivalent models (the same capabilities or more, allowed to the caller's tier, healthy), "
+            "ordered by the tier's routing policy, instead of the hand-written list below."))
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CHAT,
                             help_text="chat: /v1/chat/completions (and /v1/completions); embedding: /v1/embeddings.")
     request_params = models.JSONField(

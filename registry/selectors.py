@@ -67,11 +67,13 @@ class ModelSpec:
     kind: str = "chat"  # or "embedding"
     request_params: RequestParams = NO_PARAMS
     api: str = "chat"  # the upstream API: "chat" (/chat/completions) or "responses" (/responses)
+    fallbacks_auto: bool = False  # fall back to equivalent models (routing/policies.py) instead of `fallbacks`
+    # Unique across registry and users' models (two users may both own a 'my-model'). Stored, not a property: the
+    # router reads it for every candidate of every request.
+    key: str = field(init=False, default="")
 
-    @property
-    def key(self) -> str:
-        """Unique across registry and users' models (two users may both own a 'my-model')."""
-        return f"user:{self.owner_id}:{self.id}" if self.owner_id is not None else self.id
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"user:{self.owner_id}:{self.id}" if self.owner_id is not None else self.id)
 
     @property
     def owned(self) -> bool:
@@ -171,6 +173,7 @@ def _registry_build() -> Registry:
             kind=row.kind,
             request_params=request_params_parse(row.request_params),
             api=row.api,
+            fallbacks_auto=row.fallbacks_auto,
         )
         if row.is_default:
             default_model_id = row.public_id

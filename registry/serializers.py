@@ -68,6 +68,7 @@ class ModelOutputSerializer(serializers.Serializer):
     allowed_tiers = serializers.ListField(child=serializers.CharField())
     required_tier = serializers.CharField(source="required_tier.slug", allow_null=True, default=None)
     fallbacks = serializers.ListField(child=serializers.CharField())
+    fallbacks_auto = serializers.BooleanField(help_text="Falls back to equivalent models chosen by the routing policy.")
     is_default = serializers.SerializerMethodField()
     status = serializers.SerializerMethodField()
 

@@ -223,6 +223,7 @@ def _models_sync(spec: RegistryFile, tiers: dict[str, Tier], providers: dict[str
             "context_window": entry.context_window, "input_price_per_million": entry.input_price_per_million,
             "output_price_per_million": entry.output_price_per_million, "from_fixture": True,
             "kind": entry.kind, "request_params": entry.request_params, "api": entry.api,
+            "fallbacks_auto": entry.fallbacks_auto,
         }, entry.api_key, changes, "model")
         wanted_tiers = {tiers[slug].pk for slug in entry.allowed_tiers}
         if set(model.allowed_tiers.values_list("pk", flat=True)) != wanted_tiers:

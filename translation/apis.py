@@ -47,4 +47,4 @@ class TranslateApi(CallerAPIView):
             model_id=params.get("model"), provider=params.get("provider"),
             preferred_ids=request.preferences.preferred_order("translation"),
             prompt=prompt_from(request, params.get("metadata")))
-        return Response(TranslateOutputSerializer(result).data, headers=quota_headers(result.quota, result.prompt))
+        return Response(TranslateOutputSerializer(result).data, headers=quota_headers(result.quota, result.prompt, result.route))

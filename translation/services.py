@@ -71,6 +71,7 @@ class Translation:
     latency_ms: float
     quota: object = None  # the usage.quotas reservation, whose rate-limit headers go on the response
     prompt: PromptUse | None = None  # the prompt template version it was served with
+    route: object = None  # routing.policies.Route: how the model was chosen (the x-llmhub-route header)
 
 
 def language_validate(code: str, *, field: str) -> str:
@@ -176,7 +177,7 @@ async def translate(*, caller: Caller, registry: Registry, text: str, target_lan
 
     run = await generation.start_run(caller=caller, registry=registry, body={"messages": [{"content": text}]},
                                      endpoint=endpoint, model_id=model_id, provider=provider,
-                                     preferred_ids=preferred_ids)
+                                     preferred_ids=preferred_ids, task="translation")
     run.prompt = PromptUse(resolved.name, resolved.version)
     usage, model, error, answered_by, results = Usage(), None, None, [], []
     try:
@@ -209,7 +210,7 @@ async def translate(*, caller: Caller, registry: Registry, text: str, target_lan
     return Translation(request_id=run.request_id, text="\n\n".join(results), model=model, source_language=source,
                        target_language=target, pieces=len(pieces), answered_by=answered_by, attempts=run.attempts,
                        usage=usage, cost=run.cost, latency_ms=(time.perf_counter() - run.started) * 1000,
-                       quota=run.reservation, prompt=run.prompt)
+                       quota=run.reservation, prompt=run.prompt, route=run.route)
 
 
 def legacy_arguments(data: dict) -> dict:

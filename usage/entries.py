@@ -4,7 +4,7 @@ modules that make and write them, which all import this one)."""
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from django.utils import timezone
 
@@ -38,6 +38,9 @@ class UsageEntry:
     prompt_hash: str = ""
     experiment_id: int | None = None
     experiment_arm: str = ""
+    # The routing explanation: a dict, or an object whose `explanation()` makes it (routing's Route), made when the
+    # row is written, off the response path.
+    route: Any = None
 
 
 class Charge(NamedTuple):  # a named tuple: built per limit per request, cheaper than a frozen dataclass

@@ -50,6 +50,9 @@ class UsageLog(models.Model):
     # The experiment arm that served the request (experiments app; a plain id, so usage depends on no experiment).
     experiment_id = models.PositiveIntegerField(null=True, blank=True)
     experiment_arm = models.CharField(max_length=50, blank=True, default="")
+    route = models.JSONField(null=True, blank=True, help_text=(
+        "How the request was routed: the policy, the winner and why, each other candidate and why it was skipped "
+        "(tier, health, capability, context, quota, cost), and what the shadow policy would have chosen."))
 
     class Meta:
         indexes = [

@@ -35,7 +35,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from usage.redis_client import RedisClient
-from usage.writer import rows_insert, writer
+from usage.writer import route_explained, rows_insert, writer
 
 if TYPE_CHECKING:
     from usage.entries import UsageEntry
@@ -63,7 +63,9 @@ def stream_append(entry: UsageEntry) -> bool:
         asyncio.get_running_loop()
     except RuntimeError:
         return False
-    payload = orjson.dumps({name: getattr(entry, name) for name in entry.__slots__}, default=str)
+    fields = {name: getattr(entry, name) for name in entry.__slots__}
+    fields["route"] = route_explained(fields["route"])
+    payload = orjson.dumps(fields, default=str)
     return _client(url).call_now(("XADD", STREAM, "*", "e", payload), failed=partial(_append_failed, entry))
 
 

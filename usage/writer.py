@@ -43,7 +43,7 @@ from collections import deque
 from collections.abc import Sequence
 from decimal import Decimal
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -137,6 +137,11 @@ def _insert_statement() -> tuple[tuple, str]:
     return columns, sql
 
 
+def route_explained(route: Any) -> dict | None:
+    """A usage entry's routing explanation as the row stores it (see `UsageEntry.route`)."""
+    return route if route is None or isinstance(route, dict) else route.explanation()
+
+
 def _row_values(entry: UsageEntry, database) -> tuple:
     """The row as the driver binds it. `database` is this thread's connection itself, not the `connection` proxy
     (each of whose attribute reads is a thread-local lookup): with it, and with a value of its column's plain
@@ -171,6 +176,7 @@ def _column_plan(vendor: str) -> tuple[tuple, tuple[frozenset, ...], tuple[str, 
 
 def _row_fields(entry: UsageEntry) -> dict:
     fields = {name: getattr(entry, name) for name in entry.__slots__}
+    fields["route"] = route_explained(fields["route"])
     for name, max_length in _string_limits().items():
         value = fields[name]
         if len(value) > max_length:

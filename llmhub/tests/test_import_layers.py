@@ -7,7 +7,8 @@ from pathlib import Path
 from django.conf import settings
 
 BASE = Path(settings.BASE_DIR)
-APPS = ("llmhub", "registry", "health", "usage", "generation", "translation", "pages")
+APPS = ("llmhub", "registry", "health", "usage", "prompts", "feedback", "routing", "experiments", "analytics", "generation",
+        "translation", "pages")
 # What each app may import besides itself. llmhub's shared helpers import no app; the modules that compose the apps
 # (URLs, ASGI, the Celery app, the test helpers) sit on top of them all.
 ALLOWED = {
@@ -15,8 +16,14 @@ ALLOWED = {
     "registry": {"llmhub"},
     "health": {"llmhub", "registry"},
     "usage": {"llmhub", "registry"},
-    "generation": {"llmhub", "registry", "health", "usage"},
-    "translation": {"llmhub", "registry", "health", "usage", "generation"},
+    "prompts": {"llmhub", "registry"},
+    "feedback": {"llmhub", "registry", "usage"},
+    "routing": {"llmhub", "registry", "health", "usage", "feedback"},
+    "experiments": {"llmhub", "registry", "usage", "prompts", "feedback"},
+    "analytics": {"llmhub", "registry", "health", "usage", "feedback"},
+    "generation": {"llmhub", "registry", "health", "usage", "prompts", "feedback", "routing", "experiments"},
+    "translation": {"llmhub", "registry", "health", "usage", "prompts", "feedback", "routing", "experiments",
+                    "generation"},
     "pages": set(APPS),
 }
 COMPOSERS = {"llmhub.urls", "llmhub.asgi", "llmhub.celery", "llmhub.testing", "llmhub.api_docs"}

@@ -184,6 +184,10 @@ def test_it_streams_an_answer_in_the_playground_and_names_a_fallback(page, make_
     expect(page.locator('[data-stat="cost"]')).to_have_text(re.compile(r"^\$0\.0+\d+$"))
     expect(page.locator('[data-stat="latency"]')).to_have_text(re.compile(r"^\d+ ms \(first token \d+ ms\)$"))
     expect(page.locator("[data-fallback]")).to_be_hidden()
+    expect(page.locator('[data-stat="route"]')).to_have_text("explicit: explicit")
+    page.get_by_text("Why this model").click()
+    expect(page.locator("[data-route-list]")).to_contain_text("demo-backup: fallback (fallback 1)")
+    expect(page.locator("[data-route-list]")).to_contain_text("demo-pro: skipped (tier: needs pro)")
     screenshot(page, "playground")
 
     simulated_upstream.set_fault("demo", "status=500")

@@ -157,3 +157,19 @@ def test_it_streams_the_roll_ups_of_the_range_as_csv(owner, other, staff, monkey
     assert sum(int(row["requests"]) for row in rows) == 4
     assert sum(Decimal(row["cost"]) for row in rows) == Decimal("5.0036")
     assert {row["username"] for row in rows} == {"page-owner", "'=HYPERLINK(1)"}  # no formula in a spreadsheet
+
+
+def test_it_shows_how_one_of_the_owners_requests_was_routed(owner):
+    log_row(owner, 9, route={
+        "policy": "cost", "task": "generation", "winner": "demo-backup", "reason": "cheapest of 2 meeting objectives",
+        "candidates": [
+            {"model": "demo-backup", "outcome": "winner", "reason": "cheapest of 2 meeting objectives", "score": 0.0002,
+             "latency_ms": 230.0, "success": 0.99, "cost": 0.0002},
+            {"model": "demo-pro", "outcome": "skipped", "reason": "tier: needs pro"}],
+        "shadow": {"policy": "performance", "winner": "demo", "agree": False}})
+
+    html = logged_in(owner).get(f"/usage/requests/page-{owner.pk}-9/").content.decode()
+
+    assert "Policy <strong>cost</strong> for generation: <strong>demo-backup</strong>" in html
+    assert "tier: needs pro" in html and "230 ms" in html
+    assert "Shadow policy performance would have chosen demo" in html

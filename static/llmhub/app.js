@@ -442,6 +442,17 @@
       fallback.hidden = failed.length === 0;
     };
 
+    const routeShow = (route) => {
+      stat("route").textContent = route ? `${route.policy}: ${route.reason}` : "–";
+      const list = form.querySelector("[data-route-list]");
+      list.replaceChildren(...(route?.candidates || []).map((candidate) => {
+        const item = document.createElement("li");
+        item.textContent = `${candidate.model}: ${candidate.outcome} (${candidate.reason})`;
+        return item;
+      }));
+      form.querySelector("[data-route]").hidden = !route;
+    };
+
     const errorShow = (message) => {
       error.textContent = message;
       error.hidden = false;
@@ -457,7 +468,8 @@
     const reset = () => {
       error.hidden = true;
       fallback.hidden = true;
-      for (const name of ["model", "tokens", "cost", "latency"]) stat(name).textContent = "–";
+      for (const name of ["model", "tokens", "cost", "latency", "route"]) stat(name).textContent = "–";
+      form.querySelector("[data-route]").hidden = true;
     };
 
     form.addEventListener("change", (event) => {
@@ -547,6 +559,7 @@
             stat("model").textContent = `${data.display_name} · ${data.model}`;
             answerTurn.querySelector(".pg-who").textContent = data.display_name;
             attemptsShow(data.attempts);
+            routeShow(data.route);
           } else if (message.name === "summary") {
             finished = true;
             stat("tokens").textContent = `${data.input_tokens} / ${data.output_tokens}${data.estimated ? " (estimated)" : ""}`;
