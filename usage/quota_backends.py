@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections, 
 
 from usage.billing import billing_events_insert_sql, quota_thresholds_crossed
 from usage.entries import Charge
-from usage.redis_client import RedisClient, RedisUnavailable
+from usage.redis_client import RedisClient, RedisUnavailable, Script, bulk
 from usage.writer import writer
 
 logger = logging.getLogger(__name__)
@@ -77,19 +78,22 @@ class QuotaBackend:
 # times. A reservation is thus one record whatever the number of counters, and a counter's TTL is set once, when
 # it is created (its key names its period window, so its end never changes).
 _RESERVE = """
--- KEYS: the owner's holds, their expiry set, then the counters. ARGV: request id, hold ms, then per counter:
--- limit, amount, window end (ms).
+-- KEYS: the owner's holds, their expiry set, then the counters. ARGV: hold ms, per counter its limit and window end
+-- (ms), then the request id and per counter the amount (what changes from one request to the next comes last).
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local holds, expiry, id, hold = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
 local count = #KEYS - 2
+local holds, expiry, hold, id = KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[2 * count + 2]
+local function limit(i) return tonumber(ARGV[2 * i]) end
+local function window_end(i) return tonumber(ARGV[2 * i + 1]) end
+local function amount(i) return ARGV[2 * count + 2 + i] end
 local state, fresh = {}, {}
 local function read()
   local refused = -1
   for i = 1, count do
     local values = redis.call('HMGET', KEYS[i + 2], 'used', 'held')
     local used, held = tonumber(values[1] or '0'), tonumber(values[2] or '0')
-    if refused < 0 and used + held + tonumber(ARGV[3 * i + 1]) > tonumber(ARGV[3 * i]) then refused = i end
+    if refused < 0 and used + held + tonumber(amount(i)) > limit(i) then refused = i end
     state[2 * i], state[2 * i + 1], fresh[i] = used, held, not values[1] and not values[2]
   end
   return refused
@@ -113,17 +117,17 @@ end
 if refused > 0 then
   local key = KEYS[refused + 2]
   redis.call('HINCRBY', key, 'refused', 1)
-  if fresh[refused] then redis.call('PEXPIREAT', key, tonumber(ARGV[3 * refused + 2]) + hold) end
+  if fresh[refused] then redis.call('PEXPIREAT', key, window_end(refused) + hold) end
   state[1] = refused - 1
   return state
 end
 local record, keep = {}, 0
 for i = 1, count do
-  local key, amount, ends = KEYS[i + 2], ARGV[3 * i + 1], tonumber(ARGV[3 * i + 2]) + hold
-  if amount ~= '0' then
-    redis.call('HINCRBY', key, 'held', amount)
-    record[#record + 1] = key .. ' ' .. amount
-    state[2 * i + 1] = state[2 * i + 1] + tonumber(amount)
+  local key, taken, ends = KEYS[i + 2], amount(i), window_end(i) + hold
+  if taken ~= '0' then
+    redis.call('HINCRBY', key, 'held', taken)
+    record[#record + 1] = key .. ' ' .. taken
+    state[2 * i + 1] = state[2 * i + 1] + tonumber(taken)
   end
   if fresh[i] then redis.call('PEXPIREAT', key, ends) end
   if ends > keep then keep = ends end
@@ -142,9 +146,10 @@ return state
 """
 
 _SETTLE = """
--- KEYS: the owner's holds, their expiry set, then the counters. ARGV: request id, hold ms, then per counter:
--- actual amount, window end (ms).
-local holds, expiry, id, hold = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
+-- KEYS: the owner's holds, their expiry set, then the counters. ARGV: hold ms, per counter its window end (ms),
+-- then the request id and per counter the actual amount.
+local count = #KEYS - 2
+local holds, expiry, hold, id = KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[count + 2]
 local reserved = {}
 local used = {}
 local record = redis.call('HGET', holds, id)
@@ -153,14 +158,14 @@ if record then
   redis.call('ZREM', expiry, id)
   for key, amount in string.gmatch(record, '(%S+) (%S+)') do reserved[key] = amount end
 end
-for i = 1, #KEYS - 2 do
-  local key, actual = KEYS[i + 2], ARGV[2 * i + 1]
+for i = 1, count do
+  local key, actual = KEYS[i + 2], ARGV[count + 2 + i]
   local back = reserved[key]
   if back then redis.call('HINCRBY', key, 'held', -tonumber(back)) end
   used[i] = -1
   if actual ~= '0' then used[i] = redis.call('HINCRBY', key, 'used', actual) end
   -- A reservation given back meanwhile (it expired): the counter may have gone and come back without a TTL.
-  if not back then redis.call('PEXPIREAT', key, tonumber(ARGV[2 * i + 2]) + hold) end
+  if not back then redis.call('PEXPIREAT', key, tonumber(ARGV[i + 1]) + hold) end
 end
 return used  -- each counter's new usage (-1: unchanged), for the billing thresholds
 """
@@ -172,52 +177,78 @@ def _owner_keys(counter: str) -> tuple[str, str]:
     return owner + ":holds", owner + ":x"
 
 
-def _settle_arguments(request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
-                      hold_seconds: float) -> tuple[list[str], list]:
-    keys = [*_owner_keys(charges[0].key)]
-    args: list = [request_id, int(hold_seconds * 1000)]
-    for charge, amount in zip(charges, actual, strict=True):
-        keys.append(charge.key)
-        args += (amount, int(charge.window_end * 1000))
-    return keys, args
+_RESERVE_SCRIPT, _SETTLE_SCRIPT = Script(_RESERVE), Script(_SETTLE)
+
+
+class _Layout(NamedTuple):
+    """The part of a request's two scripts that only changes when a limit or a period does, in Redis's wire format
+    (number of keys, keys, then the static arguments), and how many items each has."""
+
+    reserve: bytes
+    reserve_count: int
+    settle: bytes
+    settle_count: int
+
+
+@lru_cache(maxsize=1024)
+def _layout(static: tuple, hold_ms: int) -> _Layout:
+    """`static`: (key, limit, window end) of each charge."""
+    keys = [*_owner_keys(static[0][0]), *[key for key, _, _ in static]]
+    head = bulk(len(keys)) + b"".join(map(bulk, keys)) + bulk(hold_ms)
+    ends = [bulk(int(window_end * 1000)) for _, _, window_end in static]
+    reserve = head + b"".join([bulk(limit) + end for (_, limit, _), end in zip(static, ends, strict=True)])
+    return _Layout(reserve, 2 + 2 * len(static) + 1 + len(keys), head + b"".join(ends),
+                   2 + len(static) + 1 + len(keys))
+
+
+def _static(charges: tuple[Charge, ...]) -> tuple:
+    return tuple([(charge.key, charge.limit, charge.window_end) for charge in charges])
+
+
+def _tail(request_id: str, amounts) -> bytes:
+    """The request id and the amounts (the arguments that change from one request to the next)."""
+    data = request_id.encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data) + b"".join([bulk(amount) for amount in amounts])
 
 
 class RedisQuotaBackend(QuotaBackend):
     """Counters in Redis, through usage.redis_client (pipelined, one connection per event loop, reconnecting by
-    itself after Redis restarts and sending a script again when Redis forgot it)."""
+    itself after Redis restarts and sending a script again when Redis forgot it). The static part of each
+    request's scripts is encoded once per limits and period windows (`_layout`)."""
 
     def __init__(self, url: str, *, timeout: float) -> None:
         self.client = RedisClient(url, timeout=timeout)
 
     async def reserve(self, *, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
-        keys = [*_owner_keys(charges[0].key)]
-        args: list = [request_id, int(hold_seconds * 1000)]
-        for charge in charges:
-            keys.append(charge.key)
-            args += (charge.limit, charge.amount, int(charge.window_end * 1000))
-        reply = await self._script(_RESERVE, keys, args)
+        layout = _layout(_static(charges), int(hold_seconds * 1000))
+        try:
+            reply = await self.client.run(_RESERVE_SCRIPT, layout.reserve + _tail(request_id, [c.amount for c in charges]),
+                                          layout.reserve_count + len(charges))
+        except RedisUnavailable as error:
+            raise QuotaBackendError(str(error)) from error
         refused = reply[0]
         return Decision(refused=None if refused < 0 else refused, used=tuple(reply[1::2]), held=tuple(reply[2::2]))
 
     async def settle(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
                      hold_seconds: float) -> None:
-        used = await self._script(_SETTLE, *_settle_arguments(request_id, charges, actual, hold_seconds))
+        layout = _layout(_static(charges), int(hold_seconds * 1000))
+        try:
+            used = await self.client.run(_SETTLE_SCRIPT, layout.settle + _tail(request_id, actual),
+                                         layout.settle_count + len(charges))
+        except RedisUnavailable as error:
+            raise QuotaBackendError(str(error)) from error
         _thresholds_queue(charges, actual, used)
 
     def settle_nowait(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
                       hold_seconds: float) -> None:
-        self.client.script_nowait(_SETTLE, *_settle_arguments(request_id, charges, actual, hold_seconds),
-                                  failed=partial(_settle_failed_error, request_id=request_id),
-                                  done=partial(_thresholds_queue, charges, actual))
+        layout = _layout(_static(charges), int(hold_seconds * 1000))
+        self.client.run_nowait(_SETTLE_SCRIPT, layout.settle + _tail(request_id, actual),
+                               layout.settle_count + len(charges),
+                               failed=partial(_settle_failed_error, request_id=request_id),
+                               done=partial(_thresholds_queue, charges, actual))
 
     async def drain(self) -> None:
         await self.client.drain()
-
-    async def _script(self, source: str, keys: list[str], args: list):
-        try:
-            return await self.client.script(source, keys, args)
-        except RedisUnavailable as error:
-            raise QuotaBackendError(str(error)) from error
 
     async def counters(self, keys: list[str]) -> dict[str, dict[str, int]]:
         result = {}
@@ -261,14 +292,25 @@ class DatabaseQuotaBackend(QuotaBackend):
         self._running = threading.Lock()  # one runner at a time: the thread, or the exit handler
         self._jobs: collections.deque[_Job] = collections.deque()
         self._grouped = settings.DATABASES[DEFAULT_DB_ALIAS]["ENGINE"] == "django.db.backends.sqlite3"
-        self._kick_pending = False
+        self._kick: asyncio.TimerHandle | None = None
+        self._kick_loop: asyncio.AbstractEventLoop | None = None
+        self._loop_raw: sqlite3.Connection | None = None  # the event loop's own connection (SQLite: `_inline`)
+        self._loop_pid = 0
         atexit.register(self._exit)
 
     async def reserve(self, *, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._submit(_Job(self._reserve, (request_id, charges, hold_seconds), loop, future))
-        return await future
+        job = _Job(self._reserve, (request_id, charges, hold_seconds), None, None, request_id, "reserve")
+        if self._grouped:
+            outcome = self._inline(job)
+            if outcome is not None:
+                result, error = outcome
+                if error is not None:
+                    raise error
+                return result
+        job.loop = asyncio.get_running_loop()
+        job.future = job.loop.create_future()
+        self._submit(job)
+        return await job.future
 
     async def settle(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
                      hold_seconds: float) -> None:
@@ -280,25 +322,80 @@ class DatabaseQuotaBackend(QuotaBackend):
         # work in order), so nothing sees the reservation unsettled; the response need not wait for the commit.
         # On SQLite it waits up to SETTLE_DELAY_SECONDS for the next decision, to share its commit (a commit is
         # most of a decision's cost there); other processes see it that much later.
-        job = _Job(self._settle, (request_id, charges, actual), None, None, request_id)
+        job = _Job(self._settle, (request_id, charges, actual), None, None, request_id, "settle")
         if not self._grouped:
             self._submit(job)
             return
         self._jobs.append(job)
-        if not self._kick_pending:
-            try:
-                asyncio.get_running_loop().call_later(SETTLE_DELAY_SECONDS, self._kick)
-            except RuntimeError:  # no event loop: now
-                self._wake_thread()
-                return
-            self._kick_pending = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop: now
+            self._wake_thread()
+            return
+        if self._kick is None or self._kick_loop is not loop:  # (a kick of a loop that closed never comes)
+            self._kick, self._kick_loop = loop.call_later(SETTLE_DELAY_SECONDS, self._kicked), loop
 
-    def _kick(self) -> None:
-        self._kick_pending = False
-        if self._jobs:
+    def _kicked(self) -> None:
+        self._kick = None
+        if self._jobs and self._inline(None) is None:
             self._wake_thread()
 
+    def _kick_cancel(self) -> None:
+        """The settles waiting for a decision to share its commit have gone with one: their timer would only wake
+        the event loop for nothing."""
+        if self._kick is not None:
+            if self._kick_loop is asyncio.get_running_loop():
+                self._kick.cancel()
+            self._kick = None
+
+    def _inline(self, job: "_Job | None") -> tuple[object, Exception | None] | None:
+        """On SQLite, runs the settles queued so far and `job` right here on the event loop, in one transaction on
+        a connection of the loop's own: at low concurrency the hop to the quota thread and back (two thread
+        switches and a wake-up of the loop) cost more than the decision. Only when it cannot wait: the thread is
+        idle with nothing but settles queued (so the order of this process's work holds), and the write lock is
+        free (the connection never waits for it: another process's or the usage writer's transaction sends the
+        work to the thread, which does). Returns `job`'s outcome, or None when the thread must do it."""
+        if not self._running.acquire(blocking=False):
+            return None
+        try:
+            jobs = self._jobs
+            if any(queued.future is not None for queued in jobs):
+                return None
+            raw = self._loop_connection()
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:  # locked (or the file is gone): the thread waits for it
+                return None
+            batch = list(jobs)
+            jobs.clear()
+            self._kick_cancel()
+            if job is not None:
+                batch.append(job)
+            outcomes = self._run_sqlite_begun(raw, batch)
+            if outcomes and outcomes[0][1] is not None:
+                self._loop_raw = None  # a connection that failed is not reused
+                with contextlib.suppress(sqlite3.Error):
+                    raw.close()
+        finally:
+            self._running.release()
+        for queued, (_, error) in zip(batch, outcomes, strict=True):
+            if queued is not job and error is not None:
+                _settle_failed_error(error, request_id=queued.request_id)
+        return outcomes[-1] if job is not None else (None, None)
+
+    def _loop_connection(self) -> sqlite3.Connection:
+        raw = self._loop_raw
+        if raw is None or self._loop_pid != os.getpid():
+            path = settings.DATABASES[DEFAULT_DB_ALIAS]["NAME"]
+            # timeout=0: never waits for the write lock on the event loop.
+            raw = self._loop_raw = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+            raw.execute("PRAGMA synchronous=NORMAL")
+            self._loop_pid = os.getpid()
+        return raw
+
     async def drain(self) -> None:
+        if self._grouped and self._inline(None) is not None:  # nothing waits on the thread: done here
+            return
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._submit(_Job(_nothing, (), loop, future))  # answered once everything queued before it has run
@@ -382,20 +479,41 @@ class DatabaseQuotaBackend(QuotaBackend):
             return [(None, failure)] * len(jobs)  # the transaction rolled back: none of them happened
         return outcomes
 
-    @staticmethod
-    def _run_sqlite(raw, jobs: list["_Job"]) -> list[tuple[object, Exception | None]]:
+    def _run_sqlite(self, raw, jobs: list["_Job"]) -> list[tuple[object, Exception | None]]:
         """On SQLite, straight on the driver's connection (Django keeps it in autocommit outside `atomic`): Django's
         transaction and cursor layers cost more than the statements. IMMEDIATE takes the write lock first, so two
         processes never deadlock upgrading a read lock."""
-        cursor = _QmarkCursor(raw.cursor())
         raw.execute("BEGIN IMMEDIATE")
-        try:
-            outcomes = [(job.function(cursor, *job.args), None) for job in jobs]
-        except BaseException:
-            raw.execute("ROLLBACK")
-            raise
-        raw.execute("COMMIT")
+        outcomes = self._run_sqlite_begun(raw, jobs)
+        if outcomes and outcomes[0][1] is not None and isinstance(outcomes[0][1].__cause__, sqlite3.Error):
+            raise outcomes[0][1].__cause__  # `_run` turns it into failures and closes the connection
         return outcomes
+
+    def _run_sqlite_begun(self, raw, jobs: list["_Job"]) -> list[tuple[object, Exception | None]]:
+        """The jobs in the transaction `raw` has begun (holding the write lock), then COMMIT; on an error, ROLLBACK
+        and every job fails (none of them happened)."""
+        try:
+            batch = _SqliteBatch(self, raw.cursor())
+            if any(job.kind == "reserve" for job in jobs):
+                self._sweep_due(batch.cursor)
+            outcomes = [(batch.run(job), None) for job in jobs]
+            batch.flush()
+            raw.execute("COMMIT")
+        except Exception as error:
+            with contextlib.suppress(sqlite3.Error):
+                raw.execute("ROLLBACK")
+            if not isinstance(error, sqlite3.Error):
+                logger.exception("quota decision failed")
+            failure = QuotaBackendError(type(error).__name__)
+            failure.__cause__ = error if isinstance(error, sqlite3.Error) else None
+            return [(None, failure)] * len(jobs)
+        return outcomes
+
+    def _sweep_due(self, cursor) -> None:
+        now = time.time()
+        if now - self._swept_at > _SWEEP_EVERY_SECONDS:
+            self._swept_at = now
+            self._sweep(_QmarkCursor(cursor), now)
 
     def _reserve(self, cursor, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
         now = time.time()
@@ -495,6 +613,147 @@ class DatabaseQuotaBackend(QuotaBackend):
         return result
 
 
+class _SqliteBatch:
+    """The jobs of one SQLite transaction, which holds the write lock from its BEGIN IMMEDIATE to its COMMIT: no
+    other connection, in this process or another, can change a counter meanwhile. So the counters a batch touches
+    are read once, decided in memory, job after job in order, with the same rule as the conditional upsert of
+    PostgreSQL (`_TAKE`: a counter takes its amount only while used + held + amount <= limit, all or none of a
+    request's counters), and written back once at the end (`flush`). That is exact across processes as much as
+    the statements are, and at concurrency 16 a batch of many requests of one user reads and writes its counters
+    once. Reservations are still one row each (a crashed process's expire: `_reclaim`, `_sweep`)."""
+
+    __slots__ = ("backend", "cursor", "qcursor", "state")
+
+    def __init__(self, backend: DatabaseQuotaBackend, cursor) -> None:
+        self.backend = backend
+        self.cursor = cursor
+        self.qcursor = _QmarkCursor(cursor)
+        # counter key -> [used, held, refused, window end (as stored) or None when the row exists, changed]; None:
+        # no such row
+        self.state: dict[str, list | None] = {}
+
+    def run(self, job: "_Job"):
+        if job.kind == "reserve":
+            return self.reserve(*job.args)
+        if job.kind == "settle":
+            return self.settle(*job.args)
+        self.flush()  # a read (or anything else) sees what the batch decided so far
+        return job.function(self.qcursor, *job.args)
+
+    def load(self, keys) -> None:
+        state = self.state
+        missing = [key for key in dict.fromkeys(keys) if key not in state]
+        for start in range(0, len(missing), 500):
+            chunk = missing[start:start + 500]
+            for key in chunk:
+                state[key] = None
+            self.cursor.execute(_counters_sql(len(chunk)), chunk)
+            for key, used, held, refused in self.cursor.fetchall():
+                state[key] = [used, held, refused, None, False]
+
+    def reserve(self, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
+        state = self.state
+        self.load([charge.key for charge in charges])
+        refused = self._refused(charges)
+        if refused is not None:
+            now = time.time()
+            if self._reclaim(charges[0].key, now):
+                refused = self._refused(charges)
+        if refused is None:
+            for charge in charges:
+                counter = state[charge.key]
+                if counter is None:
+                    counter = state[charge.key] = [0, 0, 0, _window_datetime(charge.window_end + hold_seconds), True]
+                counter[1] += charge.amount
+                counter[4] = True
+            amounts = " ".join([f"{charge.key} {charge.amount}" for charge in sorted(charges, key=_charge_key)
+                                if charge.amount])
+            if amounts:
+                self.cursor.execute(_HOLD_QMARK, (request_id, amounts, int((time.time() + hold_seconds) * 1000)))
+        else:
+            charge = charges[refused]
+            counter = state[charge.key]
+            if counter is None:
+                counter = state[charge.key] = [0, 0, 0, _window_datetime(charge.window_end + hold_seconds), True]
+            counter[2] += 1
+            counter[4] = True
+        counters = [state[charge.key] or _NO_COUNTER for charge in charges]
+        return Decision(refused=refused, used=tuple([counter[0] for counter in counters]),
+                        held=tuple([counter[1] for counter in counters]))
+
+    def _refused(self, charges: tuple[Charge, ...]) -> int | None:
+        state = self.state
+        for index, charge in enumerate(charges):
+            counter = state[charge.key]
+            taken = counter[0] + counter[1] if counter is not None else 0
+            if taken + charge.amount > charge.limit:
+                return index
+        return None
+
+    def _reclaim(self, key: str, now: float) -> int:
+        """`DatabaseQuotaBackend._reclaim`, giving the amounts back in the batch's state."""
+        owner = key[:key.index("}") + 1]
+        self.cursor.execute("DELETE FROM usage_quotahold WHERE expires_at < ? AND amounts LIKE ? RETURNING amounts",
+                            [int(now * 1000), owner + "%"])
+        records = [amounts for (amounts,) in self.cursor.fetchall()]
+        for record in records:
+            fields = record.split(" ")
+            self.load(fields[::2])
+            for counter_key, amount in zip(fields[::2], fields[1::2], strict=True):
+                counter = self.state[counter_key]
+                if counter is not None:
+                    counter[1] -= int(amount)
+                    counter[4] = True
+        return len(records)
+
+    def settle(self, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...]) -> None:
+        # The reservation's amounts are the charges' own; it is gone when it expired meanwhile (given back already).
+        self.cursor.execute("DELETE FROM usage_quotahold WHERE request_id = ?", (request_id,))
+        held = self.cursor.rowcount > 0
+        state = self.state
+        self.load([charge.key for charge in charges])
+        used = []
+        for charge, amount in zip(charges, actual, strict=True):
+            counter = state[charge.key]
+            if counter is None:  # no such counter (its period ended and the sweep dropped it): nothing to settle
+                used.append(None)
+                continue
+            counter[0] += amount
+            if held:
+                counter[1] -= charge.amount
+            counter[4] = True
+            used.append(counter[0])
+        # Billing thresholds crossed by this settle are written in its transaction (usage/billing.py).
+        crossed = quota_thresholds_crossed(charges=charges, actual=actual, used=tuple(used))
+        if crossed:
+            billing_events_insert_sql(self.qcursor, crossed)
+
+    def flush(self) -> None:
+        changed = [(key, counter) for key, counter in self.state.items() if counter is not None and counter[4]]
+        if not changed:
+            return
+        new = [(key, used, held, refused, window_end) for key, (used, held, refused, window_end, _) in changed
+               if window_end is not None]
+        if new:
+            self.cursor.executemany("INSERT INTO usage_quotacounter (key, used, held, refused, window_end) "
+                                    "VALUES (?, ?, ?, ?, ?)", new)
+        self.cursor.executemany("UPDATE usage_quotacounter SET used = ?, held = ?, refused = ? WHERE key = ?",
+                                [(used, held, refused, key) for key, (used, held, refused, window_end, _) in changed
+                                 if window_end is None])
+        for _, counter in changed:
+            counter[3] = None  # the row exists now
+            counter[4] = False
+
+
+_NO_COUNTER = (0, 0, 0, None, False)
+_HOLD_QMARK = "INSERT INTO usage_quotahold (request_id, amounts, expires_at) VALUES (?, ?, ?)"
+
+
+@cache
+def _counters_sql(count: int) -> str:
+    return f"SELECT key, used, held, refused FROM usage_quotacounter WHERE key IN ({', '.join(['?'] * count)})"  # noqa: S608
+
+
 # The conditional upsert over every counter of a request: a counter takes its amount only while
 # used + held + amount <= limit (one not there yet is created with it, if it fits); a row comes back for
 # exactly those that did. Atomic on SQLite and PostgreSQL (ON CONFLICT locks the row and re-checks its latest
@@ -577,6 +836,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop | None
     future: asyncio.Future | None  # None: nobody waits (a settle); a failure is logged
     request_id: str = ""
+    kind: str = ""  # "reserve", "settle": decided in memory by a SQLite batch (_SqliteBatch); else run as is
 
 
 def _nothing(cursor) -> None:

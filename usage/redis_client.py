@@ -4,14 +4,18 @@ on it (Redis answers in order), replies parsed by hiredis.
 redis-py's asyncio client costs about 0.2 ms a command in Python (a pool checkout, a lock, its parser); the quota
 budget is 0.3 ms for a whole request. This one writes the command and awaits a future that the protocol resolves
 when the reply arrives: about 0.07 ms on loopback. It only does what quotas need: commands, scripts (EVALSHA, and
-EVAL once after Redis forgot the script), a timeout per call; a connection that fails or times out is dropped and
-the next call opens a new one (so service resumes by itself when Redis is back).
+EVAL once after Redis forgot the script) on arguments the caller may keep encoded (`Script`, `bulk`), a deadline
+per call (one timer per connection watches them all); a connection that fails or times out is dropped and the next
+call opens a new one (so service resumes by itself when Redis is back). On a busy machine each wake-up of the event
+loop costs tens of microseconds, so a command sent without waiting rides with the next one, and the timer that
+bounds its wait is cancelled when it does.
 """
 
 import asyncio
 import collections
 import contextlib
 import hashlib
+import math
 import ssl
 import weakref
 from collections.abc import Callable
@@ -31,30 +35,77 @@ class RedisUnavailable(Exception):
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    """One connection. Commands awaited under a timeout (`timeout` set) are watched by one timer per connection
+    rather than an `asyncio.timeout` each: a command that stays unanswered past its deadline drops the connection,
+    failing every command still waiting on it (the next call opens a new one)."""
+
+    def __init__(self, timeout: float | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        self.timeout = timeout
         self._reader = hiredis.Reader()
         self._waiting: collections.deque[asyncio.Future] = collections.deque()
+        self._deadlines: collections.deque[float] = collections.deque()  # per waiting command (inf: no deadline)
         self._unsent: list[bytes] = []
-        self._write_soon = self._write_later = False
+        self._write_soon = False
+        self._write_later: asyncio.TimerHandle | None = None
+        self._watching = False
+        self._timed_out = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
+        waiting, deadlines = self._waiting, self._deadlines
         while (reply := self._reader.gets()) is not False:
-            future = self._waiting.popleft()
-            if not future.done():  # its caller may have given up (timeout): the reply is dropped
+            future = waiting.popleft()
+            deadlines.popleft()
+            if not future.done():  # its caller may have given up (cancelled): the reply is dropped
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        message = f"no answer from Redis within {self.timeout} s" if self._timed_out else \
+            "the connection to Redis was lost"
+        self._deadlines.clear()
         while self._waiting:
             future = self._waiting.popleft()
             if not future.done():
-                future.set_exception(RedisUnavailable("the connection to Redis was lost"))
+                future.set_exception(RedisUnavailable(message))
+
+    def _watch(self) -> None:
+        """The deadline timer: drops the connection when the first command with a deadline is overdue, else
+        sleeps until that deadline (or stops when no command with one is waiting)."""
+        self._watching = False
+        if self.lost:
+            return
+        first = next((deadline for deadline in self._deadlines if deadline != math.inf), None)
+        if first is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() >= first:
+            self._timed_out = True
+            self.close()
+            return
+        self._watching = True
+        loop.call_at(first, self._watch)
+
+    def send_timed(self, packed: bytes) -> asyncio.Future:
+        """As `send`, with the connection's timeout as the command's deadline."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._waiting.append(future)
+        deadline = loop.time() + self.timeout
+        self._deadlines.append(deadline)
+        if not self._watching:
+            self._watching = True
+            loop.call_at(deadline, self._watch)
+        self._unsent.append(packed)
+        if not self._write_soon:
+            self._write_soon = True
+            loop.call_soon(self._write)
+        return future
 
     def send(self, packed: bytes, *, within: float = 0.0) -> asyncio.Future:
         """Queues a command; the commands queued during one turn of the event loop are written together (at
@@ -63,18 +114,18 @@ class _Protocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._waiting.append(future)
+        self._deadlines.append(math.inf)
         self._unsent.append(packed)
         if within:
-            if not self._write_later:
-                self._write_later = True
-                loop.call_later(within, self._write_delayed)
+            if self._write_later is None:
+                self._write_later = loop.call_later(within, self._write_delayed)
         elif not self._write_soon:
             self._write_soon = True
             loop.call_soon(self._write)
         return future
 
     def _write_delayed(self) -> None:
-        self._write_later = False
+        self._write_later = None
         self._write()
 
     def send_now(self, packed: bytes) -> asyncio.Future:
@@ -82,12 +133,16 @@ class _Protocol(asyncio.Protocol):
         delivers them even if this process is killed the next moment."""
         future = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
+        self._deadlines.append(math.inf)
         self._unsent.append(packed)
         self._write()
         return future
 
     def _write(self) -> None:
         self._write_soon = False
+        if self._write_later is not None:  # what waited goes out now: its timer would only wake the loop for nothing
+            self._write_later.cancel()
+            self._write_later = None
         if self._unsent and not self.lost:
             self.transport.write(self._unsent[0] if len(self._unsent) == 1 else b"".join(self._unsent))
         self._unsent.clear()
@@ -98,7 +153,7 @@ class _Protocol(asyncio.Protocol):
 
 
 class RedisClient:
-    """`await client.call("HGETALL", key)`, `await client.script(source, keys, args)`. Safe to share across event
+    """`await client.call("HGETALL", key)`, `await client.run(script, body, count)`. Safe to share across event
     loops (each loop gets its own connection)."""
 
     def __init__(self, url: str, *, timeout: float) -> None:
@@ -113,23 +168,76 @@ class RedisClient:
         self.timeout = timeout
         self._connections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._connecting: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._shas: dict[str, str] = {}
         self._background: set[asyncio.Task] = set()
 
     async def call(self, *args: str | int | bytes):
+        return await self.call_packed(hiredis.pack_command(args))
+
+    async def call_packed(self, packed: bytes):
+        """`call` of a command already in Redis's wire format. A silent Redis (no answer within the timeout) drops
+        the connection: later calls open a new one."""
         connection = self._connections.get(asyncio.get_running_loop())
         if connection is None or connection.lost:
             connection = await self._connect()
-        future = connection.send(hiredis.pack_command(args))
-        try:
-            async with asyncio.timeout(self.timeout):
-                reply = await future
-        except TimeoutError:
-            connection.close()  # a silent Redis: later calls open a new connection
-            raise RedisUnavailable(f"no answer from Redis within {self.timeout} s") from None
+        reply = await connection.send_timed(packed)
         if isinstance(reply, hiredis.ReplyError):
             raise RedisUnavailable(f"Redis refused the command: {reply}")
         return reply
+
+    async def run(self, script: "Script", body: bytes, count: int):
+        """Runs a script on `body` (its number of keys, keys and arguments in wire format: `count` items): by its
+        SHA, and by its source once Redis has forgotten it (restarted)."""
+        connection = self._connections.get(asyncio.get_running_loop())
+        if connection is None or connection.lost:
+            connection = await self._connect()
+        reply = await connection.send_timed(script.packed(body, count))
+        if isinstance(reply, hiredis.ReplyError):
+            if "NOSCRIPT" in str(reply):
+                return await self.call_packed(script.packed(body, count, by_sha=False))
+            raise RedisUnavailable(f"Redis refused the command: {reply}")
+        return reply
+
+    def run_nowait(self, script: "Script", body: bytes, count: int, *, failed: Callable[[Exception], None],
+                   done: Callable[[Any], None] | None = None) -> None:
+        """Runs a script without waiting for its answer: the command is queued now (so a later command of this
+        process runs after it) and goes out with the next command, within NOWAIT_WITHIN_SECONDS; `failed(error)`
+        is called if Redis refuses it or the connection is lost first, `done(reply)` when it ran. Without a
+        connection, one is opened in a task of its own."""
+        loop = asyncio.get_running_loop()
+        connection = self._connections.get(loop)
+        if connection is None or connection.lost:
+            task = loop.create_task(self._run_reporting(script, body, count, failed, done))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return
+        future = connection.send(script.packed(body, count), within=NOWAIT_WITHIN_SECONDS)
+        future.add_done_callback(partial(self._run_nowait_done, script, body, count, failed, done))
+
+    def _run_nowait_done(self, script: "Script", body: bytes, count: int, failed: Callable[[Exception], None],
+                         done: Callable[[Any], None] | None, future: asyncio.Future) -> None:
+        error = future.exception()
+        reply = None if error is not None else future.result()
+        if isinstance(reply, hiredis.ReplyError):
+            if "NOSCRIPT" in str(reply):  # Redis restarted: send the script itself
+                task = asyncio.get_running_loop().create_task(self._run_reporting(script, body, count, failed, done))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                return
+            error = RedisUnavailable(f"Redis refused the command: {reply}")
+        if error is not None:
+            failed(error)
+        elif done is not None:
+            done(reply)
+
+    async def _run_reporting(self, script: "Script", body: bytes, count: int, failed: Callable[[Exception], None],
+                             done: Callable[[Any], None] | None) -> None:
+        try:
+            reply = await self.run(script, body, count)
+        except RedisUnavailable as error:
+            failed(error)
+            return
+        if done is not None:
+            done(reply)
 
     def call_now(self, args: tuple, *, failed: Callable[[Exception], None]) -> bool:
         """Writes a command at once without waiting for its answer (see `_Protocol.send_now`); `failed(error)` is
@@ -148,61 +256,6 @@ class RedisClient:
         future.add_done_callback(partial(_reply_check, failed))
         return True
 
-    async def script(self, source: str, keys: list[str], args: list):
-        try:
-            return await self.call("EVALSHA", self._sha(source), len(keys), *keys, *args)
-        except RedisUnavailable as error:
-            if "NOSCRIPT" not in str(error):
-                raise
-        return await self.call("EVAL", source, len(keys), *keys, *args)  # Redis restarted: it loads the script again
-
-    def script_nowait(self, source: str, keys: list[str], args: list, *,
-                      failed: Callable[[Exception], None], done: Callable[[Any], None] | None = None) -> None:
-        """Runs a script without waiting for its answer: the command is queued now (so a later command of this
-        process runs after it) and goes out with the next command, within NOWAIT_WITHIN_SECONDS; `failed(error)`
-        is called if Redis refuses it or the connection is lost first, `done(reply)` when it ran. Without a
-        connection, one is opened in a task of its own."""
-        loop = asyncio.get_running_loop()
-        connection = self._connections.get(loop)
-        if connection is None or connection.lost:
-            task = loop.create_task(self._script_reporting(source, keys, args, failed, done))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-            return
-        future = connection.send(hiredis.pack_command(("EVALSHA", self._sha(source), len(keys), *keys, *args)),
-                                 within=NOWAIT_WITHIN_SECONDS)
-        future.add_done_callback(partial(self._nowait_done, source, keys, args, failed, done))
-
-    def _nowait_done(self, source: str, keys: list[str], args: list, failed: Callable[[Exception], None],
-                     done: Callable[[Any], None] | None, future: asyncio.Future) -> None:
-        error = future.exception()
-        reply = None if error is not None else future.result()
-        if isinstance(reply, hiredis.ReplyError):
-            if "NOSCRIPT" in str(reply):  # Redis restarted: send the script itself
-                task = asyncio.get_running_loop().create_task(
-                    self._script_reporting(source, keys, args, failed, done, by_sha=False))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-                return
-            error = RedisUnavailable(f"Redis refused the command: {reply}")
-        if error is not None:
-            failed(error)
-        elif done is not None:
-            done(reply)
-
-    async def _script_reporting(self, source: str, keys: list[str], args: list, failed: Callable[[Exception], None],
-                                done: Callable[[Any], None] | None = None, *, by_sha: bool = True) -> None:
-        try:
-            if by_sha:
-                reply = await self.script(source, keys, args)
-            else:
-                reply = await self.call("EVAL", source, len(keys), *keys, *args)
-        except RedisUnavailable as error:
-            failed(error)
-            return
-        if done is not None:
-            done(reply)
-
     async def drain(self) -> None:
         """At shutdown: waits until Redis has run every script sent without waiting (an answer to a PING comes
         after theirs)."""
@@ -212,12 +265,6 @@ class RedisClient:
         if connection is not None and not connection.lost:
             with contextlib.suppress(RedisUnavailable):
                 await self.call("PING")
-
-    def _sha(self, source: str) -> str:
-        sha = self._shas.get(source)
-        if sha is None:
-            sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324
-        return sha
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -231,7 +278,8 @@ class RedisClient:
         connection = None
         try:
             async with asyncio.timeout(self.timeout):
-                _, connection = await loop.create_connection(_Protocol, self.host, self.port, ssl=self.ssl)
+                _, connection = await loop.create_connection(partial(_Protocol, self.timeout), self.host, self.port,
+                                                             ssl=self.ssl)
                 setup = []
                 if self.password is not None:
                     auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
@@ -249,6 +297,27 @@ class RedisClient:
             raise RedisUnavailable(f"cannot connect to Redis: {type(error).__name__}") from None
         self._connections[loop] = connection
         return connection
+
+
+def bulk(value: str | int | bytes) -> bytes:
+    """One argument of a command in Redis's wire format (RESP bulk string)."""
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+class Script:
+    """A Lua script, with the head of its EVALSHA and EVAL commands in wire format: a caller that keeps the
+    static part of its keys and arguments encoded (usage/quota_backends.py) only encodes what changes."""
+
+    __slots__ = ("by_sha", "by_source", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.by_sha = bulk("EVALSHA") + bulk(hashlib.sha1(source.encode()).hexdigest())  # noqa: S324
+        self.by_source = bulk("EVAL") + bulk(source)
+
+    def packed(self, body: bytes, count: int, *, by_sha: bool = True) -> bytes:
+        return b"*%d\r\n%s%s" % (count + 2, self.by_sha if by_sha else self.by_source, body)
 
 
 def _connect_done(task: asyncio.Task) -> None:
