@@ -93,7 +93,8 @@ class GenerateInputSerializer(StrictSerializer):
     # `prompt` or `messages`, not both; neither only with a prompt template (`metadata`, or the x-llmhub-prompt header
     # with which the schema cannot reckon).
     input_rules = {"not": {"required": ["prompt", "messages"]},
-                   "anyOf": [{"required": ["prompt"]}, {"required": ["messages"]}, {"required": ["metadata"]}]}
+                   "anyOf": [{"required": ["prompt"]}, {"required": ["messages"]},
+                             {"required": ["metadata"], "properties": {"metadata": {"required": ["prompt"]}}}]}
 
     prompt = serializers.CharField(required=False, max_length=500_000, trim_whitespace=False)  # sent as written
     messages = MessagesField(required=False, allow_empty=False)
