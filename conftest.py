@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from health.breakers import breakers_reset
 from registry.limits import limits_snapshot
 from registry.selectors import api_key_snapshot, registry_snapshot
 
@@ -36,6 +37,7 @@ def _fresh_snapshots() -> Iterator[None]:
     snapshots = (registry_snapshot, api_key_snapshot, limits_snapshot)
     for snapshot in snapshots:
         snapshot.invalidate()
+    breakers_reset()  # shared in Redis with REDIS_URL: a model a test broke stays broken otherwise
     yield
     for snapshot in snapshots:
         snapshot.invalidate()

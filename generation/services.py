@@ -21,6 +21,16 @@ from generation import client
 from generation import responses_bridge as bridge
 from generation.adaptation import context_exceeded_error, parameter_refused_error, params_refused, request_adapt
 from generation.routing import candidate_models, earliest_retry
+from health.breakers import (
+    BreakerView,
+    breaker_cool,
+    breaker_failure,
+    breaker_success,
+    breaker_trial_claim,
+    breaker_view,
+    breakers_read,
+    breakers_reset,
+)
 from health.status import health_note, unhealthy_keys
 from llmhub.errors import ApplicationError, NotFound
 from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, get_default_model, get_model_by_id
@@ -39,8 +49,6 @@ from usage.services import (
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Models cooling down after an upstream 429: model id → monotonic time it may be tried again.
-_cooled_until: dict[str, float] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,24 +213,32 @@ def request_messages(body: dict[str, Any], *, api: str = bridge.CHAT) -> list[di
         return [{"role": "user", "content": orjson.dumps([body.get("instructions"), body.get("input")]).decode()}]
 
 
-def _note_failure(model: ModelSpec, error: client.UpstreamError) -> None:
+async def _note_failure(model: ModelSpec, error: client.UpstreamError) -> None:
     upstream_error_count(model=model.id, kind=error.kind)
     if isinstance(error, client.UpstreamRateLimited):
         seconds = error.retry_after if error.retry_after is not None else _config("DEFAULT_COOLDOWN_SECONDS")
-        _cooled_until[model.key] = time.monotonic() + seconds
+        await breaker_cool(model, seconds=seconds)
     elif error.retryable or isinstance(error, client.UpstreamMisconfigured):
         health_note(model, ok=False)
+        await breaker_failure(model, kind=error.kind, status=error.upstream_status)
 
 
 def _failure(attempts: list[Attempt], last: client.UpstreamError | None, candidates: list[str], *,
              since: int = 0, out_of_time: bool = False) -> GenerationFailed:
     """The error for a call no candidate answered; `attempts[since:]` are this call's (a translation makes
     several calls in one request, the error lists every attempt)."""
-    retry_after = earliest_retry(model_keys=candidates, cooled_until=_cooled_until, now=time.monotonic())
+    view, now = breaker_view(), time.time()
+    retry_after = earliest_retry(model_keys=candidates, cooled_until=view.cooled_until(now), now=now)
     if last is None:
         if retry_after is not None:
             return GenerationFailed("Every model for this request is rate limited.", status=429, code="rate_limited",
                                     attempts=attempts, retry_after=retry_after)
+        opened = sorted((view.get(key) for key in candidates if view.get(key).final and view.get(key).avoided(now)),
+                        key=lambda breaker: breaker.until or now)
+        if opened:
+            return GenerationFailed(f"The model is unavailable: {opened[0].reason}.", status=503,
+                                    code="model_unavailable", attempts=attempts,
+                                    retry_after=max((opened[0].until or now) - now, opened[0].trial_until - now, 1.0))
         if out_of_time:
             return GenerationFailed("The request ran out of time.", status=504, code="upstream_timeout",
                                     attempts=attempts)
@@ -387,8 +403,13 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
     primary = model_resolve(caller=caller, registry=registry, model_id=model_id, provider=provider,
                             preferred_ids=preferred_ids)
     model_kind_check(primary, kind)
+    view = await breakers_read()
+    now = time.time()
+    # A half-open model keeps its place: the request that claims its trial must try it, not keep it for last.
     candidates = candidate_models(primary=primary, registry=registry, tier=caller.tier,
-                                  cooled_until=_cooled_until, now=time.monotonic(), unhealthy=unhealthy_keys())
+                                  cooled_until=view.cooled_until(now), now=now,
+                                  unhealthy=unhealthy_keys() - view.half_open(now))
+    candidates = await breakers_admit(candidates, view, now)
     if prompt_tokens is None:
         prompt_tokens = tokens_estimate_messages(request_messages(body, api=api))
     max_tokens = (body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")) \
@@ -407,6 +428,18 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
         request_id=run.request_id, user_id=caller.user_id, api_key_id=caller.api_key_id, tier_slug=caller.tier.slug,
         model=primary, candidates=candidates, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
     return run
+
+
+async def breakers_admit(candidates: list[ModelSpec], view: BreakerView, now: float) -> list[ModelSpec]:
+    """The candidates in the order their circuit breakers allow (health/breakers.py): closed ones, and a half-open
+    one whose trial this request claimed, in their places; open ones last, tried only when all else failed (as a
+    model that is down), except those a 401/403 opened, never tried while open."""
+    if not view.breakers:
+        return candidates
+    avoided, final, trials = view.avoided(now), view.final(now), view.half_open(now)
+    admitted = [model for model in candidates
+                if model.key not in avoided and (model.key not in trials or await breaker_trial_claim(model))]
+    return admitted + [model for model in candidates if model.key in avoided and model.key not in final]
 
 
 async def _first_answer(run: _Run, call: Callable[[ModelSpec, float], Awaitable[T]], *,
@@ -430,13 +463,14 @@ async def _first_answer(run: _Run, call: Callable[[ModelSpec, float], Awaitable[
             run.attempts.append(Attempt(model.id, error.kind, (time.perf_counter() - attempt_started) * 1000,
                                         error.upstream_status, error.message))
             logger.warning("request %s: model %s failed (%s)", run.request_id, model.id, error.kind)
-            _note_failure(model, error)
+            await _note_failure(model, error)
             if not error.retryable:
                 break
             run.demote(model)
             continue
         run.attempts.append(Attempt(model.id, "ok", latency_ms(answer)))
         health_note(model, ok=True)
+        await breaker_success(model)
         return model, answer
     raise _failure(run.attempts, last, run.tried_keys(), since=since, out_of_time=out_of_time)
 
@@ -722,4 +756,4 @@ async def generate(*, caller: Caller, registry: Registry, prompt: str | None = N
 
 
 def cooldowns_reset() -> None:
-    _cooled_until.clear()
+    breakers_reset()

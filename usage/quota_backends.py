@@ -30,9 +30,9 @@ from typing import NamedTuple
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections, transaction
 
+from llmhub.redis_client import RedisClient, RedisUnavailable
 from usage.billing import billing_events_insert_sql, quota_thresholds_crossed
 from usage.entries import Charge
-from usage.redis_client import RedisClient, RedisUnavailable
 from usage.writer import writer
 
 logger = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def _settle_arguments(request_id: str, charges: tuple[Charge, ...], actual: tupl
 
 
 class RedisQuotaBackend(QuotaBackend):
-    """Counters in Redis, through usage.redis_client (pipelined, one connection per event loop, reconnecting by
+    """Counters in Redis, through llmhub.redis_client (pipelined, one connection per event loop, reconnecting by
     itself after Redis restarts and sending a script again when Redis forgot it)."""
 
     def __init__(self, url: str, *, timeout: float) -> None:
