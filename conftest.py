@@ -9,6 +9,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from feedback.selectors import preference_snapshots_clear
+from health.breakers import breakers_reset
 from prompts.selectors import prompt_snapshot
 from registry.limits import limits_snapshot
 from registry.selectors import api_key_snapshot, registry_snapshot
@@ -46,6 +47,7 @@ def _fresh_snapshots() -> Iterator[None]:
     for snapshot in snapshots:
         snapshot.invalidate()
     preference_snapshots_clear()
+    breakers_reset()  # shared in Redis with REDIS_URL: a model a test broke stays broken otherwise
     yield
     for snapshot in snapshots:
         snapshot.invalidate()

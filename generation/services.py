@@ -24,6 +24,16 @@ from generation.adaptation import context_exceeded_error, parameter_refused_erro
 from generation.arms import request_arm
 from generation.prompting import PromptUse, prompt_apply
 from generation.routing import earliest_retry
+from health.breakers import (
+    BreakerView,
+    breaker_cool,
+    breaker_failure,
+    breaker_success,
+    breaker_trial_claim,
+    breaker_view,
+    breakers_read,
+    breakers_reset,
+)
 from health.status import health_note, unhealthy_keys
 from llmhub.errors import ApplicationError, NotFound
 from prompts.services import PromptRequest
@@ -49,8 +59,6 @@ from usage.services import (
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Models cooling down after an upstream 429: model id → monotonic time it may be tried again.
-_cooled_until: dict[str, float] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,26 +225,34 @@ def request_messages(body: dict[str, Any], *, api: str = bridge.CHAT) -> list[di
         return [{"role": "user", "content": orjson.dumps([body.get("instructions"), body.get("input")]).decode()}]
 
 
-def _note_failure(model: ModelSpec, error: client.UpstreamError) -> None:
+async def _note_failure(model: ModelSpec, error: client.UpstreamError) -> None:
     upstream_error_count(model=model.id, kind=error.kind)
     if error.retryable or isinstance(error, client.UpstreamMisconfigured):
         stats_note(model.key, ok=False)
     if isinstance(error, client.UpstreamRateLimited):
         seconds = error.retry_after if error.retry_after is not None else _config("DEFAULT_COOLDOWN_SECONDS")
-        _cooled_until[model.key] = time.monotonic() + seconds
+        await breaker_cool(model, seconds=seconds)
     elif error.retryable or isinstance(error, client.UpstreamMisconfigured):
         health_note(model, ok=False)
+        await breaker_failure(model, kind=error.kind, status=error.upstream_status)
 
 
 def _failure(attempts: list[Attempt], last: client.UpstreamError | None, candidates: list[str], *,
              since: int = 0, out_of_time: bool = False) -> GenerationFailed:
     """The error for a call no candidate answered; `attempts[since:]` are this call's (a translation makes
     several calls in one request, the error lists every attempt)."""
-    retry_after = earliest_retry(model_keys=candidates, cooled_until=_cooled_until, now=time.monotonic())
+    view, now = breaker_view(), time.time()
+    retry_after = earliest_retry(model_keys=candidates, cooled_until=view.cooled_until(now), now=now)
     if last is None:
         if retry_after is not None:
             return GenerationFailed("Every model for this request is rate limited.", status=429, code="rate_limited",
                                     attempts=attempts, retry_after=retry_after)
+        opened = sorted((view.get(key) for key in candidates if view.get(key).final and view.get(key).avoided(now)),
+                        key=lambda breaker: breaker.until or now)
+        if opened:
+            return GenerationFailed(f"The model is unavailable: {opened[0].reason}.", status=503,
+                                    code="model_unavailable", attempts=attempts,
+                                    retry_after=max((opened[0].until or now) - now, opened[0].trial_until - now, 1.0))
         if out_of_time:
             return GenerationFailed("The request ran out of time.", status=504, code="upstream_timeout",
                                     attempts=attempts)
@@ -424,6 +440,7 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
     model_kind_check(primary, kind)
     prompt_use = None if prompt is None else \
         await prompt_apply(body, prompt, model=primary, user_id=caller.user_id, api=api)
+    view, now = await breakers_read(), time.time()  # the circuit breakers, shared by every process
     if prompt_tokens is None:
         prompt_tokens = tokens_estimate_messages(request_messages(body, api=api))
     max_tokens = (body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")) \
@@ -434,8 +451,8 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
                          pinned="explicit" if model_id or provider else
                          "user default" if primary.id in preferred_ids else None,
                          context_tokens=context_tokens if fit_context else 0, prompt_tokens=prompt_tokens,
-                         max_tokens=max_tokens)
-    candidates = route.models
+                         max_tokens=max_tokens, view=view, now=now)
+    candidates = await breakers_admit(route.models, view, now)
     candidates, skipped = candidates_admitted(primary, candidates, body, context_param=context_param,
                                               needed_tokens=context_tokens if fit_context else None)
     candidates = bridge.servable(candidates, primary=primary, body=body, source=api)
@@ -455,7 +472,7 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
 
 async def _route(*, caller: Caller, registry: Registry, body: dict[str, Any], primary: ModelSpec, task: str | None,
                  endpoint: str, pinned: str | None, context_tokens: int, prompt_tokens: int,
-                 max_tokens: int | None) -> Route:
+                 max_tokens: int | None, view: BreakerView, now: float) -> Route:
     """The tier's routing policy over the request's candidates (health and statistics as of now)."""
     task = task or task_resolve(endpoint=endpoint)
     plan = await arouting_plan(caller.tier.slug, task)
@@ -463,9 +480,22 @@ async def _route(*, caller: Caller, registry: Registry, body: dict[str, Any], pr
     budget = await budget_remaining(user_id=caller.user_id, api_key_id=caller.api_key_id,
                                     tier_slug=caller.tier.slug) if plan_needs_budget(plan) else None
     needs = request_needs(body, context_tokens=context_tokens, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
-    health = Health(open_keys=unhealthy_keys(), cooled_until=_cooled_until, now=time.monotonic())
+    # A half-open model keeps its place: the request that claims its trial must try it, not keep it for last.
+    health = Health(open_keys=unhealthy_keys() - view.half_open(now), cooled_until=view.cooled_until(now), now=now)
     return route_request(primary=primary, pinned=pinned, registry=registry, tier=caller.tier, user_id=caller.user_id,
                          task=task, needs=needs, health=health, plan=plan, counts=counts, budget=budget)
+
+
+async def breakers_admit(candidates: list[ModelSpec], view: BreakerView, now: float) -> list[ModelSpec]:
+    """The candidates in the order their circuit breakers allow (health/breakers.py): closed ones, and a half-open
+    one whose trial this request claimed, in their places; open ones last, tried only when all else failed (as a
+    model that is down), except those a 401/403 opened, never tried while open."""
+    if not view.breakers:
+        return candidates
+    avoided, final, trials = view.avoided(now), view.final(now), view.half_open(now)
+    admitted = [model for model in candidates
+                if model.key not in avoided and (model.key not in trials or await breaker_trial_claim(model))]
+    return admitted + [model for model in candidates if model.key in avoided and model.key not in final]
 
 
 async def _first_answer(run: _Run, call: Callable[[ModelSpec, float], Awaitable[T]], *,
@@ -489,7 +519,7 @@ async def _first_answer(run: _Run, call: Callable[[ModelSpec, float], Awaitable[
             run.attempts.append(Attempt(model.id, error.kind, (time.perf_counter() - attempt_started) * 1000,
                                         error.upstream_status, error.message))
             logger.warning("request %s: model %s failed (%s)", run.request_id, model.id, error.kind)
-            _note_failure(model, error)
+            await _note_failure(model, error)
             if not error.retryable:
                 break
             run.demote(model)
@@ -497,6 +527,7 @@ async def _first_answer(run: _Run, call: Callable[[ModelSpec, float], Awaitable[
         run.attempts.append(Attempt(model.id, "ok", latency_ms(answer)))
         health_note(model, ok=True)
         stats_note(model.key, ok=True, latency_ms=run.attempts[-1].latency_ms)
+        await breaker_success(model)
         return model, answer
     raise _failure(run.attempts, last, run.tried_keys(), since=since, out_of_time=out_of_time)
 
@@ -787,4 +818,4 @@ async def generate(*, caller: Caller, registry: Registry, prompt: str | None = N
 
 
 def cooldowns_reset() -> None:
-    _cooled_until.clear()
+    breakers_reset()

@@ -6,9 +6,10 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
+from health.breakers import breaker_reset
 from health.model_tests import QueueUnavailable, model_test_start
 from health.models import ModelTest
-from health.status import model_status_of
+from health.status import HealthSpec, model_key_of, model_status_of
 from registry.admin import LLMModelAdmin, UserLLMConfigAdmin
 from registry.models import LLMModel, UserLLMConfig
 
@@ -37,8 +38,19 @@ class UserModelTestInline(ModelTestInline):
     fk_name = "user_model"
 
 
+def _breaker_words(health: HealthSpec) -> list[str]:
+    breaker, words = health.breaker, []
+    if breaker.state != "closed":
+        words.append(f"circuit breaker {breaker.state.replace('_', '-')} since {breaker.since:%Y-%m-%d %H:%M:%S %Z}: "
+                     f"{breaker.reason}")
+    if breaker.cooled_until is not None:
+        words.append(f"cooling down until {breaker.cooled_until:%H:%M:%S %Z} ({breaker.cool_reason})")
+    return words
+
+
 class ModelTestsAdminMixin:
-    """The "Test connectivity" action and the health line of registry models and users' models."""
+    """The "Test connectivity" and "Reset circuit breaker" actions and the health line of registry models and
+    users' models."""
 
     @admin.display(description="Health")
     def health_status(self, obj: LLMModel | UserLLMConfig) -> str:
@@ -50,14 +62,22 @@ class ModelTestsAdminMixin:
             details.append(f"last tested {health.last_checked_at:%Y-%m-%d %H:%M:%S %Z}")
         if health.last_latency_ms is not None:
             details.append(f"{health.last_latency_ms:.0f} ms")
-        return ", ".join(details)
+        return ", ".join([*details, *_breaker_words(health)])
 
     @admin.display(description="Health")
     def health_column(self, obj: LLMModel | UserLLMConfig) -> str:
         health = model_status_of(obj)
         latency = f" · {health.last_latency_ms:.0f} ms" if health.last_latency_ms is not None else ""
-        return format_html('<span class="llmhub-health" data-status="{}">{}{}</span>', health.status, health.status,
-                           latency)
+        breaker = health.breaker.state
+        shown = f" · breaker {breaker.replace('_', '-')}" if breaker != "closed" else ""
+        return format_html('<span class="llmhub-health" data-status="{}" data-breaker="{}" title="{}">{}{}{}</span>',
+                           health.status, breaker, "; ".join(_breaker_words(health)), health.status, latency, shown)
+
+    @admin.action(description="Reset circuit breaker")
+    def reset_breaker(self, request: HttpRequest, queryset) -> None:
+        for model in queryset:
+            breaker_reset(model_key_of(model))
+        self.message_user(request, "Circuit breakers reset: the models take traffic again.", messages.SUCCESS)
 
     @admin.action(description="Test connectivity")
     def test_connectivity(self, request: HttpRequest, queryset) -> None:
@@ -95,7 +115,7 @@ admin.site.unregister(UserLLMConfig)
 class LLMModelHealthAdmin(ModelTestsAdminMixin, LLMModelAdmin):
     list_display = (*LLMModelAdmin.list_display, "health_column")
     inlines = (*LLMModelAdmin.inlines, LLMModelTestInline)
-    actions = (*LLMModelAdmin.actions, "test_connectivity")
+    actions = (*LLMModelAdmin.actions, "test_connectivity", "reset_breaker")
     readonly_fields = (*LLMModelAdmin.readonly_fields, "health_status")
     fieldsets = (
         (LLMModelAdmin.fieldsets[0][0], {**LLMModelAdmin.fieldsets[0][1],
@@ -108,6 +128,6 @@ class LLMModelHealthAdmin(ModelTestsAdminMixin, LLMModelAdmin):
 class UserLLMConfigHealthAdmin(ModelTestsAdminMixin, UserLLMConfigAdmin):
     list_display = (*UserLLMConfigAdmin.list_display, "health_column")
     inlines = (*UserLLMConfigAdmin.inlines, UserModelTestInline)
-    actions = (*(UserLLMConfigAdmin.actions or ()), "test_connectivity")
+    actions = (*(UserLLMConfigAdmin.actions or ()), "test_connectivity", "reset_breaker")
     fields = _after(UserLLMConfigAdmin.fields, "enabled", "health_status")
     readonly_fields = (*UserLLMConfigAdmin.readonly_fields, "health_status")

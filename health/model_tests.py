@@ -19,8 +19,9 @@ from django.db import DatabaseError, transaction
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
+from health.breakers import breaker_test_outcome
 from health.models import ModelTest
-from health.status import health_record_test
+from health.status import health_record_test, model_key_of
 from llmhub.crypto import secret_decrypt
 from llmhub.errors import NotFound, ServiceUnavailable
 from registry.models import LLMModel, UserLLMConfig
@@ -174,6 +175,9 @@ def model_test_finish(*, test_id: int, result: TestFindings | None = None, error
                 health_record_test(test)
         except DatabaseError as failure:
             logger.warning("model test %s: health not updated (%s)", test_id, type(failure).__name__)
+    if result is not None and (result.answered or result.reachable is not None):
+        breaker_test_outcome(model_key_of(test.user_model or test.llm_model), answered=result.answered,
+                             key_rejected=result.key_accepted is False)
 
 
 # --- Periodic work ------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from django.db.models import OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from health.breakers import CLOSED_SHOWN, BreakerShown, breaker_shown
 from health.models import ModelHealth, ModelTest
 from llmhub.db import connection_heal
 from llmhub.snapshot import LocalSnapshot
@@ -64,6 +65,7 @@ class HealthSpec:
     status: str = "unknown"
     last_checked_at: datetime | None = None
     last_latency_ms: float | None = None
+    breaker: BreakerShown = CLOSED_SHOWN
 
 
 UNKNOWN = HealthSpec()
@@ -403,16 +405,18 @@ def unhealthy_keys() -> frozenset[str]:
 
 
 def model_status(model: ModelSpec) -> HealthSpec:
-    """The model's current status, last test time and latency. No query once warm."""
+    """The model's current status, last test time and latency, and its circuit breaker. No query once warm."""
     view = _view()
     ident = _ident(model)
     stored = view.entries.get(ident)
     with _lock:
         entry = _live.get(ident)
         status = _state(stored, entry if entry is not None and entry.spec is model else None)[0]
+    breaker = breaker_shown(model.key)
     if stored is None:
-        return HealthSpec(status=status)
-    return HealthSpec(status=status, last_checked_at=stored.last_checked_at, last_latency_ms=stored.last_latency_ms)
+        return HealthSpec(status=status, breaker=breaker)
+    return HealthSpec(status=status, last_checked_at=stored.last_checked_at, last_latency_ms=stored.last_latency_ms,
+                      breaker=breaker)
 
 
 def model_status_of(instance: LLMModel | UserLLMConfig) -> HealthSpec:
@@ -423,10 +427,16 @@ def model_status_of(instance: LLMModel | UserLLMConfig) -> HealthSpec:
     if spec is not None:
         return model_status(spec)
     stored = view.entries.get(ident)
+    breaker = breaker_shown(model_key_of(instance))
     if stored is None:
-        return UNKNOWN
+        return HealthSpec(breaker=breaker)
     return HealthSpec(status=_state(stored, None)[0], last_checked_at=stored.last_checked_at,
-                      last_latency_ms=stored.last_latency_ms)
+                      last_latency_ms=stored.last_latency_ms, breaker=breaker)
+
+
+def model_key_of(instance: LLMModel | UserLLMConfig) -> str:
+    """The `ModelSpec.key` of a database row."""
+    return f"user:{instance.owner_id}:{instance.slug}" if isinstance(instance, UserLLMConfig) else instance.public_id
 
 
 def health_record_test(test: ModelTest) -> None:

@@ -228,7 +228,8 @@ SPECTACULAR_SETTINGS = {
     "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],
     # Two fields named `state`: a model test's keeps the name it had, a hub API key's gets its own.
     "ENUM_NAME_OVERRIDES": {"StateEnum": "health.models.ModelTest.State",
-                            "ApiKeyStateEnum": ["active", "expired", "revoked"]},
+                            "ApiKeyStateEnum": ["active", "expired", "revoked"],
+                            "BreakerStateEnum": ["closed", "open", "half_open"]},
     # The docs' scripts and styles come from drf-spectacular-sidecar's static files, never a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -347,6 +348,15 @@ LLMHUB = {
     "STREAM_IDLE_TIMEOUT_SECONDS": env.float("LLMHUB_STREAM_IDLE_TIMEOUT_SECONDS", default=60.0),
     # Cooldown of a model after an upstream 429 that gave no Retry-After.
     "DEFAULT_COOLDOWN_SECONDS": env.float("LLMHUB_DEFAULT_COOLDOWN_SECONDS", default=10.0),
+    # Circuit breakers (health/breakers.py): this many consecutive failed requests open a model's breaker (401/403
+    # at once), for BREAKER_OPEN_SECONDS, doubled after each failed trial up to BREAKER_OPEN_MAX_SECONDS; failures
+    # further apart than BREAKER_FAILURE_WINDOW_SECONDS do not add up. Shared through Redis (HEALTH_REDIS_URL,
+    # default REDIS_URL), in process memory without it.
+    "BREAKER_FAILURES": env.int("LLMHUB_BREAKER_FAILURES", default=3),
+    "BREAKER_OPEN_SECONDS": env.float("LLMHUB_BREAKER_OPEN_SECONDS", default=30.0),
+    "BREAKER_OPEN_MAX_SECONDS": env.float("LLMHUB_BREAKER_OPEN_MAX_SECONDS", default=600.0),
+    "BREAKER_FAILURE_WINDOW_SECONDS": env.float("LLMHUB_BREAKER_FAILURE_WINDOW_SECONDS", default=300.0),
+    "HEALTH_REDIS_URL": env.str("LLMHUB_HEALTH_REDIS_URL", default=REDIS_URL),
     # Request caps (bad input gets a 4xx before anything is forwarded).
     "MAX_OUTPUT_TOKENS": env.int("LLMHUB_MAX_OUTPUT_TOKENS", default=32768),
     "MAX_MESSAGES": env.int("LLMHUB_MAX_MESSAGES", default=512),

@@ -64,6 +64,10 @@ def health_title(health: HealthSpec) -> str:
         parts.append(f"last checked {timezone.localtime(health.last_checked_at):%Y-%m-%d %H:%M:%S %Z}")
     if health.last_latency_ms is not None:
         parts.append(f"{health.last_latency_ms:.0f} ms")
+    if health.breaker.state != "closed":
+        parts.append(f"circuit breaker {health.breaker.state.replace('_', '-')}: {health.breaker.reason}")
+    if health.breaker.cooled_until is not None:
+        parts.append(f"rate limited until {timezone.localtime(health.breaker.cooled_until):%H:%M:%S}")
     return " · ".join(parts)
 
 

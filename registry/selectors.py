@@ -280,7 +280,11 @@ def user_model_get(*, owner_id: int, model_id: str) -> UserLLMConfig | None:
 
 # --- Status ---------------------------------------------------------------------------------------------
 
-UNKNOWN_STATUS = MappingProxyType({"status": "unknown", "last_checked_at": None, "last_latency_ms": None})
+UNKNOWN_STATUS = MappingProxyType({
+    "status": "unknown", "last_checked_at": None, "last_latency_ms": None,
+    "breaker": MappingProxyType({"state": "closed", "reason": "", "since": None, "retry_at": None,
+                                 "cooled_until": None}),
+})
 # What is known of a model's health is the health app's: it installs its reader here as it starts (health/apps.py),
 # the registry importing no app above it. Without one every model is "unknown".
 _status_reader: Callable[[ModelSpec], Any] | None = None

@@ -35,10 +35,22 @@ def _default(name: str) -> Any:
 
 # --- Status -----------------------------------------------------------------------------------------------
 
+class BreakerOutputSerializer(serializers.Serializer):
+    state = serializers.ChoiceField(choices=["closed", "open", "half_open"],
+                                    help_text="closed: traffic flows; open: the model is skipped; half_open: one trial "
+                                              "request may go (its answer closes the breaker, a failure opens it again).")
+    reason = serializers.CharField(allow_blank=True, help_text="Why it opened (generic words, never an upstream body).")
+    since = serializers.DateTimeField(allow_null=True, help_text="When it opened.")
+    retry_at = serializers.DateTimeField(allow_null=True, help_text="While open: when it turns half-open.")
+    cooled_until = serializers.DateTimeField(allow_null=True,
+                                             help_text="After an upstream 429: the model is skipped until then.")
+
+
 class HealthOutputSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=["healthy", "degraded", "down", "unknown"])
     last_checked_at = serializers.DateTimeField(allow_null=True)
     last_latency_ms = serializers.FloatField(allow_null=True)
+    breaker = BreakerOutputSerializer(help_text="The model's circuit breaker, shared by every app process.")
 
 
 def _status(model: ModelSpec | None) -> dict[str, Any]:

@@ -31,9 +31,9 @@ from typing import NamedTuple
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections, transaction
 
+from llmhub.redis_client import RedisClient, RedisUnavailable, Script, bulk
 from usage.billing import billing_events_insert_sql, quota_thresholds_crossed
 from usage.entries import Charge
-from usage.redis_client import RedisClient, RedisUnavailable, Script, bulk
 from usage.writer import writer
 
 logger = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def _tail(request_id: str, amounts) -> bytes:
 
 
 class RedisQuotaBackend(QuotaBackend):
-    """Counters in Redis, through usage.redis_client (pipelined, one connection per event loop, reconnecting by
+    """Counters in Redis, through llmhub.redis_client (pipelined, one connection per event loop, reconnecting by
     itself after Redis restarts and sending a script again when Redis forgot it). The static part of each
     request's scripts is encoded once per limits and period windows (`_layout`)."""
 

@@ -34,7 +34,7 @@ import orjson
 from django.conf import settings
 from django.db import DatabaseError
 
-from usage.redis_client import RedisClient
+from llmhub.redis_client import RedisClient
 from usage.writer import route_explained, rows_insert, writer
 
 if TYPE_CHECKING:

@@ -120,7 +120,8 @@ def test_it_creates_reads_updates_and_deletes_an_own_model(registry, owner, clie
         "enabled": True, "owned": True, "capabilities": ["streaming", "tools"], "context_window": 16000,
         "input_price_per_million": "1.500000", "output_price_per_million": "2.500000", "key_set": True,
         "key_last4": CANARY[-4:], "is_default": False,
-        "status": {"status": "unknown", "last_checked_at": None, "last_latency_ms": None},
+        "status": {"status": "unknown", "last_checked_at": None, "last_latency_ms": None,
+                   "breaker": {"state": "closed", "reason": "", "since": None, "retry_at": None, "cooled_until": None}},
         "created_at": body["created_at"], "updated_at": body["updated_at"],
     }
     row = UserLLMConfig.objects.get(owner=owner, slug="mine")
