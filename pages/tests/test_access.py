@@ -8,7 +8,7 @@ from pages.urls import urlpatterns
 
 pytestmark = pytest.mark.django_db
 
-SAMPLE_ARGUMENTS = {"kind": "registry", "model_id": "demo", "test_id": 1, "key_id": 1, "request_id": "req_1"}
+SAMPLE_ARGUMENTS = {"kind": "registry", "model_id": "demo", "test_id": 1, "key_id": 1, "request_id": "req_1", "experiment_id": 1}
 PUBLIC = {"login", "logout"}
 
 
