@@ -32,6 +32,8 @@ class AnalyticsModelsApi(APIView):
     window: latency, TTFT, throughput, success and failures by kind, uptime from tests, cost per 1,000 requests;
     and the same per provider."""
 
+    serializer_class = AnalyticsModelsOutputSerializer
+
     @extend_schema(parameters=[AnalyticsQuerySerializer],
                    responses={200: AnalyticsModelsOutputSerializer, **error_responses(400)},
                    operation_id="analytics_models_list")
@@ -42,6 +44,8 @@ class AnalyticsModelsApi(APIView):
 
 class AnalyticsModelApi(APIView):
     """GET: one model's figures over a window, per task type, and per hour or day (`points`)."""
+
+    serializer_class = AnalyticsModelOutputSerializer
 
     @extend_schema(parameters=[AnalyticsQuerySerializer],
                    responses={200: AnalyticsModelOutputSerializer, **error_responses(400)},
@@ -55,6 +59,7 @@ class RecommendationListApi(APIView):
     """GET (staff): the newest model recommendations, with their evidence."""
 
     permission_classes = [*APIView.permission_classes, IsStaff]
+    serializer_class = RecommendationOutputSerializer
 
     @extend_schema(responses=RecommendationOutputSerializer(many=True), operation_id="analytics_recommendations_list")
     def get(self, request: Request) -> Response:

@@ -40,6 +40,7 @@ class ModelTestListApi(ModelTargetApi):
     """The model's recent connectivity tests, newest first."""
 
     permission_classes = [*APIView.permission_classes, CanTestRegistryModel]
+    serializer_class = ModelTestOutputSerializer
 
     @extend_schema(responses=ModelTestOutputSerializer(many=True), operation_id="models_tests_list")
     def get(self, request: Request, model_id: str) -> Response:
@@ -51,6 +52,7 @@ class ModelTestDetailApi(ModelTargetApi):
     """One connectivity test of the model: its state and, once finished, its result."""
 
     permission_classes = [*APIView.permission_classes, CanTestRegistryModel]
+    serializer_class = ModelTestOutputSerializer
 
     @extend_schema(responses=ModelTestOutputSerializer, operation_id="models_tests_retrieve")
     def get(self, request: Request, model_id: str, test_id: int) -> Response:

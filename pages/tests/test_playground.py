@@ -45,9 +45,12 @@ def test_it_streams_the_answer_with_its_model_tokens_cost_and_latency(live_hub, 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     found = events(response)
-    assert found[0] == ("meta", {"model": "demo", "display_name": "Demo (simulated)", "attempts": [
-        {"model": "demo", "outcome": "ok", "latency_ms": found[0][1]["attempts"][0]["latency_ms"],
-         "upstream_status": None, "message": ""}]})
+    meta = found[0][1]
+    assert found[0][0] == "meta" and meta["route"]["winner"] == "demo"  # how it was chosen (routing/)
+    assert {name: value for name, value in meta.items() if name != "route"} == {
+        "model": "demo", "display_name": "Demo (simulated)", "attempts": [
+            {"model": "demo", "outcome": "ok", "latency_ms": meta["attempts"][0]["latency_ms"],
+             "upstream_status": None, "message": ""}]}
     assert answer(found) == "Simulated reply from demo: hello there"
     summary = named(found, "summary")
     assert summary["output_tokens"] == 6 and summary["input_tokens"] > 0 and not summary["estimated"]
