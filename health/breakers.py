@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 
-from llmhub.redis_client import RedisClient, RedisUnavailable
+from llmhub.redis_client import RedisClient, RedisUnavailable, Script, bulk
 from registry.selectors import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -450,12 +450,18 @@ def _record_of(breaker: Breaker) -> dict:
     return record
 
 
+@cache
+def _script(source: str) -> Script:
+    return Script(source)
+
+
 async def _run(model_key: str, script: str, args: tuple, step) -> Any:
     store = _store()
     if store is None:
         return _apply_locally(model_key, step)
     try:
-        reply = await store.client.script(script, [HEALTH_KEY], [model_key, repr(time.time()), *map(str, args)])
+        items = (1, HEALTH_KEY, model_key, repr(time.time()), *map(str, args))  # one key, then the arguments
+        reply = await store.client.run(_script(script), b"".join(map(bulk, items)), len(items))
     except RedisUnavailable as error:
         _complain(error)
         return _apply_locally(model_key, step)
