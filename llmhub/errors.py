@@ -2,16 +2,20 @@
 and `llmhub.api.exception_handler` (or `/v1`'s OpenAI renderer) turns it into a response."""
 
 import logging
+import sys
 from typing import Any
-
-import redis
 
 from llmhub.db import CONNECTION_ERRORS
 
 # unavailable_error's warnings keep the logger they had in llmhub.api (which imports DRF: /v1 does not need it).
 logger = logging.getLogger("llmhub.api")
 
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def is_redis_unavailable(exc: BaseException) -> bool:
+    """A Redis connection or timeout error. Looked up lazily: an embedded process never imports redis (70 ms)."""
+    exceptions = sys.modules.get("redis.exceptions")
+    return exceptions is not None and isinstance(exc, (exceptions.ConnectionError, exceptions.TimeoutError))
 
 
 class ApplicationError(Exception):
@@ -59,7 +63,7 @@ def unavailable_error(exc: BaseException) -> ServiceUnavailable | None:
     other error. Every renderer (this handler, /v1, the 500 page) asks it before answering 500."""
     if isinstance(exc, CONNECTION_ERRORS):
         error = ServiceUnavailable("The database is unavailable; try again in a moment.", code="database_unavailable")
-    elif isinstance(exc, REDIS_ERRORS):
+    elif is_redis_unavailable(exc):
         error = ServiceUnavailable("The cache is unavailable; try again in a moment.", code="cache_unavailable")
     else:
         return None
