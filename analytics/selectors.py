@@ -38,7 +38,7 @@ from django.utils import timezone
 from health.models import ModelTest
 from llmhub.errors import NotFound
 from registry.models import UserLLMConfig
-from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, registry_get
+from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, model_status_read, registry_get
 from usage.histograms import BUCKETS, bucket_middle, histogram_empty, histogram_percentile
 from usage.models import UsageDaySummary, UsageLog, UsageRollup
 from usage.rollups import day_start, hour_floor, local_date, usage_hour_totals
@@ -407,7 +407,8 @@ def _series_value(value):
 
 def analytics_model(*, user: AbstractBaseUser, tier: TierSpec, model_id: str, window_key: str = DEFAULT_WINDOW,
                     task: str | None = None, now: datetime | None = None) -> dict:
-    """One model's figures over the window, per task, and per point (hour or day) for the charts."""
+    """One model's figures over the window, per task, and per point (hour or day) for the charts, and its status
+    now (health and circuit breaker)."""
     model = model_visible_get(user=user, tier=tier, model_id=model_id)
     window = window_get(window_key, now=now)
     grouped = analytics_grouped(window=window, models=[model])
@@ -420,7 +421,7 @@ def analytics_model(*, user: AbstractBaseUser, tier: TierSpec, model_id: str, wi
         stats = by_point.get((point,)) or Stats()
         points.append({"start": point, **figures(stats, uptime.get((point, model.key)))})
     return {"window": window.key, "task": task, "start": window.start, "end": window.now, "step": window.step,
-            "model": _model_head(model),
+            "model": _model_head(model), "status": model_status_read(model),
             **figures(stats_fold(grouped, by=(1,), task=task).get((model.key,)) or Stats(), total_uptime),
             "by_task": {name: figures(by_task.get((name,)) or Stats()) for name in TASKS},
             "points": points}

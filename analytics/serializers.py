@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from analytics.selectors import DEFAULT_WINDOW, TASKS, WINDOWS
+from registry.serializers import HealthOutputSerializer
 
 
 class AnalyticsQuerySerializer(serializers.Serializer):
@@ -84,6 +85,8 @@ class ByTaskSerializer(serializers.Serializer):
 class AnalyticsModelOutputSerializer(WindowSerializer, FiguresSerializer):
     step = serializers.ChoiceField(choices=["hour", "day"])
     model = ModelHeadSerializer()
+    status = HealthOutputSerializer(help_text="The model's health and circuit breaker now (an open breaker says why "
+                                              "and since when).")
     by_task = ByTaskSerializer(help_text="The whole window per task type (not filtered by `task`).")
     points = PointSerializer(many=True, help_text="Each hour or day of the window, oldest first.")
 
