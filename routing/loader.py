@@ -11,7 +11,6 @@ registry knows the section only through `file_section_register`.
 """
 
 from dataclasses import dataclass
-from typing import Any
 
 from django.core.exceptions import ValidationError
 
