@@ -20,9 +20,7 @@ The figures:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,7 +28,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.cache import cache
 from django.db.models import Count, Q
 from django.db.models.functions import Trunc
 from django.utils import timezone
@@ -40,8 +37,9 @@ from llmhub.errors import NotFound
 from registry.models import UserLLMConfig
 from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, model_status_read, registry_get
 from usage.histograms import BUCKETS, bucket_middle, histogram_empty, histogram_percentile
-from usage.models import UsageDaySummary, UsageLog, UsageRollup
+from usage.models import UsageLog, UsageRollup
 from usage.rollups import day_start, hour_floor, local_date, usage_hour_totals
+from usage.selectors import closed_days_cached
 
 # window -> (the step of its points, how many)
 WINDOWS = {"24h": ("hour", 24), "7d": ("day", 7), "30d": ("day", 30)}
@@ -52,7 +50,6 @@ TRANSLATION_ENDPOINTS = frozenset({"api.translate"})
 TEST_ENDPOINT = "model_test"
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 OK = UsageLog.Status.OK
-logger = logging.getLogger(__name__)
 
 
 def task_of(endpoint: str) -> str:
@@ -237,31 +234,20 @@ def _group_into(grouped: Grouped, rows: Iterable[tuple], *, window: Window, owne
                          output_tokens=output_tokens, cost=Decimal(cost), latency=latency, ttft=ttft)
 
 
-CLOSED_DAYS_CACHE_SECONDS = 3600
-
-
 def _closed_days_grouped(window: Window, owners: dict[str, set[int]]) -> Grouped:
-    """Every model's stats of the window's days before today, from the daily roll-ups. Cached: those days change only
-    when a late row makes the roll-up task recompute one, which writes its day summaries again under new ids, so the
-    key holds the highest summary id before today (as the usage pages' cache does), and who owns which model id."""
+    """Every model's stats of the window's days before today, from the daily roll-ups; cached
+    (`usage.selectors.closed_days_cached`), the key holding who owns which model id too."""
     today_start = window.points[-1]
-    version = (UsageDaySummary.objects.filter(bucket_start__lt=today_start).order_by("-id")
-               .values_list("id", flat=True).first())
     owned = hashlib.sha256(repr(sorted((slug, sorted(ids)) for slug, ids in owners.items())).encode()).hexdigest()
-    key = f"llmhub:analytics:closed:{window.start.isoformat()}:{today_start.isoformat()}:{version}:{owned[:16]}"
-    try:
-        cached = cache.get(key)
-    except Exception as error:  # the cache is away: the pages still work, a little slower
-        logger.warning("analytics: cache unavailable (%s)", type(error).__name__)
-        cached = None
-    if cached is not None:
-        return cached
-    grouped: Grouped = {}
-    periods = Q(period=UsageRollup.Period.DAY, bucket_start__gte=window.start, bucket_start__lt=today_start)
-    _group_into(grouped, _rollup_rows(periods, None), window=window, owners=owners, keys=None)
-    with contextlib.suppress(Exception):
-        cache.set(key, grouped, CLOSED_DAYS_CACHE_SECONDS)
-    return grouped
+
+    def build() -> Grouped:
+        grouped: Grouped = {}
+        periods = Q(period=UsageRollup.Period.DAY, bucket_start__gte=window.start, bucket_start__lt=today_start)
+        _group_into(grouped, _rollup_rows(periods, None), window=window, owners=owners, keys=None)
+        return grouped
+
+    return closed_days_cached(name="analytics", parts=(window.start.isoformat(), today_start.isoformat(), owned[:16]),
+                              today_start=today_start, build=build)
 
 
 def analytics_grouped(*, window: Window, models: Iterable[ModelSpec]) -> Grouped:

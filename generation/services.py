@@ -93,6 +93,9 @@ class Usage:
 
 @dataclass(slots=True)
 class ChatOutcome:
+    """A non-streaming call's answer, whichever API it went to: Chat Completions, Responses (generation/responses.py:
+    `data` is then a Response object) or embeddings."""
+
     request_id: str
     model: ModelSpec
     raw: bytes
