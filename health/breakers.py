@@ -431,7 +431,7 @@ def _failed_step(now: float, reason: str, at_once: bool):
 
     def step(record: dict | None) -> tuple[bool, dict]:
         return _failed(record or {}, now=now, reason=reason, at_once=at_once, threshold=threshold, base=base,
-                             longest=longest, window=window)
+                       longest=longest, window=window)
     return step
 
 
