@@ -20,9 +20,7 @@ The figures:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,7 +28,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.cache import cache
 from django.db.models import Count, Q
 from django.db.models.functions import Trunc
 from django.utils import timezone
@@ -38,10 +35,11 @@ from django.utils import timezone
 from health.models import ModelTest
 from llmhub.errors import NotFound
 from registry.models import UserLLMConfig
-from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, registry_get
+from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, model_status_read, registry_get
 from usage.histograms import BUCKETS, bucket_middle, histogram_empty, histogram_percentile
-from usage.models import UsageDaySummary, UsageLog, UsageRollup
+from usage.models import UsageLog, UsageRollup
 from usage.rollups import day_start, hour_floor, local_date, usage_hour_totals
+from usage.selectors import closed_days_cached
 
 # window -> (the step of its points, how many)
 WINDOWS = {"24h": ("hour", 24), "7d": ("day", 7), "30d": ("day", 30)}
@@ -52,7 +50,6 @@ TRANSLATION_ENDPOINTS = frozenset({"api.translate"})
 TEST_ENDPOINT = "model_test"
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 OK = UsageLog.Status.OK
-logger = logging.getLogger(__name__)
 
 
 def task_of(endpoint: str) -> str:
@@ -237,31 +234,20 @@ def _group_into(grouped: Grouped, rows: Iterable[tuple], *, window: Window, owne
                          output_tokens=output_tokens, cost=Decimal(cost), latency=latency, ttft=ttft)
 
 
-CLOSED_DAYS_CACHE_SECONDS = 3600
-
-
 def _closed_days_grouped(window: Window, owners: dict[str, set[int]]) -> Grouped:
-    """Every model's stats of the window's days before today, from the daily roll-ups. Cached: those days change only
-    when a late row makes the roll-up task recompute one, which writes its day summaries again under new ids, so the
-    key holds the highest summary id before today (as the usage pages' cache does), and who owns which model id."""
+    """Every model's stats of the window's days before today, from the daily roll-ups; cached
+    (`usage.selectors.closed_days_cached`), the key holding who owns which model id too."""
     today_start = window.points[-1]
-    version = (UsageDaySummary.objects.filter(bucket_start__lt=today_start).order_by("-id")
-               .values_list("id", flat=True).first())
     owned = hashlib.sha256(repr(sorted((slug, sorted(ids)) for slug, ids in owners.items())).encode()).hexdigest()
-    key = f"llmhub:analytics:closed:{window.start.isoformat()}:{today_start.isoformat()}:{version}:{owned[:16]}"
-    try:
-        cached = cache.get(key)
-    except Exception as error:  # the cache is away: the pages still work, a little slower
-        logger.warning("analytics: cache unavailable (%s)", type(error).__name__)
-        cached = None
-    if cached is not None:
-        return cached
-    grouped: Grouped = {}
-    periods = Q(period=UsageRollup.Period.DAY, bucket_start__gte=window.start, bucket_start__lt=today_start)
-    _group_into(grouped, _rollup_rows(periods, None), window=window, owners=owners, keys=None)
-    with contextlib.suppress(Exception):
-        cache.set(key, grouped, CLOSED_DAYS_CACHE_SECONDS)
-    return grouped
+
+    def build() -> Grouped:
+        grouped: Grouped = {}
+        periods = Q(period=UsageRollup.Period.DAY, bucket_start__gte=window.start, bucket_start__lt=today_start)
+        _group_into(grouped, _rollup_rows(periods, None), window=window, owners=owners, keys=None)
+        return grouped
+
+    return closed_days_cached(name="analytics", parts=(window.start.isoformat(), today_start.isoformat(), owned[:16]),
+                              today_start=today_start, build=build)
 
 
 def analytics_grouped(*, window: Window, models: Iterable[ModelSpec]) -> Grouped:
@@ -407,7 +393,8 @@ def _series_value(value):
 
 def analytics_model(*, user: AbstractBaseUser, tier: TierSpec, model_id: str, window_key: str = DEFAULT_WINDOW,
                     task: str | None = None, now: datetime | None = None) -> dict:
-    """One model's figures over the window, per task, and per point (hour or day) for the charts."""
+    """One model's figures over the window, per task, and per point (hour or day) for the charts, and its status
+    now (health and circuit breaker)."""
     model = model_visible_get(user=user, tier=tier, model_id=model_id)
     window = window_get(window_key, now=now)
     grouped = analytics_grouped(window=window, models=[model])
@@ -420,7 +407,7 @@ def analytics_model(*, user: AbstractBaseUser, tier: TierSpec, model_id: str, wi
         stats = by_point.get((point,)) or Stats()
         points.append({"start": point, **figures(stats, uptime.get((point, model.key)))})
     return {"window": window.key, "task": task, "start": window.start, "end": window.now, "step": window.step,
-            "model": _model_head(model),
+            "model": _model_head(model), "status": model_status_read(model),
             **figures(stats_fold(grouped, by=(1,), task=task).get((model.key,)) or Stats(), total_uptime),
             "by_task": {name: figures(by_task.get((name,)) or Stats()) for name in TASKS},
             "points": points}

@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from analytics.selectors import DEFAULT_WINDOW, TASKS, WINDOWS
+from registry.serializers import HealthOutputSerializer, ModelHeadSerializer
 
 
 class AnalyticsQuerySerializer(serializers.Serializer):
@@ -40,18 +41,11 @@ class FiguresSerializer(serializers.Serializer):
     uptime = UptimeSerializer()
 
 
-class ModelHeadSerializer(serializers.Serializer):
-    id = serializers.CharField()
-    display_name = serializers.CharField()
-    provider = serializers.CharField()
-    provider_name = serializers.CharField()
-    owned = serializers.BooleanField(help_text="One of the caller's own models.")
+class AnalyticsModelHeadSerializer(ModelHeadSerializer):
     kind = serializers.CharField()
-    input_price_per_million = serializers.DecimalField(max_digits=12, decimal_places=6)
-    output_price_per_million = serializers.DecimalField(max_digits=12, decimal_places=6)
 
 
-class ModelFiguresSerializer(ModelHeadSerializer, FiguresSerializer):
+class ModelFiguresSerializer(AnalyticsModelHeadSerializer, FiguresSerializer):
     pass
 
 
@@ -83,7 +77,9 @@ class ByTaskSerializer(serializers.Serializer):
 
 class AnalyticsModelOutputSerializer(WindowSerializer, FiguresSerializer):
     step = serializers.ChoiceField(choices=["hour", "day"])
-    model = ModelHeadSerializer()
+    model = AnalyticsModelHeadSerializer()
+    status = HealthOutputSerializer(help_text="The model's health and circuit breaker now (an open breaker says why "
+                                              "and since when).")
     by_task = ByTaskSerializer(help_text="The whole window per task type (not filtered by `task`).")
     points = PointSerializer(many=True, help_text="Each hour or day of the window, oldest first.")
 

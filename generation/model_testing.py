@@ -15,6 +15,7 @@ from django.conf import settings
 
 from generation.client import UpstreamMisconfigured
 from generation.connectivity import CheckResult, CheckUsage, model_check
+from generation.services import breaker_opened_tell
 from health.model_tests import TIMED_OUT, model_test_claim, model_test_finish, model_test_target
 from health.models import ModelTest
 from llmhub.errors import ConfigurationError
@@ -61,7 +62,7 @@ def model_test_execute(*, test_id: int) -> None:
         if target is not None and usage.calls:
             model_test_usage_record(model=target, usage=usage, result=result, error=error,
                                     latency_ms=(time.perf_counter() - started) * 1000)
-    model_test_finish(test_id=test_id, result=result, error=error)
+    breaker_opened_tell(model_test_finish(test_id=test_id, result=result, error=error))
 
 
 def model_test_usage_record(*, model: ModelSpec, usage: CheckUsage, result: CheckResult | None, error: str,

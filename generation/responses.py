@@ -8,33 +8,19 @@ answer, streamed or not, translated back into a Response object or Responses eve
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from generation import client, services
 from generation import responses_bridge as bridge
-from generation.services import Attempt, Caller, ChatStream, Usage
+from generation.services import Caller, ChatOutcome, ChatStream, Usage
 from prompts.services import PromptRequest
 from registry.selectors import ModelSpec, Registry
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class ResponseOutcome:
-    request_id: str
-    model: ModelSpec
-    raw: bytes
-    data: dict[str, Any]
-    attempts: list[Attempt]
-    usage: Usage
-    cost: Decimal
-    quota: Any = None  # its rate-limit headers go on the response
-    prompt: Any = None  # the prompt template it was served with (prompting.PromptUse)
 
 
 class _Forms:
@@ -71,7 +57,7 @@ async def _native_usage(run: Any, model: ModelSpec, forms: _Forms, completion: c
 
 async def respond(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str = "v1.responses",
                   model_id: str | None = None, preferred_ids: Sequence[str] = (),
-                  prompt: PromptRequest | None = None) -> ResponseOutcome:
+                  prompt: PromptRequest | None = None) -> ChatOutcome:
     """One non-streaming Responses request, with fallback, settled and logged exactly once."""
     run = await services.start_run(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
                                    provider=None, preferred_ids=preferred_ids, api=bridge.RESPONSES, prompt=prompt)
@@ -97,9 +83,10 @@ async def respond(*, caller: Caller, registry: Registry, body: dict[str, Any], e
         raise
     finally:
         await asyncio.shield(services.run_finish(run, model=model, usage=usage, error=error))
-    return ResponseOutcome(request_id=run.request_id, model=model, raw=completion.raw, data=completion.data,
-                           attempts=run.attempts, usage=usage, cost=run.cost, quota=run.reservation,
-                           prompt=run.prompt)
+    return ChatOutcome(request_id=run.request_id, model=model, raw=completion.raw, data=completion.data,
+                       attempts=run.attempts, usage=usage, cost=run.cost,
+                       latency_ms=(time.perf_counter() - run.started) * 1000, quota=run.reservation, prompt=run.prompt,
+                       route=run.route)
 
 
 class NativeResponsesStream(ChatStream):

@@ -25,6 +25,7 @@ from generation.arms import request_arm
 from generation.prompting import PromptUse, prompt_apply
 from generation.routing import earliest_retry
 from health.breakers import (
+    BreakerOpened,
     BreakerView,
     breaker_cool,
     breaker_failure,
@@ -43,10 +44,12 @@ from routing.preferences import preference_counts
 from routing.selectors import arouting_plan
 from routing.services import budget_remaining, plan_needs_budget, plan_needs_counts, route_request, task_resolve
 from routing.stats import stats_note
+from usage.billing import breaker_opened_event
 from usage.metrics import upstream_error_count
 from usage.quotas import Reservation, quota_reserve, quota_settle_nowait
 from usage.services import (
     UsageEntry,
+    billing_event_record,
     prompt_hash,
     tokens_count_messages,
     tokens_count_text,
@@ -90,6 +93,9 @@ class Usage:
 
 @dataclass(slots=True)
 class ChatOutcome:
+    """A non-streaming call's answer, whichever API it went to: Chat Completions, Responses (generation/responses.py:
+    `data` is then a Response object) or embeddings."""
+
     request_id: str
     model: ModelSpec
     raw: bytes
@@ -234,7 +240,15 @@ async def _note_failure(model: ModelSpec, error: client.UpstreamError) -> None:
         await breaker_cool(model, seconds=seconds)
     elif error.retryable or isinstance(error, client.UpstreamMisconfigured):
         health_note(model, ok=False)
-        await breaker_failure(model, kind=error.kind, status=error.upstream_status)
+        breaker_opened_tell(await breaker_failure(model, kind=error.kind, status=error.upstream_status))
+
+
+def breaker_opened_tell(opened: BreakerOpened | None) -> None:
+    """Tells staff of a breaker the upstream's rejection of the credentials opened: a `model.breaker_opened`
+    billing event (webhooks), beside the error log health writes. None: nothing to tell."""
+    if opened is not None:
+        billing_event_record(breaker_opened_event(model=opened.model_key, reason=opened.reason, status=opened.status,
+                                                  opened_at=opened.since, source=opened.source))
 
 
 def _failure(attempts: list[Attempt], last: client.UpstreamError | None, candidates: list[str], *,

@@ -5,7 +5,9 @@ skipped) or half-open (one trial request may go):
 - `BREAKER_FAILURES` consecutive failed live requests (5xx, timeouts, broken answers; none older than
   `BREAKER_FAILURE_WINDOW_SECONDS` before the next) open it, for `BREAKER_OPEN_SECONDS`;
 - a 401 or 403 opens it at once (the model's key or name is wrong: every request would fail alike), and says so in
-  the log (the model and the status, never the key);
+  the log (the model and the status, never the key); the one call (across all processes: the script decides) that
+  turned the breaker into such a rejection gets a `BreakerOpened` back, for its caller to tell staff (generation
+  writes a `model.breaker_opened` billing event);
 - a test that got no answer counts as a failure, one whose key was rejected opens it at once;
 - once its time is up it is half-open: the first request to claim the trial (one, across all processes, for a
   lease of the model's timeout) tries the model; success closes it, failure opens it again for twice as long
@@ -123,7 +125,9 @@ EMPTY_VIEW = BreakerView(breakers=MappingProxyType({}), at=0.0)
 # --- Transitions (the Lua scripts below do the same in Redis) ---------------------------------------------------
 
 def _failed(record: dict, *, now: float, reason: str, at_once: bool, threshold: int, base: float,
-            longest: float, window: float) -> dict:
+            longest: float, window: float) -> tuple[bool, dict]:
+    """(whether this failure made it a rejection of the credentials: an opening staff hear of, the record after)."""
+    rejected_before = bool(record.get("final"))
     if now - record.get("failed_at", 0.0) > window:
         record["failures"] = 0
     record["failures"] = record.get("failures", 0) + 1
@@ -140,7 +144,7 @@ def _failed(record: dict, *, now: float, reason: str, at_once: bool, threshold: 
             record["final"] = 1
     elif is_open and at_once:
         record.update(reason=reason, final=1)
-    return record
+    return at_once and not rejected_before, record
 
 
 def _succeeded(record: dict, *, now: float) -> dict | None:
@@ -176,8 +180,10 @@ local function save()
 end
 """
 
-# ARGV: model key, now, reason, at once (0/1), threshold, base seconds, longest seconds, window seconds
+# ARGV: model key, now, reason, at once (0/1), threshold, base seconds, longest seconds, window seconds.
+# Returns {1 if this failure made it a rejection of the credentials else 0, record}.
 _FAILURE = _LUA_PREAMBLE + """
+local rejected_before = (record.final or 0) ~= 0
 if now - (record.failed_at or 0) > tonumber(ARGV[8]) then record.failures = 0 end
 record.failures = (record.failures or 0) + 1
 record.failed_at = now
@@ -194,7 +200,8 @@ elseif is_open and ARGV[4] == '1' then
   record.reason = ARGV[3]
   record.final = 1
 end
-return save()
+local told = (ARGV[4] == '1' and not rejected_before) and 1 or 0
+return {told, save()}
 """
 
 # ARGV: model key, now
@@ -422,9 +429,9 @@ def _failure_args(reason: str, at_once: bool) -> tuple[str, int, int, float, flo
 def _failed_step(now: float, reason: str, at_once: bool):
     _, _, threshold, base, longest, window = _failure_args(reason, at_once)
 
-    def step(record: dict | None) -> tuple[None, dict]:
-        return None, _failed(record or {}, now=now, reason=reason, at_once=at_once, threshold=threshold, base=base,
-                             longest=longest, window=window)
+    def step(record: dict | None) -> tuple[bool, dict]:
+        return _failed(record or {}, now=now, reason=reason, at_once=at_once, threshold=threshold, base=base,
+                       longest=longest, window=window)
     return step
 
 
@@ -481,10 +488,10 @@ def _run_sync(model_key: str, script: str, args: tuple, step) -> Any:
 
 
 def _after_script(model_key: str, reply: Any) -> Any:
-    if isinstance(reply, list):  # the trial's {allowed, record}
-        allowed, raw = reply
+    if isinstance(reply, list):  # {a yes or no (the trial's allowed, the failure's rejection), record}
+        answer, raw = reply
         _remember_one(model_key, _decoded(raw))
-        return bool(allowed)
+        return bool(answer)
     _remember_one(model_key, _decoded(reply))
     return None
 
@@ -497,6 +504,25 @@ def _failure_reason(status: int | None, kind: str) -> tuple[str, bool]:
     return (f"{described} (HTTP {status})" if status else described), False
 
 
+@dataclass(frozen=True, slots=True)
+class BreakerOpened:
+    """A breaker opened because the upstream rejected the model's credentials: staff must fix its key or model.
+    Handed to exactly one caller per opening, across all processes (the failure script decides it atomically)."""
+
+    model_key: str
+    reason: str  # in generic words: never a key, a header or an upstream body
+    status: int | None  # the upstream's HTTP status (401 or 403); None for a test's rejected key
+    since: float  # when the breaker opened (Unix time); a failure that only made an open breaker final keeps it
+    source: str  # "request" (live traffic) or "test" (a connectivity test)
+
+
+def _opened(model_key: str, told: Any, *, reason: str, status: int | None, source: str) -> BreakerOpened | None:
+    if not told:
+        return None
+    return BreakerOpened(model_key=model_key, reason=reason, status=status,
+                         since=_latest.get(model_key).since or time.time(), source=source)
+
+
 def _opened_log(model: ModelSpec, before: Breaker, reason: str) -> None:
     after = _latest.get(model.key)
     if after.state == OPEN and before.state != OPEN:
@@ -506,12 +532,14 @@ def _opened_log(model: ModelSpec, before: Breaker, reason: str) -> None:
                    level == logging.ERROR else "")
 
 
-async def breaker_failure(model: ModelSpec, *, kind: str, status: int | None = None) -> None:
-    """A live request to `model` failed (`kind`: the client's error kind; `status`: the upstream's HTTP status)."""
+async def breaker_failure(model: ModelSpec, *, kind: str, status: int | None = None) -> BreakerOpened | None:
+    """A live request to `model` failed (`kind`: the client's error kind; `status`: the upstream's HTTP status).
+    Returns the opening when this failure (a 401/403) is the one that must tell staff, else None."""
     reason, at_once = _failure_reason(status, kind)
     before = _latest.get(model.key)
-    await _run(model.key, _FAILURE, _failure_args(reason, at_once), _failed_step(time.time(), reason, at_once))
+    told = await _run(model.key, _FAILURE, _failure_args(reason, at_once), _failed_step(time.time(), reason, at_once))
     _opened_log(model, before, reason)
+    return _opened(model.key, told, reason=reason, status=status, source="request")
 
 
 async def breaker_success(model: ModelSpec) -> None:
@@ -536,15 +564,16 @@ async def breaker_trial_claim(model: ModelSpec) -> bool:
     return await _run(model.key, _TRIAL, (lease,), lambda record: _trial(record, now=time.time(), lease=lease))
 
 
-def breaker_test_outcome(model_key: str, *, answered: bool, key_rejected: bool) -> None:
+def breaker_test_outcome(model_key: str, *, answered: bool, key_rejected: bool) -> BreakerOpened | None:
     """A model test's verdict: an answer closes the breaker, a rejected key opens it at once, no answer is a
-    failure like a live one. Sync (a Celery task)."""
+    failure like a live one. Sync (a Celery task). Returns the opening staff must hear of, as `breaker_failure`."""
     if answered:
         _run_sync(model_key, _SUCCESS, (), lambda record: (None, _succeeded(record, now=time.time()) if record else None))
-        return
+        return None
     reason, at_once = ("the upstream rejected the model's key (test)", True) if key_rejected else (
         "no answer to a connectivity test", False)
-    _run_sync(model_key, _FAILURE, _failure_args(reason, at_once), _failed_step(time.time(), reason, at_once))
+    told = _run_sync(model_key, _FAILURE, _failure_args(reason, at_once), _failed_step(time.time(), reason, at_once))
+    return _opened(model_key, told, reason=reason, status=None, source="test")
 
 
 def breaker_reset(model_key: str) -> None:

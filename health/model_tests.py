@@ -19,7 +19,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
-from health.breakers import breaker_test_outcome
+from health.breakers import BreakerOpened, breaker_test_outcome
 from health.models import ModelTest
 from health.status import health_record_test, model_key_of
 from llmhub.crypto import secret_decrypt
@@ -154,8 +154,9 @@ class TestFindings(Protocol):
     def answered(self) -> bool: ...
 
 
-def model_test_finish(*, test_id: int, result: TestFindings | None = None, error: str = "") -> None:
-    """Records a run's result (or, with none, its `error`) over its own claim, and the model's health with it."""
+def model_test_finish(*, test_id: int, result: TestFindings | None = None, error: str = "") -> BreakerOpened | None:
+    """Records a run's result (or, with none, its `error`) over its own claim, and the model's health with it.
+    Returns the breaker's opening when this test's rejected key opened it (the caller tells staff)."""
     if result is None:
         fields: dict[str, Any] = {"state": State.FAILED, "error": error}
     else:
@@ -168,7 +169,7 @@ def model_test_finish(*, test_id: int, result: TestFindings | None = None, error
     with transaction.atomic():
         # Only over our own claim: a test the reaper has failed meanwhile keeps that verdict.
         if not ModelTest.objects.filter(pk=test_id, state=State.RUNNING).update(**fields, finished_at=timezone.now()):
-            return
+            return None
         test = ModelTest.objects.select_related("llm_model", "user_model").get(pk=test_id)
         try:
             with transaction.atomic():
@@ -176,8 +177,9 @@ def model_test_finish(*, test_id: int, result: TestFindings | None = None, error
         except DatabaseError as failure:
             logger.warning("model test %s: health not updated (%s)", test_id, type(failure).__name__)
     if result is not None and (result.answered or result.reachable is not None):
-        breaker_test_outcome(model_key_of(test.user_model or test.llm_model), answered=result.answered,
-                             key_rejected=result.key_accepted is False)
+        return breaker_test_outcome(model_key_of(test.user_model or test.llm_model), answered=result.answered,
+                                    key_rejected=result.key_accepted is False)
+    return None
 
 
 # --- Periodic work ------------------------------------------------------------------------------------------

@@ -65,7 +65,8 @@ def health_title(health: HealthSpec) -> str:
     if health.last_latency_ms is not None:
         parts.append(f"{health.last_latency_ms:.0f} ms")
     if health.breaker.state != "closed":
-        parts.append(f"circuit breaker {health.breaker.state.replace('_', '-')}: {health.breaker.reason}")
+        since = f" since {timezone.localtime(health.breaker.since):%Y-%m-%d %H:%M:%S %Z}" if health.breaker.since else ""
+        parts.append(f"circuit breaker {health.breaker.state.replace('_', '-')}{since}: {health.breaker.reason}")
     if health.breaker.cooled_until is not None:
         parts.append(f"rate limited until {timezone.localtime(health.breaker.cooled_until):%H:%M:%S}")
     return " · ".join(parts)

@@ -108,13 +108,15 @@ class RegistryFile:
 
 @dataclass(frozen=True)
 class FileSection:
-    """A section of the registry file that another app owns (prompts): `parse(value, problems)` checks it without
-    the database (appending path-precise problems) and returns what `sync(parsed, problems)` applies inside the
-    load's transaction; `sync` returns a (kind, key, state) for each thing it counts, state being created, updated
-    or unchanged."""
+    """A section of the registry file that another app owns (prompts; routing, in each tier): `parse(value,
+    problems)` checks it without the database (appending path-precise problems) and returns what `sync(parsed,
+    problems)` applies inside the load's transaction; `sync` returns a (kind, key, state) for each thing it counts,
+    state being created, updated or unchanged. A section `per_tier` is a key of tier objects: its `value` is then a
+    list of (path, tier slug, the tier's value), e.g. ("tiers[1].routing", "pro", {...}), for the tiers that have it."""
 
     parse: Callable[[Any, list[str]], Any]
     sync: Callable[[Any, list[str]], list[tuple[str, str, str]]]
+    per_tier: bool = False
 
 
 # Registered by the owning apps' AppConfig.ready(): the registry imports none of them.
@@ -122,8 +124,21 @@ FILE_SECTIONS: dict[str, FileSection] = {}
 
 
 def file_section_register(name: str, *, parse: Callable[[Any, list[str]], Any],
-                          sync: Callable[[Any, list[str]], list[tuple[str, str, str]]]) -> None:
-    FILE_SECTIONS[name] = FileSection(parse, sync)
+                          sync: Callable[[Any, list[str]], list[tuple[str, str, str]]], per_tier: bool = False) -> None:
+    FILE_SECTIONS[name] = FileSection(parse, sync, per_tier)
+
+
+def _sections_parse(data: Any, problems: list[str]) -> dict[str, Any]:
+    sections = {}
+    for name, section in FILE_SECTIONS.items():
+        if section.per_tier:
+            found = [(f"tiers[{index}].{name}", tier["slug"], tier[name])
+                     for index, tier in enumerate(data.get("tiers", [])) if name in tier]
+            if found:
+                sections[name] = section.parse(found, problems)
+        elif name in data:
+            sections[name] = section.parse(data[name], problems)
+    return sections
 
 
 def _path(parts: Any) -> str:
@@ -358,7 +373,7 @@ def registry_file_parse(
     problems += tiers_quota_parse(data, tiers, model_ids={model.public_id for model in models})
     default_model, tier_defaults = _defaults_parse(data, models=models, tiers=tiers or list(known_tiers),
                                                    problems=problems, warnings=warnings)
-    sections = {name: section.parse(data[name], problems) for name, section in FILE_SECTIONS.items() if name in data}
+    sections = _sections_parse(data, problems)
     if problems:
         raise RegistryFileInvalid(problems)
     return RegistryFile(tiers=tiers, providers=providers, models=models, default_model=default_model,

@@ -65,18 +65,23 @@ class TierOutputSerializer(serializers.Serializer):
     rank = serializers.IntegerField()
 
 
-class ModelOutputSerializer(serializers.Serializer):
-    """A model as the caller may use it: a registry model, or one of their own (`owned`)."""
+class ModelHeadSerializer(serializers.Serializer):
+    """What names a model and prices it, wherever one is shown (the model list, the analytics)."""
 
     id = serializers.CharField()
     display_name = serializers.CharField()
     provider = serializers.CharField()
     provider_name = serializers.CharField()
-    owned = serializers.BooleanField()
-    capabilities = serializers.SerializerMethodField()
-    context_window = serializers.IntegerField()
+    owned = serializers.BooleanField(help_text="One of the caller's own models.")
     input_price_per_million = serializers.DecimalField(max_digits=12, decimal_places=6)
     output_price_per_million = serializers.DecimalField(max_digits=12, decimal_places=6)
+
+
+class ModelOutputSerializer(ModelHeadSerializer):
+    """A model as the caller may use it: a registry model, or one of their own (`owned`)."""
+
+    capabilities = serializers.SerializerMethodField()
+    context_window = serializers.IntegerField()
     allowed_tiers = serializers.ListField(child=serializers.CharField())
     required_tier = serializers.CharField(source="required_tier.slug", allow_null=True, default=None)
     fallbacks = serializers.ListField(child=serializers.CharField())

@@ -7,4 +7,6 @@ class RoutingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from routing import signals  # noqa: F401  (invalidates the policy snapshot on change)
+        from routing import loader, signals  # noqa: F401  (signals invalidate the policy snapshot on change)
+
+        loader.section_register()

@@ -18,6 +18,11 @@ dispatched: a `WebhookDelivery` per subscribed endpoint (sent by usage/webhooks.
   state's advance share one transaction, so a rerun or two runs at once write each event once.
 - `recommendation.created`: a cheaper model at the same success and latency for a task and tier, with its evidence
   (analytics/services.py), once per period.
+- `model.breaker_opened`: a model's circuit breaker opened because its upstream rejected the credentials (HTTP
+  401/403 on a live request, or a connectivity test's rejected key): an operator must fix its key or model. Once
+  per opening across all processes (health/breakers.py: the Redis script hands the opening to one caller);
+  generation queues it for the usage writer (`billing_event_record`). The model, the reason in generic words, the
+  status and the time: never a key or an upstream body.
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ QUOTA_THRESHOLD = "quota.threshold"
 PERIOD_CLOSED = "usage.period_closed"
 # Written by analytics/services.py (a model recommendation, with its evidence), in the same transaction as its row.
 RECOMMENDATION_CREATED = "recommendation.created"
-EVENT_TYPES = (QUOTA_THRESHOLD, PERIOD_CLOSED, RECOMMENDATION_CREATED)
+BREAKER_OPENED = "model.breaker_opened"
+EVENT_TYPES = (QUOTA_THRESHOLD, PERIOD_CLOSED, RECOMMENDATION_CREATED, BREAKER_OPENED)
 DISPATCH_BATCH = 500
 
 # usage.quotas._counter_key: llmhub:q:{u:<user>}[:k:<key>]:<metric>:<period>:<model or *>:<window tag>
@@ -137,6 +143,18 @@ def _threshold_event(charge: Charge, *, percent: int, threshold: int, used: int)
         "period_start": start.isoformat(), "period_end": end.isoformat(),
     }
     return BillingEventEntry(type=QUOTA_THRESHOLD, dedupe_key=f"{QUOTA_THRESHOLD}:{charge.key}:{charge.limit}:{percent}",
+                             payload=payload)
+
+
+# --- model.breaker_opened -----------------------------------------------------------------------------------
+
+def breaker_opened_event(*, model: str, reason: str, status: int | None, opened_at: float,
+                         source: str) -> BillingEventEntry:
+    """The event of a breaker opened by a rejection of the model's credentials (`model`: its key; `opened_at`: a
+    Unix time). One per opening: its dedupe key is the model and the moment it opened."""
+    opened = datetime.fromtimestamp(opened_at, tz=ZoneInfo(settings.TIME_ZONE))
+    payload = {"model": model, "reason": reason, "status": status, "source": source, "opened_at": opened.isoformat()}
+    return BillingEventEntry(type=BREAKER_OPENED, dedupe_key=f"{BREAKER_OPENED}:{model}:{opened_at!r}",
                              payload=payload)
 
 

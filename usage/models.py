@@ -191,6 +191,7 @@ class BillingEvent(models.Model):
         QUOTA_THRESHOLD = "quota.threshold", "quota.threshold"
         PERIOD_CLOSED = "usage.period_closed", "usage.period_closed"
         RECOMMENDATION_CREATED = "recommendation.created", "recommendation.created"
+        BREAKER_OPENED = "model.breaker_opened", "model.breaker_opened"
 
     public_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
     type = models.CharField(max_length=64, choices=Type.choices)

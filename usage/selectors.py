@@ -3,10 +3,11 @@
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from typing import TypeVar
 
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
@@ -262,6 +263,28 @@ class UsageOverview:
 
 
 CLOSED_DAYS_CACHE_SECONDS = 3600
+T = TypeVar("T")
+
+
+def closed_days_cached(*, name: str, parts: tuple, today_start: datetime, build: Callable[[], T]) -> T:
+    """What `build()` reads of the whole days before `today_start` (their day summaries or daily roll-ups), cached
+    for CLOSED_DAYS_CACHE_SECONDS. Those days change only when a late row makes the roll-up task recompute one,
+    which writes its summaries again under new ids, so the key holds the highest summary id before today (found
+    from the newest rows down the primary key: today's come first) beside `parts`. The cache away: built each time."""
+    version = (UsageDaySummary.objects.filter(bucket_start__lt=today_start).order_by("-id")
+               .values_list("id", flat=True).first())
+    key = f"llmhub:{name}:closed:{':'.join(map(str, parts))}:{version}"
+    try:
+        cached = cache.get(key)
+    except Exception as error:  # the cache is away: the pages still work, a little slower
+        logger.warning("%s: cache unavailable (%s)", name, type(error).__name__)
+        cached = None
+    if cached is not None:
+        return cached
+    value = build()
+    with contextlib.suppress(Exception):
+        cache.set(key, value, CLOSED_DAYS_CACHE_SECONDS)
+    return value
 
 
 def _summary_key(row: tuple, width: int, by_day: bool, sums: "_Accumulator") -> tuple:
@@ -269,32 +292,23 @@ def _summary_key(row: tuple, width: int, by_day: bool, sums: "_Accumulator") -> 
 
 
 def _closed_days(*, per_user: bool, by_day: bool, first_day: date, today_start: datetime) -> dict[tuple, list]:
-    """The summaries of the whole days before today, summed per key. Cached: those days change only when a late row
-    makes the roll-up task recompute one, which writes its summaries again under new ids, so the key holds the
-    highest id among them (found from the newest rows down the primary key: today's come first)."""
+    """The summaries of the whole days before today, summed per key (cached: `closed_days_cached`)."""
     group = SUMMARY_GROUPS[per_user]
     days = ("bucket_start",) if by_day else ()
-    version = (UsageDaySummary.objects.filter(bucket_start__lt=today_start).order_by("-id")
-               .values_list("id", flat=True).first())
-    key = f"llmhub:usage:closed:{int(per_user)}:{int(by_day)}:{first_day}:{today_start.date()}:{version}"
-    try:
-        cached = cache.get(key)
-    except Exception as error:  # the cache is away: the pages still work, a little slower
-        logger.warning("usage pages: cache unavailable (%s)", type(error).__name__)
-        cached = None
-    if cached is not None:
-        return cached
-    sums = _Accumulator()
-    width = len(days) + len(group)
-    rows = (UsageDaySummary.objects.filter(per_user=per_user, bucket_start__gte=day_start(first_day),
-                                           bucket_start__lt=today_start)
-            .order_by().values(*days, *group).annotate(**{name: Sum(name) for name in MEASURES})
-            .values_list(*days, *group, *MEASURES))
-    for row in rows:
-        sums.add(_summary_key(row, width, by_day, sums), *row[width:])
-    with contextlib.suppress(Exception):
-        cache.set(key, sums.sums, CLOSED_DAYS_CACHE_SECONDS)
-    return sums.sums
+
+    def build() -> dict[tuple, list]:
+        sums = _Accumulator()
+        width = len(days) + len(group)
+        rows = (UsageDaySummary.objects.filter(per_user=per_user, bucket_start__gte=day_start(first_day),
+                                               bucket_start__lt=today_start)
+                .order_by().values(*days, *group).annotate(**{name: Sum(name) for name in MEASURES})
+                .values_list(*days, *group, *MEASURES))
+        for row in rows:
+            sums.add(_summary_key(row, width, by_day, sums), *row[width:])
+        return sums.sums
+
+    return closed_days_cached(name="usage", parts=(int(per_user), int(by_day), first_day, today_start.date()),
+                              today_start=today_start, build=build)
 
 
 def _summary_grouped(*, per_user: bool, by_day: bool, first_day: date, now: datetime) -> dict[tuple, Sums]:

@@ -17,6 +17,7 @@ import orjson
 import tiktoken
 from django.db import DatabaseError
 
+from usage.billing import BillingEventEntry
 from usage.entries import UsageEntry
 from usage.metrics import usage_metrics_observe
 from usage.stream import stream_append
@@ -53,6 +54,12 @@ def usage_record_now(entry: UsageEntry) -> None:
         writer.record(entry)  # counted in the metrics when the writer flushes it
         return
     usage_metrics_observe([entry])
+
+
+def billing_event_record(entry: BillingEventEntry) -> None:
+    """Queues a billing event for the batched writer (written in its next batch, retried while the database is
+    down, like a usage row): for events born on the request path. Non-blocking, thread-safe; never raises."""
+    writer.record(entry)
 
 
 def usage_flush(timeout: float = 5.0) -> int:

@@ -150,3 +150,19 @@ def test_the_pages_show_what_the_tier_allows(people):
     staff = logged_in(people["staff"])
     assert b'data-model="gpt-5-pro"' in staff.get("/analytics/").content
     assert staff.get("/analytics/recommendations/").status_code == 200
+
+
+def test_an_open_breaker_shows_its_reason_and_time_in_the_api_and_the_model_page(people, client_for):
+    from health.breakers import breaker_test_outcome, breakers_reset
+
+    breaker_test_outcome("demo", answered=False, key_rejected=True)
+    try:
+        breaker = client_for(people["free"]).get("/api/analytics/models/demo/").json()["status"]["breaker"]
+        page = logged_in(people["free"]).get("/models/demo/analytics/").content.decode()
+    finally:
+        breakers_reset()
+
+    assert breaker["state"] == "open" and breaker["reason"] == "the upstream rejected the model's key (test)"
+    assert breaker["since"] is not None and breaker["retry_at"] is not None
+    assert 'data-breaker="open"' in page and "Circuit breaker open since" in page
+    assert "the upstream rejected the model&#x27;s key (test)" in page
