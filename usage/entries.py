@@ -1,12 +1,18 @@
 """The values usage passes between its modules: a request's usage entry and a quota charge (kept apart from the
 modules that make and write them, which all import this one)."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import orjson
 from django.utils import timezone
+
+if TYPE_CHECKING:
+    from usage.billing import BillingEventEntry
 
 
 @dataclass(slots=True, kw_only=True)
@@ -48,3 +54,32 @@ class Charge(NamedTuple):  # a named tuple: built per limit per request, cheaper
     limit: int
     amount: int  # reserved
     window_end: float  # epoch seconds: the counter is kept until then plus the hold time
+
+
+def route_explained(route: Any) -> dict | None:
+    """A usage entry's routing explanation as the row stores it (see `UsageEntry.route`)."""
+    return route if route is None or isinstance(route, dict) else route.explanation()
+
+
+def entry_encode(entry: UsageEntry | BillingEventEntry) -> bytes:
+    """One JSON line (the Redis stream's entry, the spool's line): a usage entry's fields, or a billing event under
+    `billing_event`. `entry_decode` makes the entry again."""
+    fields = {name: getattr(entry, name) for name in entry.__slots__}
+    if type(entry) is UsageEntry:
+        fields["route"] = route_explained(fields["route"])
+    else:
+        fields = {"billing_event": fields}
+    return orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def entry_decode(payload: bytes) -> UsageEntry | BillingEventEntry:
+    fields = orjson.loads(payload)
+    if "billing_event" in fields:
+        from usage.billing import BillingEventEntry
+
+        fields = fields["billing_event"]
+        fields["created_at"] = datetime.fromisoformat(fields["created_at"])
+        return BillingEventEntry(**fields)
+    fields["cost"] = Decimal(fields["cost"])
+    fields["created_at"] = datetime.fromisoformat(fields["created_at"])
+    return UsageEntry(**fields)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import itertools
 import logging
@@ -43,7 +44,7 @@ from collections import deque
 from collections.abc import Sequence
 from decimal import Decimal
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -51,7 +52,17 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, DataError, IntegrityError
 
 from llmhub.background import thread_priority_lower
 from llmhub.db import connection_heal
+from usage.entries import entry_encode, route_explained
 from usage.metrics import usage_metrics_observe
+from usage.spool import (
+    SpoolSegments,
+    spool_drain,
+    spool_folder,
+    spool_lock_open,
+    spool_lock_release,
+    spool_lock_try,
+    spool_segments,
+)
 
 if TYPE_CHECKING:
     from usage.billing import BillingEventEntry
@@ -66,6 +77,7 @@ MAX_BACKOFF_SECONDS = 5.0
 DROPS_LOG_SECONDS = 10.0
 EXIT_FLUSH_SECONDS = 10.0
 COPY_FROM_ROWS = 50  # PostgreSQL: batches at least this large go through COPY
+SPOOL_LOCK_RETRY_SECONDS = 1.0  # while another process drains the spool (a consumer), how often to try its lock
 
 
 def rows_insert(entries: Sequence[UsageEntry | BillingEventEntry]) -> None:
@@ -135,11 +147,6 @@ def _insert_statement() -> tuple[tuple, str]:
     sql = (f"INSERT INTO {quote(UsageLog._meta.db_table)} ({names}) VALUES ({placeholders}) "  # noqa: S608
            f"ON CONFLICT ({quote('request_id')}) DO NOTHING")
     return columns, sql
-
-
-def route_explained(route: Any) -> dict | None:
-    """A usage entry's routing explanation as the row stores it (see `UsageEntry.route`)."""
-    return route if route is None or isinstance(route, dict) else route.explanation()
 
 
 def _row_values(entry: UsageEntry, database) -> tuple:
@@ -243,6 +250,9 @@ def _rows_insert_one_by_one(rows: list) -> None:
 
 class UsageWriter:
     def __init__(self) -> None:
+        self._spool = SpoolSegments()
+        self._spool_folder: str | None = None
+        self._spool_lock: int | None = None
         self._reset()
         atexit.register(self.stop, timeout=EXIT_FLUSH_SECONDS)
         # A forked child (gunicorn, celery prefork) starts with its own empty queue and no thread: the rows
@@ -253,8 +263,17 @@ class UsageWriter:
         # Read once, not per record: a settings lookup costs more than queuing the entry.
         self._interval = float(settings.LLMHUB.get("USAGE_FLUSH_INTERVAL_SECONDS", 0.25))
         self._batch_size = max(1, int(settings.LLMHUB.get("USAGE_BATCH_SIZE", 500)))
+        folder = spool_folder()
+        if folder != self._spool_folder:  # a test turning the spool on or off: the old segment is left to drains
+            self._spool.close()
+            self._spool_lock_close()
+            self._spool_folder = folder
 
     def _reset(self) -> None:
+        self._spool.after_fork()
+        self._spool_lock_close()
+        self._spooled: deque[UsageEntry] = deque()  # handed to the spool, not counted in the metrics yet
+        self._spool_retry_at = 0.0
         self.options_load()
         self._pending: deque[UsageEntry] = deque()
         self._lock = threading.Lock()
@@ -271,8 +290,13 @@ class UsageWriter:
     def pending(self) -> int:
         return len(self._pending)
 
-    def record(self, entry: UsageEntry) -> None:
+    def record(self, entry: UsageEntry | BillingEventEntry) -> None:
         try:
+            if self._spool_folder is not None and self._spool_append(entry):
+                if self._thread is None:
+                    with self._lock:
+                        self._thread_start()
+                return
             with self._lock:
                 full = len(self._pending) >= MAX_PENDING
                 if full:
@@ -283,9 +307,7 @@ class UsageWriter:
                         self._database = settings.DATABASES["default"]["NAME"]
                     self._pending.append(entry)
                     waiting = len(self._pending)
-                if self._thread is None and self._interval > 0:
-                    self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
-                    self._thread.start()
+                self._thread_start()
             if full:
                 # Loud, but at most every few seconds: the queue is full because something is badly wrong.
                 if time.monotonic() - self._dropped_logged_at >= DROPS_LOG_SECONDS:
@@ -297,40 +319,128 @@ class UsageWriter:
         except Exception:
             logger.exception("usage row %s could not be queued", getattr(entry, "request_id", "?"))
 
+    def _thread_start(self) -> None:
+        """With `_lock` held."""
+        if self._thread is None and self._interval > 0:
+            self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
+            self._thread.start()
+
+    def _spool_append(self, entry: UsageEntry | BillingEventEntry) -> bool:
+        """The entry handed to the kernel (usage/spool.py); False when the in-memory queue must take it."""
+        try:
+            appended = self._spool.append(entry_encode(entry), self._spool_folder)
+        except OSError as error:
+            logger.warning("usage row %s not taken by the spool (%s): queued in memory",
+                           getattr(entry, "request_id", "?"), error)
+            return False
+        if appended:
+            self._spooled.append(entry)
+        return appended
+
     def flush(self, timeout: float = 5.0) -> int:
-        """Write the entries queued so far, a batch at a time; raises DatabaseError with them still queued."""
+        """Write what this process recorded so far: the queue a batch at a time, and its spooled rows (drained
+        here, or by the process holding the spool's lock, waited for up to `timeout`). Raises DatabaseError with
+        the rows still queued or spooled."""
+        deadline = time.monotonic() + timeout
         if not self._flush_lock.acquire(timeout=timeout):
             raise TimeoutError(f"another usage flush is still running after {timeout} s")
         try:
-            database = settings.DATABASES["default"]["NAME"]
-            if self._pending and database != self._database:
-                # Only a test run does this: its test database is gone when the exit flush runs, and its
-                # rows must not land in the database the settings name again.
-                with self._lock:
-                    logger.warning("usage log: %d rows queued for database %s dropped: the process now uses %s",
-                                   len(self._pending), self._database, database)
-                    self._pending.clear()
-                    self._observed = 0
-            # The metrics hook: rows are counted once, when a flush first sees them (even while the database is down).
-            usage_metrics_observe(self._unobserved())
-            target = self._observed  # the rows just counted or before: none appended since is written uncounted
-            batch_size = self._batch_size
-            written = 0
-            while written < target:
-                # Only this (locked) flush removes entries, and only from the left: a batch is taken off the
-                # queue once the database has it.
-                batch = list(itertools.islice(self._pending, min(batch_size, target - written)))
-                if not batch:
-                    break
-                rows_insert(batch)
-                with self._lock:
-                    for _ in batch:
-                        self._pending.popleft()
-                    self._observed -= len(batch)
-                written += len(batch)
+            written = self._queue_write()
+            if self._spool_folder is not None:
+                written += self._spool_write(deadline)
             return written
         finally:
             self._flush_lock.release()
+
+    def _queue_write(self) -> int:
+        """Writes the in-memory queue (with the flush lock held)."""
+        database = settings.DATABASES["default"]["NAME"]
+        if self._pending and database != self._database:
+            # Only a test run does this: its test database is gone when the exit flush runs, and its
+            # rows must not land in the database the settings name again.
+            with self._lock:
+                logger.warning("usage log: %d rows queued for database %s dropped: the process now uses %s",
+                               len(self._pending), self._database, database)
+                self._pending.clear()
+                self._observed = 0
+        # The metrics hook: rows are counted once, when a flush first sees them (even while the database is down).
+        usage_metrics_observe(self._unobserved())
+        target = self._observed  # the rows just counted or before: none appended since is written uncounted
+        batch_size = self._batch_size
+        written = 0
+        while written < target:
+            # Only this (locked) flush removes entries, and only from the left: a batch is taken off the
+            # queue once the database has it.
+            batch = list(itertools.islice(self._pending, min(batch_size, target - written)))
+            if not batch:
+                break
+            rows_insert(batch)
+            with self._lock:
+                for _ in batch:
+                    self._pending.popleft()
+                self._observed -= len(batch)
+            written += len(batch)
+        return written
+
+    def _spool_write(self, deadline: float) -> int:
+        """This process's spooled rows reach the database: its segment rolled, then drained here, or by whoever
+        holds the spool's lock (with the flush lock held)."""
+        folder = self._spool_folder
+        usage_metrics_observe(self._spooled_take())
+        self._spool.roll(folder)
+        written = 0
+        while self._spool.closed(folder):
+            if self._spool_lock_take(folder):
+                try:
+                    written += spool_drain(folder, batch_size=self._batch_size)
+                finally:
+                    spool_lock_release(self._spool_lock)
+                continue
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"usage spool {folder}: this process's rows are still waiting for the process "
+                                   "that holds the spool's lock")
+            time.sleep(0.02)
+        return written
+
+    def _spool_serve(self) -> None:
+        """The writer thread's tick: counts the spooled rows, rolls the segment, and drains the spool unless
+        another process holds its lock (then tries again about once a second)."""
+        folder = self._spool_folder
+        with self._flush_lock:
+            usage_metrics_observe(self._spooled_take())
+            self._spool.roll(folder)
+            if time.monotonic() < self._spool_retry_at or not spool_segments(folder):
+                return
+            if not self._spool_lock_take(folder):
+                self._spool_retry_at = time.monotonic() + SPOOL_LOCK_RETRY_SECONDS
+                return
+            try:
+                spool_drain(folder, batch_size=self._batch_size)
+            finally:
+                spool_lock_release(self._spool_lock)
+
+    def _spool_lock_take(self, folder: str) -> bool:
+        if self._spool_lock is None:
+            self._spool_lock = spool_lock_open(folder)
+        return spool_lock_try(self._spool_lock)
+
+    def _spool_lock_close(self) -> None:
+        # After a fork, the child's copy only: the lock stays the parent's while it holds it.
+        if self._spool_lock is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._spool_lock)
+            self._spool_lock = None
+
+    def _spooled_take(self) -> list[UsageEntry]:
+        taken = []
+        with contextlib.suppress(IndexError):
+            while True:
+                taken.append(self._spooled.popleft())
+        return taken
+
+    def _spool_waiting(self) -> bool:
+        folder = self._spool_folder
+        return folder is not None and bool(self._spool.rows or self._spool.closed(folder))
 
     def _unobserved(self) -> list[UsageEntry]:
         """The queued entries not counted in the metrics yet; they count from now on. Only a flush, holding the
@@ -349,16 +459,21 @@ class UsageWriter:
         if thread is not None:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         backoff = 0.1
-        while self._pending:
+        while self._pending or self._spool_waiting():
             try:
                 self.flush(timeout=max(0.0, deadline - time.monotonic()))
             except (DatabaseError, TimeoutError) as error:
                 if time.monotonic() + backoff > deadline:
-                    logger.error("usage log: %d rows could not be written before exit and are lost: %s",
-                                 len(self._pending), error)
+                    if self._pending:
+                        logger.error("usage log: %d rows could not be written before exit and are lost: %s",
+                                     len(self._pending), error)
+                    if self._spool_waiting():
+                        logger.warning("usage log: this process's spooled rows stay in %s for the next drain: %s",
+                                       self._spool_folder, error)
                     break
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
+        self._spool.close()  # its last segment: empty (removed), or left for the next drain
         with self._lock:
             self._thread = None
             self._stopping.clear()
@@ -376,14 +491,23 @@ class UsageWriter:
                 else:
                     self._wake.wait(interval)
                 self._wake.clear()
-                if not self._pending or self._stopping.is_set():
+                spooling = self._spool_folder is not None
+                if not (self._pending or spooling) or self._stopping.is_set():
                     continue
                 try:
                     # As Django does before each request: with DEBUG on, this thread's connection would otherwise
                     # keep the SQL of its last 9,000 batches (megabytes nobody reads).
                     connection.queries_log.clear()
-                    connection_heal()
-                    self.flush(timeout=MAX_BACKOFF_SECONDS)
+                    if spooling:
+                        self._spool_serve()
+                    if self._pending:
+                        connection_heal()
+                        if not self._flush_lock.acquire(timeout=MAX_BACKOFF_SECONDS):
+                            raise TimeoutError("another usage flush is still running")
+                        try:
+                            self._queue_write()
+                        finally:
+                            self._flush_lock.release()
                     backoff = 0.0
                 except Exception as error:
                     backoff = min(max(backoff * 2, interval, 0.05), MAX_BACKOFF_SECONDS)
