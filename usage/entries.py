@@ -1,18 +1,15 @@
-"""The values usage passes between its modules: a request's usage entry and a quota charge (kept apart from the
-modules that make and write them, which all import this one)."""
+"""The values usage passes between its modules: a request's usage entry, a billing event, a quota charge (kept apart
+from the modules that make and write them, which all import this one), and the JSON line an entry travels as."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 from django.utils import timezone
-
-if TYPE_CHECKING:
-    from usage.billing import BillingEventEntry
 
 
 @dataclass(slots=True, kw_only=True)
@@ -49,6 +46,17 @@ class UsageEntry:
     route: Any = None
 
 
+@dataclass(slots=True, kw_only=True)
+class BillingEventEntry:
+    """A billing event not written yet (usage/billing.py: it waits in the usage writer's queue, or is written at
+    once)."""
+
+    type: str
+    dedupe_key: str
+    payload: dict
+    created_at: datetime = field(default_factory=timezone.now)
+
+
 class Charge(NamedTuple):  # a named tuple: built per limit per request, cheaper than a frozen dataclass
     key: str  # the counter: owner, limit and period window
     limit: int
@@ -75,8 +83,6 @@ def entry_encode(entry: UsageEntry | BillingEventEntry) -> bytes:
 def entry_decode(payload: bytes) -> UsageEntry | BillingEventEntry:
     fields = orjson.loads(payload)
     if "billing_event" in fields:
-        from usage.billing import BillingEventEntry
-
         fields = fields["billing_event"]
         fields["created_at"] = datetime.fromisoformat(fields["created_at"])
         return BillingEventEntry(**fields)

@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.db import DatabaseError
 
+from llmhub.db import connection_heal
 from usage.entries import entry_decode
+from usage.rows import rows_insert
 
 if TYPE_CHECKING:
-    from usage.billing import BillingEventEntry
-    from usage.entries import UsageEntry
+    from usage.entries import BillingEventEntry, UsageEntry
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +181,6 @@ def spool_drain(folder: str, *, batch_size: int = 5000) -> int:
     """Writes every segment no live process appends to, batches of at least `batch_size` rows per transaction, and
     deletes each segment once its rows are committed; returns how many rows it wrote. The caller holds the spool's
     lock. A database error is raised with the uncommitted segments left in place."""
-    from llmhub.db import connection_heal
-
     _stale_removed(folder)
     written = 0
     batch: list[UsageEntry | BillingEventEntry] = []
@@ -212,8 +211,6 @@ def spool_drain(folder: str, *, batch_size: int = 5000) -> int:
 
 def _committed(batch: list, taken: list[tuple[int, str]]) -> int:
     """Writes `batch`, then deletes the segments it came from (empties both lists)."""
-    from usage.writer import rows_insert
-
     if batch:
         rows_insert(batch)
     for descriptor, path in taken:

@@ -33,7 +33,8 @@ from django.db import DatabaseError
 
 from llmhub.redis_client import RedisClient
 from usage.entries import entry_decode, entry_encode
-from usage.writer import rows_insert, writer
+from usage.rows import rows_insert
+from usage.writer import writer
 
 if TYPE_CHECKING:
     from usage.entries import UsageEntry
