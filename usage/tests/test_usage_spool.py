@@ -15,7 +15,7 @@ from django.conf import settings as django_settings
 from django.db import connection
 from openai import OpenAI
 
-from llmhub.testing import ServerProcess, free_port, uvicorn_command
+from llmhub.testing import ServerProcess, database_url, free_port, production_env, uvicorn_command
 from usage.billing import BillingEventEntry
 from usage.entries import entry_encode
 from usage.models import BillingEvent, UsageLog
@@ -31,12 +31,16 @@ STREAMED = 10
 
 
 def _embedded_env(spool: Path, **variables: str) -> dict[str, str]:
-    """A child process in the embedded mode on this test's SQLite database, with its own spool folder."""
+    """A child process in the embedded mode on this test's SQLite database, with its own spool folder (in the
+    services run: on its PostgreSQL database, no Redis, the spool named)."""
+    spooled = {"LLMHUB_USAGE_STREAM_URL": "", "LLMHUB_USAGE_SPOOL_DIR": str(spool), **variables}
+    if connection.vendor != "sqlite":
+        return production_env(database_url=database_url(), **spooled)
     env = {name: value for name, value in os.environ.items()
            if name not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
                            "PROMETHEUS_MULTIPROC_DIR")}
     return env | {"DJANGO_SETTINGS_MODULE": "llmhub.settings", "LLMHUB_SQLITE_PATH": connection.settings_dict["NAME"],
-                  "LLMHUB_USAGE_STREAM_URL": "", "LLMHUB_USAGE_SPOOL_DIR": str(spool), **variables}
+                  **spooled}
 
 
 def _consumer(env: dict[str, str], *args: str) -> subprocess.Popen:
