@@ -181,12 +181,16 @@ def spool_drain(folder: str, *, batch_size: int = 5000) -> int:
     """Writes every segment no live process appends to, batches of at least `batch_size` rows per transaction, and
     deletes each segment once its rows are committed; returns how many rows it wrote. The caller holds the spool's
     lock. A database error is raised with the uncommitted segments left in place."""
-    _stale_removed(folder)
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 0
+    _stale_removed(folder, names)
     written = 0
     batch: list[UsageEntry | BillingEventEntry] = []
     taken: list[tuple[int, str]] = []  # (descriptor, path) of the segments whose rows are in `batch`
     try:
-        for name in spool_segments(folder):
+        for name in sorted(name for name in names if name.endswith(SUFFIX)):
             path = os.path.join(folder, name)
             try:
                 descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -238,12 +242,8 @@ def _segment_entries(descriptor: int, path: str) -> list:
     return entries
 
 
-def _stale_removed(folder: str) -> None:
-    try:
-        names = [name for name in os.listdir(folder) if name.startswith(".") and name.endswith(".new")]
-    except FileNotFoundError:
-        return
-    for name in names:
+def _stale_removed(folder: str, names: list[str]) -> None:
+    for name in (name for name in names if name.startswith(".") and name.endswith(".new")):
         path = os.path.join(folder, name)
         with contextlib.suppress(FileNotFoundError):
             if time.time() - os.stat(path).st_mtime > STALE_NEW_SECONDS:

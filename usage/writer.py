@@ -62,7 +62,6 @@ from usage.spool import (
     spool_lock_open,
     spool_lock_release,
     spool_lock_try,
-    spool_segments,
 )
 
 if TYPE_CHECKING:
@@ -238,7 +237,7 @@ class UsageWriter:
         with self._flush_lock:
             usage_metrics_observe(self._spooled_take())
             self._spool.roll(folder)
-            if time.monotonic() < self._spool_retry_at or not spool_segments(folder):
+            if time.monotonic() < self._spool_retry_at:
                 return
             if not self._spool_lock_take(folder):
                 self._spool_retry_at = time.monotonic() + SPOOL_LOCK_RETRY_SECONDS
