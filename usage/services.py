@@ -59,8 +59,9 @@ def usage_record_now(entry: UsageEntry) -> None:
 
 
 def usage_flush(timeout: float = 5.0) -> int:
-    """Write every entry queued so far, in the calling thread (a sync context); returns how many it took
-    off the queue (an already logged request_id among them is skipped by the database).
+    """Write every entry recorded so far, in the calling thread (a sync context): the queue, and the spooled rows
+    (drained here, or waited for while another process holds the spool's lock); returns how many rows it wrote
+    (an already logged request_id among them is skipped by the database).
 
     Waits up to `timeout` seconds for a flush already running elsewhere (TimeoutError past it). A database
     error is raised with the entries still queued: nothing is dropped.
