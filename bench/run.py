@@ -1,8 +1,9 @@
 """`make bench`: the hub against the simulated upstream on loopback, side by side, in one run.
 
 Starts the simulated upstream and one uvicorn worker serving llmhub (and, with --peers, the LiteLLM proxy),
-on a throwaway SQLite database under var/, then drives every target with the same load, interleaved so
-that the machine's drift hits them alike:
+on a throwaway SQLite database under var/ (its usage rows written from the spool by `manage.py usage_consume` on the
+load generators' CPU, as `make run` runs it; BENCH_EMBEDDED_CONSUMER=0: by the app's own writer thread), then drives
+every target with the same load, interleaved so that the machine's drift hits them alike:
 
 - non-streaming at concurrency 1, 16 and 128 with wrk (bench/post.lua), or bench/loadgen.py without wrk;
 - streaming at the same concurrencies with bench/loadgen.py, which timestamps the first SSE event;
