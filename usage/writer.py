@@ -124,6 +124,8 @@ class UsageWriter:
                 if self._thread is None:
                     with self._lock:
                         self._thread_start()
+                elif self._spool.rows == self._batch_size:  # a burst: the segment is rolled (and drained) at once
+                    self._wake.set()
                 return
             with self._lock:
                 full = len(self._pending) >= MAX_PENDING

@@ -206,3 +206,15 @@ def test_it_writes_billing_events_through_the_spool(spooling) -> None:
     assert list(BillingEvent.objects.values_list("dedupe_key", "payload")) == [(event.dedupe_key, event.payload)]
     assert UsageLog.objects.filter(request_id="with-an-event").exists()
     assert spool_drain(str(spooling)) == 0
+
+
+def test_it_rolls_and_writes_a_full_segment_at_once(spooling, settings) -> None:
+    writer.stop()
+    settings.LLMHUB = {**settings.LLMHUB, "USAGE_FLUSH_INTERVAL_SECONDS": 3600, "USAGE_BATCH_SIZE": 10}
+    for number in range(9):
+        usage_record(_entry(f"burst-{number}"))
+    assert not wait_until(lambda: UsageLog.objects.exists(), timeout=0.3)
+
+    usage_record(_entry("burst-9"))
+
+    assert wait_until(lambda: UsageLog.objects.count() == 10, timeout=5)
