@@ -61,7 +61,7 @@ run: ports-free setup
 	done; \
 	LLMHUB_EMBEDDED_WORKER=true $(VENV)/bin/celery -A llmhub worker --beat --pool=threads --concurrency=2 \
 		--without-gossip --without-mingle --without-heartbeat -l warning & worker=$$!; \
-	consumer=; if [ -n "$${LLMHUB_USAGE_STREAM_URL-$$REDIS_URL}" ]; then $(PY) manage.py usage_consume & consumer=$$!; fi; \
+	$(PY) manage.py usage_consume --if-configured & consumer=$$!; \
 	trap 'kill $$sim $$worker $$consumer 2>/dev/null' EXIT INT TERM; \
 	LLMHUB_EMBEDDED_WORKER=true $(MAKE) --no-print-directory serve
 

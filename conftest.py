@@ -14,6 +14,7 @@ from prompts.selectors import prompt_snapshot
 from registry.limits import limits_snapshot
 from registry.selectors import api_key_snapshot, registry_snapshot
 from routing.selectors import policies_snapshot
+from usage.writer import writer as usage_writer
 
 pytest_plugins = ["llmhub.testing"]  # the simulated_upstream fixture
 
@@ -26,6 +27,10 @@ SERVICES_REQUIRED = os.environ.get("LLMHUB_REQUIRE_SERVICES") == "true"
 # start write their own rows.
 os.environ["LLMHUB_USAGE_STREAM_URL"] = ""
 settings.LLMHUB["USAGE_STREAM_URL"] = ""
+# Nor does this process use the embedded mode's spool (usage/spool.py) unless a test says so: its tests read the
+# in-memory queue. The app processes tests start use it, as they would anywhere.
+settings.LLMHUB["USAGE_SPOOL"] = False
+usage_writer.options_load()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -62,6 +67,7 @@ def _snapshot_versions_removed() -> Iterator[None]:
     test_database = settings.DATABASES["default"].get("TEST", {}).get("NAME")
     if test_database and settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         shutil.rmtree(f"{test_database}-versions", ignore_errors=True)
+        shutil.rmtree(f"{test_database}-usage", ignore_errors=True)  # the usage spool of the apps tests started
 
 
 @pytest.fixture(autouse=True)

@@ -198,9 +198,10 @@ def soak(mode: str, *, database_url: str, redis_url: str, seconds: int, warmup_s
             report_file.unlink(missing_ok=True)
             env |= {"LLMHUB_MEMORY_REPORT": str(memory_report), "LLMHUB_MEMORY_REPORT_FILE": str(report_file)}
         api_key = _database_setup(env)
-        if mode == "production":  # as the production docs run it: usage rows through the Redis stream, and a consumer
-            processes.start([*pinning.rest, str(VENV_BIN / "python"), "manage.py", "usage_consume"], env=env,
-                            log=VAR / "soak-consumer.log")
+        # As `make run` and the production docs run it: usage rows through the spool (embedded) or the Redis stream,
+        # and a consumer.
+        processes.start([*pinning.rest, str(VENV_BIN / "python"), "manage.py", "usage_consume"], env=env,
+                        log=VAR / f"soak-consumer-{mode}.log")
         hub = _hub_start(processes, pinning, env, api_key, VAR / f"soak-app-{mode}.log", timeout=120)
         pid = hub.process.pid
         print(f"{mode}: llmhub pid {pid} answered {hub.startup_s:.2f} s after spawn; load for {seconds} s "

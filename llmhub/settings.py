@@ -335,6 +335,11 @@ LLMHUB = {
     # them (usage/stream.py). Production's default: REDIS_URL (set it empty to opt out). Empty: each process writes
     # its own rows (usage/writer.py).
     "USAGE_STREAM_URL": env.str("LLMHUB_USAGE_STREAM_URL", default="" if EMBEDDED else REDIS_URL),
+    # Without a stream, on SQLite: app processes hand usage rows to an append-only spool folder (usage/spool.py), by
+    # default beside the database (`<database>-usage`), which `manage.py usage_consume` (else the app processes
+    # themselves) writes to the database. False: each app process queues its rows in memory.
+    "USAGE_SPOOL": env.bool("LLMHUB_USAGE_SPOOL", default=True),
+    "USAGE_SPOOL_DIR": env.str("LLMHUB_USAGE_SPOOL_DIR", default=""),
     # Roll-ups and retention (usage/rollups.py): raw usage rows older than this many days (whole days in TIME_ZONE)
     # are deleted, this many per transaction; the roll-ups stay. A log id counts as rolled up for good once a scan
     # this many seconds after it was handed out has covered it.

@@ -31,7 +31,6 @@ import logging
 import re
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -44,6 +43,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from registry.limits import COST_UNITS, decimal_text
+from usage.entries import BillingEventEntry
 
 if TYPE_CHECKING:
     from usage.entries import Charge
@@ -62,16 +62,6 @@ DISPATCH_BATCH = 500
 # usage.quotas._counter_key: llmhub:q:{u:<user>}[:k:<key>]:<metric>:<period>:<model or *>:<window tag>
 _COUNTER_KEY = re.compile(r"llmhub:q:\{u:(\d+)\}(?::k:(\d+))?:(requests|tokens|cost):(minute|hour|day|month):(.*):(\d+)\Z")
 _TAG_FORMATS = {"minute": "%Y%m%d%H%M", "hour": "%Y%m%d%H", "day": "%Y%m%d", "month": "%Y%m"}
-
-
-@dataclass(slots=True, kw_only=True)
-class BillingEventEntry:
-    """An event not written yet (it waits in the usage writer's queue, or is written at once)."""
-
-    type: str
-    dedupe_key: str
-    payload: dict
-    created_at: datetime = field(default_factory=timezone.now)
 
 
 def billing_events_insert(entries: list[BillingEventEntry]) -> None:

@@ -1,7 +1,8 @@
 """Usage accounting: the entry each request leaves behind, its cost, and local token counts.
 
-`usage_record` only queues the entry (a lock and an append); usage/writer.py writes the queue to
-`UsageLog` in batches, off the response path. `usage_record_now` writes one at once, for work off that path.
+`usage_record` only hands the entry on (a Redis stream, the embedded mode's spool, or an in-process queue: one
+write or an append); usage/writer.py and the consumers write them to `UsageLog` in batches, off the response path.
+`usage_record_now` writes one at once, for work off that path.
 """
 
 import base64
@@ -20,15 +21,17 @@ from django.db import DatabaseError
 from usage.billing import BillingEventEntry
 from usage.entries import UsageEntry
 from usage.metrics import usage_metrics_observe
+from usage.rows import rows_insert
 from usage.stream import stream_append
-from usage.writer import rows_insert, writer
+from usage.writer import writer
 
 logger = logging.getLogger(__name__)
 
 
 def usage_record(entry: UsageEntry) -> None:
     """Hand `entry` on: to the Redis stream when one is configured and this is an event loop (usage/stream.py: one
-    write on a socket, a consumer writes the database), else to the batched in-process writer (usage/writer.py).
+    write on a socket, a consumer writes the database), else to the usage writer (usage/writer.py: the embedded
+    mode's spool, else its in-process queue).
     Non-blocking and thread-safe, safe to call from async code; never raises. An entry whose request_id is
     already logged is ignored."""
     if not isinstance(entry, UsageEntry):
@@ -63,8 +66,9 @@ def billing_event_record(entry: BillingEventEntry) -> None:
 
 
 def usage_flush(timeout: float = 5.0) -> int:
-    """Write every entry queued so far, in the calling thread (a sync context); returns how many it took
-    off the queue (an already logged request_id among them is skipped by the database).
+    """Write every entry recorded so far, in the calling thread (a sync context): the queue, and the spooled rows
+    (drained here, or waited for while another process holds the spool's lock); returns how many rows it wrote
+    (an already logged request_id among them is skipped by the database).
 
     Waits up to `timeout` seconds for a flush already running elsewhere (TimeoutError past it). A database
     error is raised with the entries still queued: nothing is dropped.

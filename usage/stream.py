@@ -25,17 +25,16 @@ import os
 import socket
 import threading
 import time
-from datetime import datetime
-from decimal import Decimal
 from functools import cache, partial
 from typing import TYPE_CHECKING
 
-import orjson
 from django.conf import settings
 from django.db import DatabaseError
 
 from llmhub.redis_client import RedisClient
-from usage.writer import route_explained, rows_insert, writer
+from usage.entries import entry_decode, entry_encode
+from usage.rows import rows_insert
+from usage.writer import writer
 
 if TYPE_CHECKING:
     from usage.entries import UsageEntry
@@ -63,24 +62,12 @@ def stream_append(entry: UsageEntry) -> bool:
         asyncio.get_running_loop()
     except RuntimeError:
         return False
-    fields = {name: getattr(entry, name) for name in entry.__slots__}
-    fields["route"] = route_explained(fields["route"])
-    payload = orjson.dumps(fields, default=str)
-    return _client(url).call_now(("XADD", STREAM, "*", "e", payload), failed=partial(_append_failed, entry))
+    return _client(url).call_now(("XADD", STREAM, "*", "e", entry_encode(entry)), failed=partial(_append_failed, entry))
 
 
 def _append_failed(entry: UsageEntry, error: Exception) -> None:
     logger.warning("usage row %s not taken by the Redis stream (%s): written by this process", entry.request_id, error)
     writer.record(entry)
-
-
-def entry_decode(payload: bytes) -> UsageEntry:
-    from usage.entries import UsageEntry
-
-    fields = orjson.loads(payload)
-    fields["cost"] = Decimal(fields["cost"])
-    fields["created_at"] = datetime.fromisoformat(fields["created_at"])
-    return UsageEntry(**fields)
 
 
 def stream_consume(*, url: str, batch_size: int = 5000, block_ms: int = 1000, stop: threading.Event | None = None,
