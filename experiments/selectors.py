@@ -64,9 +64,9 @@ def _running_build() -> RunningExperiments:
                               by_prompt=MappingProxyType({plan.prompt_name: plan for plan in plans if plan.prompt_name}))
 
 
-# Invalidated on every save and delete of experiments and arms (experiments/signals.py): other processes see a stop or
-# a promotion within LLMHUB["REGISTRY_CACHE_CHECK_SECONDS"], this one at once.
-running_experiments = LocalSnapshot("experiments", _running_build)
+# Invalidated on every save and delete of experiments and arms (experiments/signals.py): every process serves a stop or
+# a promotion from its next request on (immediate: the request path reads the shared epoch, llmhub.snapshot).
+running_experiments = LocalSnapshot("experiments", _running_build, immediate=True)
 
 
 # --- Metrics per arm ----------------------------------------------------------------------------------------------

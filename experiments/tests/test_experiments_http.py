@@ -3,8 +3,6 @@ and sessions (API keys), the arm's model and parameters applied and recorded on 
 stops an arm doubling the cost, and a promotion seen by every app process."""
 
 import contextlib
-import os
-import time
 
 import httpx2
 import openai
@@ -12,8 +10,7 @@ import pytest
 
 from conftest import usage_rows
 from experiments.models import Arm, Experiment
-from experiments.services import experiment_assign, experiment_evaluate, experiment_promote
-from llmhub.testing import ServerProcess, database_url, free_port, production_env, uvicorn_command
+from experiments.services import experiment_assign, experiment_evaluate, experiment_promote, experiment_stop
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -141,27 +138,8 @@ def test_an_error_rate_guardrail_stops_a_failing_arm(live_hub, make_user, api_ke
     assert broken.state == Arm.State.STOPPED and "Guardrail: error rate 100.0% is above 50.0%" in broken.reason
 
 
-@pytest.fixture
-def two_app_processes(live_hub, tmp_path):
-    """Two more app processes (production mode) on the test's database and, under CI, its Redis."""
-    env = production_env(database_url=database_url(), redis_url=os.environ.get("REDIS_URL") or None)
-    servers, roots = [], []
-    for index in range(2):
-        port = free_port()
-        servers.append(ServerProcess(uvicorn_command("llmhub.asgi:application", port=port), env=env,
-                                     log=tmp_path / f"app-{index}.log").start())
-        roots.append(f"http://127.0.0.1:{port}")
-    try:
-        for server in servers:
-            server.wait_output(lambda text: "Application startup complete" in text)
-        yield roots
-    finally:
-        for server in servers:
-            server.stop()
-
-
-def test_a_promoted_arm_is_served_from_the_next_request_on_in_every_process(
-        two_app_processes, make_user, api_key_for, make_experiment, settings):
+def test_a_promoted_arm_and_a_stop_are_served_from_the_very_next_request_on_in_every_process(
+        two_app_processes, make_user, api_key_for, make_experiment):
     experiment = make_experiment("promote", arms=(("control", "demo", {}, 1), ("treatment", "demo-backup", {}, 1)))
     users = users_on_both_arms(make_user, "promote", at_least=4)
     keys = {user.pk: api_key_for(user) for user in users}
@@ -172,8 +150,14 @@ def test_a_promoted_arm_is_served_from_the_next_request_on_in_every_process(
         assert len({before[(root, pk)] for root in two_app_processes}) == 1
 
     assert experiment_promote(experiment=experiment, arm_name="treatment")
-    # Another process's change is seen within the check interval (1 s by default), then by every request.
-    time.sleep(settings.LLMHUB["REGISTRY_CACHE_CHECK_SECONDS"] + 0.2)
 
-    after = {served_by(sdk(root, key), experiment="promote") for root in two_app_processes for key in keys.values()}
+    # No wait: the next request to either process is served by the winner (they check versions once a minute).
+    after = {served_by(sdk(root, key), experiment="promote") for root in reversed(two_app_processes)
+             for key in keys.values()}
     assert after == {"demo-backup"}
+
+    experiment_stop(experiment=Experiment.objects.get(pk=experiment.pk))
+
+    # Stopped: the very next request is served as if it did not exist (the model the client asked for).
+    assert {served_by(sdk(root, key), experiment="promote") for root in two_app_processes
+            for key in keys.values()} == {"demo"}
