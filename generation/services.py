@@ -21,7 +21,7 @@ from experiments.selectors import Assignment
 from generation import client
 from generation import responses_bridge as bridge
 from generation.adaptation import context_exceeded_error, parameter_refused_error, params_refused, request_adapt
-from generation.arms import request_arm
+from generation.arms import judge_sample, request_arm
 from generation.prompting import PromptUse, prompt_apply
 from generation.routing import earliest_retry
 from health.breakers import (
@@ -589,6 +589,8 @@ async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endp
         raise
     finally:
         await asyncio.shield(run_finish(run, model=model, usage=usage, error=error))  # even when cancelled
+    judge_sample(arm=run.arm, request_id=run.request_id, messages=body.get("messages") or [],
+                 answer=completion_text(completion.data))
     return ChatOutcome(request_id=run.request_id, model=model, raw=completion.raw, data=completion.data,
                        attempts=run.attempts, usage=usage, cost=run.cost,
                        latency_ms=(time.perf_counter() - run.started) * 1000, quota=run.reservation,
