@@ -1,6 +1,6 @@
 """An experiment's judge: a model that scores a sample of the experiment's answers (its judge metric).
 
-On the request path `generation.arms.judge_sample` picks the sample and queues the Celery task
+On the request path `generation.arms.judge_sample` picks the sample and queues the Celery task from a thread
 (`generation.tasks.experiment_judge_run`); the task runs `judge_execute` here: it asks the experiment's `judge_model`
 with the `judge` prompt template (prompts/builtin.py; a version saved in admin replaces it), reads `Score: N` (0..10)
 from its answer and stores N / 10 as the request's `JudgeScore`. The judge's request is the system's own usage, as a
