@@ -6,6 +6,7 @@ sample of its answers scored (`judge_sample`; the scoring: generation/judging.py
 
 import asyncio
 import logging
+import threading
 from contextvars import ContextVar
 from typing import Any
 
@@ -54,6 +55,7 @@ async def request_arm(*, user_id: int | None, tier, registry: Registry, body: di
 JUDGE_TASK = "generation.tasks.experiment_judge_run"
 TEXT_MAX_CHARS = 8_000  # of the question and of the answer, in the task's message and in the judge's prompt
 _queued: set[asyncio.Task] = set()
+_task_lock = threading.Lock()  # the first lookup imports every tasks module: one thread at a time
 
 
 def _content_text(content: Any) -> str:
@@ -86,7 +88,9 @@ def _queue(arguments: tuple) -> None:
     from llmhub.celery import task_get
 
     try:
-        task_get(JUDGE_TASK).apply_async(arguments, retry=False)
+        with _task_lock:
+            task = task_get(JUDGE_TASK)
+        task.apply_async(arguments, retry=False)
     except Exception:  # the broker is away: this sample goes unscored, the request was served
         logger.exception("experiment %s: request %s could not be queued for its judge", arguments[0], arguments[2])
     finally:

@@ -18,9 +18,12 @@ from usage.services import usage_cost
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def scores(count: int, timeout: float = 10.0) -> dict[str, JudgeScore]:
+def scores(count: int, *, judged: int, timeout: float = 10.0) -> dict[str, JudgeScore]:
+    """The judge scores once there are `count` and the judge's usage rows once there are `judged` (the tasks run in
+    threads of the app)."""
     deadline = time.monotonic() + timeout
-    while JudgeScore.objects.count() < count and time.monotonic() < deadline:
+    while (JudgeScore.objects.count() < count or UsageLog.objects.filter(endpoint=JUDGE_ENDPOINT).count() < judged) \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
     return {score.request_id: score for score in JudgeScore.objects.all()}
 
@@ -38,7 +41,7 @@ def test_the_judge_scores_the_sampled_answers_per_arm_as_the_systems_usage(
             model="demo", messages=[{"role": "user", "content": question}], metadata={"experiment": "judged"})
         questions[response.headers["x-request-id"]] = question
 
-    judged = scores(5)
+    judged = scores(5, judged=6)
     requests = {row.request_id: row for row in usage_rows(6 + 6) if row.experiment_id == experiment.pk}
     assert set(requests) == set(questions)
     assert {rid: (score.arm, score.score) for rid, score in judged.items()} == {
