@@ -134,6 +134,30 @@ def live_hub(transactional_db, registry, _hub_server, settings) -> Iterator[str]
     usage_wait_idle()
 
 
+@pytest.fixture
+def two_app_processes(live_hub, simulated_upstream, tmp_path) -> Iterator[list[str]]:
+    """Two more app processes (uvicorn, production settings) on the test's database and, in the services run, its
+    Redis; yields their root URLs. They check their snapshots' versions only once a minute, so a change they serve
+    at once reached them through the shared epoch (llmhub.snapshot), as every request reads it."""
+    from llmhub.testing import ServerProcess, database_url, free_port, production_env, uvicorn_command
+
+    env = production_env(database_url=database_url(), redis_url=os.environ.get("REDIS_URL") or None,
+                         LLMHUB_SIMULATOR_URL=simulated_upstream.base_url, LLMHUB_REGISTRY_CACHE_CHECK_SECONDS="60")
+    servers, roots = [], []
+    try:
+        for index in range(2):
+            port = free_port()
+            servers.append(ServerProcess(uvicorn_command("llmhub.asgi:application", port=port), env=env,
+                                         log=tmp_path / f"app-{index}.log").start())
+            roots.append(f"http://127.0.0.1:{port}")
+        for server in servers:
+            server.wait_output(lambda text: "Application startup complete" in text)
+        yield roots
+    finally:
+        for server in servers:
+            server.stop()
+
+
 def usage_wait_idle() -> None:
     from health.status import health_flush
     from usage.services import usage_flush

@@ -10,6 +10,12 @@ below instead of the database. Timed in-process in CPU time of the thread, the b
 - apply: `generation.prompting.prompt_apply`, everything a request with a template pays on top of one without:
   resolve, render, the template's defaults, the messages assembled and checked against the context window.
 `make bench` adds the last figure as a row of its table.
+
+What every request pays so that a template or experiment changed by any process is served from the next request on
+(llmhub.snapshot's epoch), apart from templates:
+- epoch (file): embedded, reading the epoch's file and comparing it (CPU µs).
+- with BENCH_REDIS_URL: the circuit breakers' read alone (HGETALL) and with the epoch (one script), wall and CPU µs a
+  call, awaited one after another on one connection.
 """
 
 import contextlib
@@ -90,7 +96,56 @@ def measure() -> dict[str, float]:
     return figures
 
 
+def measure_epoch() -> dict[str, float]:
+    import django
+
+    django.setup()
+    from llmhub.snapshot import snapshots_epoch_seen
+    from llmhub.versions import EPOCH_KEY, version_get
+
+    figures = {"epoch (file)": _microseconds(lambda: snapshots_epoch_seen(version_get(EPOCH_KEY)))}
+    if os.environ.get("BENCH_REDIS_URL"):
+        figures |= _redis_figures(os.environ["BENCH_REDIS_URL"])
+    return figures
+
+
+def _redis_figures(url: str, calls: int = 5_000) -> dict[str, float]:
+    """Wall and CPU µs of one breakers read without and with the epoch, on the hot path's Redis client."""
+    import asyncio
+
+    from health.breakers import _READ_WITH, HEALTH_KEY
+    from llmhub.redis_client import RedisClient, Script, bulk
+
+    client, script = RedisClient(url, timeout=1.0), Script(_READ_WITH)
+    body = b"".join(map(bulk, (2, HEALTH_KEY, "llmhub:bench:epoch")))
+
+    async def timed(call) -> tuple[float, float]:
+        for _ in range(200):
+            await call()
+        wall, cpu = time.perf_counter(), time.thread_time()
+        for _ in range(calls):
+            await call()
+        return (time.perf_counter() - wall) / calls * 1e6, (time.thread_time() - cpu) / calls * 1e6
+
+    async def both() -> dict[str, float]:
+        figures = {}
+        for _ in range(3):  # alternated, the best of three each
+            for name, call in (("breakers (HGETALL)", lambda: client.call("HGETALL", HEALTH_KEY)),
+                               ("breakers + epoch (script)", lambda: client.run(script, body, 3))):
+                wall, cpu = await timed(call)
+                best = figures.get(f"{name} wall", float("inf"))
+                if wall < best:
+                    figures[f"{name} wall"], figures[f"{name} cpu"] = wall, cpu
+        return figures
+
+    return asyncio.run(both())
+
+
 def main() -> None:
+    if "--epoch" in sys.argv:
+        for piece, value in measure_epoch().items():
+            print(f"{piece:<32} {value:7.2f} µs")
+        return
     figures = measure()
     if "--json" in sys.argv:
         print(json.dumps(figures))

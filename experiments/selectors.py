@@ -23,6 +23,8 @@ class Assignment:
     model_id: str
     params: Mapping[str, Any]
     template_ref: str
+    judge_model: str = ""  # the experiment's judge: scores this share of its answers (generation/judging.py)
+    judge_sample_rate: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +49,8 @@ class RunningExperiments:
 def _plan(experiment: Experiment) -> ExperimentPlan:
     arms = [arm for arm in experiment.arms.all() if arm.weight > 0 or arm.state == Arm.State.WINNER]
     assignments = tuple(Assignment(experiment.id, experiment.key, arm.name, arm.model_id,
-                                   MappingProxyType(dict(arm.params or {})), arm.template_ref) for arm in arms)
+                                   MappingProxyType(dict(arm.params or {})), arm.template_ref,
+                                   experiment.judge_model, experiment.judge_sample_rate) for arm in arms)
     winner = next((a for a, arm in zip(assignments, arms, strict=True) if arm.state == Arm.State.WINNER), None)
     return ExperimentPlan(id=experiment.id, key=experiment.key, prompt_name=experiment.prompt_name, arms=assignments,
                           weights=tuple(arm.weight for arm in arms),
@@ -64,9 +67,9 @@ def _running_build() -> RunningExperiments:
                               by_prompt=MappingProxyType({plan.prompt_name: plan for plan in plans if plan.prompt_name}))
 
 
-# Invalidated on every save and delete of experiments and arms (experiments/signals.py): other processes see a stop or
-# a promotion within LLMHUB["REGISTRY_CACHE_CHECK_SECONDS"], this one at once.
-running_experiments = LocalSnapshot("experiments", _running_build)
+# Invalidated on every save and delete of experiments and arms (experiments/signals.py): every process serves a stop or
+# a promotion from its next request on (immediate: the request path reads the shared epoch, llmhub.snapshot).
+running_experiments = LocalSnapshot("experiments", _running_build, immediate=True)
 
 
 # --- Metrics per arm ----------------------------------------------------------------------------------------------
@@ -113,6 +116,10 @@ def arm_judge_scores(experiment_id: int) -> dict[str, Sums]:
             .annotate(n=Count("id"), total=Sum("score"),
                       squares=Sum(ExpressionWrapper(F("score") * F("score"), output_field=FloatField()))))
     return {row["arm"]: Sums(row["n"], float(row["total"] or 0), float(row["squares"] or 0)) for row in rows}
+
+
+def judge_score_exists(request_id: str) -> bool:
+    return JudgeScore.objects.filter(request_id=request_id).exists()
 
 
 def _no_feedback(experiment_id: int) -> dict[str, Sums]:

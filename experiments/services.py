@@ -17,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from experiments import stats
-from experiments.models import Arm, Experiment
+from experiments.models import Arm, Experiment, JudgeScore
 from experiments.selectors import (
     Assignment,
     ExperimentPlan,
@@ -118,7 +118,21 @@ async def aexperiment_assign(user_id: int | None, *, prompt: str | None = None,
     return assignment_find(await running_experiments.aget(), user_id, prompt=prompt, key=key)
 
 
+def judge_sampled(request_id: str, rate: float) -> bool:
+    """Whether the judge scores this request's answer: a fixed share `rate` of requests, decided by the request id
+    (the same in every process, so a retried task never changes it)."""
+    return rate > 0 and _unit("judge", request_id) < rate
+
+
 # --- Writes -------------------------------------------------------------------------------------------------------
+
+def judge_score_record(*, experiment_id: int, arm: str, request_id: str, score: float) -> bool:
+    """Stores the judge's score (0..1) of one request's answer; False when it already has one (a task run twice)."""
+    _, created = JudgeScore.objects.get_or_create(request_id=request_id, defaults={
+        "experiment_id": experiment_id, "arm": arm, "score": min(1.0, max(0.0, score))})
+    return created
+
+
 
 def experiment_start(*, experiment: Experiment) -> Experiment:
     """Draft → running, once its arms make sense: two or more with traffic, each on a model of the registry, and no

@@ -50,6 +50,12 @@ class PromptMetadataSerializer(StrictSerializer):
                                        help_text="Join this experiment (as does the x-llmhub-experiment header).")
 
 
+def experiment_from(metadata: dict | None) -> None:
+    """`metadata.experiment` joins that experiment (over the x-llmhub-experiment header), as on /v1."""
+    if metadata and metadata.get("experiment"):
+        experiment_bind(metadata["experiment"])
+
+
 def prompt_from(request: Request, metadata: dict | None) -> PromptRequest | None:
     """The prompt template a request names: `metadata.prompt` (+ `variables`), else the x-llmhub-prompt headers."""
     return prompt_request_parse(metadata=metadata, header=request.headers.get(PROMPT_HEADER),
@@ -147,8 +153,7 @@ class GenerateApi(CallerAPIView):
         params = dict(data.validated_data)
         task = request_task(request, "api.generate")
         metadata = params.pop("metadata", None) or {}
-        if metadata.get("experiment"):
-            experiment_bind(metadata["experiment"])
+        experiment_from(metadata)
         template = prompt_from(request, metadata)
         outcome = await services.generate(caller=request.caller, registry=request.registry,
                                           prompt=params.pop("prompt", None), messages=params.pop("messages", None),

@@ -27,6 +27,7 @@ import orjson
 
 from generation import client
 from generation import responses_bridge as bridge
+from generation.adaptation import request_adapt
 from generation.services import usage_from
 from registry.selectors import ModelSpec
 from registry.ssrf import ssrf_refusal
@@ -185,6 +186,30 @@ def _chat_asked(model: ModelSpec, ask: Callable[[str, dict[str, Any]], client.Pr
     if isinstance(data, dict) and isinstance(data.get("output"), list):
         probe.body = orjson.dumps(bridge.response_to_chat(data))
     return probe
+
+
+def chat_ask(model: ModelSpec, body: dict[str, Any], *, timeout: float, max_response_bytes: int,
+             usage: CheckUsage) -> str:
+    """One chat request to `model` (in its own API, adapted to it), metered into `usage` as it answers; returns the
+    answer's text. Raises UpstreamError when no answer came (an error status included). Sync (Celery tasks)."""
+    with client.probe_client(model, timeout=timeout, max_response_bytes=max_response_bytes) as sdk:
+
+        def ask(path: str, request: dict[str, Any]) -> client.Probe:
+            request = {**request, "model": model.upstream_model}
+            usage.calls += 1
+            answer = client.probe(sdk, path, body=request, deadline=time.monotonic() + timeout,
+                                  max_response_bytes=max_response_bytes)
+            if answer.status == 200:
+                usage.add(request, answer)
+            return answer
+
+        answer = _chat_asked(model, ask, request_adapt(model, body))
+    if answer.status != 200:
+        raise client.map_status_error(answer.status)
+    message = _message(answer.body)
+    if message is None:
+        raise client.UpstreamBadResponse("The upstream's answer was not a chat completion.")
+    return _message_text(message)
 
 
 def _failure(error: client.UpstreamError) -> str:

@@ -21,7 +21,7 @@ from experiments.selectors import Assignment
 from generation import client
 from generation import responses_bridge as bridge
 from generation.adaptation import context_exceeded_error, parameter_refused_error, params_refused, request_adapt
-from generation.arms import request_arm
+from generation.arms import judge_sample, request_arm
 from generation.prompting import PromptUse, prompt_apply
 from generation.routing import earliest_retry
 from health.breakers import (
@@ -33,10 +33,13 @@ from health.breakers import (
     breaker_trial_claim,
     breaker_view,
     breakers_read,
+    breakers_read_with,
     breakers_reset,
 )
 from health.status import health_note, unhealthy_keys
 from llmhub.errors import ApplicationError, NotFound
+from llmhub.snapshot import snapshots_epoch_seen
+from llmhub.versions import EPOCH_KEY, epoch_location, version_get
 from prompts.services import PromptRequest
 from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, get_default_model, get_model_by_id
 from routing.policies import Health, Route, request_needs
@@ -431,21 +434,47 @@ def candidates_admitted(primary: ModelSpec, candidates: list[ModelSpec], body: d
     return admitted, skipped
 
 
+async def breakers_and_epoch_read() -> BreakerView:
+    """The circuit breakers (shared by every process), and the snapshots' epoch (llmhub.snapshot): read in the same
+    Redis round trip, or from one small file when embedded. A template or experiment changed by any process is
+    then served from this request on."""
+    location = epoch_location()
+    if location is None:
+        view = await breakers_read()
+        try:
+            snapshots_epoch_seen(version_get(EPOCH_KEY))
+        except OSError as error:  # its folder is unreadable: the snapshots' own checks still apply
+            logger.warning("the snapshots' epoch could not be read (%s)", type(error).__name__)
+        return view
+    view, epoch = await breakers_read_with(*location)
+    if epoch is not None:  # None: Redis did not answer, and the snapshots serve what they have (llmhub.snapshot)
+        snapshots_epoch_seen(epoch)
+    return view
+
+
 async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
                     model_id: str | None, provider: str | None, preferred_ids: Sequence[str], kind: str = "chat",
                     fit_context: bool = False, prompt_tokens: int | None = None, context_tokens: int | None = None,
                     output_tokens: int | None = None, context_param: str = "messages",
-                    api: str = bridge.CHAT, prompt: PromptRequest | None = None, task: str | None = None) -> _Run:
+                    api: str = bridge.CHAT, prompt: PromptRequest | None = None, task: str | None = None,
+                    prompt_name: str | None = None,
+                    prepare: Callable[[ModelSpec], Awaitable[None]] | None = None) -> _Run:
     """Resolves, authorises and reserves a request. With `fit_context`, models whose window is too small for
     the request (`context_tokens`, by default the estimated prompt plus max_tokens) are skipped (a 400
     context_length_exceeded when none is left); a translation splits its text to fit instead. `api` is the API
     the request is written for: candidates served on the other one get it translated, and those it cannot be
     translated for are skipped (a 400 naming the field when the primary is one of them). `prompt`: the template the
     request names, assembled into `body` for the primary model (generation/prompting.py). A request an experiment arm
-    serves gets the arm's model and parameters (generation/arms.py). The candidates and their order are the tier's
-    routing policy's for the task (`task`, else the endpoint's: routing/)."""
+    serves gets the arm's model and parameters (generation/arms.py); `prompt_name`: the template a request uses that
+    `start_run` does not assemble (a translation's), for the experiment running on it. `prepare(primary)` is awaited
+    once the primary model is known, before anything is reserved (a translation resolves and checks its template
+    there). The candidates and their order are the tier's routing policy's for the task (`task`, else the
+    endpoint's: routing/)."""
+    view = await breakers_and_epoch_read()  # first: the templates and experiments below are then current
+    if prompt is not None:
+        prompt_name = prompt.name
     arm = await request_arm(user_id=caller.user_id, tier=caller.tier, registry=registry, body=body,
-                            prompt_name=prompt.name if prompt is not None else None) if kind == "chat" else None
+                            prompt_name=prompt_name) if kind == "chat" else None
     if arm is not None:
         model_id, provider = arm.model_id, None
         body.update(arm.params)
@@ -454,7 +483,9 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
     model_kind_check(primary, kind)
     prompt_use = None if prompt is None else \
         await prompt_apply(body, prompt, model=primary, user_id=caller.user_id, api=api)
-    view, now = await breakers_read(), time.time()  # the circuit breakers, shared by every process
+    if prepare is not None:
+        await prepare(primary)
+    now = time.time()
     if prompt_tokens is None:
         prompt_tokens = tokens_estimate_messages(request_messages(body, api=api))
     max_tokens = (body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")) \
@@ -572,6 +603,8 @@ async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endp
         raise
     finally:
         await asyncio.shield(run_finish(run, model=model, usage=usage, error=error))  # even when cancelled
+    judge_sample(arm=run.arm, request_id=run.request_id, messages=body.get("messages") or [],
+                 answer=completion_text(completion.data))
     return ChatOutcome(request_id=run.request_id, model=model, raw=completion.raw, data=completion.data,
                        attempts=run.attempts, usage=usage, cost=run.cost,
                        latency_ms=(time.perf_counter() - run.started) * 1000, quota=run.reservation,

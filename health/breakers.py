@@ -365,6 +365,31 @@ async def breakers_read() -> BreakerView:
     return _remember(_view_from(_read_records(raw), at=now))
 
 
+# The breakers and one more key (the snapshots' epoch, llmhub.versions) in one command; an unset key reads as "".
+_READ_WITH = "return {redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[2]) or ''}"
+
+
+async def breakers_read_with(url: str, key: str) -> tuple[BreakerView, bytes | None]:
+    """`breakers_read`, and the value of `key` in the Redis at `url` (b"" when unset, None when Redis did not
+    answer): in the same round trip when the breakers live there (the default for the snapshots' epoch), else by a
+    GET of its own."""
+    store = _store()
+    if store is None or store.url != url:
+        view = await breakers_read()
+        try:
+            value = await _redis_store(url, _config("QUOTA_TIMEOUT_SECONDS")).client.call("GET", key)
+        except RedisUnavailable:
+            return view, None
+        return view, value or b""
+    now = time.time()
+    try:
+        raw, value = await store.client.run(_script(_READ_WITH), b"".join(map(bulk, (2, HEALTH_KEY, key))), 3)
+    except RedisUnavailable as error:
+        _complain(error)
+        return _latest, None
+    return _remember(_view_from(_read_records(raw), at=now)), value
+
+
 def breakers_read_sync(*, max_age: float = 0.0) -> BreakerView:
     """`breakers_read` off the event loop (admin, pages, the API's model list, tasks); with `max_age`, the last
     view when it is that recent."""

@@ -5,6 +5,11 @@ The hot path must not query the database once warm: it reads an immutable snapsh
 memory. A change bumps the token (signals call `invalidate`), which this process sees at once and
 other processes see within `REGISTRY_CACHE_CHECK_SECONDS`.
 
+Snapshots made with `immediate=True` (prompt templates, experiments) are seen by every process from its next request
+on: their invalidation also bumps one shared epoch (llmhub.versions), which the request path reads once per request
+(in production in the Redis round trip it already makes for the circuit breakers) and hands to `snapshots_epoch_seen`;
+a new epoch makes those snapshots check their version before serving again.
+
 Outages: a snapshot whose rebuild fails (the database is down) keeps serving the previous one, retried at
 each check. While the shared cache (Redis) is unreachable the snapshots keep serving from memory, checked
 again at most once a second; one older than `SNAPSHOT_MAX_STALE_SECONDS` is rebuilt from the database, so
@@ -23,7 +28,7 @@ from django.conf import settings
 from django.db import transaction
 
 from llmhub.db import CONNECTION_ERRORS, db_read
-from llmhub.versions import version_bump, version_get
+from llmhub.versions import EPOCH_KEY, version_bump, version_get
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +36,26 @@ T = TypeVar("T")
 # While the shared cache does not answer, it is asked again at most this often (per snapshot and process).
 UNREACHABLE_RETRY_SECONDS = 1.0
 
+# How many different epochs this process has seen (llmhub.versions' EPOCH_KEY): an immediate snapshot checked under an
+# older count checks its version again before serving.
+_epochs_seen = 0
+_epoch_last: object = object()
+
+
+def snapshots_epoch_seen(epoch: object) -> None:
+    """The shared epoch as this request read it: when it changed, the immediate snapshots check their version
+    before they serve again. Costs a comparison when it did not."""
+    global _epochs_seen, _epoch_last
+    if epoch != _epoch_last:
+        _epoch_last = epoch
+        _epochs_seen += 1
+
 
 class LocalSnapshot(Generic[T]):
-    def __init__(self, name: str, build: Callable[[], T]) -> None:
+    def __init__(self, name: str, build: Callable[[], T], *, immediate: bool = False) -> None:
         self._key = f"llmhub:snapshot:{name}"
+        self._immediate = immediate  # its changes bump the shared epoch too: seen by the next request anywhere
+        self._epochs = -1  # `_epochs_seen` when its version was last checked
         self._build = db_read(build)
         self._lock = threading.Lock()
         self._value: T | None = None
@@ -47,7 +68,8 @@ class LocalSnapshot(Generic[T]):
 
     def _warm(self) -> T | None:
         value = self._value
-        if value is not None and time.monotonic() < self._fresh_until:
+        if value is not None and time.monotonic() < self._fresh_until and (
+                not self._immediate or self._epochs == _epochs_seen):
             return value
         return None
 
@@ -60,18 +82,22 @@ class LocalSnapshot(Generic[T]):
         if value is not None:
             return value
         current = self._value
-        if current is not None and not self._dropped and not self._lock.acquire(blocking=False):
+        must_check = current is None or self._dropped or (self._immediate and self._epochs != _epochs_seen)
+        if not must_check and not self._lock.acquire(blocking=False):
             return current  # another thread is checking the version right now: no need to wait for it
-        if current is None or self._dropped:
+        if must_check:
             self._lock.acquire()
         try:
             now = time.monotonic()
+            # Counted before the version is read: an epoch seen after the read may announce a newer version.
+            epochs = _epochs_seen
             try:
                 if self._bump_pending:
-                    version_bump(self._key)
+                    self._bump()
                     self._bump_pending = False
                 version = version_get(self._key)
             except Exception as error:  # whatever the cache's client raises when its server is away
+                self._epochs = epochs
                 return self._serve_unversioned(now, error)
             if self._unreachable_since is not None:
                 logger.warning("snapshot %s: the shared cache answers again after %.1f s", self._key,
@@ -82,6 +108,7 @@ class LocalSnapshot(Generic[T]):
                 # triggers a rebuild at the next check.
                 self._rebuild(version, now)
             self._fresh_until = now + settings.LLMHUB["REGISTRY_CACHE_CHECK_SECONDS"]
+            self._epochs = epochs
             return self._value
         finally:
             self._lock.release()
@@ -124,9 +151,14 @@ class LocalSnapshot(Generic[T]):
         if transaction.get_connection().in_atomic_block:
             transaction.on_commit(self._drop)
 
+    def _bump(self) -> None:
+        version_bump(self._key)
+        if self._immediate:  # after the version: a process that sees the new epoch then reads the new version
+            version_bump(EPOCH_KEY)
+
     def _drop(self) -> None:
         try:
-            version_bump(self._key)
+            self._bump()
         except Exception as error:  # the cache is away: other processes see the change past the staleness bound
             self._bump_pending = True
             logger.warning("snapshot %s: invalidation not shared (%s); sent when the cache answers again",

@@ -18,6 +18,10 @@ from llmhub.cache import cache
 
 _NAME = re.compile(r"[A-Za-z0-9:._-]+")
 
+# One token bumped by every change of the snapshots that must be seen by the next request anywhere (prompt
+# templates, experiments): the request path reads it once per request (`epoch_location`).
+EPOCH_KEY = "llmhub:snapshot:epoch"
+
 
 def version_get(key: str) -> str:
     """The current token of `key`, created on first use."""
@@ -43,6 +47,23 @@ def version_bump(key: str) -> None:
         cache.set(key, uuid.uuid4().hex, timeout=None)
     else:
         _write(path)
+
+
+def epoch_location() -> tuple[str, str] | None:
+    """Where a request reads the epoch: (the Redis URL, the key there) when the tokens live in a Redis cache; None
+    when they are files (`version_get(EPOCH_KEY)` then reads it: one small file)."""
+    if settings.LLMHUB["SNAPSHOT_VERSIONS"] != "cache":
+        return None
+    location = settings.CACHES["default"].get("LOCATION")
+    if not isinstance(location, str) or not location.startswith(("redis://", "rediss://")):
+        return None
+    return location, _epoch_key(settings.CACHES["default"].get("KEY_PREFIX", ""),
+                                settings.CACHES["default"].get("VERSION", 1))
+
+
+@functools.lru_cache(maxsize=8)
+def _epoch_key(prefix: str, version: int) -> str:
+    return cache.make_key(EPOCH_KEY)  # as Django's cache names it in Redis (with its prefix and version)
 
 
 def _file(key: str) -> str | None:

@@ -49,4 +49,4 @@ def _build() -> Mapping[str, TemplateSpec]:
     return templates
 
 
-prompt_snapshot: LocalSnapshot[Mapping[str, TemplateSpec]] = LocalSnapshot("prompts", _build)
+prompt_snapshot: LocalSnapshot[Mapping[str, TemplateSpec]] = LocalSnapshot("prompts", _build, immediate=True)

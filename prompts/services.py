@@ -216,7 +216,7 @@ def prompt_version_create(*, name: str, system: str = "", user: str = "", variab
 
 def prompt_label_move(*, name: str, label: str, version: int):
     """Points `label` of template `name` at `version` (created when new). Every process serves it from its next
-    request on (within LLMHUB_REGISTRY_CACHE_CHECK_SECONDS)."""
+    request on (the prompts' snapshot is immediate: llmhub.snapshot)."""
     from prompts.models import PromptLabel, PromptVersion
 
     target = PromptVersion.objects.filter(template__name=name, version=version).select_related("template").first()

@@ -3,7 +3,14 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from generation.apis import CallerAPIView, GenerateOutputSerializer, PromptMetadataSerializer, prompt_from, quota_headers
+from generation.apis import (
+    CallerAPIView,
+    GenerateOutputSerializer,
+    PromptMetadataSerializer,
+    experiment_from,
+    prompt_from,
+    quota_headers,
+)
 from llmhub.api import StrictSerializer, error_responses
 from translation import services
 
@@ -16,7 +23,7 @@ class TranslateInputSerializer(StrictSerializer):
     provider = serializers.CharField(required=False, max_length=100, help_text="Legacy: a provider slug.")
     metadata = PromptMetadataSerializer(required=False, help_text="A prompt template instead of the built-in "
                                         "`translation` one, and its variables (`text`, `target_language` and "
-                                        "`source_clause` are supplied when it declares them).")
+                                        "`source_clause` are supplied when it declares them); an experiment to join.")
 
     def to_internal_value(self, data):
         return super().to_internal_value(services.legacy_arguments(data) if isinstance(data, dict) else data)
@@ -41,6 +48,7 @@ class TranslateApi(CallerAPIView):
         data = TranslateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         params = data.validated_data
+        experiment_from(params.get("metadata"))
         result = await services.translate(
             caller=request.caller, registry=request.registry, text=params["text"],
             target_language=params["target_language"], source_language=params.get("source_language"),

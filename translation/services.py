@@ -168,16 +168,20 @@ async def translate(*, caller: Caller, registry: Registry, text: str, target_lan
     if not isinstance(text, str) or not text.strip():
         message = "There is no text to translate."
         raise ApplicationError(message, code="invalid", extra={"fields": {"text": [message]}})
-    # The template, resolved for the model that will answer and checked (variables) before anything is reserved.
     prompt = prompt or PromptRequest(name=TRANSLATION)
-    primary = generation.model_resolve(caller=caller, registry=registry, model_id=model_id, provider=provider,
-                                       preferred_ids=preferred_ids)
-    resolved = await prompt_resolve(prompt, model=primary, user_id=caller.user_id)
-    _messages("", target=target, source=source, prompt=resolved, request=prompt, model=primary)
+    resolved: ResolvedPrompt | None = None
+
+    async def prompt_prepare(primary: ModelSpec) -> None:
+        # The template, resolved for the model that will answer (an experiment's arm may have chosen both) and
+        # checked (variables) before anything is reserved.
+        nonlocal resolved
+        resolved = await prompt_resolve(prompt, model=primary, user_id=caller.user_id)
+        _messages("", target=target, source=source, prompt=resolved, request=prompt, model=primary)
 
     run = await generation.start_run(caller=caller, registry=registry, body={"messages": [{"content": text}]},
                                      endpoint=endpoint, model_id=model_id, provider=provider,
-                                     preferred_ids=preferred_ids, task="translation")
+                                     preferred_ids=preferred_ids, task="translation", prompt_name=prompt.name,
+                                     prepare=prompt_prepare)
     run.prompt = PromptUse(resolved.name, resolved.version)
     usage, model, error, answered_by, results = Usage(), None, None, [], []
     try:

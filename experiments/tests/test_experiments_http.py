@@ -3,8 +3,6 @@ and sessions (API keys), the arm's model and parameters applied and recorded on 
 stops an arm doubling the cost, and a promotion seen by every app process."""
 
 import contextlib
-import os
-import time
 
 import httpx2
 import openai
@@ -12,8 +10,13 @@ import pytest
 
 from conftest import usage_rows
 from experiments.models import Arm, Experiment
-from experiments.services import experiment_assign, experiment_evaluate, experiment_promote
-from llmhub.testing import ServerProcess, database_url, free_port, production_env, uvicorn_command
+from experiments.services import (
+    experiment_assign,
+    experiment_evaluate,
+    experiment_promote,
+    experiment_start,
+    experiment_stop,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -89,11 +92,42 @@ def test_it_joins_api_generate_and_translate_by_header_and_metadata(live_hub, fr
         bad = http.post("/api/generate/", json={"prompt": "hi", "metadata": {"experiment": ["not", "a", "string"]}})
         translated = http.post("/api/translate/", json={"text": "hello", "target_language": "fr"},
                                headers={"x-llmhub-experiment": "generate"})
+        translated_by_metadata = http.post("/api/translate/", json={
+            "text": "hello", "target_language": "fr", "metadata": {"experiment": "generate"}})
+        bad_translation = http.post("/api/translate/", json={"text": "hello", "target_language": "fr",
+                                                             "metadata": {"experiment": {"not": "a string"}}})
 
-    assert by_header.status_code == by_metadata.status_code == translated.status_code == 200
-    assert by_header.json()["model"] == by_metadata.json()["model"] == translated.json()["model"] == "demo-backup"
-    assert bad.status_code == 400 and "metadata" in bad.json()["error"]["fields"]
-    assert {row.experiment_id for row in usage_rows(3)} == {experiment.pk}
+    answers = (by_header, by_metadata, translated, translated_by_metadata)
+    assert [answer.status_code for answer in answers] == [200] * 4
+    assert {answer.json()["model"] for answer in answers} == {"demo-backup"}
+    for bad_one in (bad, bad_translation):
+        assert bad_one.status_code == 400 and "metadata" in bad_one.json()["error"]["fields"]
+    assert [row.experiment_id for row in usage_rows(4)] == [experiment.pk] * 4
+
+
+def test_an_experiment_on_the_translation_template_serves_each_arms_version_and_model_on_translate(
+        live_hub, make_user, api_key_for, make_experiment):
+    from prompts.builtin import BUILTIN_TEMPLATES, TRANSLATION
+    from prompts.services import prompt_version_create
+
+    # load_models seeded version 1 (production); the treatment's is a second one.
+    builtin = {key: BUILTIN_TEMPLATES[TRANSLATION][key] for key in ("user", "variables")}
+    assert prompt_version_create(name=TRANSLATION, system="Into {{ target_language }}, tersely.", **builtin).version == 2
+    experiment = make_experiment("translate-ab", start=False, prompt_name=TRANSLATION)
+    Arm.objects.filter(experiment=experiment, name="treatment").update(template_ref=f"{TRANSLATION}@2")
+    Arm.objects.filter(experiment=experiment, name="control").update(template_ref=f"{TRANSLATION}@1")
+    experiment_start(experiment=experiment)
+
+    served = set()
+    for user in users_on_both_arms(make_user, "translate-ab", at_least=4):
+        with httpx2.Client(base_url=live_hub, headers={"Authorization": f"Bearer {api_key_for(user)}"},
+                           timeout=20) as http:
+            answer = http.post("/api/translate/", json={"text": "hello", "target_language": "fr"})  # names nothing
+        assert answer.status_code == 200
+        served.add((answer.json()["model"], answer.headers["x-llmhub-prompt"]))
+    # Each user gets their arm's model with their arm's template version.
+    assert served == {("demo", f"{TRANSLATION}@1"), ("demo-backup", f"{TRANSLATION}@2")}
+    assert {row.experiment_arm for row in usage_rows(len(served))} == {"control", "treatment"}
 
 
 def test_a_guardrail_stops_an_arm_that_doubles_the_cost_and_its_users_move_to_the_control(
@@ -141,27 +175,8 @@ def test_an_error_rate_guardrail_stops_a_failing_arm(live_hub, make_user, api_ke
     assert broken.state == Arm.State.STOPPED and "Guardrail: error rate 100.0% is above 50.0%" in broken.reason
 
 
-@pytest.fixture
-def two_app_processes(live_hub, tmp_path):
-    """Two more app processes (production mode) on the test's database and, under CI, its Redis."""
-    env = production_env(database_url=database_url(), redis_url=os.environ.get("REDIS_URL") or None)
-    servers, roots = [], []
-    for index in range(2):
-        port = free_port()
-        servers.append(ServerProcess(uvicorn_command("llmhub.asgi:application", port=port), env=env,
-                                     log=tmp_path / f"app-{index}.log").start())
-        roots.append(f"http://127.0.0.1:{port}")
-    try:
-        for server in servers:
-            server.wait_output(lambda text: "Application startup complete" in text)
-        yield roots
-    finally:
-        for server in servers:
-            server.stop()
-
-
-def test_a_promoted_arm_is_served_from_the_next_request_on_in_every_process(
-        two_app_processes, make_user, api_key_for, make_experiment, settings):
+def test_a_promoted_arm_and_a_stop_are_served_from_the_very_next_request_on_in_every_process(
+        two_app_processes, make_user, api_key_for, make_experiment):
     experiment = make_experiment("promote", arms=(("control", "demo", {}, 1), ("treatment", "demo-backup", {}, 1)))
     users = users_on_both_arms(make_user, "promote", at_least=4)
     keys = {user.pk: api_key_for(user) for user in users}
@@ -172,8 +187,14 @@ def test_a_promoted_arm_is_served_from_the_next_request_on_in_every_process(
         assert len({before[(root, pk)] for root in two_app_processes}) == 1
 
     assert experiment_promote(experiment=experiment, arm_name="treatment")
-    # Another process's change is seen within the check interval (1 s by default), then by every request.
-    time.sleep(settings.LLMHUB["REGISTRY_CACHE_CHECK_SECONDS"] + 0.2)
 
-    after = {served_by(sdk(root, key), experiment="promote") for root in two_app_processes for key in keys.values()}
+    # No wait: the next request to either process is served by the winner (they check versions once a minute).
+    after = {served_by(sdk(root, key), experiment="promote") for root in reversed(two_app_processes)
+             for key in keys.values()}
     assert after == {"demo-backup"}
+
+    experiment_stop(experiment=Experiment.objects.get(pk=experiment.pk))
+
+    # Stopped: the very next request is served as if it did not exist (the model the client asked for).
+    assert {served_by(sdk(root, key), experiment="promote") for root in two_app_processes
+            for key in keys.values()} == {"demo"}

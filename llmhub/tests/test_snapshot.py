@@ -169,3 +169,31 @@ def test_it_checks_versions_over_a_bounded_number_of_redis_connections(settings_
 @pytest.fixture
 def settings_llmhub_checks_always(settings) -> None:
     settings.LLMHUB = {**settings.LLMHUB, "REGISTRY_CACHE_CHECK_SECONDS": 0, "SNAPSHOT_VERSIONS": "cache"}
+
+
+@pytest.mark.parametrize("breakers_where", ["beside the epoch", "in process memory"])
+def test_an_immediate_snapshot_checks_its_version_at_the_next_epoch_read(settings, breakers_where) -> None:
+    # Another process's change (its version and then the epoch bumped) is served at the next request here, however
+    # long the check interval; a snapshot that is not immediate keeps the interval. With Redis the epoch is read with
+    # the breakers, or on its own when they live elsewhere; embedded, from its file.
+    from generation.services import breakers_and_epoch_read
+    from llmhub.versions import EPOCH_KEY, version_bump
+
+    settings.LLMHUB = {**settings.LLMHUB, "REGISTRY_CACHE_CHECK_SECONDS": 3600}
+    if breakers_where == "in process memory":
+        settings.LLMHUB = {**settings.LLMHUB, "HEALTH_REDIS_URL": ""}
+    immediate, interval = Source(), Source()
+    snapshots = (LocalSnapshot("test-immediate", immediate.build, immediate=True),
+                 LocalSnapshot("test-interval", interval.build))
+    asyncio.run(breakers_and_epoch_read())
+    assert [snapshot.get() for snapshot in snapshots] == [1, 1]
+
+    for snapshot in snapshots:  # what another process's invalidation does
+        version_bump(snapshot._key)
+    version_bump(EPOCH_KEY)
+    assert [snapshot.get() for snapshot in snapshots] == [1, 1]  # no request has read the epoch yet
+
+    asyncio.run(breakers_and_epoch_read())
+    assert [snapshot.get() for snapshot in snapshots] == [2, 1]
+    asyncio.run(breakers_and_epoch_read())  # the same epoch again: no new check
+    assert [snapshot.get() for snapshot in snapshots] == [2, 1] and immediate.builds == 2
