@@ -25,6 +25,7 @@ Prints one markdown table and writes it, with the machine and method, to bench/R
 import argparse
 import contextlib
 import ctypes
+import functools
 import http.client
 import json
 import os
@@ -85,15 +86,21 @@ _PR_SET_PDEATHSIG = 1
 PRIORITY = int(_env_number("BENCH_PRIORITY", -15))
 
 
-def _child_setup() -> None:
-    """Runs in each child before exec, after setsid: die with this script, and run at PRIORITY."""
+# The usage consumers are background work (in production, a service of their own): they run below the app, the
+# simulated upstream and the load generators, as a deployment would run them, so that a batch they write does not
+# take the CPU from the requests being measured (their rows wait in the spool or the stream meanwhile).
+CONSUMER_PRIORITY = int(_env_number("BENCH_CONSUMER_PRIORITY", 19))
+
+
+def _child_setup(priority: int = PRIORITY) -> None:
+    """Runs in each child before exec, after setsid: die with this script, and run at `priority`."""
     with contextlib.suppress(Exception):  # a child outlives a parent killed with SIGKILL unless asked not to
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if PRIORITY:
+    if priority:
         with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, 0, PRIORITY)
+            os.setpriority(os.PRIO_PROCESS, 0, priority)
         with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as autogroup:
-            autogroup.write(str(PRIORITY))
+            autogroup.write(str(priority))
 
 
 class Processes:
@@ -102,11 +109,11 @@ class Processes:
     def __init__(self) -> None:
         self.started: list[subprocess.Popen] = []
 
-    def start(self, command: list[str], *, env: dict[str, str], log: Path) -> subprocess.Popen:
+    def start(self, command: list[str], *, env: dict[str, str], log: Path, priority: int = PRIORITY) -> subprocess.Popen:
         log.parent.mkdir(exist_ok=True)
         with open(log, "wb") as output:
             process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
-                                       start_new_session=True, preexec_fn=_child_setup)
+                                       start_new_session=True, preexec_fn=functools.partial(_child_setup, priority))
         self.started.append(process)
         return process
 
@@ -693,7 +700,9 @@ rewritten by each run.
   `manage.py usage_consume` on the load generators' CPU), without and with those limits. The quota and production
   targets run non-streaming at c=1 and c=16 only.
 - pinning: {pinning.description}; every process the benchmark starts runs at nice {PRIORITY} in its own
-  scheduler autogroup (BENCH_PRIORITY), so that other work on a shared machine does not take the app's core.
+  scheduler autogroup (BENCH_PRIORITY), so that other work on a shared machine does not take the app's core,
+  except the usage consumers: background work, at nice {CONSUMER_PRIORITY} (BENCH_CONSUMER_PRIORITY), as a
+  deployment runs them beside the requests.
 - other processes used {others:.0%} of the machine's CPU during the measurements (0% = a quiet machine).
 - load: non-streaming with wrk (keep-alive, `--timeout 10s`, bench/post.lua) when installed, else
   bench/loadgen.py, which also replaces wrk for a target that answers fewer requests than it has
@@ -739,7 +748,7 @@ def main() -> None:
         direct = Target("direct", sim_url, SIM_KEY, "demo", "demo@latency=1000")
         if EMBEDDED_CONSUMER:
             processes.start([*pinning.rest, str(VENV_BIN / "python"), "manage.py", "usage_consume"], env=env,
-                            log=VAR / "bench-consumer-embedded.log")
+                            log=VAR / "bench-consumer-embedded.log", priority=CONSUMER_PRIORITY)
         hub = _hub_start(processes, pinning, env, keys["api_key"], VAR / "bench-app.log")
         targets = [direct, hub, hub.sibling(HUB_QUOTAS, keys["limited_api_key"])]
         production = _production_env(processes, pinning, env) if PRODUCTION else None
@@ -747,7 +756,7 @@ def main() -> None:
             keys = _database_keys(production)
             # As the production docs run it: usage rows through the Redis stream, written by a consumer.
             processes.start([*pinning.rest, str(VENV_BIN / "python"), "manage.py", "usage_consume"], env=production,
-                            log=VAR / "bench-consumer.log")
+                            log=VAR / "bench-consumer.log", priority=CONSUMER_PRIORITY)
             prod = _hub_start(processes, pinning, production, keys["api_key"], VAR / "bench-app-prod.log", name=PROD)
             prod.configs = tuple(f"plain-c{c}" for c in QUOTA_CONCURRENCIES)
             targets += [prod, prod.sibling(PROD_QUOTAS, keys["limited_api_key"])]
