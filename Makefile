@@ -81,9 +81,11 @@ ports-free:
 
 # CI runs the embedded and the services suites at once: each mostly waits on its own servers and subprocesses
 # (the embedded suite: 9 min of wall time for 3.5 min of CPU), and each one's output is printed whole when it ends.
+# Tests marked `mode_independent` (their outcome cannot depend on the suite's database and Redis) run in the
+# embedded suite only then (LLMHUB_TESTS_IN_BOTH_SUITES; see conftest.py).
 ifeq ($(CI),true)
 test: venv browser
-	@$(MAKE) --no-print-directory -j2 --output-sync=target test-embedded test-services
+	@LLMHUB_TESTS_IN_BOTH_SUITES=true $(MAKE) --no-print-directory -j2 --output-sync=target test-embedded test-services
 else
 test: test-embedded
 endif

@@ -19,6 +19,8 @@ from llmhub.testing import SimulatedUpstream, simulated_upstream  # noqa: F401
 HELLO = [{"role": "user", "content": "Hello there, simulator"}]
 HELLO_REPLY = "Simulated reply from demo: Hello there, simulator"
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+# The simulator alone (no database, no Redis): the same test in either suite.
+pytestmark = pytest.mark.mode_independent
 
 
 @pytest.fixture

@@ -55,6 +55,7 @@ def test_it_serves_an_allowed_host_with_or_without_a_port(live_hub, free_user, a
 
 
 @pytest.mark.django_db(transaction=False)
+@pytest.mark.mode_independent  # a fresh process on its own SQLite file
 def test_a_web_process_starts_without_celery_drf_serializers_or_the_schema_generator(tmp_path):
     """Start-up (issue 14): importing the ASGI app leaves out what no /v1 request needs: Celery (and kombu, yaml),
     DRF's serializers and drf-spectacular's schema machinery (with llmhub.api, which imports them)."""

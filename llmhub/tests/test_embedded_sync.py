@@ -120,7 +120,10 @@ def _root_url(server: subprocess.Popen, log: Path) -> str:
     return started.group(1)
 
 
-@pytest.fixture(scope="module", params=["embedded", pytest.param("redis", marks=pytest.mark.services)])
+# "embedded" uses nothing of the suite's (its processes get their own SQLite file and no Redis): the same test in either
+# suite. "redis" uses the suite's Redis.
+@pytest.fixture(scope="module", params=[pytest.param("embedded", marks=pytest.mark.mode_independent),
+                                        pytest.param("redis", marks=pytest.mark.services)])
 def hub(request, tmp_path_factory) -> Iterator[Hub]:
     folder = tmp_path_factory.mktemp(f"sync-{request.param}")
     hub = Hub(env=_environment(request.param, folder), folder=folder)

@@ -11,6 +11,9 @@ from django.conf import settings
 
 from llmhub.tests.test_settings import clean_env
 
+# Fresh processes with environments of their own: the same test in either suite.
+pytestmark = pytest.mark.mode_independent
+
 
 @pytest.fixture
 def taken_port() -> Iterator[int]:

@@ -10,6 +10,8 @@ from cryptography.fernet import Fernet
 from django.conf import settings
 
 BASE_DIR = str(settings.BASE_DIR)
+# Fresh processes with environments of their own: the same test in either suite.
+pytestmark = pytest.mark.mode_independent
 # Anything that could steer the settings is removed before a test sets exactly what it means.
 STEERING_PREFIXES = ("DJANGO_", "LLMHUB_", "CELERY_", "DATABASE_", "REDIS_")
 PRODUCTION = {

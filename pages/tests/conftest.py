@@ -80,22 +80,31 @@ def own_model(owner, *, base_url: str, slug: str = "mine", upstream_model: str =
 
 
 @pytest.fixture
-def celery_worker(transactional_db) -> Iterator[None]:
+def celery_worker(transactional_db, _celery_worker_thread) -> Iterator[None]:
     """A real Celery worker in a thread, on the configured broker (in memory when embedded, Redis under CI): a
     connectivity test is queued, then running, then finished, as under `make run`, rather than run inside the
     request that starts it."""
     eager = app.conf.task_always_eager
     app.conf.task_always_eager = False
+    try:
+        yield
+        tests_wait_finished()
+    finally:
+        app.conf.task_always_eager = eager
+
+
+@pytest.fixture(scope="module")
+def _celery_worker_thread() -> Iterator[None]:
+    """The worker of `celery_worker`, one for a module's tests: stopping one takes seconds. Between tests it is idle
+    (each test waits for its connectivity tests to finish)."""
     # The worker's threads must not keep database sessions open: the test database is dropped at the end.
     task_postrun.connect(_connections_close, dispatch_uid="pages-test-worker")
     try:
         app.control.purge()  # messages left by earlier runs name rows that do not exist here
         with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=30):
             yield
-            tests_wait_finished()
     finally:
         task_postrun.disconnect(dispatch_uid="pages-test-worker")
-        app.conf.task_always_eager = eager
 
 
 def _connections_close(**kwargs) -> None:

@@ -177,6 +177,7 @@ def _rows(database: Path) -> tuple[int, int]:
         return db.execute("SELECT COUNT(*), COUNT(DISTINCT request_id) FROM usage_usagelog").fetchone()
 
 
+@pytest.mark.mode_independent  # its own processes and SQLite file
 def test_it_writes_the_queued_rows_when_the_process_exits_normally(database) -> None:
     result = subprocess.run([sys.executable, "-c", "import usage.tests.shutdown_probe"], cwd=django_settings.BASE_DIR,
                             env=_production_env(database), capture_output=True, text=True, timeout=60)
@@ -187,6 +188,7 @@ def test_it_writes_the_queued_rows_when_the_process_exits_normally(database) -> 
 
 # One worker: uvicorn drains, then re-raises SIGTERM into the handler usage installed at start-up. Several
 # workers: each worker's uvicorn sends the ASGI lifespan shutdown after draining.
+@pytest.mark.mode_independent
 @pytest.mark.parametrize(("workers", "lifespan"), [(1, "off"), (2, "on")])
 def test_it_writes_the_queued_rows_when_uvicorn_gets_sigterm(database, workers, lifespan, tmp_path) -> None:
     command = uvicorn_command("usage.tests.shutdown_probe:application", workers=workers, lifespan=lifespan)
