@@ -33,10 +33,12 @@
     return null;
   };
 
+  // The buttons come disabled (a click before this script ran would do nothing) and are enabled here.
   const setUp = (widget) => {
-    if (widget.dataset.ready) return;
+    if ("ready" in widget.dataset) return;
     widget.dataset.ready = "";
     for (const button of widget.querySelectorAll("button[data-score]")) {
+      button.disabled = false;
       button.addEventListener("click", async () => {
         const score = Number(button.dataset.score);
         const previous = widget.dataset.score === "" ? null : Number(widget.dataset.score);
