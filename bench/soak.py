@@ -199,9 +199,9 @@ def soak(mode: str, *, database_url: str, redis_url: str, seconds: int, warmup_s
             env |= {"LLMHUB_MEMORY_REPORT": str(memory_report), "LLMHUB_MEMORY_REPORT_FILE": str(report_file)}
         api_key = _database_setup(env)
         # As `make run` and the production docs run it: usage rows through the spool (embedded) or the Redis stream,
-        # and a consumer.
+        # and a consumer, as background work (make bench's priority for it).
         processes.start([*pinning.rest, str(VENV_BIN / "python"), "manage.py", "usage_consume"], env=env,
-                        log=VAR / f"soak-consumer-{mode}.log")
+                        log=VAR / f"soak-consumer-{mode}.log", priority=run.CONSUMER_PRIORITY)
         hub = _hub_start(processes, pinning, env, api_key, VAR / f"soak-app-{mode}.log", timeout=120)
         pid = hub.process.pid
         print(f"{mode}: llmhub pid {pid} answered {hub.startup_s:.2f} s after spawn; load for {seconds} s "
@@ -349,6 +349,9 @@ def main() -> None:
     cli.add_argument("--no-write", action="store_true", help="leave bench/RESULTS.md alone")
     arguments = cli.parse_args()
     modes = ["embedded", "production"] if arguments.mode == "both" else [arguments.mode]
+    if arguments.seconds <= arguments.warmup:
+        cli.error(f"the run ({arguments.seconds} s) must be longer than the warm-up ({arguments.warmup} s, "
+                  "SOAK_WARMUP_SECONDS): the drift is measured after it")
     if "production" in modes and not (arguments.database_url and arguments.redis_url):
         cli.error("production mode needs --database-url and --redis-url (SOAK_DATABASE_URL, SOAK_REDIS_URL)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
