@@ -1,5 +1,7 @@
+import contextlib
 import os
 import shutil
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from prompts.selectors import prompt_snapshot
 from registry.limits import limits_snapshot
 from registry.selectors import api_key_snapshot, registry_snapshot
 from routing.selectors import policies_snapshot
+from usage.quota_backends import quota_database_path
 from usage.writer import writer as usage_writer
 
 pytest_plugins = ["llmhub.testing"]  # the simulated_upstream fixture
@@ -61,10 +64,24 @@ def _fresh_snapshots() -> Iterator[None]:
         snapshot.invalidate()
     preference_snapshots_clear()
     breakers_reset()  # shared in Redis with REDIS_URL: a model a test broke stays broken otherwise
+    _quota_file_emptied()
     yield
     for snapshot in snapshots:
         snapshot.invalidate()
     preference_snapshots_clear()
+
+
+def _quota_file_emptied() -> None:
+    """The embedded quota back end keeps its counters in a file of its own beside the database
+    (usage/quota_backends.py), which the test database's flush and rollback do not reach: each test starts with
+    none, as it does with the database's own tables."""
+    if not settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        return
+    path = quota_database_path()
+    if os.path.exists(path):
+        with contextlib.closing(sqlite3.connect(path, timeout=20, isolation_level=None)) as quota_file:
+            quota_file.execute("DELETE FROM usage_quotacounter")
+            quota_file.execute("DELETE FROM usage_quotahold")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -76,6 +93,9 @@ def _snapshot_versions_removed() -> Iterator[None]:
     if test_database and settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         shutil.rmtree(f"{test_database}-versions", ignore_errors=True)
         shutil.rmtree(f"{test_database}-usage", ignore_errors=True)  # the usage spool of the apps tests started
+        for suffix in ("", "-wal", "-shm"):  # the quota back end's file
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{test_database}-quotas.sqlite3{suffix}")
 
 
 @pytest.fixture(scope="session", autouse=True)

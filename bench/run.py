@@ -361,7 +361,7 @@ def _database_setup(env: dict[str, str]) -> str:
 def _database_keys(env: dict[str, str]) -> dict[str, str]:
     """As _database_setup; returns bench/setup_db.py's keys: `api_key` (top tier), `limited_api_key` (six limits)."""
     if not env.get("DATABASE_URL"):
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", "-quotas.sqlite3", "-quotas.sqlite3-wal", "-quotas.sqlite3-shm"):
             Path(env["LLMHUB_SQLITE_PATH"] + suffix).unlink(missing_ok=True)
         shutil.rmtree(env["LLMHUB_SQLITE_PATH"] + "-usage", ignore_errors=True)  # a previous run's usage spool
     return _run_json([str(VENV_BIN / "python"), "-m", "bench.setup_db"], env=env)

@@ -4,8 +4,10 @@
   request in one round trip. A counter is a hash (`used`, `held`, `refused`) that expires after its period; a
   reservation is one record in its owner's hash of holds (every counter's amount), with its expiry time in the
   owner's sorted set.
-- `DatabaseQuotaBackend` (embedded): a conditional `UPDATE … SET held = held + n WHERE used + held + n <= limit`
-  over every counter in one statement; a reservation is one row of `QuotaHold` (every counter's amount).
+- `DatabaseQuotaBackend` (no Redis): on PostgreSQL a conditional `UPDATE … SET held = held + n WHERE used + held + n
+  <= limit` over every counter in one statement; a reservation is one row of `QuotaHold` (every counter's amount).
+  On SQLite (embedded) the same tables live in a file of their own beside the database (`quota_database_path`), so
+  a decision never waits for the usage log's writes.
 
 Amounts are integers (requests, tokens, or cost in units of 1e-10). A reservation that is never settled (its
 process crashed) expires after `hold_seconds`: the next decision that would be refused because of it, or the
@@ -273,13 +275,15 @@ SETTLE_DELAY_SECONDS = 0.005
 
 class DatabaseQuotaBackend(QuotaBackend):
     """Counters in `usage_quotacounter`, reservations in `usage_quotahold`. Decisions run on one thread of their
-    own (never across an upstream call, never on the event loop): this process's decisions and settles queue there
-    in order, so nothing sees a reservation unsettled after its settle was sent. A decision is one statement over
-    every counter of the request (a conditional upsert), plus one that records the reservation.
+    own (never across an upstream call): this process's decisions and settles queue there in order, so nothing sees
+    a reservation unsettled after its settle was sent. A decision is one statement over every counter of the request
+    (a conditional upsert), plus one that records the reservation.
 
     On SQLite, whatever has queued up meanwhile (at concurrency 16, several decisions and settles) runs in one
-    transaction: one commit for all of them. On PostgreSQL each runs in its own short transaction, its counters
-    taken in key order, so two processes cannot deadlock."""
+    transaction: one commit for all of them, in the quota file (`quota_database_path`), whose write lock only other
+    processes' quota decisions take (a few hundred microseconds each); the usage log's batches, which hold the
+    database's lock for milliseconds, no longer stand in their way. On PostgreSQL each runs in its own short
+    transaction, its counters taken in key order, so two processes cannot deadlock."""
 
     def __init__(self) -> None:
         self._swept_at = 0.0
@@ -296,21 +300,44 @@ class DatabaseQuotaBackend(QuotaBackend):
         self._kick_loop: asyncio.AbstractEventLoop | None = None
         self._loop_raw: sqlite3.Connection | None = None  # the event loop's own connection (SQLite: `_inline`)
         self._loop_pid = 0
+        self._thread_raw: sqlite3.Connection | None = None  # the quota thread's (SQLite)
+        self._thread_pid = 0
+        self._inline_commits = 0  # the loop's connection leaves WAL checkpoints to the thread: every so many commits
+        self._checkpoint_due = False
+        # SQLite: the decisions asked for during one turn of the event loop, decided together at its end.
+        self._turn: list[_Job] = []
+        self._turn_loop: asyncio.AbstractEventLoop | None = None
         atexit.register(self._exit)
 
     async def reserve(self, *, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
         job = _Job(self._reserve, (request_id, charges, hold_seconds), None, None, request_id, "reserve")
+        job.loop = loop = asyncio.get_running_loop()
+        job.future = loop.create_future()
         if self._grouped:
-            outcome = self._inline(job)
-            if outcome is not None:
-                result, error = outcome
-                if error is not None:
-                    raise error
-                return result
-        job.loop = asyncio.get_running_loop()
-        job.future = job.loop.create_future()
-        self._submit(job)
+            # The requests that reach their decision in the same turn of the loop (at concurrency 16, those whose
+            # bytes came in together) share one transaction: one BEGIN, one read, one write-back, one COMMIT.
+            if self._turn_loop is not loop:  # (a loop that closed with decisions pending left nobody waiting)
+                self._turn, self._turn_loop = [], loop
+            self._turn.append(job)
+            if len(self._turn) == 1:
+                loop.call_soon(self._turn_decide)
+        else:
+            self._submit(job)
         return await job.future
+
+    def _turn_decide(self) -> None:
+        jobs, self._turn = self._turn, []
+        outcomes = self._inline(jobs)
+        if outcomes is None:  # the thread decides them (it answers their futures)
+            for job in jobs:
+                self._submit(job)
+            return
+        for job, (result, error) in zip(jobs, outcomes, strict=True):
+            if not job.future.done():  # its caller gave up (cancelled)
+                if error is not None:
+                    job.future.set_exception(error)
+                else:
+                    job.future.set_result(result)
 
     async def settle(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
                      hold_seconds: float) -> None:
@@ -337,7 +364,7 @@ class DatabaseQuotaBackend(QuotaBackend):
 
     def _kicked(self) -> None:
         self._kick = None
-        if self._jobs and self._inline(None) is None:
+        if self._jobs and self._inline([]) is None:
             self._wake_thread()
 
     def _kick_cancel(self) -> None:
@@ -348,53 +375,75 @@ class DatabaseQuotaBackend(QuotaBackend):
                 self._kick.cancel()
             self._kick = None
 
-    def _inline(self, job: "_Job | None") -> tuple[object, Exception | None] | None:
-        """On SQLite, runs the settles queued so far and `job` right here on the event loop, in one transaction on
-        a connection of the loop's own: at low concurrency the hop to the quota thread and back (two thread
-        switches and a wake-up of the loop) cost more than the decision. Only when it cannot wait: the thread is
+    def _inline(self, decisions: list["_Job"]) -> list[tuple[object, Exception | None]] | None:
+        """On SQLite, runs the settles queued so far and `decisions` right here on the event loop, in one
+        transaction on a connection of the loop's own: the hop to the quota thread and back (two thread switches
+        and a wake-up of the loop) would cost more than the decisions. Only when it cannot wait: the thread is
         idle with nothing but settles queued (so the order of this process's work holds), and the write lock is
-        free (the connection never waits for it: another process's or the usage writer's transaction sends the
-        work to the thread, which does). Returns `job`'s outcome, or None when the thread must do it."""
+        free (the connection never waits for it: another process's transaction sends the work to the thread,
+        which does). Returns the decisions' outcomes, or None when the thread must do them."""
         if not self._running.acquire(blocking=False):
             return None
         try:
             jobs = self._jobs
             if any(queued.future is not None for queued in jobs):
                 return None
-            raw = self._loop_connection()
             try:
+                raw = self._loop_connection()
                 raw.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError:  # locked (or the file is gone): the thread waits for it
+            except sqlite3.Error:  # locked (or the file is gone): the thread waits for it (or fails the decision)
                 return None
-            batch = list(jobs)
+            batch = [*jobs, *decisions]
             jobs.clear()
             self._kick_cancel()
-            if job is not None:
-                batch.append(job)
             outcomes = self._run_sqlite_begun(raw, batch)
             if outcomes and outcomes[0][1] is not None:
                 self._loop_raw = None  # a connection that failed is not reused
                 with contextlib.suppress(sqlite3.Error):
                     raw.close()
+            self._inline_commits += 1
+            checkpoint = self._inline_commits % _CHECKPOINT_EVERY_COMMITS == 0
         finally:
             self._running.release()
-        for queued, (_, error) in zip(batch, outcomes, strict=True):
-            if queued is not job and error is not None:
+        if checkpoint:
+            self._checkpoint_due = True
+            self._wake_thread()
+        settles = len(batch) - len(decisions)
+        for queued, (_, error) in zip(batch[:settles], outcomes, strict=False):
+            if error is not None:
                 _settle_failed_error(error, request_id=queued.request_id)
-        return outcomes[-1] if job is not None else (None, None)
+        return outcomes[settles:]
 
     def _loop_connection(self) -> sqlite3.Connection:
         raw = self._loop_raw
         if raw is None or self._loop_pid != os.getpid():
-            path = settings.DATABASES[DEFAULT_DB_ALIAS]["NAME"]
-            # timeout=0: never waits for the write lock on the event loop.
-            raw = self._loop_raw = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
-            raw.execute("PRAGMA synchronous=NORMAL")
+            # timeout=0: never waits for the write lock on the event loop; nor does it checkpoint the WAL there (the
+            # checkpoint's fsync takes milliseconds): the quota thread does (`_checkpoint`).
+            raw = self._loop_raw = _quota_connect(timeout=0)
+            raw.execute("PRAGMA wal_autocheckpoint=0")
             self._loop_pid = os.getpid()
         return raw
 
+    def _thread_connection(self) -> sqlite3.Connection:
+        raw = self._thread_raw
+        if raw is None or self._thread_pid != os.getpid():
+            # It waits for another process's decision to commit, up to the quota timeout (fail closed: a 503 then).
+            raw = self._thread_raw = _quota_connect(timeout=settings.LLMHUB["QUOTA_TIMEOUT_SECONDS"])
+            self._thread_pid = os.getpid()
+        return raw
+
+    def _checkpoint(self) -> None:
+        """Copies the quota file's WAL back into it, on the quota thread, so that the next commit starts the WAL
+        afresh (RESTART: decisions wait the millisecond or so it takes; under constant load a checkpoint that let
+        them commit meanwhile would never finish, and the WAL, which every read searches, would grow without end)."""
+        self._checkpoint_due = False
+        try:
+            self._thread_connection().execute("PRAGMA wal_checkpoint(RESTART)")
+        except sqlite3.Error as error:
+            logger.warning("quota file checkpoint failed (%s)", error)
+
     async def drain(self) -> None:
-        if self._grouped and self._inline(None) is not None:  # nothing waits on the thread: done here
+        if self._grouped and self._inline([]) is not None:  # nothing waits on the thread: done here
             return
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -431,6 +480,8 @@ class DatabaseQuotaBackend(QuotaBackend):
             wake.get()
             try:
                 self._run_queued()
+                if self._checkpoint_due:
+                    self._checkpoint()
             except Exception:  # never seen: _run answers every job; the thread must live on regardless
                 logger.exception("quota thread")
 
@@ -445,7 +496,7 @@ class DatabaseQuotaBackend(QuotaBackend):
             jobs = [self._jobs.popleft()]
             while self._grouped and self._jobs:
                 jobs.append(self._jobs.popleft())
-            outcomes = self._run(db, jobs)
+            outcomes = self._run_grouped(jobs) if self._grouped else self._run(db, jobs)
             waiting: dict[asyncio.AbstractEventLoop, list] = {}
             for job, (result, error) in zip(jobs, outcomes, strict=True):
                 if job.future is not None:
@@ -456,20 +507,29 @@ class DatabaseQuotaBackend(QuotaBackend):
                 with contextlib.suppress(RuntimeError):  # its loop closed meanwhile: nobody waits any more
                     loop.call_soon_threadsafe(_resolve, answers)
 
+    def _run_grouped(self, jobs: list["_Job"]) -> list[tuple[object, Exception | None]]:
+        """SQLite: the jobs in one transaction on the thread's connection to the quota file."""
+        try:
+            return self._run_sqlite(self._thread_connection(), jobs)
+        except sqlite3.Error as error:  # locked past the timeout, or the file is unusable: none of them happened
+            raw, self._thread_raw = self._thread_raw, None  # a connection that failed is not reused
+            if raw is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    raw.close()
+            return [(None, QuotaBackendError(f"{type(error).__name__}: {error}"))] * len(jobs)
+
     def _run(self, db, jobs: list["_Job"]) -> list[tuple[object, Exception | None]]:
+        """PostgreSQL: each job in its own transaction, on the thread's Django connection."""
         outcomes: list[tuple[object, Exception | None]] = []
         try:
             with db.wrap_database_errors:
                 if db.connection is None:
                     db.ensure_connection()
-                if self._grouped:
-                    outcomes = self._run_sqlite(db.connection, jobs)
-                else:
-                    with transaction.atomic(using=DEFAULT_DB_ALIAS):
-                        # The backend's own cursor, without Django's debug wrapper: the statements below are the
-                        # whole decision and the budget is a fraction of a millisecond.
-                        cursor = db.create_cursor()
-                        outcomes = [(job.function(cursor, *job.args), None) for job in jobs]
+                with transaction.atomic(using=DEFAULT_DB_ALIAS):
+                    # The backend's own cursor, without Django's debug wrapper: the statements below are the
+                    # whole decision and the budget is a fraction of a millisecond.
+                    cursor = db.create_cursor()
+                    outcomes = [(job.function(cursor, *job.args), None) for job in jobs]
         except Exception as error:
             if isinstance(error, DatabaseError):
                 db.close()  # a connection that broke is not reused: the next decision opens a new one
@@ -493,13 +553,17 @@ class DatabaseQuotaBackend(QuotaBackend):
         """The jobs in the transaction `raw` has begun (holding the write lock), then COMMIT; on an error, ROLLBACK
         and every job fails (none of them happened)."""
         try:
-            batch = _SqliteBatch(self, raw.cursor())
-            if any(job.kind == "reserve" for job in jobs):
-                self._sweep_due(batch.cursor)
+            cursor = raw.cursor()
+            swept = any(job.kind == "reserve" for job in jobs) and self._sweep_due(cursor)
+            batch = _SqliteBatch(self, cursor, _counters_kept(raw, cursor, swept))
             outcomes = [(batch.run(job), None) for job in jobs]
             batch.flush()
             raw.execute("COMMIT")
+            if isinstance(raw, _QuotaConnection):
+                raw.counters = batch.state
         except Exception as error:
+            if isinstance(raw, _QuotaConnection):
+                raw.counters = None  # what the batch changed in memory did not happen
             with contextlib.suppress(sqlite3.Error):
                 raw.execute("ROLLBACK")
             if not isinstance(error, sqlite3.Error):
@@ -507,13 +571,17 @@ class DatabaseQuotaBackend(QuotaBackend):
             failure = QuotaBackendError(type(error).__name__)
             failure.__cause__ = error if isinstance(error, sqlite3.Error) else None
             return [(None, failure)] * len(jobs)
+        for event in batch.events:  # committed: the thresholds it crossed join the usage writer's queue
+            writer.record(event)
         return outcomes
 
-    def _sweep_due(self, cursor) -> None:
+    def _sweep_due(self, cursor) -> bool:
         now = time.time()
         if now - self._swept_at > _SWEEP_EVERY_SECONDS:
             self._swept_at = now
             self._sweep(_QmarkCursor(cursor), now)
+            return True
+        return False
 
     def _reserve(self, cursor, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
         now = time.time()
@@ -622,15 +690,16 @@ class _SqliteBatch:
     the statements are, and at concurrency 16 a batch of many requests of one user reads and writes its counters
     once. Reservations are still one row each (a crashed process's expire: `_reclaim`, `_sweep`)."""
 
-    __slots__ = ("backend", "cursor", "qcursor", "state")
+    __slots__ = ("backend", "cursor", "events", "qcursor", "state")
 
-    def __init__(self, backend: DatabaseQuotaBackend, cursor) -> None:
+    def __init__(self, backend: DatabaseQuotaBackend, cursor, state: dict[str, list | None]) -> None:
         self.backend = backend
         self.cursor = cursor
         self.qcursor = _QmarkCursor(cursor)
         # counter key -> [used, held, refused, window end (as stored) or None when the row exists, changed]; None:
-        # no such row
-        self.state: dict[str, list | None] = {}
+        # no such row. What the connection's last batch left, when no other connection wrote since.
+        self.state = state
+        self.events: list = []  # the billing thresholds its settles crossed, handed on once it committed
 
     def run(self, job: "_Job"):
         if job.kind == "reserve":
@@ -723,10 +792,9 @@ class _SqliteBatch:
                 counter[1] -= charge.amount
             counter[4] = True
             used.append(counter[0])
-        # Billing thresholds crossed by this settle are written in its transaction (usage/billing.py).
-        crossed = quota_thresholds_crossed(charges=charges, actual=actual, used=tuple(used))
-        if crossed:
-            billing_events_insert_sql(self.qcursor, crossed)
+        # Billing thresholds crossed by this settle go to the usage writer once it committed, as Redis's do: the
+        # outbox is in the other file (usage/billing.py).
+        self.events += quota_thresholds_crossed(charges=charges, actual=actual, used=tuple(used))
 
     def flush(self) -> None:
         changed = [(key, counter) for key, counter in self.state.items() if counter is not None and counter[4]]
@@ -746,6 +814,107 @@ class _SqliteBatch:
 
 
 _NO_COUNTER = (0, 0, 0, None, False)
+# The loop's connection commits most decisions at low concurrency, and never checkpoints: the thread does, this often.
+_CHECKPOINT_EVERY_COMMITS = 500
+
+
+# --- SQLite: the counters' own file -----------------------------------------------------------------------------
+
+class _QuotaConnection(sqlite3.Connection):
+    """A connection to the quota file that keeps the counters its last batch wrote (`_counters_kept`)."""
+
+    counters: dict[str, list | None] | None = None
+    data_version = -1
+
+
+# The counters a connection keeps between batches, at most (a new period's counters are new keys).
+_KEPT_COUNTERS = 10_000
+
+
+def _counters_kept(raw, cursor, swept: bool) -> dict[str, list | None]:
+    """The counters `raw`'s last batch left in memory, if no other connection has committed since (SQLite's
+    `data_version`, read inside the transaction, which holds the write lock): its next batch reads none of them
+    again. Else (or after a sweep, which writes past them) an empty state, read as needed."""
+    version = cursor.execute("PRAGMA data_version").fetchone()[0]
+    if not isinstance(raw, _QuotaConnection):
+        return {}
+    kept = raw.counters
+    if swept or kept is None or raw.data_version != version or len(kept) > _KEPT_COUNTERS:
+        raw.data_version, kept = version, {}
+    return kept
+
+
+def quota_database_path() -> str:
+    """SQLite: the file of the quota counters and reservations, beside the database (`<database>-quotas.sqlite3`,
+    like its -wal and -shm). Apart from the usage log, a decision never waits for a usage batch (whose transaction
+    holds the database's write lock for milliseconds) nor pays for its WAL checkpoints."""
+    return f"{settings.DATABASES[DEFAULT_DB_ALIAS]['NAME']}-quotas.sqlite3"
+
+
+# The tables of usage/models.py's QuotaCounter and QuotaHold, without what only PostgreSQL needs: keyed tables
+# (WITHOUT ROWID: one B-tree each, not a table and an index), no index on the expiry columns (the sweeps scan the
+# few rows of requests in flight and of current periods). The statements are the PostgreSQL back end's.
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS usage_quotacounter (key TEXT PRIMARY KEY, used INTEGER NOT NULL, "
+    "held INTEGER NOT NULL, refused INTEGER NOT NULL, window_end TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS usage_quotahold (request_id TEXT PRIMARY KEY, amounts TEXT NOT NULL, "
+    "expires_at INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS quota_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+)
+_schema_ready: set[str] = set()
+
+
+def _quota_connect(*, timeout: float) -> sqlite3.Connection:
+    path = quota_database_path()
+    if path not in _schema_ready:
+        _schema_ensure(path)
+    raw = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False,
+                          factory=_QuotaConnection)
+    raw.execute("PRAGMA synchronous=NORMAL")
+    return raw
+
+
+def _schema_ensure(path: str) -> None:
+    """Creates the quota file's tables (once per process), and the first time, takes over the counters and
+    reservations an earlier version kept in the database itself: the periods under way keep what they used."""
+    raw = sqlite3.connect(path, timeout=20, isolation_level=None)
+    try:
+        raw.execute("PRAGMA journal_mode=WAL")
+        for statement in _SCHEMA:
+            raw.execute(statement)
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            raw.execute("INSERT OR IGNORE INTO quota_meta (name, value) VALUES ('imported', ?)",
+                        (datetime.now(UTC).isoformat(),))
+            if raw.execute("SELECT changes()").fetchone()[0]:
+                _counters_import(raw)
+            raw.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                raw.execute("ROLLBACK")
+            raise
+    finally:
+        raw.close()
+    _schema_ready.add(path)
+
+
+def _counters_import(raw: sqlite3.Connection) -> None:
+    """The counters and reservations of the database's own tables (left there by an earlier version), copied in."""
+    database = settings.DATABASES[DEFAULT_DB_ALIAS]["NAME"]
+    try:
+        found = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=20)
+    except sqlite3.Error:
+        return  # no database yet: nothing to take over
+    try:
+        counters = found.execute("SELECT key, used, held, refused, window_end FROM usage_quotacounter").fetchall()
+        holds = found.execute("SELECT request_id, amounts, expires_at FROM usage_quotahold").fetchall()
+    except sqlite3.Error:  # not migrated yet: nothing to take over
+        return
+    finally:
+        found.close()
+    raw.executemany("INSERT OR IGNORE INTO usage_quotacounter (key, used, held, refused, window_end) "
+                    "VALUES (?, ?, ?, ?, ?)", counters)
+    raw.executemany("INSERT OR IGNORE INTO usage_quotahold (request_id, amounts, expires_at) VALUES (?, ?, ?)", holds)
 _HOLD_QMARK = "INSERT INTO usage_quotahold (request_id, amounts, expires_at) VALUES (?, ?, ?)"
 
 

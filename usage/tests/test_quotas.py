@@ -6,16 +6,20 @@ In the embedded run "redis" is a private redis-server; in the services run it is
 import asyncio
 import os
 import socket
+import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from django.conf import settings
+from django.db import connection
 
 from registry.limits import limits_snapshot
 from registry.models import ApiKey, QuotaLimit, Tier
-from usage.quota_backends import quota_backend
+from usage import quota_backends
+from usage.quota_backends import quota_backend, quota_database_path
 from usage.quotas import QuotaExceeded, QuotaUnavailable, period_window, quota_reserve, quota_settle
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -212,6 +216,52 @@ def test_it_reads_limits_without_a_query_once_warm(registry, user, django_assert
         applied = limits_snapshot.get().applying(tier_slug="free", user_id=user.pk, api_key_id=None, model_id="demo",
                                                  owned=False)
     assert [(a.scope, a.spec.metric, a.spec.limit) for a in applied] == [("user", "requests", Decimal(5))]
+
+
+sqlite_quota_file = pytest.mark.skipif(not settings.DATABASES["default"]["ENGINE"].endswith("sqlite3")
+                                       or bool(settings.LLMHUB["QUOTA_REDIS_URL"]), reason="the embedded quota file")
+
+
+@sqlite_quota_file
+def test_it_decides_while_the_usage_log_holds_the_databases_write_lock(registry, user):
+    """Embedded, the counters are in a file of their own: a usage batch holding the database's write lock (for
+    milliseconds, or a second on a busy disk) does not hold the decisions of every request up."""
+    limit(value="50")
+    database = sqlite3.connect(settings.DATABASES["default"]["NAME"], isolation_level=None)
+    database.execute("BEGIN IMMEDIATE")  # what the usage log's batch transaction holds
+    try:
+        started = time.monotonic()
+        reservation = asyncio.run(asyncio.wait_for(reserve(user, registry), timeout=5))
+        assert time.monotonic() - started < 0.5
+        asyncio.run(quota_settle(reservation=reservation, model=None, input_tokens=0, output_tokens=0))
+        assert counters(reservation) == [{"used": 1, "held": 0, "refused": 0, "holds": 0}]
+    finally:
+        database.execute("ROLLBACK")
+        database.close()
+
+
+@sqlite_quota_file
+def test_it_takes_over_the_counters_the_database_kept_when_it_first_makes_the_quota_file(registry, user):
+    """Upgrading an embedded install: the periods under way keep what they used (the counters an earlier version
+    kept in the database's own tables)."""
+    limit(value="50")
+    first = asyncio.run(reserve(user, registry))
+    asyncio.run(quota_settle(reservation=first, model=None, input_tokens=0, output_tokens=0))
+    assert counters(first)[0]["used"] == 1  # (settled in the file about to go)
+    key = first.charges[0].key
+    with connection.cursor() as cursor:  # as an earlier version left it: 7 used, one reservation in flight
+        cursor.execute("INSERT INTO usage_quotacounter (key, used, held, refused, window_end) VALUES (%s, 7, 1, 0, %s)",
+                       [key, "2099-01-01 00:00:00"])
+        cursor.execute("INSERT INTO usage_quotahold (request_id, amounts, expires_at) VALUES ('old', %s, %s)",
+                       [f"{key} 1", int(time.time() * 1000) + 60_000])
+    path = quota_database_path()
+    quota_backends._schema_ready.discard(path)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+    quota_backend()._loop_raw = quota_backend()._thread_raw = None  # their file is gone: as a new process
+
+    assert counters(asyncio.run(reserve(user, registry))) == [{"used": 7, "held": 2, "refused": 0, "holds": 2}]
 
 
 def _silent_server() -> tuple[socket.socket, int]:
