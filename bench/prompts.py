@@ -101,9 +101,9 @@ def measure_epoch() -> dict[str, float]:
 
     django.setup()
     from llmhub.snapshot import snapshots_epoch_seen
-    from llmhub.versions import EPOCH_KEY, version_get
+    from llmhub.versions import epoch_get
 
-    figures = {"epoch (file)": _microseconds(lambda: snapshots_epoch_seen(version_get(EPOCH_KEY)))}
+    figures = {"epoch (file)": _microseconds(lambda: snapshots_epoch_seen(epoch_get()))}
     if os.environ.get("BENCH_REDIS_URL"):
         figures |= _redis_figures(os.environ["BENCH_REDIS_URL"])
     return figures

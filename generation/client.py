@@ -140,13 +140,26 @@ class _Upstream:
 
     sdk: openai.AsyncOpenAI
     http: httpx2.AsyncClient
-    url: str
-    responses_url: str
+    url: httpx2.URL | str  # parsed once (a request given a string parses it again: about 30 µs)
+    responses_url: httpx2.URL | str
     headers: dict[str, str]
     extensions: dict[str, Any]
 
 
 _upstreams: dict[tuple, _Upstream] = {}
+# The upstream of each model object of the snapshots, per event loop: (model, loop, upstream) by id(model). A model
+# object never changes (a registry change builds new ones), so its `_client_key` need not be computed again.
+_upstream_of: dict[int, tuple[ModelSpec, asyncio.AbstractEventLoop, _Upstream]] = {}
+_UPSTREAM_OF_MAX = 4096  # model objects of snapshots that are gone are forgotten when it fills up
+
+
+def _parsed(url: str) -> httpx2.URL | str:
+    """`url` parsed once for every request to it; as it is when it does not parse (the request then fails as
+    before, on the request path)."""
+    try:
+        return httpx2.URL(url)
+    except Exception:  # any failure: left to the request, which raises the same error there
+        return url
 
 
 def header_value_valid(value: str) -> bool:
@@ -171,6 +184,17 @@ def _client_key(model: ModelSpec, loop: asyncio.AbstractEventLoop) -> tuple:
 
 def _upstream_for(model: ModelSpec) -> _Upstream:
     loop = asyncio.get_running_loop()
+    known = _upstream_of.get(id(model))
+    if known is not None and known[0] is model and known[1] is loop:
+        return known[2]
+    upstream = _upstream_pooled(model, loop)
+    if len(_upstream_of) >= _UPSTREAM_OF_MAX:
+        _upstream_of.clear()
+    _upstream_of[id(model)] = (model, loop, upstream)
+    return upstream
+
+
+def _upstream_pooled(model: ModelSpec, loop: asyncio.AbstractEventLoop) -> _Upstream:
     key = _client_key(model, loop)
     upstream = _upstreams.get(key)
     if upstream is None:
@@ -182,8 +206,8 @@ def _upstream_for(model: ModelSpec) -> _Upstream:
                    "Accept": "application/json"}
         _headers_checked(model, headers)  # once per pooled upstream, not per request
         timeout = httpx2.Timeout(model.timeout, connect=model.connect_timeout)
-        upstream = _Upstream(sdk=sdk, http=http, url=model.base_url + "/chat/completions",
-                             responses_url=model.base_url + "/responses", headers=headers,
+        upstream = _Upstream(sdk=sdk, http=http, url=_parsed(model.base_url + "/chat/completions"),
+                             responses_url=_parsed(model.base_url + "/responses"), headers=headers,
                              extensions={"timeout": timeout.as_dict()})
         _upstreams[key] = upstream
     return upstream
@@ -459,6 +483,8 @@ def default_timeouts(model: ModelSpec) -> tuple[float, float]:
 
 async def clients_close() -> None:
     loop = asyncio.get_running_loop()
+    for model_id in [model_id for model_id, (_, known, _) in _upstream_of.items() if known is loop]:
+        del _upstream_of[model_id]
     for key in [key for key in _upstreams if key[0] == id(loop)]:
         await _upstreams.pop(key).sdk.close()
 

@@ -6,8 +6,8 @@ Nothing here holds a thread or a database connection while an upstream answers.
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -39,7 +39,7 @@ from health.breakers import (
 from health.status import health_note, unhealthy_keys
 from llmhub.errors import ApplicationError, NotFound
 from llmhub.snapshot import snapshots_epoch_seen
-from llmhub.versions import EPOCH_KEY, epoch_location, version_get
+from llmhub.versions import epoch_get, epoch_location
 from prompts.services import PromptRequest
 from registry.selectors import ModelSpec, Registry, TierSpec, check_model_access, get_default_model, get_model_by_id
 from routing.policies import Health, Route, request_needs
@@ -139,7 +139,7 @@ def _config(name: str) -> Any:
 
 
 def request_id_new() -> str:
-    return "req_" + uuid.uuid4().hex
+    return "req_" + os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
 
 
 # The id a surface (/v1) gave the request it is answering, so its error responses and its usage row agree.
@@ -442,7 +442,7 @@ async def breakers_and_epoch_read() -> BreakerView:
     if location is None:
         view = await breakers_read()
         try:
-            snapshots_epoch_seen(version_get(EPOCH_KEY))
+            snapshots_epoch_seen(epoch_get())
         except OSError as error:  # its folder is unreadable: the snapshots' own checks still apply
             logger.warning("the snapshots' epoch could not be read (%s)", type(error).__name__)
         return view

@@ -197,3 +197,27 @@ def test_an_immediate_snapshot_checks_its_version_at_the_next_epoch_read(setting
     assert [snapshot.get() for snapshot in snapshots] == [2, 1]
     asyncio.run(breakers_and_epoch_read())  # the same epoch again: no new check
     assert [snapshot.get() for snapshot in snapshots] == [2, 1] and immediate.builds == 2
+
+
+def test_the_request_paths_epoch_sees_every_bump_and_a_file_made_anew(settings, tmp_path, monkeypatch) -> None:
+    # Embedded, a request reads the epoch from the file mapped into memory: a bump (written in place) shows at once;
+    # a file removed and made again (its folder deleted) is mapped anew within the check interval.
+    from llmhub import versions
+
+    settings.LLMHUB = {**settings.LLMHUB, "SNAPSHOT_VERSIONS": "files", "SNAPSHOT_VERSIONS_DIR": str(tmp_path / "v")}
+    first = versions.epoch_get()
+    assert first == versions.version_get(versions.EPOCH_KEY)
+    versions.version_bump(versions.EPOCH_KEY)
+    bumped = versions.epoch_get()
+    assert bumped != first and bumped == versions.version_get(versions.EPOCH_KEY)
+
+    for name in os.listdir(tmp_path / "v"):
+        os.remove(tmp_path / "v" / name)
+    os.rmdir(tmp_path / "v")
+    versions.version_bump(versions.EPOCH_KEY)  # a new file
+    remade = versions.version_get(versions.EPOCH_KEY)
+    monkeypatch.setattr(versions, "_MAPPING_CHECK_SECONDS", 0.0)
+    assert versions.epoch_get() == remade
+    versions.version_bump(versions.EPOCH_KEY)
+    monkeypatch.setattr(versions, "_MAPPING_CHECK_SECONDS", 3600.0)
+    assert versions.epoch_get() == versions.version_get(versions.EPOCH_KEY)  # the new file is the one mapped
