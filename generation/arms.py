@@ -30,6 +30,14 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def request_names_experiment(body: dict[str, Any]) -> bool:
+    """Whether an experiment could serve this request (it names a template or an experiment, in its metadata or
+    the header): only such a request depends on the snapshots' epoch."""
+    metadata = body.get("metadata")
+    named = isinstance(metadata, dict) and bool(_text(metadata.get("prompt")) or _text(metadata.get("experiment")))
+    return named or bool(_bound_experiment.get())
+
+
 async def request_arm(*, user_id: int | None, tier, registry: Registry, body: dict[str, Any],
                       prompt_name: str | None = None) -> Assignment | None:
     """The arm serving this request, or None. A request whose caller's tier may not use the arm's model joins no

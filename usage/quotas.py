@@ -317,6 +317,25 @@ def quota_settle_nowait(*, reservation: Reservation | None, model: ModelSpec | N
                                       hold_seconds=_config("QUOTA_HOLD_SECONDS"))
 
 
+def quota_release_nowait(reservation: Reservation | None) -> None:
+    """Gives a reservation back counting nothing (its request went ahead under another one), without waiting."""
+    if reservation is None or not reservation.charges or reservation.settled:
+        return
+    reservation.settled = True
+    quota_backend().settle_nowait(request_id=reservation.request_id, charges=reservation.charges,
+                                  actual=(0,) * len(reservation.charges), hold_seconds=_config("QUOTA_HOLD_SECONDS"))
+
+
+async def quota_decided_remotely(*, user_id: int | None, api_key_id: int | None, tier_slug: str) -> bool:
+    """Whether this caller's requests are decided by a round trip to another server (Redis: a request may send it
+    alongside another): some limit applies to them (to every model, or to one), and quotas live in Redis."""
+    if user_id is None or not settings.LLMHUB["QUOTA_REDIS_URL"]:
+        return False
+    limits = await limits_snapshot.aget()
+    return bool(limits.owner_limits(tier_slug=tier_slug, user_id=user_id)
+                or any(spec.limit is not None for spec in limits.keys.get(api_key_id, ())))
+
+
 async def quota_settles_drain() -> None:
     """At shutdown: waits until the back end has every settle sent without waiting."""
     await quota_backend().drain()

@@ -271,3 +271,23 @@ def test_it_answers_exactly_50_of_200_across_two_uvicorn_processes(registry, use
                 server.kill()
     assert UsageLog.objects.count() == 50
     assert status(user)["requests"].items() >= {"used": 50, "held": 0, "holds": 0, "refused": 150}.items()
+
+
+@pytest.mark.services
+def test_a_breaker_the_pipelined_read_finds_reroutes_the_request_and_gives_its_reservation_back(
+        live_hub, user, key, registry, simulated_upstream, monkeypatch):
+    """With Redis, a plain request reads the breakers and reserves in one round trip, routed on the breakers as this
+    process last saw them. Another process cooled `demo` meanwhile: the read finds it, the request is routed again
+    (demo-backup answers) and the reservation made for the first route is given back, counting nothing."""
+    from health import breakers
+
+    tier_limit(value="50")
+    asyncio.run(breakers.breaker_cool(registry.models["demo"], seconds=60))  # as another process: in Redis only
+    monkeypatch.setattr(breakers, "_latest", breakers.EMPTY_VIEW)  # this process has not seen it yet
+    sdk = openai.OpenAI(base_url=f"{live_hub}/v1", api_key=key, max_retries=0, timeout=10)
+
+    sdk.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=8)
+
+    assert [row.answered_model for row in usage_rows(1)] == ["demo-backup"]
+    requests = status(user)["requests"]
+    assert (requests["used"], requests["held"], requests["holds"]) == (1, 0, 0)
