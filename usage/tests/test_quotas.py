@@ -264,6 +264,35 @@ def test_it_takes_over_the_counters_the_database_kept_when_it_first_makes_the_qu
     assert counters(asyncio.run(reserve(user, registry))) == [{"used": 7, "held": 2, "refused": 0, "holds": 2}]
 
 
+@sqlite_quota_file
+def test_one_batch_settles_reservations_made_before_it_and_in_it(registry, user):
+    """A SQLite batch inserts its reservations at its end and deletes its settles' up front (two statements a
+    batch): a settle of a reservation made earlier in the same batch, one of an earlier batch and one after a read
+    (which must see it) each give back exactly what was held."""
+    backend = quota_backend()
+    charge = quota_backends.Charge("llmhub:q:{u:test}:requests:day", 100, 1, time.time() + 3600)
+
+    def job(kind: str, request_id: str, *args) -> quota_backends._Job:
+        function = backend._reserve if kind == "reserve" else backend._settle if kind == "settle" else backend._counters
+        return quota_backends._Job(function, args, None, None, request_id, kind)
+
+    def run(*jobs):
+        raw = quota_backends._quota_connect(timeout=5)
+        try:
+            return [result for result, _ in backend._run_sqlite(raw, list(jobs))]
+        finally:
+            raw.close()
+
+    run(job("reserve", "earlier", "earlier", (charge,), 60))
+    outcomes = run(job("settle", "earlier", "earlier", (charge,), (1,)),
+                   job("reserve", "same", "same", (charge,), 60), job("settle", "same", "same", (charge,), (1,)),
+                   job("reserve", "later", "later", (charge,), 60), job("counters", "", [charge.key]),
+                   job("settle", "later", "later", (charge,), (1,)))
+
+    assert outcomes[4] == {charge.key: {"used": 2, "held": 1, "refused": 0, "holds": 1}}  # "later" in flight
+    assert run(job("counters", "", [charge.key])) == [{charge.key: {"used": 3, "held": 0, "refused": 0, "holds": 0}}]
+
+
 def _silent_server() -> tuple[socket.socket, int]:
     """Accepts connections and never answers: a hung Redis."""
     server = socket.socket()
