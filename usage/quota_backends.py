@@ -556,7 +556,6 @@ class DatabaseQuotaBackend(QuotaBackend):
             cursor = raw.cursor()
             swept = any(job.kind == "reserve" for job in jobs) and self._sweep_due(cursor)
             batch = _SqliteBatch(self, cursor, _counters_kept(raw, cursor, swept))
-            batch.holds_take(_settles_first(jobs))
             outcomes = [(batch.run(job), None) for job in jobs]
             batch.flush()
             raw.execute("COMMIT")
@@ -691,7 +690,7 @@ class _SqliteBatch:
     the statements are, and at concurrency 16 a batch of many requests of one user reads and writes its counters
     once. Reservations are still one row each (a crashed process's expire: `_reclaim`, `_sweep`)."""
 
-    __slots__ = ("backend", "cursor", "events", "holds_asked", "holds_new", "holds_taken", "qcursor", "state")
+    __slots__ = ("backend", "cursor", "events", "qcursor", "state")
 
     def __init__(self, backend: DatabaseQuotaBackend, cursor, state: dict[str, list | None]) -> None:
         self.backend = backend
@@ -701,20 +700,6 @@ class _SqliteBatch:
         # no such row. What the connection's last batch left, when no other connection wrote since.
         self.state = state
         self.events: list = []  # the billing thresholds its settles crossed, handed on once it committed
-        # Reservations: those its decisions made, inserted together at `flush`; the ids of those its settles took
-        # back, deleted together up front (`holds_take`): two statements a batch rather than one a request.
-        self.holds_new: dict[str, tuple[str, str, int]] = {}
-        self.holds_asked: set[str] = set()  # the settles whose reservations were looked for up front
-        self.holds_taken: set[str] = set()  # those of them still there (deleted)
-
-    def holds_take(self, request_ids: list[str]) -> None:
-        """Deletes the reservations of the batch's settles (one statement); those still there are remembered (a
-        reservation that expired meanwhile was given back already)."""
-        self.holds_asked.update(request_ids)
-        for start in range(0, len(request_ids), 500):
-            chunk = request_ids[start:start + 500]
-            self.cursor.execute(_holds_take_sql(len(chunk)), chunk)
-            self.holds_taken.update(request_id for (request_id,) in self.cursor.fetchall())
 
     def run(self, job: "_Job"):
         if job.kind == "reserve":
@@ -753,7 +738,7 @@ class _SqliteBatch:
             amounts = " ".join([f"{charge.key} {charge.amount}" for charge in sorted(charges, key=_charge_key)
                                 if charge.amount])
             if amounts:
-                self.holds_new[request_id] = (request_id, amounts, int((time.time() + hold_seconds) * 1000))
+                self.cursor.execute(_HOLD_QMARK, (request_id, amounts, int((time.time() + hold_seconds) * 1000)))
         else:
             charge = charges[refused]
             counter = state[charge.key]
@@ -792,13 +777,8 @@ class _SqliteBatch:
 
     def settle(self, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...]) -> None:
         # The reservation's amounts are the charges' own; it is gone when it expired meanwhile (given back already).
-        if self.holds_new.pop(request_id, None) is not None:  # reserved earlier in this very batch
-            held = True
-        elif request_id in self.holds_asked:
-            held = request_id in self.holds_taken
-        else:  # after a read in this batch, which had to see the reservation
-            self.cursor.execute("DELETE FROM usage_quotahold WHERE request_id = ?", (request_id,))
-            held = self.cursor.rowcount > 0
+        self.cursor.execute("DELETE FROM usage_quotahold WHERE request_id = ?", (request_id,))
+        held = self.cursor.rowcount > 0
         state = self.state
         self.load([charge.key for charge in charges])
         used = []
@@ -817,9 +797,6 @@ class _SqliteBatch:
         self.events += quota_thresholds_crossed(charges=charges, actual=actual, used=tuple(used))
 
     def flush(self) -> None:
-        if self.holds_new:
-            self.cursor.executemany(_HOLD_QMARK, list(self.holds_new.values()))
-            self.holds_new.clear()
         changed = [(key, counter) for key, counter in self.state.items() if counter is not None and counter[4]]
         if not changed:
             return
@@ -939,22 +916,6 @@ def _counters_import(raw: sqlite3.Connection) -> None:
                     "VALUES (?, ?, ?, ?, ?)", counters)
     raw.executemany("INSERT OR IGNORE INTO usage_quotahold (request_id, amounts, expires_at) VALUES (?, ?, ?)", holds)
 _HOLD_QMARK = "INSERT INTO usage_quotahold (request_id, amounts, expires_at) VALUES (?, ?, ?)"
-
-
-def _settles_first(jobs: list["_Job"]) -> list[str]:
-    """The request ids of the batch's settles that come before any read (a read must still see what follows it)."""
-    ids = []
-    for job in jobs:
-        if job.kind == "settle":
-            ids.append(job.request_id)
-        elif job.kind != "reserve":
-            break
-    return ids
-
-
-@cache
-def _holds_take_sql(count: int) -> str:
-    return f"DELETE FROM usage_quotahold WHERE request_id IN ({', '.join(['?'] * count)}) RETURNING request_id"  # noqa: S608
 
 
 @cache

@@ -266,9 +266,8 @@ def test_it_takes_over_the_counters_the_database_kept_when_it_first_makes_the_qu
 
 @sqlite_quota_file
 def test_one_batch_settles_reservations_made_before_it_and_in_it(registry, user):
-    """A SQLite batch inserts its reservations at its end and deletes its settles' up front (two statements a
-    batch): a settle of a reservation made earlier in the same batch, one of an earlier batch and one after a read
-    (which must see it) each give back exactly what was held."""
+    """In one SQLite transaction (the quota thread's batch): a settle of a reservation made earlier in the same
+    batch, one of an earlier batch and one after a read (which must see it) each give back exactly what was held."""
     backend = quota_backend()
     charge = quota_backends.Charge("llmhub:q:{u:test}:requests:day", 100, 1, time.time() + 3600)
 
