@@ -30,23 +30,28 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _named(body: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The template and the experiment the request names (its metadata, else the header for the experiment)."""
+    metadata = body.get("metadata")
+    prompt = key = None
+    if isinstance(metadata, dict):
+        prompt, key = _text(metadata.get("prompt")), _text(metadata.get("experiment"))
+    return prompt, key or _bound_experiment.get()
+
+
 def request_names_experiment(body: dict[str, Any]) -> bool:
     """Whether an experiment could serve this request (it names a template or an experiment, in its metadata or
     the header): only such a request depends on the snapshots' epoch."""
-    metadata = body.get("metadata")
-    named = isinstance(metadata, dict) and bool(_text(metadata.get("prompt")) or _text(metadata.get("experiment")))
-    return named or bool(_bound_experiment.get())
+    prompt, key = _named(body)
+    return bool(prompt or key)
 
 
 async def request_arm(*, user_id: int | None, tier, registry: Registry, body: dict[str, Any],
                       prompt_name: str | None = None) -> Assignment | None:
     """The arm serving this request, or None. A request whose caller's tier may not use the arm's model joins no
     experiment (it is served as if none ran), so an experiment never turns an allowed request into a 403."""
-    metadata = body.get("metadata")
-    prompt = key = None
-    if isinstance(metadata, dict):
-        prompt, key = _text(metadata.get("prompt")), _text(metadata.get("experiment"))
-    prompt, key = prompt or prompt_name, key or _bound_experiment.get()
+    prompt, key = _named(body)
+    prompt = prompt or prompt_name
     if user_id is None or not (prompt or key):
         return None
     assignment = await aexperiment_assign(user_id, prompt=prompt, key=key)

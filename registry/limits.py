@@ -83,6 +83,18 @@ class Limits:
         merged.update({spec.key: spec for spec in self.users.get(user_id, ())})
         return tuple(spec for spec in merged.values() if spec.limit is not None)
 
+    def any_applies(self, *, tier_slug: str, user_id: int | None, api_key_id: int | None) -> bool:
+        """Whether some limit (of any model) applies to the caller's requests (memoised, as `applying`)."""
+        memo_key = ("any", tier_slug, user_id, api_key_id)
+        found = self._memo.get(memo_key)
+        if found is None:
+            found = bool(self.owner_limits(tier_slug=tier_slug, user_id=user_id)
+                         or any(spec.limit is not None for spec in self.keys.get(api_key_id, ())))
+            if len(self._memo) > 10_000:
+                self._memo.clear()
+            self._memo[memo_key] = found
+        return found
+
     def applying(self, *, tier_slug: str, user_id: int | None, api_key_id: int | None, model_id: str,
                  owned: bool) -> tuple[AppliedLimit, ...]:
         """The limits a request for `model_id` is counted against (memoised: the snapshot is immutable).

@@ -539,7 +539,7 @@ class DatabaseQuotaBackend(QuotaBackend):
             return [(None, failure)] * len(jobs)  # the transaction rolled back: none of them happened
         return outcomes
 
-    def _run_sqlite(self, raw, jobs: list["_Job"]) -> list[tuple[object, Exception | None]]:
+    def _run_sqlite(self, raw: "_QuotaConnection", jobs: list["_Job"]) -> list[tuple[object, Exception | None]]:
         """On SQLite, straight on the driver's connection (Django keeps it in autocommit outside `atomic`): Django's
         transaction and cursor layers cost more than the statements. IMMEDIATE takes the write lock first, so two
         processes never deadlock upgrading a read lock."""
@@ -549,7 +549,7 @@ class DatabaseQuotaBackend(QuotaBackend):
             raise outcomes[0][1].__cause__  # `_run` turns it into failures and closes the connection
         return outcomes
 
-    def _run_sqlite_begun(self, raw, jobs: list["_Job"]) -> list[tuple[object, Exception | None]]:
+    def _run_sqlite_begun(self, raw: "_QuotaConnection", jobs: list["_Job"]) -> list[tuple[object, Exception | None]]:
         """The jobs in the transaction `raw` has begun (holding the write lock), then COMMIT; on an error, ROLLBACK
         and every job fails (none of them happened)."""
         try:
@@ -559,11 +559,9 @@ class DatabaseQuotaBackend(QuotaBackend):
             outcomes = [(batch.run(job), None) for job in jobs]
             batch.flush()
             raw.execute("COMMIT")
-            if isinstance(raw, _QuotaConnection):
-                raw.counters = batch.state
+            raw.counters = batch.state
         except Exception as error:
-            if isinstance(raw, _QuotaConnection):
-                raw.counters = None  # what the batch changed in memory did not happen
+            raw.counters = None  # what the batch changed in memory did not happen
             with contextlib.suppress(sqlite3.Error):
                 raw.execute("ROLLBACK")
             if not isinstance(error, sqlite3.Error):
@@ -831,13 +829,11 @@ class _QuotaConnection(sqlite3.Connection):
 _KEPT_COUNTERS = 10_000
 
 
-def _counters_kept(raw, cursor, swept: bool) -> dict[str, list | None]:
+def _counters_kept(raw: _QuotaConnection, cursor, swept: bool) -> dict[str, list | None]:
     """The counters `raw`'s last batch left in memory, if no other connection has committed since (SQLite's
     `data_version`, read inside the transaction, which holds the write lock): its next batch reads none of them
     again. Else (or after a sweep, which writes past them) an empty state, read as needed."""
     version = cursor.execute("PRAGMA data_version").fetchone()[0]
-    if not isinstance(raw, _QuotaConnection):
-        return {}
     kept = raw.counters
     if swept or kept is None or raw.data_version != version or len(kept) > _KEPT_COUNTERS:
         raw.data_version, kept = version, {}

@@ -332,8 +332,7 @@ async def quota_decided_remotely(*, user_id: int | None, api_key_id: int | None,
     if user_id is None or not settings.LLMHUB["QUOTA_REDIS_URL"]:
         return False
     limits = await limits_snapshot.aget()
-    return bool(limits.owner_limits(tier_slug=tier_slug, user_id=user_id)
-                or any(spec.limit is not None for spec in limits.keys.get(api_key_id, ())))
+    return limits.any_applies(tier_slug=tier_slug, user_id=user_id, api_key_id=api_key_id)
 
 
 async def quota_settles_drain() -> None:
