@@ -104,8 +104,10 @@ def quota_thresholds_crossed(*, charges: tuple[Charge, ...], actual: tuple[int, 
     (None: unknown). Costs a comparison per counter when nothing is crossed."""
     events = []
     percents = settings.LLMHUB["BILLING_THRESHOLD_PERCENTS"]  # looked up once: a settings lookup is not free
+    lowest = min(percents, default=0)
     for charge, amount, after in zip(charges, actual, used, strict=True):
-        if amount <= 0 or after is None:
+        # after < ceil(limit * lowest / 100), in integers: below every threshold (most settles).
+        if amount <= 0 or after is None or after * 100 < charge.limit * lowest:
             continue
         before = after - amount
         for percent in percents:

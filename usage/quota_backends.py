@@ -709,7 +709,10 @@ class _SqliteBatch:
 
     def load(self, keys) -> None:
         state = self.state
-        missing = [key for key in dict.fromkeys(keys) if key not in state]
+        missing = [key for key in keys if key not in state]
+        if not missing:  # (at concurrency, most batches: the counters are in memory already)
+            return
+        missing = list(dict.fromkeys(missing))
         for start in range(0, len(missing), 500):
             chunk = missing[start:start + 500]
             for key in chunk:
@@ -727,16 +730,18 @@ class _SqliteBatch:
             if self._reclaim(charges[0].key, now):
                 refused = self._refused(charges)
         if refused is None:
-            for charge in charges:
+            amounts = []  # the reservation's record: "counter amount counter amount ..." (in any order: a batch
+            for charge in charges:  # holds the write lock, so no lock order matters here)
                 counter = state[charge.key]
                 if counter is None:
                     counter = state[charge.key] = [0, 0, 0, _window_datetime(charge.window_end + hold_seconds), True]
                 counter[1] += charge.amount
                 counter[4] = True
-            amounts = " ".join([f"{charge.key} {charge.amount}" for charge in sorted(charges, key=_charge_key)
-                                if charge.amount])
+                if charge.amount:
+                    amounts.append(f"{charge.key} {charge.amount}")
             if amounts:
-                self.cursor.execute(_HOLD_QMARK, (request_id, amounts, int((time.time() + hold_seconds) * 1000)))
+                self.cursor.execute(_HOLD_QMARK, (request_id, " ".join(amounts),
+                                                  int((time.time() + hold_seconds) * 1000)))
         else:
             charge = charges[refused]
             counter = state[charge.key]
@@ -792,7 +797,9 @@ class _SqliteBatch:
             used.append(counter[0])
         # Billing thresholds crossed by this settle go to the usage writer once it committed, as Redis's do: the
         # outbox is in the other file (usage/billing.py).
-        self.events += quota_thresholds_crossed(charges=charges, actual=actual, used=tuple(used))
+        crossed = quota_thresholds_crossed(charges=charges, actual=actual, used=tuple(used))
+        if crossed:
+            self.events += crossed
 
     def flush(self) -> None:
         changed = [(key, counter) for key, counter in self.state.items() if counter is not None and counter[4]]

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -364,7 +364,11 @@ def _settlement(reservation: Reservation | None, model: ModelSpec | None, input_
 
 def _duration(seconds: float) -> str:
     """OpenAI's reset format: "1s", "6m0s", "2h3m4s"."""
-    seconds = max(0, round(seconds))
+    return _duration_text(max(0, round(seconds)))
+
+
+@lru_cache(maxsize=4096)
+def _duration_text(seconds: int) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, seconds = divmod(rest, 60)
     if hours:
@@ -423,8 +427,13 @@ def _rate_header_bytes(reservation: Reservation) -> list[tuple[bytes, bytes]]:
     for metric, limit, remaining, reset in _tightest(reservation):
         limit_name, remaining_name, reset_name = _HEADER_BYTES[metric]
         pairs += ((limit_name, b"%d" % limit), (remaining_name, b"%d" % remaining),
-                  (reset_name, _duration(reset).encode()))
+                  (reset_name, _duration_bytes(max(0, round(reset)))))
     return pairs
+
+
+@lru_cache(maxsize=4096)
+def _duration_bytes(seconds: int) -> bytes:
+    return _duration_text(seconds).encode()
 
 
 async def quota_status(*, user_id: int, api_key_id: int | None, tier_slug: str) -> list[dict]:
