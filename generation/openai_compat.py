@@ -240,7 +240,7 @@ async def _chat_completions(scope: Scope, receive: Receive, send: Send, *, legac
     if not body.get("stream"):
         outcome = await services.chat(caller=caller, registry=registry, body=body, endpoint=endpoint,
                                       model_id=model_id, preferred_ids=preferred_ids, prompt=prompt,
-                                      task=task)
+                                      task=task, finish_after_response=True)
         await _respond(send, 200, chat_answer_to_completion(outcome.data) if legacy else outcome.raw,
                        _meta_headers(outcome.request_id, outcome.model, len(outcome.attempts), outcome.quota, body,
                                      outcome.prompt, outcome.route))

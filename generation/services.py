@@ -640,8 +640,12 @@ async def complete(run: _Run, body: dict[str, Any]) -> tuple[ModelSpec, client.C
 async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endpoint: str,
                model_id: str | None = None, provider: str | None = None,
                preferred_ids: Sequence[str] = (), prompt: PromptRequest | None = None,
-               task: str | None = None) -> ChatOutcome:
-    """One non-streaming chat completion request, with fallback, settled and logged exactly once."""
+               task: str | None = None, finish_after_response: bool = False) -> ChatOutcome:
+    """One non-streaming chat completion request, with fallback, settled and logged exactly once.
+
+    With `finish_after_response` (a caller on the server's own event loop, which answers right after this
+    returns: /v1), an answered request is settled and logged on the loop's next turn, after the response has
+    been written, so the client does not wait for the bookkeeping; its cost is worked out here all the same."""
     run = await start_run(caller=caller, registry=registry, body=body, endpoint=endpoint, model_id=model_id,
                           provider=provider, preferred_ids=preferred_ids, fit_context=True, prompt=prompt, task=task)
     usage, model, error = Usage(), None, None
@@ -652,7 +656,12 @@ async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endp
         error = failure
         raise
     finally:
-        await asyncio.shield(run_finish(run, model=model, usage=usage, error=error))  # even when cancelled
+        if error is not None or not finish_after_response:
+            await asyncio.shield(run_finish(run, model=model, usage=usage, error=error))  # even when cancelled
+    if finish_after_response:
+        run.charge(model, usage)
+        run.cost = run.charged()
+        asyncio.get_running_loop().call_soon(_run_finish_logged, run, model, usage)
     judge_sample(arm=run.arm, request_id=run.request_id, messages=body.get("messages") or [],
                  answer=completion_text(completion.data))
     return ChatOutcome(request_id=run.request_id, model=model, raw=completion.raw, data=completion.data,
@@ -688,6 +697,14 @@ def error_classified(error: BaseException) -> tuple[int, str]:
     return 500, "internal_error"
 
 
+def _run_finish_logged(run: _Run, model: ModelSpec, usage: Usage) -> None:
+    """`run_finish` of an answered request, as a callback of the event loop (`chat`'s `finish_after_response`)."""
+    try:
+        run_finish_now(run, model=model, usage=usage, error=None)
+    except Exception:  # never seen: the loop would only log it without the request's id
+        logger.exception("request %s: not settled or not logged", run.request_id)
+
+
 async def run_finish(run: _Run, *, model: ModelSpec | None, usage: Usage, error: BaseException | None,
                      status: str | None = None, error_type: str | None = None, streamed: bool = False,
                      ttft_ms: float | None = None) -> None:
@@ -695,6 +712,14 @@ async def run_finish(run: _Run, *, model: ModelSpec | None, usage: Usage, error:
 
     `status` and `error_type` default from `error`: "ok", or "error" with its HTTP status and type (see
     `error_classified`)."""
+    run_finish_now(run, model=model, usage=usage, error=error, status=status, error_type=error_type,
+                   streamed=streamed, ttft_ms=ttft_ms)
+
+
+def run_finish_now(run: _Run, *, model: ModelSpec | None, usage: Usage, error: BaseException | None,
+                   status: str | None = None, error_type: str | None = None, streamed: bool = False,
+                   ttft_ms: float | None = None) -> None:
+    """`run_finish`, which never waits for anything."""
     if not run.charges and model is not None:
         run.charge(model, usage)
     try:

@@ -291,3 +291,31 @@ def test_a_breaker_the_pipelined_read_finds_reroutes_the_request_and_gives_its_r
     assert [row.answered_model for row in usage_rows(1)] == ["demo-backup"]
     requests = status(user)["requests"]
     assert (requests["used"], requests["held"], requests["holds"]) == (1, 0, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_v1_answers_before_it_settles_and_logs_and_every_other_caller_after(registry, user, simulated_upstream):
+    """/v1 (`finish_after_response`) settles the reservation and writes the usage row on the event loop's next
+    turn, once its response is written: the client does not wait for the bookkeeping. Its cost is known at once
+    all the same, and the request is settled and logged exactly once. Every other caller of `chat` (the API
+    views, the pages) finishes before it gets the outcome."""
+    from generation.services import Caller, chat
+
+    tier_limit(value="50")
+    caller = Caller(user_id=user.pk, api_key_id=None, tier=registry.tiers["free"])
+
+    async def answered(**options) -> tuple[bool, bool, object]:
+        outcome = await chat(caller=caller, registry=registry, body={"messages": MESSAGES, "max_tokens": 8},
+                             endpoint="v1.chat_completions", model_id="demo", **options)
+        settled_when_returned = outcome.quota.settled
+        await asyncio.sleep(0)  # the loop's next turn
+        return settled_when_returned, outcome.quota.settled, outcome
+
+    returned, next_turn, outcome = asyncio.run(answered(finish_after_response=True))
+    assert (returned, next_turn) == (False, True)
+    assert outcome.cost > 0 and outcome.cost == usage_rows(1)[0].cost
+    returned, _, _ = asyncio.run(answered())
+    assert returned is True
+    assert len(usage_rows(2)) == 2
+    requests = status(user)["requests"]
+    assert (requests["used"], requests["held"], requests["holds"]) == (2, 0, 0)
