@@ -57,6 +57,7 @@ from usage.quotas import (
     quota_decided_remotely,
     quota_release_nowait,
     quota_reserve,
+    quota_reserve_sent,
     quota_settle_nowait,
 )
 from usage.services import (
@@ -530,17 +531,18 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
     run.deadline = run.started + _config("GENERATION_DEADLINE_SECONDS")
     logger.info("request %s: model %s for user %s (tier %s), candidates %s", run.request_id, primary.id,
                 caller.user_id, caller.tier.slug, [m.id for m in candidates])
-    reserving = quota_reserve(
-        request_id=run.request_id, user_id=caller.user_id, api_key_id=caller.api_key_id, tier_slug=caller.tier.slug,
-        model=primary, candidates=candidates, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    reservation = dict(request_id=run.request_id, user_id=caller.user_id, api_key_id=caller.api_key_id,
+                       tier_slug=caller.tier.slug, model=primary, candidates=candidates, prompt_tokens=prompt_tokens,
+                       max_tokens=max_tokens)
     if not pipelined:
-        run.reservation = await reserving
+        run.reservation = await quota_reserve(**reservation)
         return run
-    reserved = asyncio.ensure_future(reserving)  # its command goes out in the same write as the read's
+    # Its command goes out in the same turn as the read's (queued now, or by a task of its own when it cannot be).
+    reserved = quota_reserve_sent(**reservation) or asyncio.ensure_future(quota_reserve(**reservation))
     try:
         fresh = await breakers_and_epoch_read()
     except BaseException:  # cancelled (the client went away): whatever the reservation becomes is given back
-        reserved.add_done_callback(_given_back_when_done)
+        asyncio.ensure_future(reserved).add_done_callback(_given_back_when_done)
         raise
     if not fresh.breakers:  # as routed: no breaker anywhere
         run.reservation = await reserved
@@ -558,7 +560,7 @@ def _given_back_when_done(reserved: "asyncio.Future[Reservation]") -> None:
         quota_release_nowait(reserved.result())
 
 
-async def _given_back(reserved: "asyncio.Future[Reservation]") -> None:
+async def _given_back(reserved: Awaitable[Reservation]) -> None:
     """A reservation made for a route that did not stand: given back, counting nothing (a refusal of it stands
     for nothing either: the request is decided again)."""
     with contextlib.suppress(QuotaExceeded, QuotaUnavailable):

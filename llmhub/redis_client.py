@@ -18,7 +18,7 @@ import hashlib
 import math
 import ssl
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -190,7 +190,18 @@ class RedisClient:
         connection = self._connections.get(asyncio.get_running_loop())
         if connection is None or connection.lost:
             connection = await self._connect()
-        reply = await connection.send_timed(script.packed(body, count))
+        return await self._run_reply(connection.send_timed(script.packed(body, count)), script, body, count)
+
+    def run_sent(self, script: "Script", body: bytes, count: int) -> Awaitable | None:
+        """`run`, its command queued before this returns (it goes out with this turn's other commands), to be
+        awaited later; None when this event loop has no connection yet (then `run`)."""
+        connection = self._connections.get(asyncio.get_running_loop())
+        if connection is None or connection.lost:
+            return None
+        return self._run_reply(connection.send_timed(script.packed(body, count)), script, body, count)
+
+    async def _run_reply(self, sent: asyncio.Future, script: "Script", body: bytes, count: int):
+        reply = await sent
         if isinstance(reply, hiredis.ReplyError):
             if "NOSCRIPT" in str(reply):
                 return await self.call_packed(script.packed(body, count, by_sha=False))

@@ -24,7 +24,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, lru_cache, partial
@@ -173,6 +173,16 @@ return used  -- each counter's new usage (-1: unchanged), for the billing thresh
 """
 
 
+async def _decision(reply: Awaitable) -> Decision:
+    """The Decision of the reserve script's reply."""
+    try:
+        reply = await reply
+    except RedisUnavailable as error:
+        raise QuotaBackendError(str(error)) from error
+    refused = reply[0]
+    return Decision(refused=None if refused < 0 else refused, used=tuple(reply[1::2]), held=tuple(reply[2::2]))
+
+
 def _owner_keys(counter: str) -> tuple[str, str]:
     """The holds hash and expiry set of a counter's owner (the user: its hash tag)."""
     owner = counter[:counter.index("}") + 1]
@@ -208,9 +218,13 @@ def _static(charges: tuple[Charge, ...]) -> tuple:
 
 
 def _tail(request_id: str, amounts) -> bytes:
-    """The request id and the amounts (the arguments that change from one request to the next)."""
+    """The request id and the amounts (the arguments that change from one request to the next; integers)."""
     data = request_id.encode()
-    return b"$%d\r\n%s\r\n" % (len(data), data) + b"".join([bulk(amount) for amount in amounts])
+    parts = [b"$%d\r\n%s\r\n" % (len(data), data)]
+    for amount in amounts:
+        text = b"%d" % amount
+        parts.append(b"$%d\r\n%s\r\n" % (len(text), text))
+    return b"".join(parts)
 
 
 class RedisQuotaBackend(QuotaBackend):
@@ -223,13 +237,17 @@ class RedisQuotaBackend(QuotaBackend):
 
     async def reserve(self, *, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
         layout = _layout(_static(charges), int(hold_seconds * 1000))
-        try:
-            reply = await self.client.run(_RESERVE_SCRIPT, layout.reserve + _tail(request_id, [c.amount for c in charges]),
-                                          layout.reserve_count + len(charges))
-        except RedisUnavailable as error:
-            raise QuotaBackendError(str(error)) from error
-        refused = reply[0]
-        return Decision(refused=None if refused < 0 else refused, used=tuple(reply[1::2]), held=tuple(reply[2::2]))
+        return await _decision(self.client.run(_RESERVE_SCRIPT, layout.reserve + _tail(request_id, [c.amount for c in charges]),
+                                               layout.reserve_count + len(charges)))
+
+    def reserve_sent(self, *, request_id: str, charges: tuple[Charge, ...],
+                     hold_seconds: float) -> Awaitable[Decision] | None:
+        """`reserve`, its script queued before this returns, to be awaited later (a request sends it with the
+        breakers' read: generation/services.py); None when this event loop has no connection yet."""
+        layout = _layout(_static(charges), int(hold_seconds * 1000))
+        sent = self.client.run_sent(_RESERVE_SCRIPT, layout.reserve + _tail(request_id, [c.amount for c in charges]),
+                                    layout.reserve_count + len(charges))
+        return None if sent is None else _decision(sent)
 
     async def settle(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
                      hold_seconds: float) -> None:

@@ -15,6 +15,7 @@ Periods are calendar-aligned in TIME_ZONE: a day limit resets at local midnight,
 
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -28,7 +29,7 @@ from registry.limits import COST_UNITS, AppliedLimit, decimal_text, limits_snaps
 from registry.selectors import ModelSpec
 from usage.entries import Charge
 from usage.metrics import quota_refusal_count, quota_unavailable_count
-from usage.quota_backends import Decision, QuotaBackendError, quota_backend
+from usage.quota_backends import Decision, QuotaBackendError, RedisQuotaBackend, quota_backend
 from usage.services import usage_cost
 
 logger = logging.getLogger(__name__)
@@ -234,6 +235,50 @@ async def quota_reserve(*, request_id: str, user_id: int | None, api_key_id: int
     plan = _plan(limits, tier_slug=tier_slug, user_id=user_id, api_key_id=api_key_id, model=model)
     if plan is None:
         return Reservation(request_id)
+    charges, now, hold_seconds = _charges(plan, model=model, candidates=candidates, prompt_tokens=prompt_tokens,
+                                          max_tokens=max_tokens)
+    return _reserved(request_id, plan, charges, now, await _decide(request_id, charges, hold_seconds))
+
+
+def quota_reserve_sent(*, request_id: str, user_id: int, api_key_id: int | None, tier_slug: str, model: ModelSpec,
+                       candidates: list[ModelSpec] | tuple[ModelSpec, ...] = (), prompt_tokens: int,
+                       max_tokens: int | None) -> Awaitable[Reservation] | None:
+    """`quota_reserve` on Redis, its script queued before this returns, to be awaited later: a request sends it
+    with another command and waits for both at once, without a task of its own. None when that cannot be (a
+    limits snapshot not warm, no limit, no Redis connection yet): then `quota_reserve`."""
+    limits = limits_snapshot.peek()
+    backend = quota_backend()
+    if limits is None or not isinstance(backend, RedisQuotaBackend):
+        return None
+    plan = _plan(limits, tier_slug=tier_slug, user_id=user_id, api_key_id=api_key_id, model=model)
+    if plan is None:
+        return None
+    charges, now, hold_seconds = _charges(plan, model=model, candidates=candidates, prompt_tokens=prompt_tokens,
+                                          max_tokens=max_tokens)
+    sent = backend.reserve_sent(request_id=request_id, charges=charges, hold_seconds=hold_seconds)
+    return None if sent is None else _reserved_when_decided(request_id, plan, charges, now, sent)
+
+
+async def _reserved_when_decided(request_id: str, plan: "_Plan", charges: tuple[Charge, ...], now: float,
+                                 sent: Awaitable[Decision]) -> Reservation:
+    try:
+        decision = await sent
+    except QuotaBackendError as error:
+        raise _unavailable(request_id, error) from None
+    return _reserved(request_id, plan, charges, now, decision)
+
+
+def _reserved(request_id: str, plan: "_Plan", charges: tuple[Charge, ...], now: float,
+              decision: Decision) -> Reservation:
+    reservation = Reservation(request_id, charges, plan.applied, decision.used, decision.held, plan=plan, now=now)
+    if decision.refused is not None:
+        raise _exceeded(reservation, decision.refused, now)
+    return reservation
+
+
+def _charges(plan: "_Plan", *, model: ModelSpec, candidates: list[ModelSpec] | tuple[ModelSpec, ...],
+             prompt_tokens: int, max_tokens: int | None) -> tuple[tuple[Charge, ...], float, float]:
+    """The request's charges (the worst case on each limit), the time they were taken at and the hold time."""
     config = settings.LLMHUB
     output = max_tokens or min(config["MAX_OUTPUT_TOKENS"], model.context_window)
     amounts = [1, prompt_tokens + output, 0]
@@ -249,20 +294,21 @@ async def quota_reserve(*, request_id: str, user_id: int | None, api_key_id: int
     now = time.time()
     charges = tuple([Charge(key, units, amounts[metric], end)
                      for key, units, metric, end in plan.windowed(now, settings.TIME_ZONE)[3]])
-    decision = await _decide(request_id, charges, config["QUOTA_HOLD_SECONDS"])
-    reservation = Reservation(request_id, charges, plan.applied, decision.used, decision.held, plan=plan, now=now)
-    if decision.refused is not None:
-        raise _exceeded(reservation, decision.refused, now)
-    return reservation
+    return charges, now, config["QUOTA_HOLD_SECONDS"]
 
 
 async def _decide(request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
     try:
         return await quota_backend().reserve(request_id=request_id, charges=charges, hold_seconds=hold_seconds)
     except QuotaBackendError as error:
-        logger.error("quota back end unavailable (%s): request %s refused with 503", error, request_id)
-        quota_unavailable_count()
-        raise QuotaUnavailable() from None
+        raise _unavailable(request_id, error) from None
+
+
+def _unavailable(request_id: str, error: QuotaBackendError) -> "QuotaUnavailable":
+    """The 503 of a decision the back end could not make (logged and counted)."""
+    logger.error("quota back end unavailable (%s): request %s refused with 503", error, request_id)
+    quota_unavailable_count()
+    return QuotaUnavailable()
 
 
 def _exceeded(reservation: Reservation, index: int, now: float) -> QuotaExceeded:
