@@ -214,8 +214,10 @@ def two_app_processes(live_hub, simulated_upstream, tmp_path) -> Iterator[list[s
 
 def usage_wait_idle() -> None:
     from health.status import health_flush
+    from llmhub.testing import servers_turn
     from usage.services import usage_flush
 
+    servers_turn()  # an answer's usage row is handed on the turn after its response
     usage_flush()
     health_flush()
 
@@ -224,11 +226,13 @@ def usage_rows(count: int, *, timeout: float = 5.0) -> list:
     """The usage log once it holds `count` rows (a stream's row is written as its response ends)."""
     import time
 
+    from llmhub.testing import servers_turn
     from usage.models import UsageLog
     from usage.services import usage_flush
 
     deadline = time.monotonic() + timeout
     while True:
+        servers_turn()  # an answer's usage row is handed on the turn after its response
         usage_flush()
         rows = list(UsageLog.objects.order_by("created_at", "id"))
         if len(rows) >= count or time.monotonic() > deadline:

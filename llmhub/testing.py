@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -41,6 +42,7 @@ class AsgiServer:
         self._startup_timeout = startup_timeout
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._loop: Any = None  # the server's event loop, once it serves
         self.port = 0
         self.root_url = ""
 
@@ -62,7 +64,22 @@ class AsgiServer:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"{self._app!r} did not start serving on {self.root_url}.")
             time.sleep(0.01)
+        self._loop = self._server.servers[0].get_loop()
+        _serving.add(self)
         return self
+
+    def wait_turn(self, timeout: float = 5.0) -> bool:
+        """Waits until the server's event loop has run what was queued on it before now: /v1 settles and logs an
+        answered request on the turn after its response is written (generation/services.py `chat`)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return True
+        done = threading.Event()
+        try:
+            loop.call_soon_threadsafe(done.set)
+        except RuntimeError:  # closed meanwhile
+            return True
+        return done.wait(timeout)
 
     def wait_idle(self, timeout: float = 15.0) -> bool:
         """Waits until no request is in flight (a test's last one may still be running when it ends)."""
@@ -77,13 +94,23 @@ class AsgiServer:
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
             self._thread.join(timeout=10)
-        self._server = self._thread = None
+        _serving.discard(self)
+        self._server = self._thread = self._loop = None
 
     def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None) -> None:
         self.stop()
+
+
+_serving: "weakref.WeakSet[AsgiServer]" = weakref.WeakSet()
+
+
+def servers_turn() -> None:
+    """`AsgiServer.wait_turn` of every server this process runs (before reading what their requests wrote)."""
+    for server in list(_serving):
+        server.wait_turn()
 
 
 class SimulatedUpstream(AsgiServer):
