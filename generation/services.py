@@ -531,14 +531,14 @@ async def start_run(*, caller: Caller, registry: Registry, body: dict[str, Any],
     run.deadline = run.started + _config("GENERATION_DEADLINE_SECONDS")
     logger.info("request %s: model %s for user %s (tier %s), candidates %s", run.request_id, primary.id,
                 caller.user_id, caller.tier.slug, [m.id for m in candidates])
-    reservation = dict(request_id=run.request_id, user_id=caller.user_id, api_key_id=caller.api_key_id,
-                       tier_slug=caller.tier.slug, model=primary, candidates=candidates, prompt_tokens=prompt_tokens,
-                       max_tokens=max_tokens)
+    reserve_args = dict(request_id=run.request_id, user_id=caller.user_id, api_key_id=caller.api_key_id,
+                        tier_slug=caller.tier.slug, model=primary, candidates=candidates, prompt_tokens=prompt_tokens,
+                        max_tokens=max_tokens)
     if not pipelined:
-        run.reservation = await quota_reserve(**reservation)
+        run.reservation = await quota_reserve(**reserve_args)
         return run
     # Its command goes out in the same turn as the read's (queued now, or by a task of its own when it cannot be).
-    reserved = quota_reserve_sent(**reservation) or asyncio.ensure_future(quota_reserve(**reservation))
+    reserved = quota_reserve_sent(**reserve_args) or asyncio.ensure_future(quota_reserve(**reserve_args))
     try:
         fresh = await breakers_and_epoch_read()
     except BaseException:  # cancelled (the client went away): whatever the reservation becomes is given back
@@ -661,7 +661,8 @@ async def chat(*, caller: Caller, registry: Registry, body: dict[str, Any], endp
         if error is not None or not finish_after_response:
             await asyncio.shield(run_finish(run, model=model, usage=usage, error=error))  # even when cancelled
     if finish_after_response:
-        run.charge(model, usage)
+        if not run.charges:  # (as run_finish charges it)
+            run.charge(model, usage)
         run.cost = run.charged()
         asyncio.get_running_loop().call_soon(_run_finish_logged, run, model, usage)
     judge_sample(arm=run.arm, request_id=run.request_id, messages=body.get("messages") or [],
