@@ -55,6 +55,12 @@ class QuotaBackend:
     async def reserve(self, *, request_id: str, charges: tuple[Charge, ...], hold_seconds: float) -> Decision:
         raise NotImplementedError
 
+    def reserve_sent(self, *, request_id: str, charges: tuple[Charge, ...],
+                     hold_seconds: float) -> Awaitable[Decision] | None:
+        """`reserve` with its command on the wire before this returns, to be awaited later; None when this back end
+        cannot (then `reserve`)."""
+        return None
+
     async def settle(self, *, request_id: str, charges: tuple[Charge, ...], actual: tuple[int, ...],
                      hold_seconds: float) -> None:
         raise NotImplementedError
@@ -748,8 +754,10 @@ class _SqliteBatch:
             if self._reclaim(charges[0].key, now):
                 refused = self._refused(charges)
         if refused is None:
-            amounts = []  # the reservation's record: "counter amount counter amount ..." (in any order: a batch
-            for charge in charges:  # holds the write lock, so no lock order matters here)
+            # The reservation's record, "counter amount counter amount ...", in any order (the batch holds the write
+            # lock: no lock order matters here).
+            amounts = []
+            for charge in charges:
                 counter = state[charge.key]
                 if counter is None:
                     counter = state[charge.key] = [0, 0, 0, _window_datetime(charge.window_end + hold_seconds), True]

@@ -29,7 +29,7 @@ from registry.limits import COST_UNITS, AppliedLimit, decimal_text, limits_snaps
 from registry.selectors import ModelSpec
 from usage.entries import Charge
 from usage.metrics import quota_refusal_count, quota_unavailable_count
-from usage.quota_backends import Decision, QuotaBackendError, RedisQuotaBackend, quota_backend
+from usage.quota_backends import Decision, QuotaBackendError, quota_backend
 from usage.services import usage_cost
 
 logger = logging.getLogger(__name__)
@@ -245,17 +245,16 @@ def quota_reserve_sent(*, request_id: str, user_id: int, api_key_id: int | None,
                        max_tokens: int | None) -> Awaitable[Reservation] | None:
     """`quota_reserve` on Redis, its script queued before this returns, to be awaited later: a request sends it
     with another command and waits for both at once, without a task of its own. None when that cannot be (a
-    limits snapshot not warm, no limit, no Redis connection yet): then `quota_reserve`."""
+    limits snapshot not warm, no limit, a back end other than Redis, no connection yet): then `quota_reserve`."""
     limits = limits_snapshot.peek()
-    backend = quota_backend()
-    if limits is None or not isinstance(backend, RedisQuotaBackend):
+    if limits is None:
         return None
     plan = _plan(limits, tier_slug=tier_slug, user_id=user_id, api_key_id=api_key_id, model=model)
     if plan is None:
         return None
     charges, now, hold_seconds = _charges(plan, model=model, candidates=candidates, prompt_tokens=prompt_tokens,
                                           max_tokens=max_tokens)
-    sent = backend.reserve_sent(request_id=request_id, charges=charges, hold_seconds=hold_seconds)
+    sent = quota_backend().reserve_sent(request_id=request_id, charges=charges, hold_seconds=hold_seconds)
     return None if sent is None else _reserved_when_decided(request_id, plan, charges, now, sent)
 
 
