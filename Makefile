@@ -43,7 +43,7 @@ simulator: venv
 serve: venv
 	$(PY) manage.py collectstatic --noinput -v0
 	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} $(VENV)/bin/uvicorn llmhub.asgi:application --host $(HOST) --port $(PORT) --workers $(WEB_CONCURRENCY) \
-		--loop uvloop --http httptools --no-access-log --lifespan on
+		--loop llmhub.serving:uvloop_eager_accept --http httptools --no-access-log --lifespan on
 
 # The simulated upstream runs beside the app so the demo models answer with no keys and no internet, and a
 # Celery worker with embedded beat runs the periodic model tests. LLMHUB_EMBEDDED_WORKER=true takes tasks out

@@ -27,6 +27,7 @@ from urllib.parse import urlencode, urlsplit
 import psycopg
 
 from bench.run import ROOT, VAR, VENV_BIN, _free_port, _machine
+from llmhub.serving import UVICORN_LOOP
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 USER, STAFF, PASSWORD = "bench-user-1", "bench-staff", "bench-dashboard"
@@ -199,7 +200,7 @@ def main() -> None:
     with open(VAR / "bench-dashboard-app.log", "ab") as log:
         app = subprocess.Popen(
             [str(VENV_BIN / "uvicorn"), "llmhub.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-             "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--lifespan", "on"],
+             "--loop", UVICORN_LOOP, "--http", "httptools", "--no-access-log", "--lifespan", "on"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_ready(port, app)

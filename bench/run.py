@@ -45,6 +45,8 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+from llmhub.serving import UVICORN_LOOP
+
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
 BENCH = ROOT / "bench"
@@ -411,7 +413,7 @@ def _hub_start(processes: Processes, pinning: Pinning, env: dict[str, str], api_
     spawned = time.perf_counter()
     hub.process = processes.start(
         [*pinning.app, str(VENV_BIN / "uvicorn"), "llmhub.asgi:application", "--host", "127.0.0.1", "--port",
-         str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--lifespan", "on"],
+         str(port), "--loop", UVICORN_LOOP, "--http", "httptools", "--no-access-log", "--lifespan", "on"],
         env=env, log=log)
     hub.startup_s = _wait_first_answer(hub, spawned, timeout=timeout)
     return hub
@@ -689,7 +691,7 @@ rewritten by each run.
 - machine: {_machine()}
 - versions: {versions}
 - targets: **direct** = the simulated upstream (`python -m generation.simulator`, one uvicorn process, uvloop +
-  httptools); **llmhub** = one uvicorn worker (`llmhub.asgi:application --loop uvloop --http httptools
+  httptools); **llmhub** = one uvicorn worker (`llmhub.asgi:application --loop {UVICORN_LOOP} --http httptools
   --no-access-log --lifespan on`) on a throwaway SQLite database, `/v1/chat/completions` with a top-tier key,
   model `demo` → the same simulator, usage rows through its spool, written by
   {usage_writer}{'; **LiteLLM** = `litellm --num_workers 1` proxy from var/litellm-venv, '

@@ -30,6 +30,7 @@ from cryptography.fernet import Fernet
 from django.conf import settings
 
 from generation.simulator import UVICORN_OPTIONS, Simulator
+from llmhub.serving import UVICORN_LOOP
 
 
 class AsgiServer:
@@ -209,7 +210,7 @@ def production_env(*, database_url: str, redis_url: str | None = None, **variabl
 
 def uvicorn_command(app: str, *, port: int = 0, workers: int = 1, lifespan: str = "on") -> list[str]:
     return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-            "--workers", str(workers), "--lifespan", lifespan, "--no-access-log"]
+            "--workers", str(workers), "--lifespan", lifespan, "--no-access-log", "--loop", UVICORN_LOOP]
 
 
 class ServerProcess:
