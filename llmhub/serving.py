@@ -55,6 +55,7 @@ class EagerAcceptLoop(uvloop.Loop):
         if ssl is not None:  # TLS is terminated in front of llmhub; keep uvloop's own path for it
             return await super().create_server(protocol_factory, *args, ssl=ssl, **kwargs)
         listeners: list[socket.socket] = []
+        serving: set[asyncio.Task] = set()
         pending = False
 
         def drain() -> None:
@@ -64,12 +65,12 @@ class EagerAcceptLoop(uvloop.Loop):
                 for _ in range(ACCEPT_BATCH):
                     try:
                         connection, _ = listener.accept()
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError:  # closed, or out of descriptors: uvloop's own accept reports it
+                    except OSError:  # none left (EAGAIN), or out of descriptors, which uvloop's own accept reports
                         break
                     connection.setblocking(False)
-                    self.create_task(self.connect_accepted_socket(protocol_factory, connection))
+                    task = self.create_task(self._serve_accepted(protocol_factory, connection))
+                    serving.add(task)  # the loop keeps only a weak reference to a task
+                    task.add_done_callback(serving.discard)
 
         def accepted() -> asyncio.BaseProtocol:
             """Called by uvloop for each connection it accepts: take the others waiting in this turn."""
@@ -85,6 +86,13 @@ class EagerAcceptLoop(uvloop.Loop):
             listener.setblocking(False)
             listeners.append(listener)
         return _EagerServer(server, listeners)
+
+    async def _serve_accepted(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
+                              connection: socket.socket) -> None:
+        try:
+            await self.connect_accepted_socket(protocol_factory, connection)
+        except OSError:  # the client left before its transport was made
+            connection.close()
 
 
 def uvloop_eager_accept() -> EagerAcceptLoop:
