@@ -12,8 +12,8 @@ connection, never per request.
 
 Why a batch and not the whole queue: a crowd of clients that connected at once (256 in `make bench`'s 1000 ms
 upstream run) would then be read in one turn and served in lockstep, each cycle's last request waiting for the work
-of all the others; that cost the run a tenth of its throughput, where batches of 16 cost nothing measurable and
-still take 128 waiting connections in 8 turns instead of 128.
+of all the others; that cost the run a tenth of its throughput, batches of 16 about 2%, batches of 8 about 1% (the
+noise), which still take 128 waiting connections in 15 turns instead of 128.
 
 `make serve` runs uvicorn with `--loop llmhub.serving:uvloop_eager_accept`. Several workers share a listening
 socket: an idle worker is woken at once by the kernel and accepts first, so a busy worker's batch only takes
@@ -31,7 +31,7 @@ from typing import Any
 import uvloop
 
 UVICORN_LOOP = "llmhub.serving:uvloop_eager_accept"  # uvicorn --loop
-ACCEPT_BATCH = 16  # waiting connections taken per connection uvloop accepts (see the docstring)
+ACCEPT_BATCH = 8  # waiting connections taken per connection uvloop accepts (see the docstring)
 
 
 class _EagerServer:
