@@ -50,9 +50,6 @@ class _EagerServer:
         self._listeners.clear()  # the accepting side sees an empty list: nothing more to take
         self._server.close()
 
-    async def wait_closed(self) -> None:
-        await self._server.wait_closed()
-
 
 class EagerAcceptLoop(uvloop.Loop):
     async def create_server(self, protocol_factory: Callable[[], asyncio.BaseProtocol], *args: Any,
@@ -78,7 +75,7 @@ class EagerAcceptLoop(uvloop.Loop):
                     task.add_done_callback(serving.discard)
 
         def accepted() -> asyncio.BaseProtocol:
-            """Called by uvloop for each connection it accepts: take the others waiting in this turn."""
+            """Called by uvloop for each connection it accepts: a batch of the others waiting follows next turn."""
             nonlocal pending
             if not pending and listeners:
                 pending = True

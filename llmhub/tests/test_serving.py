@@ -1,6 +1,6 @@
-"""The loop `make serve` runs llmhub on (llmhub/serving.py): a busy process takes every connection waiting in its
-listen queue in one turn, as asyncio's loop does, where uvloop alone takes one a turn; closing the server closes the
-port; uvicorn serves HTTP on it through both ways a connection is accepted."""
+"""The loop `make serve` runs llmhub on (llmhub/serving.py): a busy process takes the connections waiting in its
+listen queue a batch a turn, where uvloop alone takes one a turn; closing the server closes the port; uvicorn serves
+HTTP on it through both ways a connection is accepted."""
 
 import asyncio
 import socket
